@@ -1,0 +1,76 @@
+"""The one interface every backend implements, and the types that cross it.
+
+A backend turns a :class:`GenerationRequest` into a stream of :class:`Arrival` s: the moments
+content reached the client, each stamped with ``time.perf_counter_ns()`` where the backend
+observed it (after device synchronisation for the local engine, when bytes were parsed for
+HTTP). A backend knows nothing of load, statistics, records or the UI; failures are raised as
+:class:`engine.errors.BackendError` with an ``error_class`` and the load controller counts them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """One synthetic prompt: token ids for engines that take them, text for HTTP servers."""
+
+    index: int
+    token_ids: tuple[int, ...]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    request_id: int
+    prompt: Prompt
+    max_tokens: int
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """Content that reached the client: ``tokens`` tokens of ``text`` observed at ``t_ns``.
+
+    ``t_ns`` is an absolute ``time.perf_counter_ns()`` reading; the session makes it relative.
+    """
+
+    t_ns: int
+    tokens: int = 1
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """Optional last item of a stream: why generation stopped, and any server-side figures."""
+
+    finish_reason: str = "length"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """A source of generated tokens. Created by kind through :func:`engine.backends.create`."""
+
+    kind: ClassVar[str]
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load the model or open connections; raise ``SoaktopError`` with a one-line reason."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release everything; must be safe to call twice and after a failed ``start``."""
+
+    @abc.abstractmethod
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Arrival | StreamEnd]:
+        """Yield arrivals as they happen; cancelling the iteration cancels the request."""
+
+    @abc.abstractmethod
+    def models(self) -> list[str]:
+        """Names this backend can serve (presets for the local engine)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the record header: device, dtype, versions. No secrets."""
+        return {"kind": self.kind}

@@ -1,0 +1,56 @@
+"""The run configuration: everything needed to run a session again, and its validation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from engine.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"20s"``, ``"30m"``, ``"1.5h"``, ``"500ms"`` or a bare number of seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"cannot read duration {text!r}: use e.g. 20s, 30m, 1h")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    backend: str = "local"
+    model: str = "tiny"
+    device: str = "auto"
+    concurrency: int = 4
+    duration_s: float | None = None  # None: until max_requests, or until stopped
+    max_requests: int | None = None  # measured requests, warm-up not included
+    warmup_requests: int | None = None  # None: as many as the starting concurrency
+    input_tokens: int = 128
+    output_tokens: int = 128
+    seed: int = 0
+    prompt_pool: int = 256
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1 (got {self.concurrency})")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ConfigError("duration must be positive")
+        if self.max_requests is not None and self.max_requests < 1:
+            raise ConfigError(f"requests must be at least 1 (got {self.max_requests})")
+        if self.warmup_requests is not None and self.warmup_requests < 0:
+            raise ConfigError("warm-up requests cannot be negative")
+        if self.input_tokens < 1 or self.output_tokens < 1:
+            raise ConfigError("input and output token counts must be at least 1")
+        if self.prompt_pool < 1:
+            raise ConfigError("the prompt pool needs at least one prompt")
+
+    @property
+    def warmup(self) -> int:
+        return self.concurrency if self.warmup_requests is None else self.warmup_requests
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "warmup_requests": self.warmup}

@@ -1,0 +1,59 @@
+"""Where a session ran: the facts a reader needs to trust or reproduce it.
+
+Collected once, into the record header. Cheap and side-effect free: nothing here starts a GPU
+context (the local backend reports its own device in its ``describe()``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from engine import __version__
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent.parent
+    if not (here / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=2, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def collect() -> dict[str, Any]:
+    """The environment of this process, JSON-ready."""
+    return {
+        "soaktop_version": __version__,
+        "git_commit": _git_commit(),
+        "python": sys.version.split()[0],
+        "os": platform.system(),
+        "kernel": platform.release(),
+        "hostname": socket.gethostname(),
+        "cpu_model": _cpu_model(),
+        "cpu_cores_logical": os.cpu_count(),
+        "cpu_cores_physical": psutil.cpu_count(logical=False),
+        "memory_total_bytes": psutil.virtual_memory().total,
+    }

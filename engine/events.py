@@ -1,0 +1,153 @@
+"""The typed events every part of soaktop speaks: the spine of DESIGN.md.
+
+Each event is immutable and carries ``t_ns``: nanoseconds since the session started, read from
+``time.perf_counter_ns()`` (monotonic). The wall clock appears once, in :class:`SessionStart`.
+Live runs and replays produce the same events, so every consumer (statistics, recorder,
+status line, TUI) works on both.
+
+:class:`TokensArrived` is live-only: it gives the display per-token granularity and is never
+written to a record; the record keeps each request's arrivals inside :class:`RequestDone`,
+from which a replay derives the same ``TokensArrived`` stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStart:
+    """Header: what ran, where, and when on the wall clock."""
+
+    t_ns: int
+    schema_version: int
+    wall_start: str  # ISO 8601 with timezone
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    backend: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """Load changed shape: a new concurrency, model or backend, and why."""
+
+    t_ns: int
+    phase_id: int
+    concurrency: int
+    model: str
+    backend: str
+    reason: str  # "start", "warm-up done", "key", "schedule", "command"
+    warmup: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TokensArrived:
+    """Live only: ``tokens`` content tokens of one request reached the client at ``t_ns``."""
+
+    t_ns: int
+    worker_id: int
+    request_id: int
+    tokens: int
+    first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDone:
+    """One request, finished, failed or cut off at the end of the run.
+
+    ``arrivals_us`` holds, for each arrival of content, its offset from ``sent_ns`` in integer
+    microseconds; ``arrival_tokens`` how many tokens each arrival carried (empty when every
+    arrival carried one). ``end_us`` is when the response ended (the last byte or the last
+    token), also from ``sent_ns``.
+    """
+
+    t_ns: int
+    worker_id: int
+    request_id: int
+    phase_id: int
+    backend: str
+    model: str
+    sent_ns: int
+    prompt_tokens: int
+    arrivals_us: tuple[int, ...]
+    end_us: int
+    finish_reason: str  # "length", "stop", "error", "cancelled"
+    arrival_tokens: tuple[int, ...] = ()
+    warmup: bool = False
+    error_class: str | None = None
+    error_message: str | None = None
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(self.arrival_tokens) if self.arrival_tokens else len(self.arrivals_us)
+
+    @property
+    def ok(self) -> bool:
+        return self.error_class is None and self.finish_reason != "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    """One GPU's telemetry at one moment; ``None`` where the driver does not say."""
+
+    t_ns: int
+    gpu_index: int
+    temperature_c: float | None = None
+    sm_clock_mhz: float | None = None
+    sm_clock_max_mhz: float | None = None
+    power_w: float | None = None
+    power_limit_w: float | None = None
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    clock_event_reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HostSample:
+    t_ns: int
+    cpu_percent: float | None = None
+    memory_used_bytes: int | None = None
+    soaktop_rss_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSample:
+    """soaktop's own health over the last second, to flag windows where it was the bottleneck."""
+
+    t_ns: int
+    loop_lag_p99_us: int
+    cpu_percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    t_ns: int
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnd:
+    t_ns: int
+    reason: str  # "completed", "interrupted", "crashed-recovered"
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+Event = (
+    SessionStart | Phase | TokensArrived | RequestDone | GpuSample | HostSample | ClientSample
+    | Mark | SessionEnd
+)
+
+#: The ``type`` tag of each event kind in a record.
+TYPE_TAGS: dict[type, str] = {
+    SessionStart: "session_start",
+    Phase: "phase",
+    RequestDone: "request_done",
+    GpuSample: "gpu_sample",
+    HostSample: "host_sample",
+    ClientSample: "client_sample",
+    Mark: "mark",
+    SessionEnd: "session_end",
+}

@@ -1,0 +1,140 @@
+"""The live view's numbers over a sliding window, in fixed memory.
+
+Everything here lives in preallocated ring buffers, so a 30-minute (or 30-hour) run holds the
+same memory as a 30-second one. Feed it events with :meth:`LiveStats.add`; read a
+:class:`LiveSnapshot` whenever the screen or the status line wants one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.events import RequestDone, TokensArrived
+from engine.stats import request_metrics
+
+BUCKET_NS = 100_000_000  # tokens are counted per 100 ms
+HISTORY_BUCKETS = 1200  # two minutes of token counts
+
+
+class Ring:
+    """The last ``capacity`` (time, value) pairs; older ones are overwritten."""
+
+    __slots__ = ("times", "values", "_next", "_size")
+
+    def __init__(self, capacity: int) -> None:
+        self.times = np.zeros(capacity, dtype=np.int64)
+        self.values = np.zeros(capacity, dtype=np.float64)
+        self._next = 0
+        self._size = 0
+
+    def extend(self, t_ns: int, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)[-self.values.size :]
+        n = values.size
+        if n == 0:
+            return
+        idx = (self._next + np.arange(n)) % self.values.size
+        self.times[idx] = t_ns
+        self.values[idx] = values
+        self._next = int((self._next + n) % self.values.size)
+        self._size = min(self._size + n, self.values.size)
+
+    def since(self, t_ns: int) -> np.ndarray:
+        """Values recorded at or after ``t_ns``."""
+        times = self.times[: self._size]
+        return self.values[: self._size][times >= t_ns]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSnapshot:
+    t_ns: int
+    tokens_per_s: float
+    requests_ok: int
+    requests_failed: int
+    errors: dict[str, int]
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    itl_p50_ms: float | None
+    itl_p95_ms: float | None
+    e2e_p50_ms: float | None
+
+
+class LiveStats:
+    """Sliding-window statistics for the live display.
+
+    ``window_s`` bounds the latency percentiles (the last N seconds of finished requests);
+    ``rate_s`` the tokens/s figure. Warm-up requests are shown too: the live view says what is
+    happening now; the summary is where warm-up is excluded.
+    """
+
+    def __init__(self, window_s: float = 10.0, rate_s: float = 1.0, capacity: int = 65_536):
+        self.window_ns = int(window_s * 1e9)
+        self.rate_buckets = max(1, int(rate_s * 1e9 / BUCKET_NS))
+        self.token_buckets = np.zeros(HISTORY_BUCKETS, dtype=np.int64)
+        self._bucket_now = 0  # absolute index of the newest bucket
+        self.ttft_ms = Ring(4096)
+        self.e2e_ms = Ring(4096)
+        self.itl_ms = Ring(capacity)
+        self.ok = 0
+        self.failed = 0
+        self.errors: Counter = Counter()
+
+    def _advance(self, bucket: int) -> None:
+        if bucket <= self._bucket_now:
+            return
+        gap = min(bucket - self._bucket_now, HISTORY_BUCKETS)
+        for i in range(1, gap + 1):
+            self.token_buckets[(self._bucket_now + i) % HISTORY_BUCKETS] = 0
+        self._bucket_now = bucket
+
+    def add(self, event: Any) -> None:
+        if isinstance(event, TokensArrived):
+            bucket = event.t_ns // BUCKET_NS
+            self._advance(bucket)
+            if self._bucket_now - bucket < HISTORY_BUCKETS:
+                self.token_buckets[bucket % HISTORY_BUCKETS] += event.tokens
+        elif isinstance(event, RequestDone) and event.finish_reason != "cancelled":
+            if event.error_class is not None:
+                self.failed += 1
+                self.errors[event.error_class] += 1
+                return
+            self.ok += 1
+            m = request_metrics(
+                event.arrivals_us, event.end_us, event.arrival_tokens or None
+            )
+            if m.ttft_us is not None:
+                self.ttft_ms.extend(event.t_ns, [m.ttft_us / 1e3])
+            self.e2e_ms.extend(event.t_ns, [m.e2e_us / 1e3])
+            self.itl_ms.extend(event.t_ns, m.itl_us / 1e3)
+
+    def tokens_per_s(self, now_ns: int, over_s: float | None = None) -> float:
+        """Tokens/s over the last ``over_s`` seconds of complete 100 ms buckets."""
+        n = self.rate_buckets if over_s is None else max(1, int(over_s * 1e9 / BUCKET_NS))
+        n = min(n, HISTORY_BUCKETS - 1)
+        self._advance(now_ns // BUCKET_NS)
+        newest_complete = self._bucket_now - 1
+        idx = np.arange(newest_complete - n + 1, newest_complete + 1) % HISTORY_BUCKETS
+        return float(self.token_buckets[idx].sum()) / (n * BUCKET_NS / 1e9)
+
+    def snapshot(self, now_ns: int) -> LiveSnapshot:
+        since = now_ns - self.window_ns
+
+        def pct(ring: Ring, q: float) -> float | None:
+            v = ring.since(since)
+            return float(np.percentile(v, q)) if v.size else None
+
+        return LiveSnapshot(
+            t_ns=now_ns,
+            tokens_per_s=self.tokens_per_s(now_ns),
+            requests_ok=self.ok,
+            requests_failed=self.failed,
+            errors=dict(self.errors),
+            ttft_p50_ms=pct(self.ttft_ms, 50),
+            ttft_p95_ms=pct(self.ttft_ms, 95),
+            itl_p50_ms=pct(self.itl_ms, 50),
+            itl_p95_ms=pct(self.itl_ms, 95),
+            e2e_p50_ms=pct(self.e2e_ms, 50),
+        )

@@ -1,0 +1,219 @@
+"""A session: one run of load against one backend, from header to end, with its record.
+
+The session owns the clock (``time.perf_counter_ns()``, relative to its start), the phases,
+warm-up, the end conditions and the listeners that receive every event in order (statistics,
+recorder, status line, TUI). Commands (:meth:`set_concurrency`, :meth:`mark`, :meth:`stop`)
+may arrive at any time from the same event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from engine import environment
+from engine.backends.base import Backend, GenerationRequest, StreamEnd
+from engine.config import RunConfig
+from engine.errors import BackendError, ConfigError
+from engine.events import (
+    SCHEMA_VERSION,
+    Mark,
+    Phase,
+    RequestDone,
+    SessionEnd,
+    SessionStart,
+    TokensArrived,
+)
+from engine.load import ClosedLoop
+from engine.prompts import make_prompts
+from engine.record import RecordWriter
+
+Listener = Callable[[Any], None]
+
+
+class Session:
+    def __init__(
+        self,
+        config: RunConfig,
+        backend: Backend,
+        record_path: Path | None = None,
+        listeners: tuple[Listener, ...] = (),
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.record_path = record_path
+        self.recorder: RecordWriter | None = None
+        self._listeners: list[Listener] = list(listeners)
+        self._prompts = make_prompts(config.seed, config.prompt_pool, config.input_tokens)
+        self._origin_ns = 0
+        self._phase: Phase | None = None
+        self._started = 0  # requests launched, warm-up included
+        self._loop: ClosedLoop | None = None
+        self._end_reason = "completed"
+        self._stopped = asyncio.Event()
+
+    # -- clock and events ------------------------------------------------------------------
+    def now_ns(self) -> int:
+        """Nanoseconds since the session started."""
+        return time.perf_counter_ns() - self._origin_ns
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self, event: Any) -> None:
+        for listener in self._listeners:
+            listener(event)
+
+    # -- commands --------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return self._loop.in_flight if self._loop else 0
+
+    @property
+    def concurrency(self) -> int:
+        return self._phase.concurrency if self._phase else self.config.concurrency
+
+    def set_concurrency(self, n: int, reason: str = "command") -> None:
+        """Start a new phase at ``n`` requests in flight; takes effect at once when raising."""
+        if n < 1:
+            raise ConfigError(f"concurrency must be at least 1 (got {n})")
+        if self._phase is None or n == self._phase.concurrency:
+            return
+        self._new_phase(reason, concurrency=n)
+        if self._loop is not None:
+            self._loop.set_target(n)
+
+    def mark(self, note: str) -> None:
+        self._emit(Mark(t_ns=self.now_ns(), note=note))
+
+    def stop(self, reason: str = "interrupted") -> None:
+        """End the run: in-flight requests are cancelled and the record is closed."""
+        if not self._stopped.is_set():
+            self._end_reason = reason
+            self._stopped.set()
+
+    # -- the run ---------------------------------------------------------------------------
+    def _new_phase(self, reason: str, concurrency: int | None = None) -> None:
+        previous = self._phase
+        self._phase = Phase(
+            t_ns=self.now_ns(),
+            phase_id=0 if previous is None else previous.phase_id + 1,
+            concurrency=concurrency or (previous.concurrency if previous else 0),
+            model=self.config.model,
+            backend=self.config.backend,
+            reason=reason,
+            warmup=self._started < self.config.warmup,
+        )
+        self._emit(self._phase)
+
+    def _launch(self):
+        cfg = self.config
+        if cfg.max_requests is not None and self._started >= cfg.warmup + cfg.max_requests:
+            return None
+        warmup = self._started < cfg.warmup
+        if not warmup and self._phase.warmup:
+            self._new_phase("warm-up done")
+        request_id = self._started
+        self._started += 1
+        return self._request(request_id, self._phase.phase_id, warmup)
+
+    async def _request(self, request_id: int, phase_id: int, warmup: bool) -> None:
+        cfg = self.config
+        prompt = self._prompts[request_id % len(self._prompts)]
+        request = GenerationRequest(request_id, prompt, cfg.output_tokens, cfg.model)
+        sent_ns = self.now_ns()
+        arrivals: list[int] = []
+        tokens: list[int] = []
+        finish, error_class, error_message = "length", None, None
+        try:
+            async for item in self.backend.stream(request):
+                if isinstance(item, StreamEnd):
+                    finish = item.finish_reason
+                    continue
+                t_ns = item.t_ns - self._origin_ns
+                arrivals.append((t_ns - sent_ns) // 1000)
+                tokens.append(item.tokens)
+                self._emit(TokensArrived(t_ns, 0, request_id, item.tokens, len(arrivals) == 1))
+        except asyncio.CancelledError:
+            finish = "cancelled"  # the run ended under it; recorded, then the task ends
+        except BackendError as exc:
+            finish, error_class, error_message = "error", exc.error_class, str(exc)
+        except Exception as exc:  # a backend bug must cost one request, not the soak
+            finish, error_class = "error", "unexpected"
+            error_message = f"{type(exc).__name__}: {exc}"
+        end_ns = self.now_ns()
+        self._emit(
+            RequestDone(
+                t_ns=end_ns,
+                worker_id=0,
+                request_id=request_id,
+                phase_id=phase_id,
+                backend=cfg.backend,
+                model=cfg.model,
+                sent_ns=sent_ns,
+                prompt_tokens=len(prompt.token_ids),
+                arrivals_us=tuple(arrivals),
+                arrival_tokens=tuple(tokens) if any(k != 1 for k in tokens) else (),
+                end_us=(end_ns - sent_ns) // 1000,
+                finish_reason=finish,
+                warmup=warmup,
+                error_class=error_class,
+                error_message=error_message,
+            )
+        )
+
+    async def run(self) -> SessionEnd:
+        """Start the backend, run until an end condition, and always close the record."""
+        await self.backend.start()
+        try:
+            return await self._run_started()
+        finally:
+            await self.backend.close()
+
+    async def _run_started(self) -> SessionEnd:
+        if self.record_path is not None:
+            self.recorder = RecordWriter(self.record_path)
+            self._listeners.insert(0, self.recorder.write)
+        self._origin_ns = time.perf_counter_ns()
+        end: SessionEnd | None = None
+        try:
+            self._emit(
+                SessionStart(
+                    t_ns=0,
+                    schema_version=SCHEMA_VERSION,
+                    wall_start=datetime.now().astimezone().isoformat(),
+                    config=self.config.to_dict(),
+                    environment=environment.collect(),
+                    backend=self.backend.describe(),
+                )
+            )
+            self._new_phase("start", concurrency=self.config.concurrency)
+            self._loop = ClosedLoop(self.config.concurrency, self._launch)
+            load = asyncio.ensure_future(self._loop.run())
+            stopped = asyncio.ensure_future(self._stopped.wait())
+            waiters = {load, stopped}
+            if self.config.duration_s is not None:
+                waiters.add(asyncio.ensure_future(asyncio.sleep(self.config.duration_s)))
+            try:
+                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await self._loop.stop()
+                for waiter in waiters:
+                    waiter.cancel()
+            if stopped in done and load not in done:
+                reason = self._end_reason
+            else:
+                reason = "completed"
+            end = SessionEnd(t_ns=self.now_ns(), reason=reason)
+        except BaseException:
+            end = SessionEnd(t_ns=self.now_ns(), reason="crashed")
+            raise
+        finally:
+            self._emit(end)
+            if self.recorder is not None:
+                self.recorder.close()
+        return end

@@ -1,0 +1,186 @@
+"""Whole-run and per-phase statistics, built one event at a time.
+
+The live run feeds its events here as they happen; ``soaktop summary`` feeds the same events
+read back from the record. One code path, so the two give the same numbers.
+
+Memory grows per request (a handful of floats each), never per token: ITL goes into a
+fixed-size :class:`~engine.histogram.LogHistogram` per phase.
+
+Attribution:
+- Latencies (TTFT, ITL, TPOT, E2E, output speed) and request counts belong to the phase in
+  which the request was *sent*. Warm-up requests are counted apart and in no distribution;
+  requests cut off by the end of the run are counted as cancelled, not failed.
+- Output tokens and tokens/s are a system view: every token that *arrived* inside a phase's
+  time window counts for that phase, whichever request it belongs to. The whole-run figure
+  covers the non-warm-up phases, so the tokens of a warm-up request that arrive after warm-up
+  ended still count, and a run cut mid-request keeps the tokens it saw.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.events import Phase, RequestDone, SessionEnd, SessionStart
+from engine.histogram import LogHistogram
+from engine.stats import distribution, histogram_distribution, rate, request_metrics
+
+
+class _Column:
+    """A float64 array that grows by doubling: compact per-request storage."""
+
+    __slots__ = ("_data", "_size")
+
+    def __init__(self) -> None:
+        self._data = np.empty(64, dtype=np.float64)
+        self._size = 0
+
+    def append(self, value: float | None) -> None:
+        if self._size == self._data.size:
+            self._data = np.concatenate([self._data, np.empty_like(self._data)])
+        self._data[self._size] = np.nan if value is None else value
+        self._size += 1
+
+    def values(self) -> np.ndarray:
+        return self._data[: self._size]
+
+
+_METRICS = ("ttft_us", "tpot_us", "e2e_us", "speed_tps")
+
+
+@dataclass
+class _PhaseStats:
+    phase: Phase
+    columns: dict[str, _Column] = field(default_factory=lambda: {m: _Column() for m in _METRICS})
+    itl: LogHistogram = field(default_factory=LogHistogram)
+    ok: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    warmup: int = 0
+    errors: Counter = field(default_factory=Counter)
+    tokens_in_window: int = 0
+
+
+class SessionSummary:
+    """Feed events with :meth:`add`; read numbers with :meth:`result` at any time."""
+
+    def __init__(self) -> None:
+        self.header: SessionStart | None = None
+        self.end: SessionEnd | None = None
+        self._phases: dict[int, _PhaseStats] = {}
+        self._order: list[_PhaseStats] = []
+        self._starts = np.empty(0, dtype=np.int64)
+        self._last_t_ns = 0
+
+    def add(self, event: Any) -> None:
+        t_ns = getattr(event, "t_ns", 0)
+        if t_ns > self._last_t_ns:
+            self._last_t_ns = t_ns
+        if isinstance(event, RequestDone):
+            self._add_request(event)
+        elif isinstance(event, Phase):
+            stats = _PhaseStats(event)
+            self._phases[event.phase_id] = stats
+            self._order.append(stats)
+            self._starts = np.append(self._starts, event.t_ns)
+        elif isinstance(event, SessionStart):
+            self.header = event
+        elif isinstance(event, SessionEnd):
+            self.end = event
+
+    def _add_request(self, done: RequestDone) -> None:
+        if done.arrivals_us and self._order:
+            arrived_ns = done.sent_ns + np.asarray(done.arrivals_us, dtype=np.int64) * 1000
+            slot = np.searchsorted(self._starts, arrived_ns, side="right") - 1
+            weights = np.asarray(done.arrival_tokens) if done.arrival_tokens else None
+            per_phase = np.bincount(np.maximum(slot, 0), weights=weights)
+            for i in np.flatnonzero(per_phase):
+                self._order[i].tokens_in_window += int(per_phase[i])
+        stats = self._phases.get(done.phase_id)
+        if stats is None:
+            return  # a request from a phase this summary never saw (a cut record)
+        if done.warmup:
+            stats.warmup += 1
+        elif done.finish_reason == "cancelled":
+            stats.cancelled += 1
+        elif done.error_class is not None:
+            stats.failed += 1
+            stats.errors[done.error_class] += 1
+        else:
+            stats.ok += 1
+            m = request_metrics(
+                done.arrivals_us, done.end_us, done.arrival_tokens if done.arrival_tokens else None
+            )
+            for name in _METRICS:
+                stats.columns[name].append(getattr(m, name))
+            stats.itl.add(m.itl_us)
+
+    def _window_ns(self, index: int) -> int:
+        start = self._order[index].phase.t_ns
+        if index + 1 < len(self._order):
+            return self._order[index + 1].phase.t_ns - start
+        end = self.end.t_ns if self.end is not None else self._last_t_ns
+        return max(end - start, 0)
+
+    def result(self) -> dict[str, Any]:
+        """The summary dictionary (the keys of DESIGN.md and a few more), JSON-ready."""
+        phases = []
+        measured: list[tuple[_PhaseStats, int]] = []
+        for i, stats in enumerate(self._order):
+            window_ns = self._window_ns(i)
+            phases.append(
+                {
+                    "phase_id": stats.phase.phase_id,
+                    "concurrency": stats.phase.concurrency,
+                    "model": stats.phase.model,
+                    "backend": stats.phase.backend,
+                    "reason": stats.phase.reason,
+                    "warmup": stats.phase.warmup,
+                    "start_s": stats.phase.t_ns / 1e9,
+                    **_figures([(stats, window_ns)]),
+                }
+            )
+            if not stats.phase.warmup:
+                measured.append((stats, window_ns))
+        out: dict[str, Any] = _figures(measured)
+        out["requests_warmup"] = sum(s.warmup for s in self._order)
+        out["ended"] = self.end.reason if self.end is not None else "unknown (no session_end)"
+        out["phases"] = phases
+        return out
+
+
+def _figures(parts: list[tuple[_PhaseStats, int]]) -> dict[str, Any]:
+    """The numbers of one phase, or of several phases taken together."""
+    ok = sum(s.ok for s, _ in parts)
+    failed = sum(s.failed for s, _ in parts)
+    tokens = sum(s.tokens_in_window for s, _ in parts)
+    duration_s = sum(w for _, w in parts) / 1e9
+    errors: Counter = Counter()
+    itl = LogHistogram()
+    for s, _ in parts:
+        errors.update(s.errors)
+        itl.merge(s.itl)
+
+    def column(name: str) -> np.ndarray:
+        arrays = [s.columns[name].values() for s, _ in parts]
+        return np.concatenate(arrays) if arrays else np.empty(0)
+
+    return {
+        "requests_ok": ok,
+        "requests_failed": failed,
+        "requests_cancelled": sum(s.cancelled for s, _ in parts),
+        "errors": dict(sorted(errors.items())),
+        "error_rate": failed / (ok + failed) if ok + failed else 0.0,
+        "output_tokens": tokens,
+        "duration_s": duration_s,
+        "output_tokens_per_s": rate(tokens, duration_s),
+        "requests_per_s": rate(ok, duration_s),
+        "ttft_ms": distribution(column("ttft_us"), 1e-3),
+        "itl_ms": histogram_distribution(itl, 1e-3),
+        "tpot_ms": distribution(column("tpot_us"), 1e-3),
+        "e2e_ms": distribution(column("e2e_us"), 1e-3),
+        "output_speed_tps": distribution(column("speed_tps")),
+    }

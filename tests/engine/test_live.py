@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+
+from engine.events import RequestDone, TokensArrived
+from engine.live import HISTORY_BUCKETS, LiveStats, Ring
+
+S = 1_000_000_000
+
+
+def test_tokens_per_second_counts_complete_buckets_of_the_last_second():
+    live = LiveStats(rate_s=1.0)
+    for i in range(30):  # 30 tokens spread over 1.0 s .. 1.29 s
+        live.add(TokensArrived(S + i * 10_000_000, 0, 0, 1, i == 0))
+    live.add(TokensArrived(int(2.05 * S), 0, 1, 5, True))  # in the unfinished bucket
+    assert live.tokens_per_s(int(2.05 * S)) == pytest.approx(30.0)
+    # eleven seconds later the window holds nothing
+    assert live.tokens_per_s(13 * S) == 0.0
+
+
+def test_old_latencies_leave_the_window():
+    live = LiveStats(window_s=10)
+
+    def request(t_s, ttft_us):
+        return RequestDone(int(t_s * S), 0, 0, 0, "fake", "m", int(t_s * S) - 5000,
+                           4, (ttft_us, ttft_us + 10), ttft_us + 20, "length")
+
+    live.add(request(1, 1000))
+    live.add(request(15, 3000))
+    snap = live.snapshot(16 * S)
+    assert snap.ttft_p50_ms == pytest.approx(3.0)  # the 1 ms request is 15 s old: gone
+    assert snap.requests_ok == 2
+
+
+def test_ring_is_fixed_size():
+    ring = Ring(8)
+    for t in range(100):
+        ring.extend(t, np.arange(5))
+    assert ring.values.size == 8 and ring.since(0).size == 8
+    assert HISTORY_BUCKETS * 8 < 20_000  # token history is a few kilobytes, whatever the run

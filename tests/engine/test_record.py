@@ -1,0 +1,143 @@
+"""Records: round trip, compact encoding, crash safety, and bad input."""
+
+import asyncio
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from engine.backends.fake import FakeBackend
+from engine.errors import RecordError
+from engine.events import (
+    GpuSample,
+    HostSample,
+    Mark,
+    Phase,
+    RequestDone,
+    SessionEnd,
+    SessionStart,
+    TokensArrived,
+)
+from engine.record import RecordReader, RecordWriter, decode, default_path, encode
+
+EVENTS = [
+    SessionStart(0, 1, "2026-11-23T10:00:00+00:00", {"concurrency": 2}, {"python": "3.11"},
+                 {"kind": "fake"}),
+    Phase(10, 0, 2, "m", "fake", "start", True),
+    RequestDone(5_000, 0, 0, 0, "fake", "m", 100, 16, (1200, 1300, 1450), 1500, "length",
+                warmup=True),
+    RequestDone(6_000, 1, 1, 0, "fake", "m", 200, 16, (900, 1900), 2000, "length",
+                arrival_tokens=(3, 2)),
+    RequestDone(7_000, 0, 2, 0, "fake", "m", 300, 16, (), 50, "error",
+                error_class="http_500", error_message="Internal <b>[red]error"),
+    GpuSample(8_000, 0, temperature_c=61.0, clock_event_reasons=("sw_power_cap",)),
+    HostSample(8_500, cpu_percent=12.5),
+    Mark(9_000, "fan noise [bold]"),
+    SessionEnd(10_000, "completed"),
+]
+
+
+def test_every_event_kind_round_trips_exactly():
+    for event in EVENTS:
+        assert decode(json.loads(json.dumps(encode(event)))) == event
+
+
+def test_arrivals_are_delta_encoded_integers():
+    data = encode(EVENTS[2])
+    assert data["arrivals_dus"] == [1200, 100, 150]
+    assert "arrivals_us" not in data and "error_class" not in data  # defaults stay implicit
+
+
+def test_live_only_events_are_not_written(tmp_path):
+    writer = RecordWriter(tmp_path / "r.jsonl")
+    writer.write(EVENTS[0])
+    writer.write(TokensArrived(1, 0, 0, 1, True))
+    writer.close()
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
+
+
+def test_writer_then_reader(tmp_path):
+    path = tmp_path / "r.jsonl"
+    writer = RecordWriter(path)
+    for event in EVENTS:
+        writer.write(event)
+    writer.close()
+    reader = RecordReader(path)
+    assert list(reader.events()) == EVENTS and reader.warnings == []
+
+
+async def test_flushed_within_a_second_while_running(tmp_path, make_session):
+    session, _ = make_session(FakeBackend(itl_s=0.001), record=True, concurrency=2,
+                              output_tokens=20, duration_s=3.0)
+
+    async def peek():
+        await asyncio.sleep(1.6)
+        return session.record_path.read_text()
+
+    text, _ = await asyncio.gather(peek(), session.run())
+    lines = text.splitlines()
+    assert json.loads(lines[0])["type"] == "session_start"
+    assert sum('"request_done"' in line for line in lines) > 10  # readable mid-run
+
+
+def test_a_line_cut_by_a_kill_is_dropped_with_a_warning(tmp_path):
+    path = tmp_path / "r.jsonl"
+    text = "".join(json.dumps(encode(e)) + "\n" for e in EVENTS[:4])
+    path.write_text(text + json.dumps(encode(EVENTS[4]))[:25])
+    reader = RecordReader(path)
+    assert list(reader.events()) == EVENTS[:4]
+    assert reader.warnings == ["line 5: cut short (the writer was stopped)"]
+
+
+def test_a_corrupt_middle_line_is_named_and_the_rest_used(tmp_path):
+    path = tmp_path / "r.jsonl"
+    lines = [json.dumps(encode(e)) for e in EVENTS]
+    lines[3] = "{not json"
+    path.write_text("\n".join(lines) + "\n")
+    reader = RecordReader(path)
+    events = list(reader.events())
+    assert len(events) == len(EVENTS) - 1 and events[-1] == EVENTS[-1]
+    assert reader.warnings == ["line 4: unreadable (JSONDecodeError)"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "is empty"),
+        ("hello\n", "is not a soaktop record"),
+        (json.dumps(encode(EVENTS[1])) + "\n", "is not a soaktop record"),
+        (json.dumps({**encode(EVENTS[0]), "schema_version": 99}) + "\n", "schema v99"),
+    ],
+)
+def test_bad_files_get_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "r.jsonl"
+    path.write_text(content)
+    with pytest.raises(RecordError, match=message) as info:
+        list(RecordReader(path).events())
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file_and_existing_target(tmp_path):
+    with pytest.raises(RecordError, match="no such record"):
+        list(RecordReader(tmp_path / "nope.jsonl").events())
+    (tmp_path / "r.jsonl").write_text("")
+    with pytest.raises(RecordError, match="already exists"):
+        RecordWriter(tmp_path / "r.jsonl")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_stops_recording_but_not_the_caller(tmp_path):
+    writer = RecordWriter(tmp_path / "r.jsonl")
+    writer._file = open("/dev/full", "w")  # every write fails with ENOSPC, as on a full disk
+    writer.write(EVENTS[0])
+    writer.close()  # does not raise
+    assert writer.error == (
+        f"recording stopped: cannot write {tmp_path / 'r.jsonl'}: No space left on device"
+    )
+    writer.write(EVENTS[1])  # later writes are dropped quietly
+
+
+def test_default_name_follows_the_design():
+    path = default_path(Path("sessions"), datetime(2026, 11, 23, 9, 5, 7), "gpu box/1", "llama-1b")
+    assert path == Path("sessions/20261123-090507_gpu-box-1_llama-1b.jsonl")

@@ -1,0 +1,163 @@
+"""The session and its closed loop, observed only through the events they emit."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from engine.backends.fake import FakeBackend
+from engine.events import Phase, RequestDone, SessionEnd, SessionStart, TokensArrived
+from engine.summary import SessionSummary
+
+MS = 1_000_000
+
+
+def in_flight_at(done: list[RequestDone], t_ns: int) -> int:
+    """Requests sent at or before ``t_ns`` that had not finished: read off the events alone."""
+    return sum(1 for d in done if d.sent_ns <= t_ns < d.t_ns)
+
+
+async def test_concurrency_change_mid_run_is_seen_in_the_events(make_session):
+    # ~10 ms TTFT + 9 x 2 ms gaps: each request takes ~30 ms, so every window below spans
+    # several request lifetimes and the expected counts are exact, not statistical.
+    session, events = make_session(
+        FakeBackend(ttft_s=0.010, itl_s=0.002), concurrency=2, duration_s=1.0,
+        output_tokens=10, warmup_requests=0,
+    )
+
+    async def steer():
+        await asyncio.sleep(0.3)
+        session.set_concurrency(6, reason="key")
+        await asyncio.sleep(0.3)
+        session.set_concurrency(1, reason="key")
+
+    steering = asyncio.create_task(steer())
+    await session.run()
+    await steering
+    phases = events.of(Phase)
+    assert [(p.concurrency, p.reason) for p in phases] == [(2, "start"), (6, "key"), (1, "key")]
+    up, down = phases[1].t_ns, phases[2].t_ns
+    done = [d for d in events.of(RequestDone) if d.finish_reason != "cancelled"]
+
+    def profile(a_ns, b_ns):
+        """(max, time-average) of the in-flight count on a 0.1 ms grid."""
+        counts = [in_flight_at(done, t) for t in range(a_ns, b_ns, MS // 10)]
+        return max(counts), sum(counts) / len(counts)
+
+    # a completion and its replacement are microseconds apart, so the average sits just
+    # under the target and the maximum never exceeds it
+    peak, mean = profile(50 * MS, up)
+    assert peak == 2 and mean > 1.95
+    peak, mean = profile(up + 20 * MS, down)
+    assert peak == 6 and mean > 5.85  # the 4 extra started at once, then held
+    # lowering cancels nothing and does not drain: the first send after it comes right
+    # after the 6th completion, when the in-flight count has fallen below 1
+    completions = sorted(d.t_ns for d in done if d.t_ns > down)
+    sends = sorted(d.sent_ns for d in done if d.sent_ns > down)
+    assert sends[0] > completions[5] and sends[0] - completions[5] < 5 * MS
+    cancelled = [d for d in events.of(RequestDone) if d.finish_reason == "cancelled"]
+    assert all(d.t_ns >= 1_000 * MS for d in cancelled)  # only the run's end (1 s) cancels
+    peak, mean = profile(sends[0], sends[0] + 300 * MS)
+    assert peak == 1 and mean > 0.95
+    # requests sent after each change carry the new phase id
+    assert {d.phase_id for d in done if d.sent_ns > down + 60 * MS} == {2}
+
+
+async def test_a_finished_request_is_replaced_at_once(make_session):
+    session, events = make_session(
+        FakeBackend(ttft_s=0.005, itl_s=0.001), concurrency=1, max_requests=20,
+        output_tokens=5, warmup_requests=0,
+    )
+    await session.run()
+    done = sorted(events.of(RequestDone), key=lambda d: d.request_id)
+    gaps_ms = [(b.sent_ns - a.t_ns) / MS for a, b in zip(done, done[1:])]
+    # the replacement is launched from the finished task's done-callback: one loop turn
+    assert max(gaps_ms) < 5, gaps_ms
+
+
+async def test_request_budget_ends_the_run_without_cancelling(make_session):
+    session, events = make_session(concurrency=3, max_requests=10, warmup_requests=2,
+                                   output_tokens=4)
+    end = await session.run()
+    done = events.of(RequestDone)
+    assert len(done) == 12 and all(d.ok for d in done)
+    assert sum(d.warmup for d in done) == 2
+    assert end.reason == "completed"
+    assert isinstance(events[0], SessionStart) and isinstance(events[-1], SessionEnd)
+
+
+async def test_warmup_requests_are_counted_apart(make_session):
+    session, events = make_session(concurrency=1, max_requests=5, warmup_requests=3,
+                                   output_tokens=3)
+    summary = SessionSummary()
+    for e in events:
+        summary.add(e)
+    await session.run()
+    for e in events:
+        summary.add(e)
+    r = summary.result()
+    assert r["requests_warmup"] == 3 and r["requests_ok"] == 5
+    phases = events.of(Phase)
+    assert [(p.reason, p.warmup) for p in phases] == [("start", True), ("warm-up done", False)]
+    assert [d.warmup for d in sorted(events.of(RequestDone), key=lambda d: d.request_id)] == [
+        True, True, True, False, False, False, False, False]
+
+
+async def test_duration_ends_the_run_and_cuts_in_flight_requests(make_session):
+    session, events = make_session(FakeBackend(ttft_s=0.01, itl_s=0.01), concurrency=4,
+                                   duration_s=0.5, output_tokens=1000)
+    end = await session.run()
+    assert end.reason == "completed"
+    assert 0.5 <= end.t_ns / 1e9 < 0.7
+    done = events.of(RequestDone)
+    assert len(done) == 4 and all(d.finish_reason == "cancelled" for d in done)
+    # what they had received before the cut is kept
+    assert all(len(d.arrivals_us) > 10 for d in done)
+
+
+async def test_stop_command_interrupts_and_closes(make_session):
+    session, events = make_session(concurrency=2, output_tokens=50, record=True)
+
+    async def press_ctrl_c():
+        await asyncio.sleep(0.3)
+        session.stop("interrupted")
+
+    asyncio.create_task(press_ctrl_c())
+    end = await asyncio.wait_for(session.run(), timeout=5)
+    assert end.reason == "interrupted"
+    assert session.backend.closed
+    lines = session.record_path.read_text().splitlines()
+    assert '"type":"session_end"' in lines[-1] and "interrupted" in lines[-1]
+
+
+async def test_failures_are_counted_by_class_and_the_run_goes_on(make_session):
+    session, events = make_session(
+        FakeBackend(fail_every=3, error_class="server_error"), concurrency=2, max_requests=12,
+        warmup_requests=0, output_tokens=3,
+    )
+    await session.run()
+    done = events.of(RequestDone)
+    failed = [d for d in done if d.error_class]
+    assert len(done) == 12 and len(failed) == 4
+    assert {d.error_class for d in failed} == {"server_error"}
+    assert all(d.finish_reason == "error" and d.error_message for d in failed)
+
+
+async def test_token_events_match_the_request_records(make_session):
+    session, events = make_session(FakeBackend(chunk=3), concurrency=2, max_requests=4,
+                                   output_tokens=10, warmup_requests=0)
+    await session.run()
+    for d in events.of(RequestDone):
+        live = [e for e in events.of(TokensArrived) if e.request_id == d.request_id]
+        assert sum(e.tokens for e in live) == d.output_tokens == 10
+        assert d.arrival_tokens == (3, 3, 3, 1)
+        assert [e.first for e in live] == [True, False, False, False]
+        assert np.all(np.diff(d.arrivals_us) >= 0)
+
+
+async def test_concurrency_below_one_is_refused(make_session):
+    from engine.errors import ConfigError
+
+    session, _ = make_session(concurrency=1, max_requests=1)
+    with pytest.raises(ConfigError):
+        session.set_concurrency(0)

@@ -1,0 +1,99 @@
+"""Whole-run and per-phase summaries from hand-built events, checked against hand arithmetic."""
+
+import pytest
+
+from engine.events import Phase, RequestDone, SessionEnd
+from engine.summary import SessionSummary
+
+MS = 1_000_000  # ns
+
+
+def done(rid, phase, sent_ns, arrivals_us, end_us=None, **kw):
+    return RequestDone(
+        t_ns=sent_ns + (end_us or (arrivals_us[-1] if arrivals_us else 0)) * 1000,
+        worker_id=0, request_id=rid, phase_id=phase, backend="fake", model="m",
+        sent_ns=sent_ns, prompt_tokens=8, arrivals_us=tuple(arrivals_us),
+        end_us=end_us or (arrivals_us[-1] if arrivals_us else 0),
+        finish_reason=kw.pop("finish_reason", "length"), **kw,
+    )
+
+
+def phase(pid, t_ns, concurrency=2, warmup=False, reason="start"):
+    return Phase(t_ns, pid, concurrency, "m", "fake", reason, warmup)
+
+
+def test_one_phase_by_hand():
+    s = SessionSummary()
+    for e in [
+        phase(0, 0),
+        done(0, 0, 0, [1000, 2000, 3000]),
+        done(1, 0, 500_000, [2000, 2500]),
+        done(2, 0, 1 * MS, [], end_us=400, finish_reason="error", error_class="oom",
+             error_message="out of memory"),
+        done(3, 0, 2 * MS, [100], end_us=200, finish_reason="cancelled"),
+        SessionEnd(10 * MS, "completed"),
+    ]:
+        s.add(e)
+    r = s.result()
+    assert (r["requests_ok"], r["requests_failed"], r["requests_cancelled"]) == (2, 1, 1)
+    assert r["errors"] == {"oom": 1}
+    assert r["error_rate"] == pytest.approx(1 / 3)
+    # tokens arriving in the window count, the cancelled request's one included: 3 + 2 + 1
+    assert r["output_tokens"] == 6
+    assert r["duration_s"] == pytest.approx(0.010)
+    assert r["output_tokens_per_s"] == pytest.approx(600)
+    assert r["requests_per_s"] == pytest.approx(200)
+    assert r["ttft_ms"]["p50"] == pytest.approx(1.5)  # median of 1.0 and 2.0 ms
+    assert r["ttft_ms"]["p90"] == pytest.approx(1.9)
+    # ITL gaps 1000, 1000, 500 µs; nearest rank p50 of [500, 1000, 1000] is 1000
+    assert r["itl_ms"]["p50"] == pytest.approx(1.0)
+    assert r["itl_ms"]["mean"] == pytest.approx(2500 / 3 / 1000)
+    assert r["tpot_ms"]["p50"] == pytest.approx(0.75)  # TPOTs 1000 and 500 µs
+    assert r["e2e_ms"]["p50"] == pytest.approx(2.75)  # E2E 3000 and 2500 µs
+    assert r["ended"] == "completed"
+
+
+def test_warmup_and_phases_attribute_tokens_by_arrival_and_latency_by_send():
+    s = SessionSummary()
+    for e in [
+        phase(0, 0, warmup=True),
+        phase(1, 5 * MS, reason="warm-up done"),
+        done(0, 0, 0, [4000, 6000], warmup=True),  # one token in phase 0, one in phase 1
+        phase(2, 10 * MS, concurrency=4, reason="key"),
+        done(1, 1, 5 * MS, [1000, 7000]),  # tokens at 6 ms (phase 1) and 12 ms (phase 2)
+        done(2, 2, 12 * MS, [1000]),  # token at 13 ms (phase 2)
+        SessionEnd(20 * MS, "completed"),
+    ]:
+        s.add(e)
+    r = s.result()
+    p = {x["phase_id"]: x for x in r["phases"]}
+    assert [p[i]["output_tokens"] for i in range(3)] == [1, 2, 2]
+    assert [p[i]["requests_ok"] for i in range(3)] == [0, 1, 1]
+    assert p[0]["warmup"] and not p[1]["warmup"]
+    assert p[2]["concurrency"] == 4 and p[2]["duration_s"] == pytest.approx(0.010)
+    assert r["requests_warmup"] == 1
+    # whole run = phases 1 and 2: 4 tokens over 15 ms; the warm-up request's latency excluded
+    assert r["output_tokens"] == 4 and r["duration_s"] == pytest.approx(0.015)
+    assert r["output_tokens_per_s"] == pytest.approx(4 / 0.015)
+    assert r["requests_ok"] == 2
+    assert r["ttft_ms"]["p50"] == pytest.approx(1.0)
+
+
+def test_zero_successful_requests_gives_none_not_zero_or_crash():
+    s = SessionSummary()
+    s.add(phase(0, 0))
+    s.add(done(0, 0, 0, [], end_us=10, finish_reason="error", error_class="engine_crash"))
+    s.add(SessionEnd(1 * MS, "completed"))
+    r = s.result()
+    assert r["requests_ok"] == 0 and r["requests_failed"] == 1 and r["error_rate"] == 1.0
+    assert r["ttft_ms"]["p50"] is None and r["itl_ms"]["p99"] is None
+    assert r["output_tokens"] == 0 and r["output_tokens_per_s"] == 0.0
+
+
+def test_record_cut_before_session_end_uses_the_last_event_time():
+    s = SessionSummary()
+    s.add(phase(0, 0))
+    s.add(done(0, 0, 0, [1000, 2000]))
+    r = s.result()
+    assert r["duration_s"] == pytest.approx(0.002)
+    assert r["ended"].startswith("unknown")

@@ -1,0 +1,1 @@
+"""soaktop's user-facing layer: the command line, and (soon) the Textual dashboard."""

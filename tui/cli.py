@@ -1,0 +1,222 @@
+"""The ``soaktop`` command: argument parsing and the edge where errors become one line.
+
+Textual is imported only when a screen is opened, so headless runs start fast and work where
+textual is not installed (a GPU box that only has the engine's dependencies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import socket
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from engine import __version__, backends
+from engine.config import RunConfig, parse_duration
+from engine.errors import SoaktopError
+from engine.headless import status_line, summary_table
+from engine.live import LiveStats
+from engine.record import RecordReader, default_path
+from engine.session import Session
+from engine.summary import SessionSummary
+
+DEFAULT_SESSIONS_DIR = Path("sessions")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"cannot be negative (got {value})")
+    return value
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except SoaktopError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=backends.USER_KINDS, default="local")
+    p.add_argument("--model", default="tiny", help="model name; for --backend local a preset "
+                   "(tiny, gpt2-small, llama-1b)")
+    p.add_argument("--device", default="auto", help="local engine device: auto, cpu, cuda, "
+                   "cuda:N (auto: CUDA when present)")
+    p.add_argument("--concurrency", type=_positive_int, default=4,
+                   help="requests kept in flight (closed loop)")
+    p.add_argument("--duration", type=_duration, default=None,
+                   help="run time, warm-up included (e.g. 20s, 30m); default: until Ctrl-C")
+    p.add_argument("--requests", type=_positive_int, default=None,
+                   help="stop after this many measured requests")
+    p.add_argument("--warmup", type=_non_negative_int, default=None,
+                   help="warm-up requests left out of the statistics (default: concurrency)")
+    p.add_argument("--input-tokens", type=_positive_int, default=128)
+    p.add_argument("--output-tokens", type=_positive_int, default=128)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompts and weights")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--record", type=Path, default=DEFAULT_SESSIONS_DIR,
+                       help="record file, or folder for one (default: ./sessions/)")
+    group.add_argument("--no-record", action="store_true", help="keep no record")
+    p.add_argument("--headless", action="store_true",
+                   help="status lines instead of the dashboard (the only mode for now)")
+    p.add_argument("--json", action="store_true",
+                   help="print the final summary as one JSON object on stdout")
+    p.add_argument("--status-every", type=_duration, default=5.0,
+                   help="seconds between status lines (default 5)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (the usage text is one --help away)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="soaktop", description="top for LLM inference soak tests")
+    parser.add_argument("--version", action="version", version=f"soaktop {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    _add_run_arguments(sub.add_parser("run", help="drive load and watch it (the default)"))
+    summary = sub.add_parser("summary", help="statistics of a session record")
+    summary.add_argument("path", type=Path)
+    summary.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    models = sub.add_parser("models", help="models a backend can serve")
+    models.add_argument("--backend", choices=backends.USER_KINDS, default="local")
+    return parser
+
+
+def _record_path(args: argparse.Namespace) -> Path | None:
+    if args.no_record:
+        return None
+    path: Path = args.record
+    if path.suffix == ".jsonl" and not path.is_dir():
+        return path
+    return default_path(path, datetime.now(), socket.gethostname(), args.model)
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    config = RunConfig(
+        backend=args.backend,
+        model=args.model,
+        device=args.device,
+        concurrency=args.concurrency,
+        duration_s=args.duration,
+        max_requests=args.requests,
+        warmup_requests=args.warmup,
+        input_tokens=args.input_tokens,
+        output_tokens=args.output_tokens,
+        seed=args.seed,
+    )
+    backend = backends.create(args.backend, model=args.model, device=args.device, seed=args.seed)
+    summary, live = SessionSummary(), LiveStats()
+    session = Session(config, backend, _record_path(args), listeners=(summary.add, live.add))
+    out = sys.stderr if args.json else sys.stdout
+    loop = asyncio.get_running_loop()
+
+    def interrupt(signum: int) -> None:
+        session.stop("interrupted")
+        loop.remove_signal_handler(signum)  # a second Ctrl-C stops at once
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupt, signum)
+
+    async def report() -> None:
+        warned = False
+        while True:
+            await asyncio.sleep(args.status_every)
+            print(status_line(live.snapshot(session.now_ns()), session.in_flight,
+                              session.concurrency), file=out, flush=True)
+            if session.recorder and session.recorder.error and not warned:
+                print(f"soaktop: {session.recorder.error}", file=sys.stderr, flush=True)
+                warned = True
+
+    print(f"soaktop: loading {args.backend} model {args.model} ...", file=sys.stderr, flush=True)
+    reporter = None
+
+    def on_start(event: Any) -> None:
+        nonlocal reporter
+        if reporter is None:
+            reporter = asyncio.ensure_future(report())
+            where = session.record_path if session.record_path else "not recorded"
+            print(f"soaktop: running ({backend.describe().get('device', args.backend)});"
+                  f" record: {where}", file=sys.stderr, flush=True)
+
+    session.add_listener(on_start)
+    try:
+        await session.run()
+    finally:
+        if reporter is not None:
+            reporter.cancel()
+    if session.recorder and session.recorder.error:
+        print(f"soaktop: {session.recorder.error}", file=sys.stderr)
+    return summary.result()
+
+
+def _print_summary(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(summary_table(result))
+
+
+def _summary(args: argparse.Namespace) -> None:
+    reader = RecordReader(args.path)
+    summary = SessionSummary()
+    for event in reader.events():
+        summary.add(event)
+    for warning in reader.warnings:
+        print(f"soaktop: warning: {args.path}: {warning}", file=sys.stderr)
+    _print_summary(summary.result(), args.json)
+
+
+def _models(args: argparse.Namespace) -> None:
+    backend = backends.create(args.backend)
+    for name in backend.models():
+        print(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv = ["run", *argv]  # `soaktop` alone runs the embedded default
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            _print_summary(asyncio.run(_run(args)), args.json)
+        elif args.command == "summary":
+            _summary(args)
+        elif args.command == "models":
+            _models(args)
+    except SoaktopError as exc:
+        print(f"soaktop: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("soaktop: stopped", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
