@@ -1,0 +1,88 @@
+"""The `soaktop` command as a user runs it: a real process, the embedded tiny model on CPU."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+SOAKTOP = [sys.executable, "-m", "tui.cli"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def soaktop(*args, timeout=120):
+    return subprocess.run([*SOAKTOP, *args], capture_output=True, text=True, timeout=timeout,
+                          env=ENV)
+
+
+def test_headless_json_run_and_its_record_summarise_identically(tmp_path):
+    record = tmp_path / "run.jsonl"
+    run = soaktop("run", "--headless", "--duration", "6s", "--concurrency", "4", "--json",
+                  "--record", str(record), "--status-every", "1", "--output-tokens", "32")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)  # stdout is exactly one JSON object
+    for key in ("requests_ok", "requests_failed", "output_tokens", "duration_s",
+                "output_tokens_per_s", "phases"):
+        assert key in result
+    for key in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):
+        assert set(result[key]) == {"p50", "p90", "p95", "p99", "mean"}
+    assert result["requests_ok"] > 0 and result["requests_failed"] == 0
+    assert result["ended"] == "completed"
+    # plausible, not just present: the whole run is shorter than the 6 s asked for (warm-up
+    # excluded), every latency is positive and ordered, tokens/s agrees with its parts
+    assert 0 < result["duration_s"] < 6.0
+    assert result["output_tokens_per_s"] == pytest.approx(
+        result["output_tokens"] / result["duration_s"])
+    ttft = result["ttft_ms"]
+    assert 0 < ttft["p50"] <= ttft["p90"] <= ttft["p99"]
+    assert result["phases"][0]["concurrency"] == 4
+    # status lines went to stderr, so stdout stayed parseable
+    assert "tok/s" in run.stderr and "TTFT p50" in run.stderr
+    again = soaktop("summary", str(record), "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == result
+
+
+def test_ctrl_c_ends_the_run_and_closes_the_record(tmp_path):
+    record = tmp_path / "run.jsonl"
+    proc = subprocess.Popen([*SOAKTOP, "run", "--record", str(record), "--concurrency", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until requests are being recorded
+        if record.exists() and '"request_done"' in record.read_text():
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    last = json.loads(record.read_text().splitlines()[-1])
+    assert last["type"] == "session_end" and last["reason"] == "interrupted"
+    assert "ended: interrupted" in out  # the summary table was still printed
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--concurrency", "0"], "must be at least 1"),
+        (["run", "--duration", "5q"], "cannot read duration"),
+        (["run", "--model", "gpt-17", "--no-record"], "gpt-17"),
+        (["run", "--device", "cuda", "--no-record"], "CUDA"),
+        (["summary", "/nonexistent/run.jsonl"], "no such record"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(args, message):
+    result = soaktop(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2  # "loading ..." may precede it
+
+
+def test_models_lists_the_presets():
+    result = soaktop("models")
+    assert result.returncode == 0
+    assert {"tiny", "gpt2-small", "llama-1b"} <= set(result.stdout.split())
