@@ -33,6 +33,11 @@ class RunConfig:
     output_tokens: int = 128
     seed: int = 0
     prompt_pool: int = 256
+    url: str | None = None  # credentials and query stripped before it gets here
+    api: str | None = None
+    connect_timeout_s: float = 10.0
+    first_token_timeout_s: float = 120.0
+    token_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -45,6 +50,8 @@ class RunConfig:
             raise ConfigError("warm-up requests cannot be negative")
         if self.input_tokens < 1 or self.output_tokens < 1:
             raise ConfigError("input and output token counts must be at least 1")
+        if min(self.connect_timeout_s, self.first_token_timeout_s, self.token_timeout_s) <= 0:
+            raise ConfigError("timeouts must be positive")
         if self.prompt_pool < 1:
             raise ConfigError("the prompt pool needs at least one prompt")
 

@@ -5,12 +5,20 @@
     ├── ConfigError              a bad flag or value (unknown preset, concurrency < 1, "20q")
     ├── DeviceError              a device that is not there (``--device cuda`` without CUDA)
     ├── RecordError              a session record that cannot be written or read
+    ├── BackendUnavailable       a server that cannot be reached or listed at start-up
     └── BackendError             one request failed; the run goes on and counts it by class
         ├── EngineCrashed        the local engine's batch loop died; pending requests fail
         └── OutOfMemory          the device ran out of memory for this batch
 
 A ``BackendError`` carries ``error_class``: the short, stable name under which failures are
-counted in the status line, the summary and the record (``oom``, ``engine_crash``, ...).
+counted in the status line, the summary and the record. The HTTP backends use:
+``connect_refused``, ``connect_error``, ``connect_timeout``, ``connection_reset``,
+``first_token_timeout``, ``inter_token_timeout``, ``http_<status>`` (``http_429``,
+``http_500``, ...), ``malformed_sse``, ``malformed_json``, ``non_utf8``, ``incomplete_stream``
+(ended without ``[DONE]`` or ``done: true``) and ``stream_error`` (an error object inside a 200
+stream). The local engine uses ``oom``, ``engine_crash``, ``engine_closed`` and
+``prompt_too_long``. ``retry_after_s`` is set when the server asked the client to wait
+(429/503 with ``Retry-After``); the session then holds new requests back until it has passed.
 """
 
 from __future__ import annotations
@@ -32,15 +40,23 @@ class RecordError(SoaktopError):
     """A session record that cannot be written or read."""
 
 
+class BackendUnavailable(SoaktopError):
+    """The server is not there (or not what we expected) before the run even starts."""
+
+
 class BackendError(SoaktopError):
     """A single request failed; ``error_class`` names the kind of failure for counting."""
 
     error_class = "backend_error"
+    retry_after_s: float | None = None
 
-    def __init__(self, message: str, error_class: str | None = None) -> None:
+    def __init__(
+        self, message: str, error_class: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         if error_class is not None:
             self.error_class = error_class
+        self.retry_after_s = retry_after_s
 
 
 class EngineCrashed(BackendError):

@@ -79,6 +79,7 @@ class RequestDone:
     warmup: bool = False
     error_class: str | None = None
     error_message: str | None = None
+    server_reported: dict[str, Any] | None = None  # the server's own figures (usage, timings)
 
     @property
     def output_tokens(self) -> int:

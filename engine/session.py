@@ -55,6 +55,8 @@ class Session:
         self._loop: ClosedLoop | None = None
         self._end_reason = "completed"
         self._stopped = asyncio.Event()
+        self.model = config.model
+        self._not_before_ns = 0  # a server's Retry-After holds new sends until then
 
     # -- clock and events ------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -87,6 +89,15 @@ class Session:
         if self._loop is not None:
             self._loop.set_target(n)
 
+    def switch_model(self, model: str, reason: str = "command") -> None:
+        """Send new requests to ``model`` from now on, in a new phase; in-flight ones finish."""
+        if not model:
+            raise ConfigError("a model name is needed")
+        if self._phase is None or model == self.model:
+            return
+        self.model = model
+        self._new_phase(reason)
+
     def mark(self, note: str) -> None:
         self._emit(Mark(t_ns=self.now_ns(), note=note))
 
@@ -103,7 +114,7 @@ class Session:
             t_ns=self.now_ns(),
             phase_id=0 if previous is None else previous.phase_id + 1,
             concurrency=concurrency or (previous.concurrency if previous else 0),
-            model=self.config.model,
+            model=self.model,
             backend=self.config.backend,
             reason=reason,
             warmup=self._started < self.config.warmup,
@@ -119,20 +130,32 @@ class Session:
             self._new_phase("warm-up done")
         request_id = self._started
         self._started += 1
-        return self._request(request_id, self._phase.phase_id, warmup)
+        return self._request(request_id, self._phase.phase_id, self.model, warmup)
 
-    async def _request(self, request_id: int, phase_id: int, warmup: bool) -> None:
+    async def _request(self, request_id: int, phase_id: int, model: str, warmup: bool) -> None:
         cfg = self.config
         prompt = self._prompts[request_id % len(self._prompts)]
-        request = GenerationRequest(request_id, prompt, cfg.output_tokens, cfg.model)
+        request = GenerationRequest(request_id, prompt, cfg.output_tokens, model)
+        wait_ns = self._not_before_ns - self.now_ns()
+        if wait_ns > 0:  # not sent yet: the wait is not the server's latency
+            try:
+                await asyncio.sleep(wait_ns / 1e9)
+            except asyncio.CancelledError:
+                return  # the run ended before this request was ever sent
         sent_ns = self.now_ns()
         arrivals: list[int] = []
         tokens: list[int] = []
         finish, error_class, error_message = "length", None, None
+        server = None
         try:
             async for item in self.backend.stream(request):
                 if isinstance(item, StreamEnd):
-                    finish = item.finish_reason
+                    finish, server = item.finish_reason, item.server
+                    if item.arrival_tokens and len(item.arrival_tokens) == len(tokens):
+                        extra = sum(item.arrival_tokens) - sum(tokens)
+                        tokens = list(item.arrival_tokens)
+                        if extra > 0:  # the live count catches up with the server's
+                            self._emit(TokensArrived(self.now_ns(), 0, request_id, extra, False))
                     continue
                 t_ns = item.t_ns - self._origin_ns
                 arrivals.append((t_ns - sent_ns) // 1000)
@@ -142,6 +165,9 @@ class Session:
             finish = "cancelled"  # the run ended under it; recorded, then the task ends
         except BackendError as exc:
             finish, error_class, error_message = "error", exc.error_class, str(exc)
+            if exc.retry_after_s:
+                resume = self.now_ns() + int(exc.retry_after_s * 1e9)
+                self._not_before_ns = max(self._not_before_ns, resume)
         except Exception as exc:  # a backend bug must cost one request, not the soak
             finish, error_class = "error", "unexpected"
             error_message = f"{type(exc).__name__}: {exc}"
@@ -153,7 +179,7 @@ class Session:
                 request_id=request_id,
                 phase_id=phase_id,
                 backend=cfg.backend,
-                model=cfg.model,
+                model=model,
                 sent_ns=sent_ns,
                 prompt_tokens=len(prompt.token_ids),
                 arrivals_us=tuple(arrivals),
@@ -163,6 +189,7 @@ class Session:
                 warmup=warmup,
                 error_class=error_class,
                 error_message=error_message,
+                server_reported=server,
             )
         )
 

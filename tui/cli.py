@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import __version__, backends
+from engine.backends.http import Timeouts, strip_credentials
 from engine.config import RunConfig, parse_duration
 from engine.errors import SoaktopError
 from engine.headless import status_line, summary_table
@@ -55,10 +57,27 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=backends.USER_KINDS, default="local",
+                   help="local: the embedded PyTorch engine; openai: any OpenAI-compatible "
+                   "server (vLLM, SGLang, TGI, llama.cpp, LM Studio); ollama")
+    p.add_argument("--url", help="server base URL, e.g. http://127.0.0.1:8000 (ollama default: "
+                   "http://127.0.0.1:11434)")
+    p.add_argument("--api-key", help="bearer token for --backend openai (default: the "
+                   "OPENAI_API_KEY environment variable); never recorded or shown")
+    p.add_argument("--connect-timeout", type=_duration, default=10.0, metavar="DURATION")
+
+
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=backends.USER_KINDS, default="local")
-    p.add_argument("--model", default="tiny", help="model name; for --backend local a preset "
-                   "(tiny, gpt2-small, llama-1b)")
+    _add_backend_arguments(p)
+    p.add_argument("--model", default=None, help="local: a preset (tiny, gpt2-small, "
+                   "llama-1b; default tiny); servers: a served model (default: the first one "
+                   "the server lists)")
+    p.add_argument("--api", default=None, help="openai: chat (default) or completions; "
+                   "ollama: generate (default) or chat")
+    p.add_argument("--first-token-timeout", type=_duration, default=120.0, metavar="DURATION")
+    p.add_argument("--token-timeout", type=_duration, default=60.0, metavar="DURATION",
+                   help="longest silence allowed between two tokens")
     p.add_argument("--device", default="auto", help="local engine device: auto, cpu, cuda, "
                    "cuda:N (auto: CUDA when present)")
     p.add_argument("--concurrency", type=_positive_int, default=4,
@@ -99,9 +118,32 @@ def build_parser() -> argparse.ArgumentParser:
     summary = sub.add_parser("summary", help="statistics of a session record")
     summary.add_argument("path", type=Path)
     summary.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    models = sub.add_parser("models", help="models a backend can serve")
-    models.add_argument("--backend", choices=backends.USER_KINDS, default="local")
+    _add_backend_arguments(sub.add_parser("models", help="models a backend can serve"))
     return parser
+
+
+def _make_backend(args: argparse.Namespace) -> backends.Backend:
+    """The backend the flags ask for. The API key goes to the backend and nowhere else."""
+    if args.backend == "local":
+        if args.url:
+            raise SoaktopError("--url is for --backend openai or ollama, not local")
+        model = getattr(args, "model", None) or "tiny"
+        return backends.create("local", model=model, device=getattr(args, "device", "auto"),
+                               seed=getattr(args, "seed", 0))
+    url = args.url or ("http://127.0.0.1:11434" if args.backend == "ollama" else None)
+    if not url:
+        raise SoaktopError(f"--backend {args.backend} needs --url (the server's base URL)")
+    timeouts = Timeouts(
+        connect_s=args.connect_timeout,
+        first_token_s=getattr(args, "first_token_timeout", 120.0),
+        between_tokens_s=getattr(args, "token_timeout", 60.0),
+    )
+    options = {"url": url, "model": getattr(args, "model", None), "timeouts": timeouts}
+    if getattr(args, "api", None):
+        options["api"] = args.api
+    if args.backend == "openai":
+        options["api_key"] = args.api_key or os.environ.get("OPENAI_API_KEY") or None
+    return backends.create(args.backend, **options)
 
 
 def _record_path(args: argparse.Namespace) -> Path | None:
@@ -114,6 +156,14 @@ def _record_path(args: argparse.Namespace) -> Path | None:
 
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    backend = _make_backend(args)
+    if args.backend != "local" and not args.model:
+        served = await backend.models()
+        if not served:
+            raise SoaktopError(f"{strip_credentials(args.url or '')} serves no model")
+        args.model = served[0]
+        print(f"soaktop: model {args.model} (the first the server lists)", file=sys.stderr)
+    args.model = args.model or "tiny"
     config = RunConfig(
         backend=args.backend,
         model=args.model,
@@ -125,8 +175,12 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         input_tokens=args.input_tokens,
         output_tokens=args.output_tokens,
         seed=args.seed,
+        url=strip_credentials(backend.url) if args.backend != "local" else None,
+        api=getattr(backend, "api", None),
+        connect_timeout_s=args.connect_timeout,
+        first_token_timeout_s=args.first_token_timeout,
+        token_timeout_s=args.token_timeout,
     )
-    backend = backends.create(args.backend, model=args.model, device=args.device, seed=args.seed)
     summary, live = SessionSummary(), LiveStats()
     session = Session(config, backend, _record_path(args), listeners=(summary.add, live.add))
     out = sys.stderr if args.json else sys.stdout
@@ -149,7 +203,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"soaktop: {session.recorder.error}", file=sys.stderr, flush=True)
                 warned = True
 
-    print(f"soaktop: loading {args.backend} model {args.model} ...", file=sys.stderr, flush=True)
+    if args.backend == "local":
+        print(f"soaktop: loading local model {args.model} ...", file=sys.stderr, flush=True)
     reporter = None
 
     def on_start(event: Any) -> None:
@@ -157,8 +212,10 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         if reporter is None:
             reporter = asyncio.ensure_future(report())
             where = session.record_path if session.record_path else "not recorded"
-            print(f"soaktop: running ({backend.describe().get('device', args.backend)});"
-                  f" record: {where}", file=sys.stderr, flush=True)
+            facts = backend.describe()
+            target = facts.get("device") or facts.get("url") or args.backend
+            print(f"soaktop: running {args.model} on {target}; record: {where}",
+                  file=sys.stderr, flush=True)
 
     session.add_listener(on_start)
     try:
@@ -189,8 +246,7 @@ def _summary(args: argparse.Namespace) -> None:
 
 
 def _models(args: argparse.Namespace) -> None:
-    backend = backends.create(args.backend)
-    for name in backend.models():
+    for name in asyncio.run(_make_backend(args).models()):
         print(name)
 
 

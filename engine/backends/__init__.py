@@ -16,11 +16,14 @@ from engine.errors import ConfigError
 # kind -> "module:Class", imported lazily.
 _REGISTRY: dict[str, str] = {
     "local": "engine.backends.local:LocalBackend",
+    "openai": "engine.backends.openai:OpenAIBackend",
+    "ollama": "engine.backends.ollama:OllamaBackend",
     "fake": "engine.backends.fake:FakeBackend",
 }
 
 #: Kinds a user may pick on the command line ("fake" is for tests and dry runs of the UI).
-USER_KINDS = ("local",)
+USER_KINDS = ("local", "openai", "ollama")
+HTTP_KINDS = ("openai", "ollama")
 
 
 def create(kind: str, **options: Any) -> Backend:

@@ -46,10 +46,18 @@ class Arrival:
 
 @dataclass(frozen=True, slots=True)
 class StreamEnd:
-    """Optional last item of a stream: why generation stopped, and any server-side figures."""
+    """Optional last item of a stream: why generation stopped, and what the server reported.
+
+    ``arrival_tokens`` corrects the token count of each arrival once the server's own count is
+    known (OpenAI ``usage`` comes last): arrivals are yielded live as one token each, so the
+    display never waits, and the record keeps the corrected counts. ``server`` holds the
+    server's figures for this request (usage, Ollama's timings), kept beside the client's.
+    """
 
     finish_reason: str = "length"
     extra: dict[str, Any] = field(default_factory=dict)
+    arrival_tokens: tuple[int, ...] | None = None
+    server: dict[str, Any] | None = None
 
 
 class Backend(abc.ABC):
@@ -68,8 +76,8 @@ class Backend(abc.ABC):
         """Yield arrivals as they happen; cancelling the iteration cancels the request."""
 
     @abc.abstractmethod
-    def models(self) -> list[str]:
-        """Names this backend can serve (presets for the local engine)."""
+    async def models(self) -> list[str]:
+        """Names this backend can serve (presets for the local engine, a server's list)."""
 
     def describe(self) -> dict[str, Any]:
         """Facts for the record header: device, dtype, versions. No secrets."""

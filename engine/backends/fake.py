@@ -46,7 +46,7 @@ class FakeBackend(Backend):
     async def close(self) -> None:
         self.closed = True
 
-    def models(self) -> list[str]:
+    async def models(self) -> list[str]:
         return ["fake"]
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Arrival | StreamEnd]:

@@ -121,7 +121,7 @@ class LocalBackend(Backend):
             extra["capped_to_tokens"] = handle.output_tokens  # prompt + output > max_len
         yield StreamEnd(finish_reason="length", extra=extra)
 
-    def models(self) -> list[str]:
+    async def models(self) -> list[str]:
         return list(PRESETS)
 
     def describe(self) -> dict[str, Any]:

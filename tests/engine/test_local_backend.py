@@ -256,7 +256,7 @@ async def test_close_fails_unfinished_requests_and_is_idempotent() -> None:
 
 async def test_describe_and_models() -> None:
     backend = create("local", model="tiny", device="cpu")
-    assert backend.models() == ["tiny", "gpt2-small", "llama-1b"]
+    assert await backend.models() == ["tiny", "gpt2-small", "llama-1b"]
     facts = backend.describe()
     assert facts["kind"] == "local" and facts["arch"] == "llama"
     assert facts["parameters"] == 4_000_000 and facts["dtype"] == "float32"

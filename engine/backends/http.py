@@ -1,0 +1,284 @@
+"""What the HTTP backends share: the client, timeouts, byte-exact stream reading, error classes.
+
+Token times are taken when the bytes that carry them arrive: each chunk from the socket is
+stamped with ``time.perf_counter_ns()`` before it is split into lines, and every line (and so
+every token) completed by that chunk gets that time. Parsing happens after the stamp, so its
+cost never shifts a timestamp, only the moment the next read starts.
+
+Lines are split on raw bytes and decoded as strict UTF-8, then handed to httpx-sse's
+``SSEDecoder``. httpx-sse's public iterator would decode with ``errors="replace"`` (servers that
+declare ``charset=utf-8`` force that), hiding non-UTF-8 bytes, and it skips malformed lines
+silently; both must be counted as errors here.
+
+Timeouts (connect, first token, between tokens) are enforced by one watchdog timer per request
+that costs nothing per token: the stream only updates a number, and the timer re-arms itself
+from that number when it fires early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from httpx_sse._decoders import SSEDecoder  # see the module docstring for why not aiter_sse
+
+from engine.errors import BackendError, BackendUnavailable
+
+_SSE_FIELDS = ("data", "event", "id", "retry")
+BODY_EXCERPT = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect_s: float = 10.0
+    first_token_s: float = 120.0
+    between_tokens_s: float = 60.0
+
+
+def strip_credentials(url: str) -> str:
+    """The URL without ``user:password@`` and without a query string (where keys hide)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def make_client(
+    base_url: str,
+    timeouts: Timeouts,
+    api_key: str | None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """One pooled client for the whole run: connections are reused as a real client would.
+
+    ``transport`` is for tests (``httpx.MockTransport``); real runs use httpx's own.
+    """
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/"),
+        headers=headers,
+        transport=transport,
+        timeout=httpx.Timeout(connect=timeouts.connect_s, read=None, write=timeouts.connect_s,
+                              pool=None),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+    )
+
+
+class Watchdog:
+    """Fails the current task's request when content stops arriving for too long."""
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        self._timeouts = timeouts
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._started = self._loop.time()
+        self.last_token: float | None = None
+        self.fired: str | None = None
+        self._handle = self._loop.call_at(self._deadline(), self._check)
+
+    def _deadline(self) -> float:
+        if self.last_token is None:
+            return self._started + self._timeouts.first_token_s
+        return self.last_token + self._timeouts.between_tokens_s
+
+    def token(self) -> None:
+        self.last_token = self._loop.time()
+
+    def _check(self) -> None:
+        deadline = self._deadline()
+        if self._loop.time() < deadline:
+            self._handle = self._loop.call_at(deadline, self._check)
+            return
+        self.fired = "first_token_timeout" if self.last_token is None else "inter_token_timeout"
+        if self._task is not None:
+            self._task.cancel()
+
+    def error(self) -> BackendError:
+        if self.fired == "first_token_timeout":
+            limit = self._timeouts.first_token_s
+            return BackendError(f"no token within {limit:g} s", "first_token_timeout")
+        limit = self._timeouts.between_tokens_s
+        return BackendError(f"no token for {limit:g} s mid-stream", "inter_token_timeout")
+
+    def close(self) -> None:
+        self._handle.cancel()
+        if self.fired is not None and self._task is not None and hasattr(self._task, "uncancel"):
+            self._task.uncancel()
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+async def raise_for_status(response: httpx.Response) -> None:
+    """An HTTP error status becomes ``http_<status>`` with an excerpt of the body."""
+    if response.status_code < 400:
+        return
+    body = (await response.aread())[:BODY_EXCERPT].decode("utf-8", "replace")
+    excerpt = " ".join(body.split())
+    raise BackendError(
+        f"HTTP {response.status_code}: {excerpt}" if excerpt else f"HTTP {response.status_code}",
+        f"http_{response.status_code}",
+        retry_after_s=retry_after_s(response.headers.get("retry-after")),
+    )
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a ConnectionRefusedError is in the chain (httpx's own message hides it)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ConnectionRefusedError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+CONNECT_CLASSES = ("connect_refused", "connect_error", "connect_timeout")
+
+
+def transport_error(exc: httpx.HTTPError) -> BackendError:
+    """Classify what httpx raised while connecting or reading."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectTimeout):
+        return BackendError(f"connect timed out: {text}", "connect_timeout")
+    if isinstance(exc, httpx.ConnectError):
+        if _refused(exc):
+            return BackendError("connection refused", "connect_refused")
+        return BackendError(f"cannot connect: {text}", "connect_error")
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+        return BackendError(f"connection broken: {text}", "connection_reset")
+    if isinstance(exc, httpx.TimeoutException):
+        return BackendError(f"timed out: {text}", "read_timeout")
+    return BackendError(f"{type(exc).__name__}: {text}", "http_error")
+
+
+async def stamped_lines(response: httpx.Response) -> AsyncIterator[tuple[int, str]]:
+    """Each complete line of the body with the arrival time of the bytes that completed it."""
+    pending = b""
+    async for chunk in response.aiter_bytes():
+        t_ns = time.perf_counter_ns()
+        pending += chunk
+        if b"\n" not in chunk:
+            continue
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            try:
+                yield t_ns, raw.rstrip(b"\r").decode("utf-8")
+            except UnicodeDecodeError:
+                raise BackendError(
+                    f"stream is not UTF-8: {raw[:60]!r}", "non_utf8"
+                ) from None
+    if pending.strip():
+        raise BackendError(f"stream ended mid-line: {pending[:60]!r}", "incomplete_stream")
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[int, str]]:
+    """``(t_ns, data)`` of each server-sent event; a line that is not SSE is an error."""
+    decoder = SSEDecoder()
+    async for t_ns, line in stamped_lines(response):
+        if line and not line.startswith(":") and line.partition(":")[0] not in _SSE_FIELDS:
+            raise BackendError(f"not a server-sent event line: {line[:60]!r}", "malformed_sse")
+        event = decoder.decode(line)
+        if event is not None and event.data:
+            yield t_ns, event.data
+
+
+def parse_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise BackendError(f"not JSON: {text[:60]!r}", "malformed_json") from None
+
+
+class ConnectBackoff:
+    """Exponential back-off while the server cannot be connected to (50 ms doubling to 2 s).
+
+    A closed loop replaces each failed request at once; against a dead server that would be
+    a hot loop of thousands of refusals a second. The back-off rides on ``retry_after_s``, so
+    the session holds new sends back exactly as it does for a server's Retry-After, and it
+    resets on the first request that connects, so load resumes when the server returns.
+    """
+
+    FIRST_S, LAST_S = 0.05, 2.0
+
+    def __init__(self) -> None:
+        self._next_s = self.FIRST_S
+
+    def failed(self, error: BackendError) -> BackendError:
+        if error.error_class in CONNECT_CLASSES:
+            error.retry_after_s = max(error.retry_after_s or 0.0, self._next_s)
+            self._next_s = min(self._next_s * 2, self.LAST_S)
+        return error
+
+    def connected(self) -> None:
+        self._next_s = self.FIRST_S
+
+
+async def probe(client: httpx.AsyncClient, path: str) -> None:
+    """Fail the start of a run, in one line, when nothing answers at the server's address.
+
+    Any HTTP answer, even an error status, proves a server is there; only a transport failure
+    stops the run before it starts.
+    """
+    try:
+        await client.get(path)
+    except httpx.HTTPError as exc:
+        url = strip_credentials(f"{client.base_url}{path}")
+        raise BackendUnavailable(f"cannot reach {url}: {transport_error(exc)}") from None
+
+
+async def get_json(client: httpx.AsyncClient, path: str) -> Any:
+    """GET for set-up calls (model lists): failures are one-line ``BackendUnavailable``."""
+    url = f"{client.base_url}{path}"
+    try:
+        response = await client.get(path)
+    except httpx.HTTPError as exc:
+        raise BackendUnavailable(f"cannot reach {strip_credentials(url)}: "
+                                 f"{transport_error(exc)}") from None
+    if response.status_code >= 400:
+        raise BackendUnavailable(f"{strip_credentials(url)} answered HTTP {response.status_code}")
+    try:
+        return response.json()
+    except ValueError:
+        raise BackendUnavailable(f"{strip_credentials(url)} did not answer JSON") from None
+
+
+def share_tokens(texts: list[str], total: int) -> list[int]:
+    """Split ``total`` tokens over arrivals in proportion to their text, at least one each.
+
+    For servers that put several tokens in one chunk and report the true count only in
+    ``usage``: without the server's tokenizer, text length is the best available share.
+    """
+    n = len(texts)
+    if total <= n or n == 0:
+        return [1] * n
+    extra = total - n
+    weights = [max(len(t), 1) for t in texts]
+    scale = extra / sum(weights)
+    raw = [w * scale for w in weights]
+    shares = [int(r) for r in raw]
+    # largest remainders take what rounding down left over
+    for i in sorted(range(n), key=lambda i: raw[i] - shares[i], reverse=True)[
+        : extra - sum(shares)
+    ]:
+        shares[i] += 1
+    return [1 + s for s in shares]

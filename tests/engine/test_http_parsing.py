@@ -1,0 +1,182 @@
+"""Token truth and error classes of the HTTP backends, on canned bytes (httpx.MockTransport).
+
+Timing, resets and stalls need real sockets: those are in test_http_backends.py against the
+loopback server.
+"""
+
+import json
+
+import httpx
+import pytest
+
+from engine.backends.base import Arrival, GenerationRequest, Prompt, StreamEnd
+from engine.backends.http import share_tokens, strip_credentials
+from engine.backends.ollama import OllamaBackend
+from engine.backends.openai import OpenAIBackend
+from engine.errors import BackendError
+
+REQUEST = GenerationRequest(7, Prompt(0, (1, 2), "hello there"), 16, "m")
+
+
+def sse(*events, done=True):
+    body = "".join(f"data: {json.dumps(e) if not isinstance(e, str) else e}\n\n" for e in events)
+    return (body + ("data: [DONE]\n\n" if done else "")).encode()
+
+
+def chunk(content=None, role=None, finish=None, **extra):
+    delta = {}
+    if role is not None:
+        delta["role"] = role
+    if content is not None:
+        delta["content"] = content
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+
+
+class Server:
+    """A canned server: answers /v1/models and streams ``body`` for each completion."""
+
+    def __init__(self, body=b"", status=200, headers=None, refuse_usage=False):
+        self.body, self.status, self.headers = body, status, headers or {}
+        self.refuse_usage = refuse_usage
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.url.path in ("/v1/models", "/api/tags"):
+            return httpx.Response(200, json={"data": [{"id": "m"}], "models": [{"name": "m"}]})
+        if self.refuse_usage and b"stream_options" in request.content:
+            return httpx.Response(400, json={"error": {"message": "unknown stream_options"}})
+        return httpx.Response(self.status, content=self.body,
+                              headers={"content-type": "text/event-stream", **self.headers})
+
+
+async def collect(backend):
+    await backend.start()
+    try:
+        return [item async for item in backend.stream(REQUEST)]
+    finally:
+        await backend.close()
+
+
+def openai(server, **kw):
+    return OpenAIBackend("http://soaktop.test", transport=httpx.MockTransport(server), **kw)
+
+
+async def test_role_chunk_and_usage_chunk_are_not_tokens():
+    server = Server(sse(chunk("", role="assistant"), chunk("Hel"), chunk("lo"),
+                        chunk(finish="length"),
+                        {"choices": [], "usage": {"completion_tokens": 2}}))
+    items = await collect(openai(server))
+    arrivals = [i for i in items if isinstance(i, Arrival)]
+    assert [a.text for a in arrivals] == ["Hel", "lo"]
+    end = items[-1]
+    assert isinstance(end, StreamEnd) and end.finish_reason == "length"
+    assert end.arrival_tokens is None  # usage agrees with one token per chunk
+    assert end.server == {"completion_tokens": 2}
+    body = json.loads(server.requests[-1].content)
+    assert body["stream_options"] == {"include_usage": True} and body["max_tokens"] == 16
+    assert body["messages"] == [{"role": "user", "content": "hello there"}]
+
+
+async def test_multi_token_chunks_are_counted_from_usage():
+    server = Server(sse(chunk("a"), chunk("bbbbbb"), chunk("cc"),
+                        {"choices": [], "usage": {"completion_tokens": 7}}))
+    end = (await collect(openai(server)))[-1]
+    assert sum(end.arrival_tokens) == 7 and len(end.arrival_tokens) == 3
+    assert end.arrival_tokens[1] == max(end.arrival_tokens)  # the longest text got most
+
+
+def test_share_tokens_by_hand():
+    assert share_tokens(["a", "bb", "c"], 3) == [1, 1, 1]
+    assert share_tokens(["a", "bbb"], 6) == [2, 4]  # 4 extra split 1:3
+    assert sum(share_tokens(["x"] * 5, 13)) == 13
+
+
+async def test_a_server_refusing_include_usage_is_asked_again_without_it():
+    server = Server(sse(chunk("x"), chunk("y")), refuse_usage=True)
+    backend = openai(server)
+    items = await collect(backend)
+    assert [i.text for i in items if isinstance(i, Arrival)] == ["x", "y"]
+    assert backend.describe()["usage_reported"] is False
+    await backend.start()
+    [_ async for _ in backend.stream(REQUEST)]
+    await backend.close()
+    # start probe, refused try, retry, probe, then straight without stream_options
+    assert b"stream_options" not in server.requests[-1].content
+
+
+async def test_completions_api_reads_text():
+    server = Server(sse({"choices": [{"text": "to", "index": 0}]},
+                        {"choices": [{"text": "ken", "index": 0, "finish_reason": "stop"}]}))
+    items = await collect(openai(server, api="completions"))
+    assert [i.text for i in items if isinstance(i, Arrival)] == ["to", "ken"]
+    assert items[-1].finish_reason == "stop"
+    assert json.loads(server.requests[-1].content)["prompt"] == "hello there"
+
+
+async def test_api_key_is_sent_as_bearer_and_kept_out_of_describe():
+    server = Server(sse(chunk("x")))
+    backend = openai(server, api_key="sk-secret-123")
+    await collect(backend)
+    assert server.requests[-1].headers["authorization"] == "Bearer sk-secret-123"
+    assert "sk-secret" not in json.dumps(backend.describe())
+
+
+def test_credentials_never_leave_a_url():
+    assert strip_credentials("https://user:pw@host:8443/v1?key=abc") == "https://host:8443/v1"
+
+
+@pytest.mark.parametrize(
+    "body, status, error_class, words",
+    [
+        (sse(chunk("a"), "{not json"), 200, "malformed_json", "not JSON"),
+        (sse(chunk("a"), done=False), 200, "incomplete_stream", "[DONE]"),
+        (b'data: {"choices": [{"delta": {"content": "\xff\xfe"}}]}\n\n', 200, "non_utf8",
+         "UTF-8"),
+        (b"data: " + json.dumps(chunk("a")).encode() + b"\n\ngarbage line\n\n", 200,
+         "malformed_sse", "not a server-sent event"),
+        (sse(chunk("a"), {"error": {"message": "engine died"}}), 200, "stream_error",
+         "engine died"),
+        (b'{"error": {"message": "model m not found"}}', 404, "http_404", "model m not found"),
+        (b"<html>overloaded</html>", 503, "http_503", "overloaded"),
+    ],
+)
+async def test_each_failure_has_its_class_and_a_one_line_message(body, status, error_class,
+                                                                words):
+    with pytest.raises(BackendError) as info:
+        await collect(openai(Server(body, status)))
+    assert info.value.error_class == error_class
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+async def test_429_carries_retry_after():
+    server = Server(b'{"error": "slow down"}', 429, headers={"retry-after": "2"})
+    with pytest.raises(BackendError) as info:
+        await collect(openai(server))
+    assert info.value.error_class == "http_429" and info.value.retry_after_s == 2.0
+
+
+async def test_ollama_tokens_and_server_timings():
+    lines = [
+        {"model": "m", "response": "Hel", "done": False},
+        {"model": "m", "response": "", "done": False},
+        {"model": "m", "response": "lo", "done": False},
+        {"model": "m", "response": "", "done": True, "done_reason": "length", "eval_count": 2,
+         "eval_duration": 40_000_000, "prompt_eval_count": 5, "prompt_eval_duration": 1_000},
+    ]
+    server = Server("".join(json.dumps(x) + "\n" for x in lines).encode())
+    items = await collect(OllamaBackend("http://soaktop.test",
+                                       transport=httpx.MockTransport(server)))
+    assert [i.text for i in items if isinstance(i, Arrival)] == ["Hel", "lo"]
+    end = items[-1]
+    assert end.finish_reason == "length"
+    assert end.server["eval_count"] == 2 and end.server["eval_duration"] == 40_000_000
+    body = json.loads(server.requests[-1].content)
+    assert body["options"]["num_predict"] == 16 and body["prompt"] == "hello there"
+
+
+async def test_ollama_stream_without_done_is_incomplete():
+    server = Server(b'{"response": "a", "done": false}\n')
+    with pytest.raises(BackendError) as info:
+        await collect(OllamaBackend("http://soaktop.test", transport=httpx.MockTransport(server)))
+    assert info.value.error_class == "incomplete_stream"
