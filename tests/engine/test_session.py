@@ -161,3 +161,45 @@ async def test_concurrency_below_one_is_refused(make_session):
     session, _ = make_session(concurrency=1, max_requests=1)
     with pytest.raises(ConfigError):
         session.set_concurrency(0)
+
+
+async def test_switching_model_starts_a_phase_and_new_requests_use_it(make_session):
+    session, events = make_session(FakeBackend(ttft_s=0.005, itl_s=0.002), concurrency=2,
+                                   duration_s=0.6, output_tokens=5, warmup_requests=0)
+
+    async def switch():
+        await asyncio.sleep(0.3)
+        session.switch_model("other-model", reason="key")
+
+    asyncio.create_task(switch())
+    await session.run()
+    phases = events.of(Phase)
+    assert [(p.model, p.reason) for p in phases] == [("fake", "start"), ("other-model", "key")]
+    done = [d for d in events.of(RequestDone) if d.finish_reason != "cancelled"]
+    after = [d for d in done if d.sent_ns > phases[1].t_ns]
+    before = [d for d in done if d.sent_ns < phases[1].t_ns]
+    assert after and {d.model for d in after} == {"other-model"}
+    assert {d.model for d in before} == {"fake"} and {d.phase_id for d in after} == {1}
+
+
+class RateLimited(FakeBackend):
+    """Answers the first request with a 429 asking for 0.3 s, then serves normally."""
+
+    async def stream(self, request):
+        from engine.errors import BackendError
+
+        if request.request_id == 0:
+            raise BackendError("HTTP 429: slow down", "http_429", retry_after_s=0.3)
+        async for item in super().stream(request):
+            yield item
+
+
+async def test_retry_after_holds_new_sends_without_counting_the_wait(make_session):
+    session, events = make_session(RateLimited(ttft_s=0.005, itl_s=0.001), concurrency=1,
+                                   max_requests=3, output_tokens=3, warmup_requests=0)
+    await session.run()
+    done = sorted(events.of(RequestDone), key=lambda d: d.request_id)
+    assert done[0].error_class == "http_429"
+    gap_s = (done[1].sent_ns - done[0].t_ns) / 1e9
+    assert 0.29 <= gap_s < 0.5  # held back for the Retry-After...
+    assert done[1].arrivals_us[0] < 50_000  # ...and the wait is not in its TTFT
