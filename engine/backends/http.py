@@ -215,22 +215,29 @@ class ConnectBackoff:
     A closed loop replaces each failed request at once; against a dead server that would be
     a hot loop of thousands of refusals a second. The back-off rides on ``retry_after_s``, so
     the session holds new sends back exactly as it does for a server's Retry-After, and it
-    resets on the first request that connects, so load resumes when the server returns.
+    resets on the first request that connects, so load resumes when the server returns. The
+    delay doubles at most once per hold: the N requests of one concurrent round that fail
+    together count as one failure, not N.
     """
 
     FIRST_S, LAST_S = 0.05, 2.0
 
     def __init__(self) -> None:
-        self._next_s = self.FIRST_S
+        self._delay_s = self.FIRST_S
+        self._hold_until = 0.0
 
     def failed(self, error: BackendError) -> BackendError:
         if error.error_class in CONNECT_CLASSES:
-            error.retry_after_s = max(error.retry_after_s or 0.0, self._next_s)
-            self._next_s = min(self._next_s * 2, self.LAST_S)
+            now = time.monotonic()
+            if now >= self._hold_until:  # a new round of failures: wait longer than last time
+                first = self._hold_until == 0.0
+                self._delay_s = self.FIRST_S if first else min(self._delay_s * 2, self.LAST_S)
+                self._hold_until = now + self._delay_s
+            error.retry_after_s = max(error.retry_after_s or 0.0, self._hold_until - now)
         return error
 
     def connected(self) -> None:
-        self._next_s = self.FIRST_S
+        self._delay_s, self._hold_until = self.FIRST_S, 0.0
 
 
 async def probe(client: httpx.AsyncClient, path: str) -> None:

@@ -7,6 +7,7 @@ MODULES = [
     "engine", "engine.events", "engine.stats", "engine.summary", "engine.live", "engine.record",
     "engine.session", "engine.load", "engine.headless", "engine.backends",
     "engine.backends.fake", "engine.backends.local", "engine.environment",
+    "engine.backends.openai", "engine.backends.ollama", "engine.loopback", "engine.fidelity",
 ]
 
 

@@ -1,0 +1,52 @@
+"""A loopback LLM server with a schedule you set and faults on demand.
+
+It is the source of truth for soaktop's own numbers: it emits tokens on a known schedule and
+records, per request, when each content chunk was actually handed to the socket
+(:class:`Emission`), on the same monotonic clock a client on this machine reads. A client's
+TTFT and ITL can then be checked against what went over the wire, not against a plan. It is
+also the misbehaving server for error-handling tests, and what ``soaktop calibrate`` runs.
+
+It speaks, over HTTP/1.1 with keep-alive:
+
+- ``POST /v1/chat/completions`` and ``POST /v1/completions`` (SSE when ``stream: true``, with
+  ``stream_options.include_usage``, ``max_tokens``/``max_completion_tokens``); ``GET /v1/models``;
+- ``POST /api/generate`` and ``POST /api/chat`` (NDJSON, ``options.num_predict``, the server's
+  durations on the ``done`` line); ``GET /api/tags``, ``GET /api/version``;
+- ``GET /_loopback/emissions``: the truth for every generation request finished since the last
+  call, then forgotten.
+
+Faults (every ``fault_every``-th generation request, counted from 1):
+
+==================  ===========================================================================
+``reset``           three content chunks, then the connection is reset (RST)
+``stall_first``     status and headers, then nothing for an hour
+``stall_mid``       three content chunks, then nothing for an hour
+``http_500``        500 with an error body
+``http_404``        404, model not found (OpenAI error body, or Ollama's)
+``http_429``        429 with ``Retry-After: 1`` and an error body
+``malformed_json``  ``data: {not json`` after three content chunks, then the rest
+``malformed_sse``   a garbage line that is not ``field: value`` after three chunks, then the rest
+``no_done``         the stream ends cleanly without ``data: [DONE]`` (Ollama: no ``done`` line)
+``non_utf8``        a chunk whose JSON string holds the bytes ``\\xff\\xfe``, then the rest
+``error_in_stream`` HTTP 200, two content chunks, an error event, end of stream and connection
+``refuse_usage``    400 for a request with ``stream_options``; others are served normally
+==================  ===========================================================================
+
+Status faults (``http_*``, ``refuse_usage``) apply to any generation request; the others to
+streaming ones. In-process::
+
+    async with LoopbackServer(Schedule(ttft_ms=50, itl_ms=20)) as server:
+        ...  # talk to server.url; then server.emissions()
+
+As a process (what timing tests use, so client and server do not share a GIL)::
+
+    python -m engine.loopback --port 0 --ttft-ms 50 --itl-ms 20 [--fault reset --fault-every 5]
+
+or ``with spawn(Schedule(...)) as url: ...``.
+"""
+
+from engine.loopback.process import READY, spawn
+from engine.loopback.schedule import FAULTS, Emission, Schedule
+from engine.loopback.server import LoopbackServer
+
+__all__ = ["FAULTS", "READY", "Emission", "LoopbackServer", "Schedule", "spawn"]

@@ -1,0 +1,7 @@
+"""``python -m engine.loopback``: see :mod:`engine.loopback.process`."""
+
+import sys
+
+from engine.loopback.process import main
+
+sys.exit(main())

@@ -1,0 +1,110 @@
+"""What the loopback server is told to do (:class:`Schedule`) and what it did (:class:`Emission`).
+
+The schedule is a plan; the emission is the truth. Timing tests compare a client's numbers with
+the truth, never with the plan: a busy machine makes the server late, and what matters is that
+the client saw what was actually sent.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, fields
+from typing import Any
+
+#: Every way the server can misbehave on request (see :mod:`engine.loopback`).
+FAULTS = (
+    "reset",
+    "stall_first",
+    "stall_mid",
+    "http_500",
+    "http_404",
+    "http_429",
+    "malformed_json",
+    "malformed_sse",
+    "no_done",
+    "non_utf8",
+    "error_in_stream",
+    "refuse_usage",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When content chunks leave the server, measured from the moment a request was read.
+
+    The first content chunk is due ``ttft_ms`` after the request body was fully received, each
+    next one ``itl_ms`` after the previous; ``jitter_ms`` adds a uniform ±jitter to every gap,
+    drawn from a generator seeded by ``seed`` and the request's number, so a run can be repeated
+    exactly. A chunk carries ``chunk_tokens`` tokens (words), the last one possibly fewer.
+    ``tokens`` is the output length when a request does not name one. ``role_chunk`` makes chat
+    streams open with an empty ``{"role": "assistant", "content": ""}`` delta, as vLLM does, sent
+    at once so that a client counting it as a token reports a TTFT of nearly zero.
+    """
+
+    ttft_ms: float = 50.0
+    itl_ms: float = 20.0
+    jitter_ms: float = 0.0
+    chunk_tokens: int = 1
+    tokens: int = 64
+    role_chunk: bool = True
+    model: str = "loopback"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ttft_ms < 0 or self.itl_ms < 0 or self.jitter_ms < 0:
+            raise ValueError("ttft_ms, itl_ms and jitter_ms must not be negative")
+        if self.chunk_tokens < 1 or self.tokens < 0:
+            raise ValueError("chunk_tokens must be at least 1 and tokens not negative")
+
+    def plan(self, tokens: int, request: int) -> list[tuple[int, int]]:
+        """``(offset_ns, tokens)`` of each content chunk of request number ``request``.
+
+        Offsets are absolute, from the request's arrival: the server sleeps until each one, so
+        a late chunk does not push the ones after it.
+        """
+        rng = random.Random(f"{self.seed}:{request}")
+        plan = []
+        offset_ms = 0.0
+        for start in range(0, tokens, self.chunk_tokens):
+            gap = self.ttft_ms if start == 0 else self.itl_ms
+            if self.jitter_ms:
+                gap += rng.uniform(-self.jitter_ms, self.jitter_ms)
+            offset_ms += max(gap, 0.0)
+            plan.append((round(offset_ms * 1e6), min(self.chunk_tokens, tokens - start)))
+        return plan
+
+
+@dataclass(frozen=True, slots=True)
+class Emission:
+    """What the server actually sent for one generation request.
+
+    Times are ``time.perf_counter_ns()`` readings in the server process. On Linux that clock is
+    ``CLOCK_MONOTONIC``, shared by every process on the machine, so a client may subtract its
+    own readings from these directly. ``received_ns``: the request body was fully read.
+    ``first_byte_ns``: the response's first bytes (status line and headers) were handed to the
+    socket. ``chunks_ns[i]``: content chunk ``i`` was handed to the socket, carrying
+    ``chunk_tokens[i]`` tokens. Role chunks, usage chunks, ``[DONE]`` and injected faults are
+    not content and are not listed. ``request`` counts generation requests from 1; ``fault``
+    names the fault this request was given, if any.
+    """
+
+    request: int
+    path: str
+    received_ns: int
+    first_byte_ns: int | None
+    chunks_ns: tuple[int, ...]
+    chunk_tokens: tuple[int, ...]
+    status: int
+    fault: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form served at ``/_loopback/emissions``."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Emission:
+        """Inverse of :meth:`to_dict`, for clients that read the emissions over HTTP."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

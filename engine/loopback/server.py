@@ -1,0 +1,382 @@
+"""The loopback server: HTTP/1.1 written by hand on asyncio streams.
+
+No web framework, on purpose: faults need byte-level control (an RST in the middle of a chunked
+body, a line of garbage between two events, a stream that stops without its terminator), and a
+framework's per-request overhead would make the server, not the client under test, the thing
+that is late at thousands of chunks a second. What is spoken: keep-alive connections, request
+bodies by ``Content-Length``, and streamed responses with ``Transfer-Encoding: chunked``, one
+HTTP chunk per SSE event or NDJSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from engine.loopback.schedule import FAULTS, Emission, Schedule
+from engine.loopback.wire import (
+    STATUS_FAULTS,
+    WIRES,
+    Wire,
+    ollama_tags,
+    openai_models,
+    words,
+)
+
+VERSION = "0.0.0-soaktop-loopback"
+_STALL_S = 3600.0
+# Mid-stream faults strike when this many content chunks have gone out, at the moment the next
+# one is due (so the client has had time to read the ones before), or at the end of a shorter
+# response.
+_STRIKE_AFTER = {
+    "reset": 3, "stall_mid": 3, "malformed_json": 3, "malformed_sse": 3, "non_utf8": 3,
+    "error_in_stream": 2,
+}
+_MALFORMED_JSON = b"{not json"
+# No colon, so not ``field: value``; then a blank line, as if it ended an event.
+_GARBAGE = b"%%% loopback garbage, not a field %%%\n\n"
+_END = b"0\r\n\r\n"
+
+
+class _BadRequest(Exception):
+    """A request this server cannot parse; answered with 400 and the connection closed."""
+
+
+@dataclass(slots=True)
+class _Request:
+    method: str
+    path: str
+    body: bytes
+    received_ns: int
+    keep_alive: bool
+
+
+@dataclass(slots=True)
+class _Trace:
+    """An :class:`Emission` while it is being made."""
+
+    request: int
+    path: str
+    received_ns: int
+    first_byte_ns: int | None = None
+    chunks_ns: list[int] = field(default_factory=list)
+    chunk_tokens: list[int] = field(default_factory=list)
+    status: int = 200
+    fault: str | None = None
+
+    def freeze(self) -> Emission:
+        return Emission(
+            self.request, self.path, self.received_ns, self.first_byte_ns,
+            tuple(self.chunks_ns), tuple(self.chunk_tokens), self.status, self.fault,
+        )
+
+
+async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
+    """The next request on a connection, or ``None`` when the client closed it in between."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as error:
+        if error.partial.strip():
+            raise _BadRequest("incomplete request head") from None
+        return None
+    except asyncio.LimitOverrunError:
+        raise _BadRequest("request head too large") from None
+    request_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parts = request_line.split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _BadRequest(f"not an HTTP/1.x request line: {request_line[:80]!r}")
+    method, target, version = parts
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip().lower()
+    if "transfer-encoding" in headers:
+        raise _BadRequest("chunked request bodies are not supported; send Content-Length")
+    length = headers.get("content-length", "0")
+    if not length.isdigit():
+        raise _BadRequest(f"bad Content-Length: {length!r}")
+    body = await reader.readexactly(int(length))
+    keep_alive = version == "HTTP/1.1" and headers.get("connection") != "close"
+    return _Request(method, target.partition("?")[0], body, time.perf_counter_ns(), keep_alive)
+
+
+def _head(status: int, headers: list[tuple[str, str]], keep_alive: bool) -> bytes:
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Server: soaktop-loopback"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if not keep_alive:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def _send_json(
+    writer: asyncio.StreamWriter, status: int, body: Any, keep_alive: bool,
+    headers: list[tuple[str, str]] | None = None,
+) -> int:
+    """Write a whole JSON response; returns when it was handed to the socket."""
+    data = json.dumps(body).encode()
+    head = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    writer.write(_head(status, head + (headers or []), keep_alive) + data)
+    sent_ns = time.perf_counter_ns()
+    await writer.drain()
+    return sent_ns
+
+
+async def _send_chunk(writer: asyncio.StreamWriter, data: bytes) -> int:
+    """Write one HTTP chunk; returns when it was handed to the socket (asyncio sends at once
+    when nothing is queued before it, which is the case unless the client stops reading)."""
+    writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+    sent_ns = time.perf_counter_ns()
+    await writer.drain()
+    return sent_ns
+
+
+async def _sleep_until(deadline_ns: int) -> None:
+    delay_ns = deadline_ns - time.perf_counter_ns()
+    if delay_ns > 0:
+        await asyncio.sleep(delay_ns / 1e9)
+
+
+class LoopbackServer:
+    """An OpenAI-compatible and Ollama server that emits tokens on a :class:`Schedule`.
+
+    Every ``fault_every``-th generation request (counted from 1; 1 means all) gets ``fault``,
+    one of :data:`FAULTS`. What was sent, and when, is kept per request until
+    :meth:`emissions` (or ``GET /_loopback/emissions``) takes it: read it now and then on long
+    runs, since it grows with every chunk.
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule | None = None,
+        fault: str | None = None,
+        fault_every: int = 1,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if fault is not None and fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; choose one of: {', '.join(FAULTS)}")
+        if fault_every < 1:
+            raise ValueError("fault_every must be at least 1")
+        self.schedule = schedule or Schedule()
+        self.fault = fault
+        self.fault_every = fault_every
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._requests = 0
+        self._finished: list[Emission] = []
+        self._gets: dict[str, Callable[[], Any]] = {
+            "/v1/models": lambda: openai_models(self.schedule.model),
+            "/api/tags": lambda: ollama_tags(self.schedule.model),
+            "/api/version": lambda: {"version": VERSION},
+            "/_loopback/emissions": lambda: [e.to_dict() for e in self.emissions()],
+        }
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Listen; with ``port=0`` the system picks a free port, then found in :attr:`port`."""
+        self._server = await asyncio.start_server(self._connection, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Close the listener and every connection, stalled ones included."""
+        if self._server is None:
+            return
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+        self._server = None
+
+    async def __aenter__(self) -> LoopbackServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def emissions(self) -> list[Emission]:
+        """Every generation request finished since the last call, oldest first."""
+        finished, self._finished = self._finished, []
+        return finished
+
+    async def _connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        # asyncio sets this already on TCP transports; said again because timing depends on it.
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            keep_alive = True
+            while keep_alive:
+                try:
+                    request = await _read_request(reader)
+                except _BadRequest as error:
+                    body = {"error": {"message": str(error), "type": "invalid_request_error"}}
+                    await _send_json(writer, 400, body, keep_alive=False)
+                    break
+                if request is None:
+                    break
+                keep_alive = await self._dispatch(request, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away; there is no one left to answer
+        except asyncio.CancelledError:
+            # stop() ends connections this way. Ending quietly rather than cancelled keeps
+            # Python 3.11's stream callback from logging the cancellation as an error.
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+    async def _dispatch(self, request: _Request, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; returns whether the connection may carry another."""
+        wire = WIRES.get(request.path)
+        if wire is not None and request.method == "POST":
+            self._requests += 1
+            trace = _Trace(self._requests, request.path, request.received_ns)
+            try:
+                return await self._generate(request, wire, trace, writer)
+            finally:
+                self._finished.append(trace.freeze())
+        get = self._gets.get(request.path)
+        if get is not None and request.method == "GET":
+            await _send_json(writer, 200, get(), request.keep_alive)
+        elif get is not None or wire is not None:
+            message = f"{request.method} is not allowed on {request.path}"
+            body = {"error": {"message": message, "type": "invalid_request_error"}}
+            await _send_json(writer, 405, body, request.keep_alive)
+        else:
+            body = {"error": {"message": f"no route {request.path}", "type": "not_found_error"}}
+            await _send_json(writer, 404, body, request.keep_alive)
+        return request.keep_alive
+
+    async def _generate(
+        self, request: _Request, wire_type: type[Wire], trace: _Trace,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        keep_alive = request.keep_alive
+        try:
+            body = json.loads(request.body)
+            if not isinstance(body, dict):
+                raise ValueError("the request body must be a JSON object")
+            wire = wire_type(body, trace.request, self.schedule)
+        except ValueError as error:  # json.JSONDecodeError is one too
+            trace.status = 400
+            error_body = wire_type.error_body(str(error), "invalid_request_error")
+            trace.first_byte_ns = await _send_json(writer, 400, error_body, keep_alive)
+            return keep_alive
+
+        fault = self.fault if trace.request % self.fault_every == 0 else None
+        if fault in STATUS_FAULTS and (fault != "refuse_usage" or "stream_options" in body):
+            trace.status, message, kind = STATUS_FAULTS[fault]
+            trace.fault = fault
+            retry = [("Retry-After", "1")] if trace.status == 429 else []
+            error_body = wire.error_body(message.format(model=wire.model), kind)
+            trace.first_byte_ns = await _send_json(
+                writer, trace.status, error_body, keep_alive, retry
+            )
+            return keep_alive
+
+        plan = self.schedule.plan(wire.tokens, trace.request)
+        if not wire.stream:
+            return await self._respond_whole(wire, plan, trace, writer, keep_alive)
+
+        writer.write(_head(200, [
+            ("Content-Type", wire.content_type), ("Cache-Control", "no-cache"),
+            ("Transfer-Encoding", "chunked"),
+        ], keep_alive))
+        trace.first_byte_ns = time.perf_counter_ns()
+        if fault == "stall_first":
+            trace.fault = fault
+            await asyncio.sleep(_STALL_S)
+            return False
+        for payload in wire.opening():
+            await _send_chunk(writer, wire.frame(payload))
+
+        strike_at = min(_STRIKE_AFTER[fault], len(plan)) if fault in _STRIKE_AFTER else -1
+        sent = 0
+        for index, (offset_ns, tokens) in enumerate(plan):
+            await _sleep_until(request.received_ns + offset_ns)
+            if index == strike_at and not await self._strike(fault, wire, trace, writer):
+                return False
+            payload = wire.content(words(sent, tokens), last=index == len(plan) - 1)
+            trace.chunks_ns.append(await _send_chunk(writer, wire.frame(payload)))
+            trace.chunk_tokens.append(tokens)
+            sent += tokens
+        if strike_at == len(plan) and not await self._strike(fault, wire, trace, writer):
+            return False
+
+        closing = wire.closing(self._timing(trace))
+        if fault == "no_done":
+            trace.fault = fault
+            closing = closing[:-1]
+        for payload in closing:
+            await _send_chunk(writer, wire.frame(payload))
+        writer.write(_END)
+        await writer.drain()
+        return keep_alive
+
+    async def _respond_whole(
+        self, wire: Wire, plan: list[tuple[int, int]], trace: _Trace,
+        writer: asyncio.StreamWriter, keep_alive: bool,
+    ) -> bool:
+        """A non-streaming answer, sent when the last token is due. Stream faults do not apply;
+        Ollama's timings take the first token as sent when it was planned."""
+        if plan:
+            await _sleep_until(trace.received_ns + plan[-1][0])
+        first_ns = trace.received_ns + plan[0][0] if plan else time.perf_counter_ns()
+        timing = (trace.received_ns, first_ns, time.perf_counter_ns())
+        body = wire.response(words(0, wire.tokens), timing)
+        trace.first_byte_ns = await _send_json(writer, 200, body, keep_alive)
+        if wire.tokens:
+            trace.chunks_ns.append(trace.first_byte_ns)
+            trace.chunk_tokens.append(wire.tokens)
+        return keep_alive
+
+    @staticmethod
+    def _timing(trace: _Trace) -> tuple[int, int, int]:
+        """``(received, first content, last content)``; without content, now for both."""
+        now = time.perf_counter_ns()
+        chunks = trace.chunks_ns or [now]
+        return trace.received_ns, chunks[0], chunks[-1]
+
+    async def _strike(
+        self, fault: str, wire: Wire, trace: _Trace, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Misbehave mid-stream; returns whether the stream goes on afterwards."""
+        trace.fault = fault
+        if fault == "reset":
+            # Linger 0 makes close() send RST instead of FIN: the client sees a reset, not EOF.
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return False
+        if fault == "stall_mid":
+            await asyncio.sleep(_STALL_S)
+            return False
+        if fault == "error_in_stream":
+            await _send_chunk(writer, wire.frame(wire.error_event()))
+            writer.write(_END)
+            await writer.drain()
+            return False
+        injected = {
+            "malformed_json": wire.frame(_MALFORMED_JSON),
+            "malformed_sse": _GARBAGE,
+            "non_utf8": wire.frame(wire.non_utf8()),
+        }[fault]
+        await _send_chunk(writer, injected)
+        return True

@@ -1,0 +1,324 @@
+"""The wire formats the loopback server speaks, one class per generation endpoint.
+
+Shapes follow what real servers send, so a client tested here meets no surprise there: OpenAI
+chat and completions chunks as vLLM streams them (Server-Sent Events, ``data: [DONE]`` last, an
+optional ``usage`` chunk with empty ``choices`` before it) and Ollama's newline-delimited JSON
+(a last line with ``done: true`` and the server's own timings in nanoseconds). A :class:`Wire`
+is bound to one request: it reads what the request asks for and renders payloads; framing
+them into HTTP chunks and timing them is the server's business.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from engine.loopback.schedule import Schedule
+
+_WORDS = (
+    "the", "soak", "test", "runs", "warm", "and", "steady", "while", "tokens", "flow", "out",
+    "of", "a", "loopback", "server", "on", "time",
+)
+
+#: Faults answered with an error status instead of a stream: fault -> (status, message, type).
+STATUS_FAULTS: dict[str, tuple[int, str, str]] = {
+    "http_500": (500, "loopback: internal error", "server_error"),
+    "http_404": (404, "The model `{model}` does not exist.", "invalid_request_error"),
+    "http_429": (429, "loopback: rate limit reached", "rate_limit_error"),
+    "refuse_usage": (400, "loopback: stream_options is not supported", "invalid_request_error"),
+}
+GENERATION_FAILED = "loopback: generation failed"
+# A string value written as JSON and then swapped for raw invalid UTF-8 (fault ``non_utf8``).
+_SENTINEL = "\x00"
+_SENTINEL_JSON = b'"\\u0000"'
+
+
+def words(start: int, count: int) -> str:
+    """``count`` tokens of text, one word each with a leading space, as BPE tokens look."""
+    return "".join(" " + _WORDS[(start + i) % len(_WORDS)] for i in range(count))
+
+
+def count_words(value: Any) -> int:
+    """Prompt tokens, counted as words (token ids count one each) in strings, lists, messages."""
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, list):
+        return sum(1 if isinstance(v, int) else count_words(v) for v in value)
+    if isinstance(value, dict):
+        return count_words(value.get("content", value.get("text", "")))
+    return 0
+
+
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+class Wire(abc.ABC):
+    """One generation request's wire format, made from its JSON body and its number (which
+    OpenAI ids carry); raises ``ValueError`` on a request it refuses."""
+
+    content_type: ClassVar[str]
+
+    def __init__(self, body: dict[str, Any], request: int, schedule: Schedule) -> None:
+        self.model = str(body.get("model") or schedule.model)
+        self.role_chunk = schedule.role_chunk
+        self.stream = self._wants_stream(body)
+        limit = self._limit(body)
+        self.tokens = schedule.tokens if limit is None else limit
+        # A named limit is what ends the output; without one the "model" stops by itself.
+        self.finish = "stop" if limit is None else "length"
+        self.prompt_tokens = self._prompt_tokens(body)
+
+    @abc.abstractmethod
+    def _wants_stream(self, body: dict[str, Any]) -> bool: ...
+
+    @abc.abstractmethod
+    def _limit(self, body: dict[str, Any]) -> int | None:
+        """The output length the request names, if any."""
+
+    @abc.abstractmethod
+    def _prompt_tokens(self, body: dict[str, Any]) -> int: ...
+
+    @abc.abstractmethod
+    def frame(self, payload: bytes) -> bytes:
+        """One event or line of the stream, as it goes into one HTTP chunk."""
+
+    def opening(self) -> list[bytes]:
+        """Payloads sent as soon as the response starts, before any content."""
+        return []
+
+    @abc.abstractmethod
+    def content(self, text: str, last: bool) -> bytes:
+        """The payload of one content chunk (``last``: it ends the output)."""
+
+    @abc.abstractmethod
+    def closing(self, timing: tuple[int, int, int]) -> list[bytes]:
+        """Payloads after the content; the last one is the end marker.
+
+        ``timing`` is ``(received_ns, first_content_ns, last_content_ns)``.
+        """
+
+    @abc.abstractmethod
+    def response(self, text: str, timing: tuple[int, int, int]) -> dict[str, Any]:
+        """The body of a non-streaming response."""
+
+    @classmethod
+    @abc.abstractmethod
+    def error_body(cls, message: str, kind: str) -> dict[str, Any]:
+        """An error response's body (a classmethod: a request that cannot be read gets one)."""
+
+    @abc.abstractmethod
+    def error_event(self) -> bytes:
+        """The payload of an error reported inside a stream that had started well."""
+
+    def non_utf8(self) -> bytes:
+        """A content payload whose text is the raw bytes ``\\xff\\xfe``: invalid UTF-8."""
+        return self.content(_SENTINEL, False).replace(_SENTINEL_JSON, b'"\xff\xfe"')
+
+
+class _OpenAI(Wire):
+    content_type = "text/event-stream"
+    object_name: ClassVar[str]
+    id_prefix: ClassVar[str]
+
+    def __init__(self, body: dict[str, Any], request: int, schedule: Schedule) -> None:
+        super().__init__(body, request, schedule)
+        options = body.get("stream_options") or {}
+        self.include_usage = bool(options.get("include_usage"))
+        self.created = int(time.time())
+        self.id = f"{self.id_prefix}-loopback-{request}"
+
+    def _wants_stream(self, body: dict[str, Any]) -> bool:
+        return body.get("stream") is True
+
+    def _limit(self, body: dict[str, Any]) -> int | None:
+        limit = body.get("max_completion_tokens")
+        if limit is None:
+            limit = body.get("max_tokens")
+        if limit is not None and (type(limit) is not int or limit < 1):
+            raise ValueError("max_tokens must be a positive integer")
+        return limit
+
+    def frame(self, payload: bytes) -> bytes:
+        return b"data: " + payload + b"\n\n"
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return _dumps({
+            "id": self.id, "object": self.object_name, "created": self.created,
+            "model": self.model, "choices": choices, **extra,
+        })
+
+    def _usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.tokens,
+            "total_tokens": self.prompt_tokens + self.tokens,
+        }
+
+    def closing(self, timing: tuple[int, int, int]) -> list[bytes]:
+        usage = [self._chunk([], usage=self._usage())] if self.include_usage else []
+        return [*usage, b"[DONE]"]
+
+    @classmethod
+    def error_body(cls, message: str, kind: str) -> dict[str, Any]:
+        return {"error": {"message": message, "type": kind}}
+
+    def error_event(self) -> bytes:
+        return _dumps({"error": {"message": GENERATION_FAILED, "code": 500}})
+
+
+class OpenAIChat(_OpenAI):
+    """``POST /v1/chat/completions``."""
+
+    object_name = "chat.completion.chunk"
+    id_prefix = "chatcmpl"
+
+    def _prompt_tokens(self, body: dict[str, Any]) -> int:
+        return count_words(body.get("messages", []))
+
+    def opening(self) -> list[bytes]:
+        if not self.role_chunk:
+            return []
+        delta = {"role": "assistant", "content": ""}
+        return [self._chunk([{"index": 0, "delta": delta, "logprobs": None,
+                              "finish_reason": None}])]
+
+    def content(self, text: str, last: bool) -> bytes:
+        return self._chunk([{"index": 0, "delta": {"content": text}, "logprobs": None,
+                             "finish_reason": self.finish if last else None}])
+
+    def response(self, text: str, timing: tuple[int, int, int]) -> dict[str, Any]:
+        message = {"role": "assistant", "content": text}
+        return {
+            "id": self.id, "object": "chat.completion", "created": self.created,
+            "model": self.model, "usage": self._usage(),
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": self.finish}],
+        }
+
+
+class OpenAICompletions(_OpenAI):
+    """``POST /v1/completions``."""
+
+    object_name = "text_completion"
+    id_prefix = "cmpl"
+
+    def _prompt_tokens(self, body: dict[str, Any]) -> int:
+        return count_words(body.get("prompt", ""))
+
+    def content(self, text: str, last: bool) -> bytes:
+        return self._chunk([{"index": 0, "text": text, "logprobs": None,
+                             "finish_reason": self.finish if last else None}])
+
+    def response(self, text: str, timing: tuple[int, int, int]) -> dict[str, Any]:
+        return {
+            "id": self.id, "object": "text_completion", "created": self.created,
+            "model": self.model, "usage": self._usage(),
+            "choices": [{"index": 0, "text": text, "logprobs": None,
+                         "finish_reason": self.finish}],
+        }
+
+
+class _Ollama(Wire):
+    content_type = "application/x-ndjson"
+
+    def _wants_stream(self, body: dict[str, Any]) -> bool:
+        return body.get("stream", True) is not False  # Ollama streams unless told not to
+
+    def _limit(self, body: dict[str, Any]) -> int | None:
+        limit = (body.get("options") or {}).get("num_predict")
+        if limit is not None and type(limit) is not int:
+            raise ValueError("options.num_predict must be an integer")
+        return None if limit is None or limit < 0 else limit  # negative: no limit
+
+    def frame(self, payload: bytes) -> bytes:
+        return payload + b"\n"
+
+    @abc.abstractmethod
+    def _line(self, text: str, done: bool) -> dict[str, Any]:
+        """One line of the stream, with the text in this endpoint's field."""
+
+    def _head(self) -> dict[str, Any]:
+        created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return {"model": self.model, "created_at": created}
+
+    def content(self, text: str, last: bool) -> bytes:
+        return _dumps(self._line(text, False))
+
+    def _done(self, text: str, timing: tuple[int, int, int]) -> dict[str, Any]:
+        """The last line; durations from this server's clock (the first token counts as the
+        prompt's: Ollama's prompt phase ends when it has sampled the first token)."""
+        received, first, last = timing
+        return {
+            **self._line(text, True),
+            "done_reason": self.finish,
+            "total_duration": time.perf_counter_ns() - received,
+            "load_duration": 0,
+            "prompt_eval_count": self.prompt_tokens,
+            "prompt_eval_duration": first - received,
+            "eval_count": self.tokens,
+            "eval_duration": last - first,
+        }
+
+    def closing(self, timing: tuple[int, int, int]) -> list[bytes]:
+        return [_dumps(self._done("", timing))]
+
+    def response(self, text: str, timing: tuple[int, int, int]) -> dict[str, Any]:
+        return self._done(text, timing)
+
+    @classmethod
+    def error_body(cls, message: str, kind: str) -> dict[str, Any]:
+        return {"error": message}
+
+    def error_event(self) -> bytes:
+        return _dumps({"error": GENERATION_FAILED})
+
+
+class OllamaGenerate(_Ollama):
+    """``POST /api/generate``."""
+
+    def _prompt_tokens(self, body: dict[str, Any]) -> int:
+        return count_words(body.get("prompt", ""))
+
+    def _line(self, text: str, done: bool) -> dict[str, Any]:
+        return {**self._head(), "response": text, "done": done}
+
+
+class OllamaChat(_Ollama):
+    """``POST /api/chat``."""
+
+    def _prompt_tokens(self, body: dict[str, Any]) -> int:
+        return count_words(body.get("messages", []))
+
+    def _line(self, text: str, done: bool) -> dict[str, Any]:
+        return {**self._head(), "message": {"role": "assistant", "content": text}, "done": done}
+
+
+#: Generation endpoints: path -> wire format.
+WIRES: dict[str, type[Wire]] = {
+    "/v1/chat/completions": OpenAIChat,
+    "/v1/completions": OpenAICompletions,
+    "/api/generate": OllamaGenerate,
+    "/api/chat": OllamaChat,
+}
+
+
+def openai_models(model: str) -> dict[str, Any]:
+    """``GET /v1/models``."""
+    return {"object": "list", "data": [{
+        "id": model, "object": "model", "created": 0, "owned_by": "soaktop",
+        "max_model_len": 4096,
+    }]}
+
+
+def ollama_tags(model: str) -> dict[str, Any]:
+    """``GET /api/tags``."""
+    return {"models": [{
+        "name": model, "model": model, "modified_at": "1970-01-01T00:00:00Z", "size": 0,
+        "digest": "0" * 64,
+        "details": {"format": "gguf", "family": "loopback", "parameter_size": "0",
+                    "quantization_level": "none"},
+    }]}
