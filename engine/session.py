@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import environment
-from engine.backends.base import Backend, GenerationRequest, StreamEnd
+from engine.backends.base import Backend, GenerationRequest, RequestSent, StreamEnd
 from engine.config import RunConfig
 from engine.errors import BackendError, ConfigError
 from engine.events import (
@@ -62,6 +62,11 @@ class Session:
     def now_ns(self) -> int:
         """Nanoseconds since the session started."""
         return time.perf_counter_ns() - self._origin_ns
+
+    @property
+    def origin_ns(self) -> int:
+        """The ``perf_counter_ns()`` reading that event times are relative to."""
+        return self._origin_ns
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -149,6 +154,9 @@ class Session:
         server = None
         try:
             async for item in self.backend.stream(request):
+                if isinstance(item, RequestSent):  # the true send time, before any arrival
+                    sent_ns = item.t_ns - self._origin_ns
+                    continue
                 if isinstance(item, StreamEnd):
                     finish, server = item.finish_reason, item.server
                     if item.arrival_tokens and len(item.arrival_tokens) == len(tokens):

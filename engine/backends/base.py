@@ -45,6 +45,18 @@ class Arrival:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestSent:
+    """The request's last byte was handed to the socket at ``t_ns`` (``perf_counter_ns``).
+
+    Yielded before any arrival by backends that can tell (the HTTP ones, from httpcore's
+    trace events): TTFT then starts when the request really left, not before the client
+    library spent its time building and writing it.
+    """
+
+    t_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class StreamEnd:
     """Optional last item of a stream: why generation stopped, and what the server reported.
 
@@ -72,7 +84,9 @@ class Backend(abc.ABC):
         """Release everything; must be safe to call twice and after a failed ``start``."""
 
     @abc.abstractmethod
-    def stream(self, request: GenerationRequest) -> AsyncIterator[Arrival | StreamEnd]:
+    def stream(
+        self, request: GenerationRequest
+    ) -> AsyncIterator[RequestSent | Arrival | StreamEnd]:
         """Yield arrivals as they happen; cancelling the iteration cancels the request."""
 
     @abc.abstractmethod

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -127,6 +128,37 @@ def retry_after_s(value: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def request_uuid(run_id: str, request_id: int) -> str:
+    """The ``X-Request-Id`` of request ``request_id`` in run ``run_id``.
+
+    Unique per run and request, so server logs can be matched to the record (vLLM adopts it
+    as its own request id) and the loopback server can pair requests. A UUID, because some
+    servers (llama-cpp-python's) answer 400 to any other shape; derived, not random, so the
+    pairing needs no table.
+    """
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"soaktop:{run_id}:{request_id}"))
+
+
+def request_id_header(run_id: str, request_id: int) -> dict[str, str]:
+    return {"X-Request-Id": request_uuid(run_id, request_id)}
+
+
+class SendClock:
+    """Stamps the moment httpcore finished writing the request (its trace extension)."""
+
+    __slots__ = ("t_ns",)
+
+    def __init__(self) -> None:
+        self.t_ns: int | None = None
+
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event == "http11.send_request_body.complete":
+            self.t_ns = time.perf_counter_ns()
+
+    def extensions(self) -> dict[str, Any]:
+        return {"trace": self}
 
 
 async def raise_for_status(response: httpx.Response) -> None:

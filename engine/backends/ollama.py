@@ -10,14 +10,16 @@ in the record beside the client's timestamps so the two can be compared.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import httpx
 
-from engine.backends.base import Arrival, Backend, GenerationRequest, StreamEnd
+from engine.backends.base import Arrival, Backend, GenerationRequest, RequestSent, StreamEnd
 from engine.backends.http import (
     ConnectBackoff,
+    SendClock,
     Timeouts,
     Watchdog,
     get_json,
@@ -25,6 +27,7 @@ from engine.backends.http import (
     parse_json,
     probe,
     raise_for_status,
+    request_id_header,
     stamped_lines,
     strip_credentials,
     transport_error,
@@ -57,6 +60,7 @@ class OllamaBackend(Backend):
         self.api = api
         self.timeouts = timeouts or Timeouts()
         self._transport = transport
+        self.run_id = uuid.uuid4().hex[:8]
         self._client: httpx.AsyncClient | None = None
         self._backoff = ConnectBackoff()
 
@@ -100,15 +104,23 @@ class OllamaBackend(Backend):
             body["prompt"] = request.prompt.text
         return body
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Arrival | StreamEnd]:
+    async def stream(
+        self, request: GenerationRequest
+    ) -> AsyncIterator[RequestSent | Arrival | StreamEnd]:
         if self._client is None:
             raise RuntimeError("OllamaBackend.start() has not been awaited")
         watchdog = Watchdog(self.timeouts)
+        sent = SendClock()
         try:
-            async with self._client.stream("POST", f"/api/{self.api}",
-                                           json=self._body(request)) as response:
+            async with self._client.stream(
+                "POST", f"/api/{self.api}", json=self._body(request),
+                headers=request_id_header(self.run_id, request.request_id),
+                extensions=sent.extensions(),
+            ) as response:
                 self._backoff.connected()
                 await raise_for_status(response)
+                if sent.t_ns is not None:
+                    yield RequestSent(sent.t_ns)
                 async for item in self._read(response, watchdog):
                     yield item
         except httpx.HTTPError as exc:
@@ -123,6 +135,7 @@ class OllamaBackend(Backend):
     async def _read(
         self, response: httpx.Response, watchdog: Watchdog
     ) -> AsyncIterator[Arrival | StreamEnd]:
+        end: StreamEnd | None = None
         async for t_ns, line in stamped_lines(response):
             if not line.strip():
                 continue
@@ -139,8 +152,9 @@ class OllamaBackend(Backend):
                 watchdog.token()
                 yield Arrival(t_ns=t_ns, tokens=1, text=text)
             if chunk.get("done"):
-                server = {k: chunk[k] for k in SERVER_FIELDS if k in chunk}
-                yield StreamEnd(finish_reason=str(chunk.get("done_reason") or "stop"),
-                                server=server or None)
-                return
-        raise BackendError("stream ended without done: true", "incomplete_stream")
+                end = StreamEnd(finish_reason=str(chunk.get("done_reason") or "stop"),
+                                server={k: chunk[k] for k in SERVER_FIELDS if k in chunk} or None)
+        # the body is read to its end, or the connection could not go back to the pool
+        if end is None:
+            raise BackendError("stream ended without done: true", "incomplete_stream")
+        yield end

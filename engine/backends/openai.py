@@ -14,14 +14,16 @@ again without it, once, and never again in this run.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import httpx
 
-from engine.backends.base import Arrival, Backend, GenerationRequest, StreamEnd
+from engine.backends.base import Arrival, Backend, GenerationRequest, RequestSent, StreamEnd
 from engine.backends.http import (
     ConnectBackoff,
+    SendClock,
     Timeouts,
     Watchdog,
     get_json,
@@ -29,6 +31,7 @@ from engine.backends.http import (
     parse_json,
     probe,
     raise_for_status,
+    request_id_header,
     share_tokens,
     sse_events,
     strip_credentials,
@@ -62,6 +65,7 @@ class OpenAIBackend(Backend):
         self._api_key = api_key
         self.timeouts = timeouts or Timeouts()
         self._transport = transport
+        self.run_id = uuid.uuid4().hex[:8]
         self._client: httpx.AsyncClient | None = None
         self._backoff = ConnectBackoff()
         self._usage_supported = True
@@ -111,7 +115,9 @@ class OpenAIBackend(Backend):
             body["stream_options"] = {"include_usage": True}
         return body
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Arrival | StreamEnd]:
+    async def stream(
+        self, request: GenerationRequest
+    ) -> AsyncIterator[RequestSent | Arrival | StreamEnd]:
         if self._client is None:
             raise RuntimeError("OpenAIBackend.start() has not been awaited")
         path = "/v1/chat/completions" if self.api == "chat" else "/v1/completions"
@@ -119,10 +125,13 @@ class OpenAIBackend(Backend):
         try:
             usage = self._usage_supported
             while True:
+                sent = SendClock()
                 try:
                     async with self._client.stream(
                         "POST", path, json=self._body(request, usage),
-                        headers={"Accept": "text/event-stream"},
+                        headers={"Accept": "text/event-stream",
+                                 **request_id_header(self.run_id, request.request_id)},
+                        extensions=sent.extensions(),
                     ) as response:
                         self._backoff.connected()
                         if usage and response.status_code in (400, 422):
@@ -130,6 +139,8 @@ class OpenAIBackend(Backend):
                             self._usage_supported = usage = False  # once, then never again
                             continue
                         await raise_for_status(response)
+                        if sent.t_ns is not None:
+                            yield RequestSent(sent.t_ns)
                         async for item in self._read(response, watchdog):
                             yield item
                         return
@@ -152,7 +163,9 @@ class OpenAIBackend(Backend):
         async for t_ns, data in sse_events(response):
             if data == "[DONE]":
                 done = True
-                break
+                continue  # read to the end of the body, or the connection cannot be reused
+            if done:
+                raise BackendError(f"data after [DONE]: {data[:60]!r}", "malformed_sse")
             chunk = parse_json(data)
             if not isinstance(chunk, dict):
                 raise BackendError(f"unexpected chunk: {data[:60]!r}", "malformed_json")
