@@ -85,7 +85,8 @@ class Emission:
     socket. ``chunks_ns[i]``: content chunk ``i`` was handed to the socket, carrying
     ``chunk_tokens[i]`` tokens. Role chunks, usage chunks, ``[DONE]`` and injected faults are
     not content and are not listed. ``request`` counts generation requests from 1; ``fault``
-    names the fault this request was given, if any.
+    names the fault this request was given, if any; ``request_id`` is the client's
+    ``X-Request-Id`` header (lower-cased), which pairs a client's record with this one.
     """
 
     request: int
@@ -96,6 +97,7 @@ class Emission:
     chunk_tokens: tuple[int, ...]
     status: int
     fault: str | None
+    request_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form served at ``/_loopback/emissions``."""

@@ -56,6 +56,7 @@ class _Request:
     body: bytes
     received_ns: int
     keep_alive: bool
+    request_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -70,11 +71,13 @@ class _Trace:
     chunk_tokens: list[int] = field(default_factory=list)
     status: int = 200
     fault: str | None = None
+    request_id: str | None = None
 
     def freeze(self) -> Emission:
         return Emission(
             self.request, self.path, self.received_ns, self.first_byte_ns,
             tuple(self.chunks_ns), tuple(self.chunk_tokens), self.status, self.fault,
+            self.request_id,
         )
 
 
@@ -104,7 +107,8 @@ async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
         raise _BadRequest(f"bad Content-Length: {length!r}")
     body = await reader.readexactly(int(length))
     keep_alive = version == "HTTP/1.1" and headers.get("connection") != "close"
-    return _Request(method, target.partition("?")[0], body, time.perf_counter_ns(), keep_alive)
+    return _Request(method, target.partition("?")[0], body, time.perf_counter_ns(), keep_alive,
+                    headers.get("x-request-id"))
 
 
 def _head(status: int, headers: list[tuple[str, str]], keep_alive: bool) -> bytes:
@@ -247,7 +251,8 @@ class LoopbackServer:
         wire = WIRES.get(request.path)
         if wire is not None and request.method == "POST":
             self._requests += 1
-            trace = _Trace(self._requests, request.path, request.received_ns)
+            trace = _Trace(self._requests, request.path, request.received_ns,
+                           request_id=request.request_id)
             try:
                 return await self._generate(request, wire, trace, writer)
             finally:

@@ -1,0 +1,119 @@
+"""How far soaktop's own timing can be trusted: its numbers against what went over the wire.
+
+A loopback server (:mod:`engine.loopback`, in a process of its own) emits tokens on a schedule
+and records when it handed each content chunk to the socket. soaktop drives it like any server
+and records when each chunk arrived. Both read ``CLOCK_MONOTONIC`` (``perf_counter_ns`` on
+Linux), so the two views are directly comparable:
+
+- wire TTFT: the client's request left its socket -> the server sent the first content chunk
+  (requests are paired by their ``X-Request-Id``);
+- wire ITL: gaps between the content chunks the server sent;
+- soaktop's TTFT and ITL: as defined in :mod:`engine.stats`, from its arrival times.
+
+The error at a quantile is soaktop's quantile minus the wire's. It includes everything the
+client adds: sending the request, the kernel's loopback hop, event-loop delays and parsing.
+Used by the fidelity test, ``bench/http_fidelity.py`` and (later) ``soaktop calibrate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+
+from engine.backends.http import Timeouts, request_uuid
+from engine.backends.openai import OpenAIBackend
+from engine.config import RunConfig
+from engine.events import RequestDone
+from engine.loopback import Emission, Schedule, spawn
+from engine.session import Session
+from engine.stats import itl_gaps
+
+QUANTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    concurrency: int
+    requests: int
+    tokens_per_s: float  # content tokens the client received per second of the run
+    ttft_ms: dict[int, tuple[float, float]]  # quantile -> (soaktop, wire)
+    itl_ms: dict[int, tuple[float, float]]
+
+    def error_ms(self, metric: str, q: int) -> float:
+        client, wire = getattr(self, metric)[q]
+        return client - wire
+
+    def worst_error_ms(self) -> float:
+        return max(abs(self.error_ms(m, q)) for m in ("ttft_ms", "itl_ms") for q in QUANTILES)
+
+
+def compare(done: list[RequestDone], emissions: list[Emission], origin_ns: int, run_id: str,
+            tokens: int, concurrency: int, duration_s: float) -> Fidelity:
+    """Quantiles over the complete requests seen by both sides, paired by request id."""
+    wire = {e.request_id: e for e in emissions if e.status == 200 and e.fault is None}
+    pairs = []
+    for d in done:
+        e = wire.get(request_uuid(run_id, d.request_id))
+        if d.ok and d.output_tokens == tokens and e is not None and len(e.chunks_ns) == tokens:
+            pairs.append((d, e))
+    if not pairs:
+        raise RuntimeError(f"nothing to compare: no complete request among {len(done)} seen "
+                           f"by soaktop and {len(emissions)} by the server")
+    client_ttft = np.array([d.arrivals_us[0] / 1e3 for d, _ in pairs])
+    wire_ttft = np.array([(e.chunks_ns[0] - origin_ns - d.sent_ns) / 1e6 for d, e in pairs])
+    client_itl = np.concatenate([itl_gaps(d.arrivals_us) for d, _ in pairs]) / 1e3
+    wire_itl = np.concatenate([np.diff(e.chunks_ns) for _, e in pairs]) / 1e6
+
+    def quantiles(client: np.ndarray, truth: np.ndarray) -> dict[int, tuple[float, float]]:
+        c, t = np.percentile(client, QUANTILES), np.percentile(truth, QUANTILES)
+        return {q: (float(a), float(b)) for q, a, b in zip(QUANTILES, c, t)}
+
+    received = sum(d.output_tokens for d in done)
+    return Fidelity(concurrency, len(pairs), received / duration_s,
+                    quantiles(client_ttft, wire_ttft), quantiles(client_itl, wire_itl))
+
+
+async def _drive(url: str, concurrency: int, duration_s: float, tokens: int
+                 ) -> tuple[list[RequestDone], int, str]:
+    done: list[RequestDone] = []
+
+    def keep(event) -> None:
+        if isinstance(event, RequestDone):
+            done.append(event)
+
+    config = RunConfig(backend="openai", model="loopback", concurrency=concurrency,
+                       duration_s=duration_s, warmup_requests=0, output_tokens=tokens,
+                       input_tokens=32, url=url)
+    backend = OpenAIBackend(url, model="loopback", timeouts=Timeouts(first_token_s=30))
+    session = Session(config, backend, listeners=(keep,))
+    await session.run()
+    return done, session.origin_ns, backend.run_id
+
+
+async def _emissions(url: str) -> list[Emission]:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{url}/_loopback/emissions")
+        return [Emission.from_dict(e) for e in response.json()]
+
+
+def measure(concurrency: int, tokens_per_s: float, duration_s: float = 10.0,
+            tokens: int = 64, ttft_ms: float = 30.0, jitter_ms: float = 5.0) -> Fidelity:
+    """Run soaktop against a loopback server paced for ``tokens_per_s`` in total.
+
+    Each stream emits a token every ``concurrency / tokens_per_s`` seconds (±``jitter_ms``, so
+    the distributions have a spread for the quantiles to resolve).
+    """
+    itl_ms = 1000.0 * concurrency / tokens_per_s
+    schedule = Schedule(ttft_ms=ttft_ms, itl_ms=itl_ms, jitter_ms=min(jitter_ms, itl_ms / 2),
+                        tokens=tokens, model="loopback")
+
+    async def run(url: str) -> Fidelity:
+        done, origin_ns, run_id = await _drive(url, concurrency, duration_s, tokens)
+        return compare(done, await _emissions(url), origin_ns, run_id, tokens, concurrency,
+                       duration_s)
+
+    with spawn(schedule) as url:
+        return asyncio.run(run(url))
