@@ -19,6 +19,7 @@ from typing import Any
 
 from engine import __version__, backends
 from engine.backends.http import Timeouts, strip_credentials
+from engine.backends.ollama import DEFAULT_URL as OLLAMA_URL
 from engine.config import RunConfig, parse_duration
 from engine.errors import SoaktopError
 from engine.headless import status_line, summary_table
@@ -30,24 +31,23 @@ from engine.summary import SessionSummary
 DEFAULT_SESSIONS_DIR = Path("sessions")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
-    return value
+def _int_at_least(lowest: int):
+    """An argparse type: a whole number no smaller than ``lowest``, or a one-line error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest} (got {value})")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"cannot be negative (got {value})")
-    return value
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _duration(text: str) -> float:
@@ -130,7 +130,7 @@ def _make_backend(args: argparse.Namespace) -> backends.Backend:
         model = getattr(args, "model", None) or "tiny"
         return backends.create("local", model=model, device=getattr(args, "device", "auto"),
                                seed=getattr(args, "seed", 0))
-    url = args.url or ("http://127.0.0.1:11434" if args.backend == "ollama" else None)
+    url = args.url or (OLLAMA_URL if args.backend == "ollama" else None)
     if not url:
         raise SoaktopError(f"--backend {args.backend} needs --url (the server's base URL)")
     timeouts = Timeouts(

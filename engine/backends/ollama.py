@@ -9,88 +9,36 @@ in the record beside the client's timestamps so the two can be compared.
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import httpx
 
-from engine.backends.base import Arrival, Backend, GenerationRequest, RequestSent, StreamEnd
-from engine.backends.http import (
-    ConnectBackoff,
-    SendClock,
-    Timeouts,
-    Watchdog,
-    get_json,
-    make_client,
-    parse_json,
-    probe,
-    raise_for_status,
-    request_id_header,
-    stamped_lines,
-    strip_credentials,
-    transport_error,
-)
-from engine.errors import BackendError, ConfigError
+from engine.backends.base import Arrival, GenerationRequest, StreamEnd
+from engine.backends.http import HttpBackend, Watchdog, parse_json, stamped_lines
+from engine.errors import BackendError
 
-APIS = ("generate", "chat")
+DEFAULT_URL = "http://127.0.0.1:11434"
 SERVER_FIELDS = ("eval_count", "eval_duration", "prompt_eval_count", "prompt_eval_duration",
                  "load_duration", "total_duration", "done_reason")
 
 
-class OllamaBackend(Backend):
+class OllamaBackend(HttpBackend):
     kind: ClassVar[str] = "ollama"
+    APIS = ("generate", "chat")
+    MODELS_PATH = "/api/tags"
 
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:11434",
-        model: str | None = None,
-        api: str = "generate",
-        timeouts: Timeouts | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        **_ignored: Any,
-    ) -> None:
-        if api not in APIS:
-            raise ConfigError(f"unknown --api {api!r} for ollama; choose generate or chat")
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"--url must start with http:// or https:// (got {url!r})")
-        self.url = url.rstrip("/")
-        self.model = model
-        self.api = api
-        self.timeouts = timeouts or Timeouts()
-        self._transport = transport
-        self.run_id = uuid.uuid4().hex[:8]
-        self._client: httpx.AsyncClient | None = None
-        self._backoff = ConnectBackoff()
+    def __init__(self, url: str = DEFAULT_URL, *args: Any, **kwargs: Any) -> None:
+        super().__init__(url, *args, **kwargs)
 
-    async def start(self) -> None:
-        self._client = make_client(self.url, self.timeouts, None, self._transport)
-        try:
-            await probe(self._client, "/api/tags")
-        except BaseException:
-            await self.close()
-            raise
-
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
-    async def models(self) -> list[str]:
-        client = self._client or make_client(self.url, self.timeouts, None, self._transport)
-        try:
-            listing = await get_json(client, "/api/tags")
-        finally:
-            if client is not self._client:
-                await client.aclose()
+    def _model_names(self, listing: Any) -> list[str] | None:
         data = listing.get("models") if isinstance(listing, dict) else None
         if not isinstance(data, list):
-            raise ConfigError(f"{strip_credentials(self.url)}/api/tags is not a model list")
+            return None
         return [str(m.get("name") or m.get("model")) for m in data if isinstance(m, dict)]
 
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "url": strip_credentials(self.url), "api": self.api}
+    def _path(self) -> str:
+        return f"/api/{self.api}"
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -103,34 +51,6 @@ class OllamaBackend(Backend):
         else:
             body["prompt"] = request.prompt.text
         return body
-
-    async def stream(
-        self, request: GenerationRequest
-    ) -> AsyncIterator[RequestSent | Arrival | StreamEnd]:
-        if self._client is None:
-            raise RuntimeError("OllamaBackend.start() has not been awaited")
-        watchdog = Watchdog(self.timeouts)
-        sent = SendClock()
-        try:
-            async with self._client.stream(
-                "POST", f"/api/{self.api}", json=self._body(request),
-                headers=request_id_header(self.run_id, request.request_id),
-                extensions=sent.extensions(),
-            ) as response:
-                self._backoff.connected()
-                await raise_for_status(response)
-                if sent.t_ns is not None:
-                    yield RequestSent(sent.t_ns)
-                async for item in self._read(response, watchdog):
-                    yield item
-        except httpx.HTTPError as exc:
-            raise self._backoff.failed(transport_error(exc)) from None
-        except asyncio.CancelledError:
-            if watchdog.fired is None:
-                raise
-            raise watchdog.error() from None
-        finally:
-            watchdog.close()
 
     async def _read(
         self, response: httpx.Response, watchdog: Watchdog

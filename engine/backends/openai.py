@@ -13,95 +13,44 @@ again without it, once, and never again in this run.
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import httpx
 
-from engine.backends.base import Arrival, Backend, GenerationRequest, RequestSent, StreamEnd
+from engine.backends.base import Arrival, GenerationRequest, StreamEnd
 from engine.backends.http import (
-    ConnectBackoff,
-    SendClock,
-    Timeouts,
+    HttpBackend,
     Watchdog,
-    get_json,
-    make_client,
     parse_json,
-    probe,
-    raise_for_status,
-    request_id_header,
     share_tokens,
     sse_events,
-    strip_credentials,
-    transport_error,
 )
-from engine.errors import BackendError, ConfigError
-
-APIS = ("chat", "completions")
+from engine.errors import BackendError
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(HttpBackend):
     kind: ClassVar[str] = "openai"
+    APIS = ("chat", "completions")
+    MODELS_PATH = "/v1/models"
 
-    def __init__(
-        self,
-        url: str,
-        model: str | None = None,
-        api: str = "chat",
-        api_key: str | None = None,
-        timeouts: Timeouts | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        **_ignored: Any,
-    ) -> None:
-        if api not in APIS:
-            raise ConfigError(f"unknown --api {api!r}; choose chat or completions")
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"--url must start with http:// or https:// (got {url!r})")
-        self.url = url.rstrip("/").removesuffix("/v1")
-        self.model = model
-        self.api = api
-        self._api_key = api_key
-        self.timeouts = timeouts or Timeouts()
-        self._transport = transport
-        self.run_id = uuid.uuid4().hex[:8]
-        self._client: httpx.AsyncClient | None = None
-        self._backoff = ConnectBackoff()
+    def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(url.rstrip("/").removesuffix("/v1"), *args, **kwargs)
         self._usage_supported = True
 
-    async def start(self) -> None:
-        self._client = make_client(self.url, self.timeouts, self._api_key, self._transport)
-        try:
-            await probe(self._client, "/v1/models")
-        except BaseException:
-            await self.close()
-            raise
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "usage_reported": self._usage_supported}
 
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
-    async def models(self) -> list[str]:
-        client = self._client or make_client(
-            self.url, self.timeouts, self._api_key, self._transport
-        )
-        try:
-            listing = await get_json(client, "/v1/models")
-        finally:
-            if client is not self._client:
-                await client.aclose()
+    def _model_names(self, listing: Any) -> list[str] | None:
         data = listing.get("data") if isinstance(listing, dict) else None
         if not isinstance(data, list):
-            raise ConfigError(f"{strip_credentials(self.url)}/v1/models is not a model list")
+            return None
         return [str(m.get("id")) for m in data if isinstance(m, dict) and m.get("id")]
 
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "url": strip_credentials(self.url), "api": self.api,
-                "usage_reported": self._usage_supported}
+    def _path(self) -> str:
+        return "/v1/chat/completions" if self.api == "chat" else "/v1/completions"
 
-    def _body(self, request: GenerationRequest, usage: bool) -> dict[str, Any]:
+    def _body(self, request: GenerationRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": request.model,
             "stream": True,
@@ -111,47 +60,16 @@ class OpenAIBackend(Backend):
             body["messages"] = [{"role": "user", "content": request.prompt.text}]
         else:
             body["prompt"] = request.prompt.text
-        if usage:
+        if self._usage_supported:
             body["stream_options"] = {"include_usage": True}
         return body
 
-    async def stream(
-        self, request: GenerationRequest
-    ) -> AsyncIterator[RequestSent | Arrival | StreamEnd]:
-        if self._client is None:
-            raise RuntimeError("OpenAIBackend.start() has not been awaited")
-        path = "/v1/chat/completions" if self.api == "chat" else "/v1/completions"
-        watchdog = Watchdog(self.timeouts)
-        try:
-            usage = self._usage_supported
-            while True:
-                sent = SendClock()
-                try:
-                    async with self._client.stream(
-                        "POST", path, json=self._body(request, usage),
-                        headers={"Accept": "text/event-stream",
-                                 **request_id_header(self.run_id, request.request_id)},
-                        extensions=sent.extensions(),
-                    ) as response:
-                        self._backoff.connected()
-                        if usage and response.status_code in (400, 422):
-                            await response.aread()
-                            self._usage_supported = usage = False  # once, then never again
-                            continue
-                        await raise_for_status(response)
-                        if sent.t_ns is not None:
-                            yield RequestSent(sent.t_ns)
-                        async for item in self._read(response, watchdog):
-                            yield item
-                        return
-                except httpx.HTTPError as exc:
-                    raise self._backoff.failed(transport_error(exc)) from None
-        except asyncio.CancelledError:
-            if watchdog.fired is None:
-                raise
-            raise watchdog.error() from None
-        finally:
-            watchdog.close()
+    async def _retry_without(self, response: httpx.Response) -> bool:
+        if self._usage_supported and response.status_code in (400, 422):
+            await response.aread()
+            self._usage_supported = False  # asked once; never again in this run
+            return True
+        return False
 
     async def _read(
         self, response: httpx.Response, watchdog: Watchdog
