@@ -132,7 +132,7 @@ class Mark:
 @dataclass(frozen=True, slots=True)
 class SessionEnd:
     t_ns: int
-    reason: str  # "completed", "interrupted", "crashed-recovered"
+    reason: str  # "completed", "interrupted", "failed" (every request refused), "crashed"
     detail: dict[str, Any] = field(default_factory=dict)
 
 

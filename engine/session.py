@@ -57,6 +57,10 @@ class Session:
         self._stopped = asyncio.Event()
         self.model = config.model
         self._not_before_ns = 0  # a server's Retry-After holds new sends until then
+        self._succeeded = False
+        self._refusals: list[RequestDone] = []
+        #: Why the run gave up, in one line, when ``SessionEnd.reason`` is ``"failed"``.
+        self.failure: str | None = None
 
     # -- clock and events ------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -126,6 +130,29 @@ class Session:
         )
         self._emit(self._phase)
 
+    def _give_up_on_refusals(self, done: RequestDone) -> None:
+        """Stop a run whose every request so far was refused with the same client error.
+
+        A wrong model name or API key is a user mistake, not a soak result: without this the
+        closed loop would replace each 404 at once, thousands of times a second. 429 is load,
+        not a mistake, and is left to Retry-After; one success anywhere disarms this.
+        """
+        if done.ok:
+            self._succeeded = True
+            self._refusals.clear()
+            return
+        cls = done.error_class or ""
+        if self._succeeded or not cls.startswith("http_4") or cls == "http_429":
+            self._refusals.clear()
+            return
+        self._refusals.append(done)
+        if len(self._refusals) >= max(8, self.concurrency) and len(
+            {d.error_class for d in self._refusals}
+        ) == 1:
+            self.failure = (f"every request was refused ({len(self._refusals)} so far): "
+                            f"{done.error_message}")
+            self.stop("failed")
+
     def _launch(self):
         cfg = self.config
         if cfg.max_requests is not None and self._started >= cfg.warmup + cfg.max_requests:
@@ -180,26 +207,26 @@ class Session:
             finish, error_class = "error", "unexpected"
             error_message = f"{type(exc).__name__}: {exc}"
         end_ns = self.now_ns()
-        self._emit(
-            RequestDone(
-                t_ns=end_ns,
-                worker_id=0,
-                request_id=request_id,
-                phase_id=phase_id,
-                backend=cfg.backend,
-                model=model,
-                sent_ns=sent_ns,
-                prompt_tokens=len(prompt.token_ids),
-                arrivals_us=tuple(arrivals),
-                arrival_tokens=tuple(tokens) if any(k != 1 for k in tokens) else (),
-                end_us=(end_ns - sent_ns) // 1000,
-                finish_reason=finish,
-                warmup=warmup,
-                error_class=error_class,
-                error_message=error_message,
-                server_reported=server,
-            )
+        done = RequestDone(
+            t_ns=end_ns,
+            worker_id=0,
+            request_id=request_id,
+            phase_id=phase_id,
+            backend=cfg.backend,
+            model=model,
+            sent_ns=sent_ns,
+            prompt_tokens=len(prompt.token_ids),
+            arrivals_us=tuple(arrivals),
+            arrival_tokens=tuple(tokens) if any(k != 1 for k in tokens) else (),
+            end_us=(end_ns - sent_ns) // 1000,
+            finish_reason=finish,
+            warmup=warmup,
+            error_class=error_class,
+            error_message=error_message,
+            server_reported=server,
         )
+        self._emit(done)
+        self._give_up_on_refusals(done)
 
     async def run(self) -> SessionEnd:
         """Start the backend, run until an end condition, and always close the record."""

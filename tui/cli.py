@@ -225,6 +225,9 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             reporter.cancel()
     if session.recorder and session.recorder.error:
         print(f"soaktop: {session.recorder.error}", file=sys.stderr)
+    if session.failure:
+        _print_summary(summary.result(), args.json)  # what it saw, then the reason, and exit 2
+        raise SoaktopError(session.failure)
     return summary.result()
 
 

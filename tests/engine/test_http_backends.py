@@ -166,3 +166,30 @@ async def test_killed_server_then_restarted_load_resumes():
     # the latest, requests succeed again
     late_ok = [d for d in done if d.ok and 1.5e9 < d.sent_ns < 3.5e9]
     assert late_ok, "load did not resume after the server came back"
+
+
+async def run_against(fault, fault_every=1, duration_s=3.0, concurrency=4):
+    async with LoopbackServer(FAST, fault=fault, fault_every=fault_every) as server:
+        summary = SessionSummary()
+        config = RunConfig(backend="openai", model="m", concurrency=concurrency,
+                           duration_s=duration_s, warmup_requests=0, output_tokens=8,
+                           url=server.url)
+        session = Session(config, OpenAIBackend(server.url, timeouts=SHORT),
+                          listeners=(summary.add,))
+        end = await session.run()
+    return session, end, summary.result()
+
+
+async def test_a_run_whose_every_request_is_refused_gives_up_in_one_line():
+    session, end, result = await run_against("http_404")
+    assert end.reason == "failed" and end.t_ns < 1e9  # not three seconds of hammering
+    assert result["requests_failed"] < 3 * 8
+    assert session.failure.startswith("every request was refused")
+    assert "does not exist" in session.failure and "\n" not in session.failure
+
+
+async def test_rate_limits_and_partial_failures_do_not_give_up():
+    _, end, result = await run_against("http_429", duration_s=1.5)
+    assert end.reason == "completed" and result["errors"].keys() == {"http_429"}
+    _, end, result = await run_against("http_404", fault_every=2, duration_s=1.0)
+    assert end.reason == "completed" and result["requests_ok"] > 0

@@ -86,3 +86,16 @@ def test_models_lists_the_presets():
     result = soaktop("models")
     assert result.returncode == 0
     assert {"tiny", "gpt2-small", "llama-1b"} <= set(result.stdout.split())
+
+
+def test_a_wrong_model_on_a_server_is_one_line_and_exit_2():
+    from engine.loopback import Schedule, spawn
+
+    with spawn(Schedule(ttft_ms=5, itl_ms=2, tokens=8), fault="http_404") as url:
+        result = soaktop("run", "--backend", "openai", "--url", url, "--model", "nope",
+                         "--duration", "20s", "--no-record", "--json")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("soaktop: error: every request was refused") and "404" in last
+    assert json.loads(result.stdout)["ended"] == "failed"  # the summary still came out
