@@ -1,9 +1,9 @@
 """What the HTTP backends share: the client, timeouts, byte-exact stream reading, error classes.
 
-Token times are taken when the bytes that carry them arrive: each chunk from the socket is
-stamped with ``time.perf_counter_ns()`` before it is split into lines, and every line (and so
-every token) completed by that chunk gets that time. Parsing happens after the stamp, so its
-cost never shifts a timestamp, only the moment the next read starts.
+Token times are taken when the bytes that carry them arrive: each read from the socket is
+stamped in the protocol's ``data_received`` (:mod:`engine.backends.stamping`), and every line
+(and so every token) completed by those bytes gets that time. Parsing happens after the stamp,
+so its cost never shifts a timestamp, only the moment the next read starts.
 
 Lines are split on raw bytes and decoded as strict UTF-8, then handed to httpx-sse's
 ``SSEDecoder``. httpx-sse's public iterator would decode with ``errors="replace"`` (servers that
@@ -31,6 +31,7 @@ import httpx
 from httpx_sse._decoders import SSEDecoder  # see the module docstring for why not aiter_sse
 
 from engine.backends.base import Arrival, Backend, GenerationRequest, RequestSent, StreamEnd
+from engine.backends.stamping import StampingTransport, arrival_ns, sent_ns
 from engine.errors import BackendError, BackendUnavailable, ConfigError
 
 _SSE_FIELDS = ("data", "event", "id", "retry")
@@ -65,13 +66,16 @@ def make_client(
     ``transport`` is for tests (``httpx.MockTransport``); real runs use httpx's own.
     """
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    if transport is None and base_url.startswith("http://"):
+        transport = StampingTransport(limits)  # see engine.backends.stamping for why
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
         headers=headers,
         transport=transport,
         timeout=httpx.Timeout(connect=timeouts.connect_s, read=None, write=timeouts.connect_s,
                               pool=None),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+        limits=limits,
     )
 
 
@@ -208,7 +212,7 @@ async def stamped_lines(response: httpx.Response) -> AsyncIterator[tuple[int, st
     """Each complete line of the body with the arrival time of the bytes that completed it."""
     pending = b""
     async for chunk in response.aiter_bytes():
-        t_ns = time.perf_counter_ns()
+        t_ns = arrival_ns(response)
         pending += chunk
         if b"\n" not in chunk:
             continue
@@ -412,8 +416,9 @@ class HttpBackend(Backend):
                         if await self._retry_without(response):
                             continue
                         await raise_for_status(response)
-                        if sent.t_ns is not None:
-                            yield RequestSent(sent.t_ns)
+                        sent_at = sent_ns(response) or sent.t_ns
+                        if sent_at is not None:
+                            yield RequestSent(sent_at)
                         async for item in self._read(response, watchdog):
                             yield item
                         return
