@@ -18,6 +18,7 @@ from that number when it fires early.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import time
 import uuid
@@ -180,10 +181,16 @@ async def raise_for_status(response: httpx.Response) -> None:
 
 
 def _refused(exc: BaseException) -> bool:
-    """Whether a ConnectionRefusedError is in the chain (httpx's own message hides it)."""
+    """Whether the connection was refused: said in the message, or an ECONNREFUSED in the
+    chain of causes (httpx's own message hides it)."""
+    if "connection refused" in str(exc).lower():
+        return True
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, ConnectionRefusedError):
+        # asyncio's sock_connect raises a plain OSError carrying ECONNREFUSED
+        if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == (
+            errno.ECONNREFUSED
+        ):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False

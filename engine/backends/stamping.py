@@ -1,12 +1,13 @@
-"""A network layer for httpx that stamps bytes when they reach the event loop, not later.
+"""A network layer for httpx that knows when bytes arrived: from the kernel, not the loop.
 
-Why: httpx delivers a chunk to soaktop several event-loop hops after the socket had it (the
-protocol's ``data_received`` wakes a waiter, whose task step runs httpcore, which runs h11,
-which hands bytes up). Under load each hop can wait behind a burst of other work, and a
-timestamp taken at the top inherits every wait. This stream stamps each read in
-``data_received``, the first Python code to see the bytes, and each write right after
-``transport.write`` handed the request to the kernel. The backends read both stamps back
-through ``response.extensions["network_stream"]``.
+Why: httpx delivers a chunk to soaktop several event-loop hops after the socket had it, and a
+timestamp taken at the top inherits every hop's wait behind other work (bursts of new
+requests stretch loop iterations to milliseconds). This stream reads its socket itself with
+``recvmsg`` and asks Linux for the receive time of the bytes (``SO_TIMESTAMPNS``): the time
+the kernel queued them, whatever the loop was doing. Where the option is refused (another
+OS), the stamp is taken as the loop hands the socket over, which is still before httpcore,
+h11 and soaktop's parsing. Writes are stamped right after ``send`` handed the request to the
+kernel. The backends read both stamps through ``response.extensions["network_stream"]``.
 
 Plain TCP only: ``https://`` URLs keep httpx's own network layer (and its later stamps).
 """
@@ -14,7 +15,11 @@ Plain TCP only: ``https://`` URLs keep httpx's own network layer (and its later 
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import socket
+import struct
+import sys
 import time
 from collections import deque
 from typing import Any
@@ -22,94 +27,131 @@ from typing import Any
 import httpcore
 import httpx
 
-
-class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.chunks: deque[tuple[int, bytes]] = deque()
-        self.closed = False
-        self.error: BaseException | None = None
-        self._waiter: asyncio.Future | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.chunks.append((time.perf_counter_ns(), data))
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.closed = True
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.closed, self.error = True, exc
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
+SO_TIMESTAMPNS = 35  # Linux (asm-generic/socket.h); SCM_TIMESTAMPNS has the same value
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
+_READ_SIZE = 256 * 1024
 
 
 class StampedStream(httpcore.AsyncNetworkStream):
     """``last_read_ns``: arrival of the newest bytes handed out; ``last_write_ns``: the newest
-    bytes handed to the kernel."""
+    bytes handed to the kernel. Both ``perf_counter_ns`` readings."""
 
-    def __init__(self, protocol: _Protocol) -> None:
-        self._protocol = protocol
+    def __init__(self, sock: socket.socket, kernel_stamps: bool) -> None:
+        self._sock = sock
+        self._kernel_stamps = kernel_stamps
+        self._loop = asyncio.get_running_loop()
+        self._chunks: deque[tuple[int, bytes]] = deque()
+        self._eof = False
+        self._error: OSError | None = None
+        self._waiter: asyncio.Future | None = None
         self.last_read_ns: int | None = None
         self.last_write_ns: int | None = None
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        while not self._eof:
+            try:
+                if self._kernel_stamps:
+                    data, ancillary, _, _ = self._sock.recvmsg(_READ_SIZE, _ANCILLARY)
+                else:
+                    data, ancillary = self._sock.recv(_READ_SIZE), []
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._error = exc
+                self._finish_reading()
+                break
+            now = time.perf_counter_ns()
+            if not data:
+                self._finish_reading()
+                break
+            self._chunks.append((_arrival(ancillary, now), data))
+            if len(data) < _READ_SIZE:
+                break
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _finish_reading(self) -> None:
+        self._eof = True
+        self._loop.remove_reader(self._sock.fileno())
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        p = self._protocol
-        while not p.chunks and not p.closed:
+        while not self._chunks and not self._eof:
+            self._waiter = self._loop.create_future()
             try:
-                await asyncio.wait_for(p.wait(), timeout)
+                await asyncio.wait_for(self._waiter, timeout)
             except asyncio.TimeoutError:
                 raise httpcore.ReadTimeout("read timed out") from None
-        if p.chunks:
-            t_ns, data = p.chunks.popleft()
+            finally:
+                self._waiter = None
+        if self._chunks:
+            t_ns, data = self._chunks.popleft()
             if len(data) > max_bytes:
-                p.chunks.appendleft((t_ns, data[max_bytes:]))
+                self._chunks.appendleft((t_ns, data[max_bytes:]))
                 data = data[:max_bytes]
             self.last_read_ns = t_ns
             return data
-        if p.error is not None:
-            raise httpcore.ReadError(str(p.error) or type(p.error).__name__)
+        if self._error is not None:
+            raise httpcore.ReadError(str(self._error)) from self._error
         return b""
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        transport = self._protocol.transport
-        if self._protocol.closed or transport is None or transport.is_closing():
-            raise httpcore.WriteError("connection closed")
+        view = memoryview(buffer)
+        while view:
+            try:
+                view = view[self._sock.send(view):]
+            except (BlockingIOError, InterruptedError):
+                await self._writable(timeout)
+            except OSError as exc:
+                raise httpcore.WriteError(str(exc)) from exc
         if buffer:
-            transport.write(buffer)
             self.last_write_ns = time.perf_counter_ns()
 
+    async def _writable(self, timeout: float | None) -> None:
+        ready = self._loop.create_future()
+        fd = self._sock.fileno()
+        self._loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await asyncio.wait_for(ready, timeout)
+        except asyncio.TimeoutError:
+            raise httpcore.WriteTimeout("write timed out") from None
+        finally:
+            self._loop.remove_writer(fd)
+
     async def aclose(self) -> None:
-        if self._protocol.transport is not None:
-            self._protocol.transport.close()
+        if self._sock.fileno() >= 0:
+            if not self._eof:
+                self._loop.remove_reader(self._sock.fileno())
+                self._eof = True
+            self._sock.close()
 
     async def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
         raise httpcore.ConnectError("TLS goes through httpx's own network layer")
 
     def get_extra_info(self, info: str) -> Any:
-        transport = self._protocol.transport
-        if transport is None:
-            return None
-        if info == "is_readable":
-            return self._protocol.closed or bool(self._protocol.chunks)
-        if info in ("client_addr", "server_addr"):
-            return transport.get_extra_info("sockname" if info == "client_addr" else "peername")
-        return transport.get_extra_info(info)
+        if info == "socket":
+            return self._sock
+        if info == "is_readable":  # an idle keep-alive connection the server closed
+            return self._eof or bool(self._chunks)
+        if info == "client_addr":
+            return self._sock.getsockname()
+        if info == "server_addr":
+            return self._sock.getpeername()
+        return None
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]], now_ns: int) -> int:
+    """The kernel's receive time on the ``perf_counter_ns`` clock, or ``now_ns``."""
+    for level, kind, raw in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(raw)
+            offset = time.time_ns() - time.perf_counter_ns()  # wall clock minus monotonic
+            stamp = seconds * 1_000_000_000 + nanoseconds - offset
+            # a wall clock stepped under us would give nonsense: trust only the plausible
+            if now_ns - 1_000_000_000 < stamp <= now_ns + 1_000_000:
+                return min(stamp, now_ns)
+    return now_ns
 
 
 class StampingBackend(httpcore.AsyncNetworkBackend):
@@ -117,26 +159,52 @@ class StampingBackend(httpcore.AsyncNetworkBackend):
                           local_address: str | None = None,
                           socket_options: Any = None) -> httpcore.AsyncNetworkStream:
         loop = asyncio.get_running_loop()
-        local = (local_address, 0) if local_address else None
         try:
-            _, protocol = await asyncio.wait_for(
-                loop.create_connection(_Protocol, host, port, local_addr=local), timeout)
-        except asyncio.TimeoutError:
-            raise httpcore.ConnectTimeout(f"connect to {host}:{port} timed out") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
-        sock = protocol.transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for option in socket_options or ():
-                sock.setsockopt(*option)
-        return StampedStream(protocol)
+            literal = ipaddress.ip_address(host)
+            family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+            targets = [(family, (host, port))]
+        except ValueError:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            targets = [(info[0], info[4]) for info in infos]
+        failure: OSError | None = None
+        for family, address in targets:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for option in socket_options or ():
+                    sock.setsockopt(*option)
+                if local_address:
+                    sock.bind((local_address, 0))
+                await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+            except asyncio.TimeoutError:
+                sock.close()
+                raise httpcore.ConnectTimeout(f"connect to {host}:{port} timed out") from None
+            except OSError as exc:
+                sock.close()
+                failure = exc
+                continue
+            return StampedStream(sock, _enable_kernel_stamps(sock))
+        # said in words: httpcore's pool re-raises "from None", dropping this cause
+        refused = getattr(failure, "errno", None) == errno.ECONNREFUSED
+        raise httpcore.ConnectError(("connection refused: " if refused else "") + str(failure)
+                                    ) from failure
 
     async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
         raise httpcore.ConnectError("unix sockets are not supported here")
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+def _enable_kernel_stamps(sock: socket.socket) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
 
 
 class StampingTransport(httpx.AsyncHTTPTransport):

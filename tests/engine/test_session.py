@@ -45,20 +45,22 @@ async def test_concurrency_change_mid_run_is_seen_in_the_events(make_session):
         return max(counts), sum(counts) / len(counts)
 
     # a completion and its replacement are microseconds apart, so the average sits just
-    # under the target and the maximum never exceeds it
+    # under the target and the maximum never exceeds it. The margins (5% of the time with
+    # one slot empty) absorb a pause of the whole process on a busy CI machine; a loop that
+    # did not refill, or refilled a request lifetime (30 ms) late, would still fail them.
     peak, mean = profile(50 * MS, up)
-    assert peak == 2 and mean > 1.95
+    assert peak == 2 and mean > 1.9
     peak, mean = profile(up + 20 * MS, down)
-    assert peak == 6 and mean > 5.85  # the 4 extra started at once, then held
+    assert peak == 6 and mean > 5.7  # the 4 extra started at once, then held
     # lowering cancels nothing and does not drain: the first send after it comes right
     # after the 6th completion, when the in-flight count has fallen below 1
     completions = sorted(d.t_ns for d in done if d.t_ns > down)
     sends = sorted(d.sent_ns for d in done if d.sent_ns > down)
-    assert sends[0] > completions[5] and sends[0] - completions[5] < 5 * MS
+    assert sends[0] > completions[5] and sends[0] - completions[5] < 15 * MS
     cancelled = [d for d in events.of(RequestDone) if d.finish_reason == "cancelled"]
     assert all(d.t_ns >= 1_000 * MS for d in cancelled)  # only the run's end (1 s) cancels
     peak, mean = profile(sends[0], sends[0] + 300 * MS)
-    assert peak == 1 and mean > 0.95
+    assert peak == 1 and mean > 0.9
     # requests sent after each change carry the new phase id
     assert {d.phase_id for d in done if d.sent_ns > down + 60 * MS} == {2}
 
