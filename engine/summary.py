@@ -48,7 +48,17 @@ class _Column:
         return self._data[: self._size]
 
 
-_METRICS = ("ttft_us", "tpot_us", "e2e_us", "speed_tps")
+_METRICS = ("ttft_us", "tpot_us", "e2e_us", "speed_tps", "server_speed_tps")
+
+
+def server_speed_tps(reported: dict | None) -> float | None:
+    """The server's own output speed for one request (Ollama: eval_count / eval_duration)."""
+    if not reported:
+        return None
+    count, duration_ns = reported.get("eval_count"), reported.get("eval_duration")
+    if isinstance(count, int) and isinstance(duration_ns, (int, float)) and duration_ns > 0:
+        return count / (duration_ns / 1e9)
+    return None
 
 
 @dataclass
@@ -114,8 +124,9 @@ class SessionSummary:
             m = request_metrics(
                 done.arrivals_us, done.end_us, done.arrival_tokens if done.arrival_tokens else None
             )
-            for name in _METRICS:
+            for name in _METRICS[:-1]:
                 stats.columns[name].append(getattr(m, name))
+            stats.columns["server_speed_tps"].append(server_speed_tps(done.server_reported))
             stats.itl.add(m.itl_us)
 
     def _window_ns(self, index: int) -> int:
@@ -183,4 +194,6 @@ def _figures(parts: list[tuple[_PhaseStats, int]]) -> dict[str, Any]:
         "tpot_ms": distribution(column("tpot_us"), 1e-3),
         "e2e_ms": distribution(column("e2e_us"), 1e-3),
         "output_speed_tps": distribution(column("speed_tps")),
+        # the server's own view, where it reports one (Ollama), beside the client's above
+        "server_speed_tps": distribution(column("server_speed_tps")),
     }

@@ -97,3 +97,20 @@ def test_record_cut_before_session_end_uses_the_last_event_time():
     r = s.result()
     assert r["duration_s"] == pytest.approx(0.002)
     assert r["ended"].startswith("unknown")
+
+
+def test_the_servers_own_speed_sits_beside_the_clients():
+    s = SessionSummary()
+    s.add(phase(0, 0))
+    # client: 4 tokens, 300 µs apart -> (4 - 1) / 900 µs = 3333 tokens/s
+    s.add(done(0, 0, 0, [1000, 1300, 1600, 1900],
+               server_reported={"eval_count": 4, "eval_duration": 1_000_000}))
+    s.add(done(1, 0, 0, [1000, 2000]))  # a server that reports nothing
+    s.add(SessionEnd(5 * MS, "completed"))
+    r = s.result()
+    assert r["server_speed_tps"]["p50"] == pytest.approx(4000)  # 4 tokens in 1 ms
+    assert r["output_speed_tps"]["p50"] == pytest.approx((3333.33 + 1000) / 2, rel=1e-3)
+    empty = SessionSummary()
+    empty.add(phase(0, 0))
+    empty.add(done(0, 0, 0, [1000, 2000]))
+    assert empty.result()["server_speed_tps"]["p50"] is None
