@@ -19,6 +19,9 @@ counted in the status line, the summary and the record. The HTTP backends use:
 stream). The local engine uses ``oom``, ``engine_crash``, ``engine_closed`` and
 ``prompt_too_long``. ``retry_after_s`` is set when the server asked the client to wait
 (429/503 with ``Retry-After``); the session then holds new requests back until it has passed.
+``refused`` says the request itself was rejected as invalid (an HTTP 4xx other than 408/429, a
+prompt too long for the local model): sending it again unchanged cannot succeed, so a run
+whose every request is refused stops with that message instead of repeating the mistake.
 """
 
 from __future__ import annotations
@@ -51,12 +54,17 @@ class BackendError(SoaktopError):
     retry_after_s: float | None = None
 
     def __init__(
-        self, message: str, error_class: str | None = None, retry_after_s: float | None = None
+        self,
+        message: str,
+        error_class: str | None = None,
+        retry_after_s: float | None = None,
+        refused: bool = False,
     ) -> None:
         super().__init__(message)
         if error_class is not None:
             self.error_class = error_class
         self.retry_after_s = retry_after_s
+        self.refused = refused
 
 
 class EngineCrashed(BackendError):

@@ -59,7 +59,7 @@ class Session:
         self.model = config.model
         self._not_before_ns = 0  # a server's Retry-After holds new sends until then
         self._succeeded = False
-        self._refusals: list[RequestDone] = []
+        self._refused = ("", 0)  # (error class, how many in a row) before any success
         #: Why the run gave up, in one line, when ``SessionEnd.reason`` is ``"failed"``.
         self.failure: str | None = None
 
@@ -131,27 +131,26 @@ class Session:
         )
         self._emit(self._phase)
 
-    def _give_up_on_refusals(self, done: RequestDone) -> None:
-        """Stop a run whose every request so far was refused with the same client error.
+    def _give_up_on_refusals(self, done: RequestDone, refused: bool) -> None:
+        """Stop a run whose every request so far was refused, for one and the same reason.
 
-        A wrong model name or API key is a user mistake, not a soak result: without this the
-        closed loop would replace each 404 at once, thousands of times a second. 429 is load,
-        not a mistake, and is left to Retry-After; one success anywhere disarms this.
+        A wrong model name, a missing API key or a prompt too long for the model is a user
+        mistake, not a soak result: without this the closed loop would repeat it thousands of
+        times a second. Backends mark such errors ``refused`` (429 is load, not a mistake, and
+        is left to Retry-After); a single success anywhere disarms this for the run.
         """
         if done.ok:
             self._succeeded = True
-            self._refusals.clear()
+        if self._succeeded:
             return
-        cls = done.error_class or ""
-        if self._succeeded or not cls.startswith("http_4") or cls == "http_429":
-            self._refusals.clear()
+        if not refused:
+            self._refused = ("", 0)
             return
-        self._refusals.append(done)
-        if len(self._refusals) >= max(8, self.concurrency) and len(
-            {d.error_class for d in self._refusals}
-        ) == 1:
-            self.failure = (f"every request was refused ({len(self._refusals)} so far): "
-                            f"{done.error_message}")
+        cls, count = self._refused
+        count = count + 1 if done.error_class == cls else 1
+        self._refused = (done.error_class or "", count)
+        if count >= max(8, self.concurrency):
+            self.failure = f"every request was refused ({count} so far): {done.error_message}"
             self.stop("failed")
 
     def _launch(self):
@@ -179,7 +178,7 @@ class Session:
         arrivals: list[int] = []
         tokens: list[int] = []
         finish, error_class, error_message = "length", None, None
-        server = None
+        server, refused = None, False
         try:
             async for item in self.backend.stream(request):
                 if isinstance(item, RequestSent):  # the true send time, before any arrival
@@ -201,6 +200,7 @@ class Session:
             finish = "cancelled"  # the run ended under it; recorded, then the task ends
         except BackendError as exc:
             finish, error_class, error_message = "error", exc.error_class, str(exc)
+            refused = exc.refused
             if exc.retry_after_s:
                 resume = self.now_ns() + int(exc.retry_after_s * 1e9)
                 self._not_before_ns = max(self._not_before_ns, resume)
@@ -227,7 +227,7 @@ class Session:
             server_reported=server,
         )
         self._emit(done)
-        self._give_up_on_refusals(done)
+        self._give_up_on_refusals(done, refused)
 
     async def run(self) -> SessionEnd:
         """Start the backend, run until an end condition, and always close the record."""

@@ -173,10 +173,12 @@ async def raise_for_status(response: httpx.Response) -> None:
         return
     body = (await response.aread())[:BODY_EXCERPT].decode("utf-8", "replace")
     excerpt = " ".join(body.split())
+    status = response.status_code
     raise BackendError(
-        f"HTTP {response.status_code}: {excerpt}" if excerpt else f"HTTP {response.status_code}",
-        f"http_{response.status_code}",
+        f"HTTP {status}: {excerpt}" if excerpt else f"HTTP {status}",
+        f"http_{status}",
         retry_after_s=retry_after_s(response.headers.get("retry-after")),
+        refused=status < 500 and status not in (408, 429),  # the request itself was wrong
     )
 
 

@@ -144,7 +144,8 @@ class ContinuousBatcher:
             raise ValueError(f"token ids must be in [0, {self._vocab})")
         if len(prompt) > self._max_len:
             raise BackendError(f"prompt of {len(prompt)} tokens does not fit the "
-                               f"{self._max_len}-token cache", error_class="prompt_too_long")
+                               f"{self._max_len}-token cache", error_class="prompt_too_long",
+                               refused=True)
         output_tokens = min(max_tokens, self._max_len - len(prompt) + 1)
         handle = RequestHandle(output_tokens, on_output, loop or asyncio.get_running_loop())
         with self._cond:

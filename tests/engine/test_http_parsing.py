@@ -147,6 +147,8 @@ async def test_each_failure_has_its_class_and_a_one_line_message(body, status, e
         await collect(openai(Server(body, status)))
     assert info.value.error_class == error_class
     assert words in str(info.value) and "\n" not in str(info.value)
+    # only a 4xx says the request itself was wrong; the rest may succeed on another try
+    assert info.value.refused is (error_class == "http_404")
 
 
 async def test_429_carries_retry_after():
@@ -154,6 +156,7 @@ async def test_429_carries_retry_after():
     with pytest.raises(BackendError) as info:
         await collect(openai(server))
     assert info.value.error_class == "http_429" and info.value.retry_after_s == 2.0
+    assert not info.value.refused  # load, not a mistake
 
 
 async def test_ollama_tokens_and_server_timings():

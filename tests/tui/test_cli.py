@@ -99,3 +99,11 @@ def test_a_wrong_model_on_a_server_is_one_line_and_exit_2():
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("soaktop: error: every request was refused") and "404" in last
     assert json.loads(result.stdout)["ended"] == "failed"  # the summary still came out
+
+
+def test_a_prompt_too_long_for_the_local_model_is_one_line_and_exit_2():
+    result = soaktop("run", "--input-tokens", "3000", "--duration", "20s", "--no-record")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("soaktop: error: every request was refused")
+    assert "prompt of 3000 tokens does not fit the 2048-token cache" in last
