@@ -51,7 +51,7 @@ class _Column:
 _METRICS = ("ttft_us", "tpot_us", "e2e_us", "speed_tps", "server_speed_tps")
 
 
-def server_speed_tps(reported: dict | None) -> float | None:
+def _server_speed_tps(reported: dict | None) -> float | None:
     """The server's own output speed for one request (Ollama: eval_count / eval_duration)."""
     if not reported:
         return None
@@ -124,9 +124,11 @@ class SessionSummary:
             m = request_metrics(
                 done.arrivals_us, done.end_us, done.arrival_tokens if done.arrival_tokens else None
             )
-            for name in _METRICS[:-1]:
-                stats.columns[name].append(getattr(m, name))
-            stats.columns["server_speed_tps"].append(server_speed_tps(done.server_reported))
+            values = {"ttft_us": m.ttft_us, "tpot_us": m.tpot_us, "e2e_us": m.e2e_us,
+                      "speed_tps": m.speed_tps,
+                      "server_speed_tps": _server_speed_tps(done.server_reported)}
+            for name, value in values.items():
+                stats.columns[name].append(value)
             stats.itl.add(m.itl_us)
 
     def _window_ns(self, index: int) -> int:

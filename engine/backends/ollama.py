@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 import httpx
 
 from engine.backends.base import Arrival, GenerationRequest, StreamEnd
-from engine.backends.http import HttpBackend, Watchdog, parse_json, stamped_lines
+from engine.backends.http import Watchdog, parse_json, stamped_lines
+from engine.backends.http_backend import HttpBackend
 from engine.errors import BackendError
 
 DEFAULT_URL = "http://127.0.0.1:11434"

@@ -20,12 +20,12 @@ import httpx
 
 from engine.backends.base import Arrival, GenerationRequest, StreamEnd
 from engine.backends.http import (
-    HttpBackend,
     Watchdog,
     parse_json,
     share_tokens,
     sse_events,
 )
+from engine.backends.http_backend import HttpBackend
 from engine.errors import BackendError
 
 
