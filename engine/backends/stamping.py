@@ -39,7 +39,7 @@ class StampedStream(httpcore.AsyncNetworkStream):
 
     def __init__(self, sock: socket.socket, kernel_stamps: bool) -> None:
         self._sock = sock
-        self._kernel_stamps = kernel_stamps
+        self.kernel_stamps = kernel_stamps
         self._loop = asyncio.get_running_loop()
         self._chunks: deque[tuple[int, bytes]] = deque()
         self._eof = False
@@ -52,7 +52,7 @@ class StampedStream(httpcore.AsyncNetworkStream):
     def _readable(self) -> None:
         while not self._eof:
             try:
-                if self._kernel_stamps:
+                if self.kernel_stamps:
                     data, ancillary, _, _ = self._sock.recvmsg(_READ_SIZE, _ANCILLARY)
                 else:
                     data, ancillary = self._sock.recv(_READ_SIZE), []

@@ -195,3 +195,28 @@ async def test_rate_limits_and_partial_failures_do_not_give_up():
     assert end.reason == "completed" and result["errors"].keys() == {"http_429"}
     _, end, result = await run_against("http_404", fault_every=2, duration_s=1.0)
     assert end.reason == "completed" and result["requests_ok"] > 0
+
+
+async def test_http_responses_come_through_soaktops_stamping_stream():
+    """httpx takes no network backend, so soaktop swaps the pool of httpx's transport for one
+    on its own; an httpx release that undid the swap would silently lose kernel stamps."""
+    import sys
+    import time
+
+    from engine.backends.http import make_client
+    from engine.backends.stamping import StampedStream
+
+    body = {"model": "m", "stream": True, "max_tokens": 4,
+            "messages": [{"role": "user", "content": "hi"}]}
+    async with LoopbackServer(FAST) as server:
+        async with make_client(server.url, SHORT, None) as client:
+            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                stream = response.extensions["network_stream"]
+                await response.aread()
+        wire = server.emissions()[0]
+    assert isinstance(stream, StampedStream)
+    assert stream.kernel_stamps is sys.platform.startswith("linux")
+    # the request left before the server had read it, and the last bytes came after the
+    # server's last content chunk went out (kernel stamps precede its post-write stamp by µs)
+    assert stream.last_write_ns <= wire.received_ns
+    assert wire.chunks_ns[-1] - 1_000_000 < stream.last_read_ns <= time.perf_counter_ns()

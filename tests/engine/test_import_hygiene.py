@@ -13,7 +13,8 @@ MODULES = [
     "engine", "engine.events", "engine.stats", "engine.summary", "engine.live", "engine.record",
     "engine.session", "engine.load", "engine.headless", "engine.backends",
     "engine.backends.fake", "engine.backends.local", "engine.environment",
-    "engine.backends.openai", "engine.backends.ollama", "engine.loopback", "engine.fidelity",
+    "engine.backends.openai", "engine.backends.ollama", "engine.backends.http_backend",
+    "engine.backends.stamping", "engine.loopback", "engine.fidelity",
     "tui.cli",
 ]
 ALLOWED = {("rich", "httpx._main")}
