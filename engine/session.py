@@ -56,6 +56,8 @@ class Session:
         self._loop: ClosedLoop | None = None
         self._end_reason = "completed"
         self._stopped = asyncio.Event()
+        #: Set once the header is out and the clock runs (after the backend has started).
+        self.started = asyncio.Event()
         self.model = config.model
         self._not_before_ns = 0  # a server's Retry-After holds new sends until then
         self._succeeded = False
@@ -267,6 +269,7 @@ class Session:
                 )
             )
             self._new_phase("start", concurrency=self.config.concurrency)
+            self.started.set()
             self._loop = ClosedLoop(self.config.concurrency, self._launch)
             load = asyncio.ensure_future(self._loop.run())
             stopped = asyncio.ensure_future(self._stopped.wait())

@@ -194,6 +194,12 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         loop.add_signal_handler(signum, interrupt, signum)
 
     async def report() -> None:
+        await session.started.wait()  # the model may take a while to load
+        where = session.record_path if session.record_path else "not recorded"
+        facts = backend.describe()
+        target = facts.get("device") or facts.get("url") or args.backend
+        print(f"soaktop: running {args.model} on {target}; record: {where}",
+              file=sys.stderr, flush=True)
         warned = False
         while True:
             await asyncio.sleep(args.status_every)
@@ -205,24 +211,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.backend == "local":
         print(f"soaktop: loading local model {args.model} ...", file=sys.stderr, flush=True)
-    reporter = None
-
-    def on_start(event: Any) -> None:
-        nonlocal reporter
-        if reporter is None:
-            reporter = asyncio.ensure_future(report())
-            where = session.record_path if session.record_path else "not recorded"
-            facts = backend.describe()
-            target = facts.get("device") or facts.get("url") or args.backend
-            print(f"soaktop: running {args.model} on {target}; record: {where}",
-                  file=sys.stderr, flush=True)
-
-    session.add_listener(on_start)
+    reporter = asyncio.ensure_future(report())
     try:
         await session.run()
     finally:
-        if reporter is not None:
-            reporter.cancel()
+        reporter.cancel()
     if session.recorder and session.recorder.error:
         print(f"soaktop: {session.recorder.error}", file=sys.stderr)
     if session.failure:
