@@ -92,26 +92,100 @@ class RequestDone:
 
 @dataclass(frozen=True, slots=True)
 class GpuSample:
-    """One GPU's telemetry at one moment; ``None`` where the driver does not say."""
+    """One GPU's telemetry at one moment; ``None`` where the source does not say.
+
+    ``source`` is ``"nvml"`` for a GPU of this machine, ``"dcgm"`` for one scraped from a DCGM
+    exporter, in which case ``host`` names the machine. ``energy_mj`` is the driver's
+    cumulative energy counter (millijoules since the driver loaded), so energy over a window is
+    a difference of two samples: measured, not integrated from power readings.
+    ``clock_event_counters_ns`` holds the driver's cumulative time (ns) spent under each
+    clock-event reason where it keeps such counters; ``clock_event_reasons`` the reasons active
+    at this moment, decoded into names (see :mod:`engine.telemetry.reasons`).
+    ``process_memory_bytes`` is the GPU memory of the watched process(es), where known.
+    """
 
     t_ns: int
     gpu_index: int
+    source: str = "nvml"
+    host: str | None = None
     temperature_c: float | None = None
+    memory_temperature_c: float | None = None
+    slowdown_temperature_c: float | None = None
+    shutdown_temperature_c: float | None = None
     sm_clock_mhz: float | None = None
     sm_clock_max_mhz: float | None = None
+    memory_clock_mhz: float | None = None
+    memory_clock_max_mhz: float | None = None
     power_w: float | None = None
     power_limit_w: float | None = None
+    energy_mj: int | None = None
+    gpu_utilization_percent: float | None = None
+    memory_utilization_percent: float | None = None
     memory_used_bytes: int | None = None
     memory_total_bytes: int | None = None
-    clock_event_reasons: tuple[str, ...] = ()
+    performance_state: int | None = None
+    clock_event_reasons: tuple[str, ...] | None = None
+    clock_event_counters_ns: dict[str, int] | None = None
+    process_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class HostSample:
+    """This machine at one moment: its CPUs, memory, soaktop itself and a watched process."""
+
     t_ns: int
     cpu_percent: float | None = None
+    cpu_per_core_percent: tuple[float, ...] | None = None
+    load_1m: float | None = None
     memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
     soaktop_rss_bytes: int | None = None
+    soaktop_cpu_percent: float | None = None  # of one core: 200 means two cores busy
+    watched_pid: int | None = None
+    watched_rss_bytes: int | None = None
+    watched_cpu_percent: float | None = None
+    cpu_temperature_c: float | None = None  # the hottest sensor the OS reports
+    cpu_frequency_mhz: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSample:
+    """A serving engine's own view from its ``/metrics`` (vLLM, SGLang), beside the client's.
+
+    Gauges are as scraped; ``*_total`` are the engine's cumulative counters.
+    """
+
+    t_ns: int
+    source: str  # the scraped URL, credentials stripped
+    engine: str  # "vllm", "sglang", or "unknown"
+    model: str | None = None
+    requests_running: float | None = None
+    requests_waiting: float | None = None
+    kv_cache_usage: float | None = None  # fraction, 0..1
+    prompt_tokens_total: float | None = None
+    generation_tokens_total: float | None = None
+    preemptions_total: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryStatus:
+    """A telemetry source, or one GPU of it, became available or unavailable, and why.
+
+    Absence is a value: no driver, no GPU, a field this GPU does not support, permission
+    denied, a GPU lost mid-run or an exporter that stopped answering is written down here
+    (and shown), and the run goes on. ``unavailable_fields`` maps a field of the samples to
+    the reason it is missing; ``info`` holds static facts of a GPU when it comes online
+    (name, UUID, VBIOS, driver and NVML versions, power limits, persistence mode).
+    """
+
+    t_ns: int
+    source: str  # "nvml", "host", "prom:<url>"
+    available: bool
+    reason: str | None = None
+    gpu_index: int | None = None
+    host: str | None = None
+    unavailable_fields: dict[str, str] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +211,8 @@ class SessionEnd:
 
 
 Event = (
-    SessionStart | Phase | TokensArrived | RequestDone | GpuSample | HostSample | ClientSample
-    | Mark | SessionEnd
+    SessionStart | Phase | TokensArrived | RequestDone | GpuSample | HostSample | ServerSample
+    | TelemetryStatus | ClientSample | Mark | SessionEnd
 )
 
 #: The ``type`` tag of each event kind in a record.
@@ -148,6 +222,8 @@ TYPE_TAGS: dict[type, str] = {
     RequestDone: "request_done",
     GpuSample: "gpu_sample",
     HostSample: "host_sample",
+    ServerSample: "server_sample",
+    TelemetryStatus: "telemetry_status",
     ClientSample: "client_sample",
     Mark: "mark",
     SessionEnd: "session_end",

@@ -36,6 +36,17 @@ _BY_TAG = {tag: cls for cls, tag in TYPE_TAGS.items()}
 FLUSH_INTERVAL_S = 0.5
 
 
+_NO_DEFAULT = object()
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return _NO_DEFAULT
+
+
 def encode(event: Any) -> dict[str, Any]:
     """The record form of ``event`` (a dict with a ``type`` tag)."""
     data = {"type": TYPE_TAGS[type(event)]}
@@ -43,7 +54,7 @@ def encode(event: Any) -> dict[str, Any]:
         value = getattr(event, f.name)
         if f.name == "arrivals_us":
             data["arrivals_dus"] = np.diff(value, prepend=0).tolist() if value else []
-        elif f.default is not dataclasses.MISSING and value == f.default:
+        elif value == _default(f):
             continue  # defaults stay implicit: smaller records
         elif isinstance(value, tuple):
             data[f.name] = list(value)
