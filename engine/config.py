@@ -12,6 +12,32 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
+_TELEMETRY_KINDS = ("nvml", "host")
+
+
+def parse_telemetry(text: str) -> tuple[str, ...]:
+    """The sources in ``"nvml,host,prom=http://node7:9400/metrics"``; ``"none"`` for none.
+
+    Each entry is ``nvml``, ``host`` or ``prom=URL`` (a DCGM exporter or a serving engine's
+    ``/metrics``; give ``prom=`` once per URL).
+    """
+    entries = tuple(e.strip() for e in text.split(",") if e.strip())
+    if entries in ((), ("none",)):
+        return ()
+    for entry in entries:
+        if entry.startswith("prom="):
+            url = entry[len("prom="):]
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"telemetry {entry!r}: prom= needs an http:// or https:// URL")
+        elif entry not in _TELEMETRY_KINDS:
+            raise ConfigError(
+                f"unknown telemetry source {entry!r}: use nvml, host, prom=URL or none"
+            )
+    if len(set(entries)) != len(entries):
+        raise ConfigError(f"telemetry source given twice in {text!r}")
+    return entries
+
+
 def parse_duration(text: str) -> float:
     """Seconds in ``"20s"``, ``"30m"``, ``"1.5h"``, ``"500ms"`` or a bare number of seconds."""
     match = _DURATION.match(text)
@@ -38,6 +64,11 @@ class RunConfig:
     connect_timeout_s: float = 10.0
     first_token_timeout_s: float = 120.0
     token_timeout_s: float = 60.0
+    #: Telemetry sources (see :func:`parse_telemetry`); prom URLs with credentials stripped.
+    #: Empty here (library use, tests); the command line's default is ``("nvml", "host")``.
+    telemetry: tuple[str, ...] = ()
+    telemetry_hz: float = 4.0
+    watch_pid: int | None = None  # a server process whose CPU, memory and GPU memory to watch
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -52,6 +83,9 @@ class RunConfig:
             raise ConfigError("input and output token counts must be at least 1")
         if min(self.connect_timeout_s, self.first_token_timeout_s, self.token_timeout_s) <= 0:
             raise ConfigError("timeouts must be positive")
+        if not 0 < self.telemetry_hz <= 100:
+            raise ConfigError(f"telemetry rate must be above 0 and at most 100 Hz "
+                              f"(got {self.telemetry_hz:g})")
         if self.prompt_pool < 1:
             raise ConfigError("the prompt pool needs at least one prompt")
 

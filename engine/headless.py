@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from engine.live import LiveSnapshot
+from engine.telemetry.live import TelemetrySnapshot
+from engine.telemetry.reasons import THROTTLING
 
 
 def _ms(value: float | None) -> str:
@@ -30,7 +32,49 @@ def status_line(snap: LiveSnapshot, in_flight: int, concurrency: int) -> str:
         f" | {snap.tokens_per_s:,.0f} tok/s"
         f" | TTFT p50 {_ms(snap.ttft_p50_ms)} ms p95 {_ms(snap.ttft_p95_ms)} ms"
         f" | ok {snap.requests_ok} | errors {errors}{detail}"
+        + telemetry_part(snap.telemetry)
     )
+
+
+def _gpu_part(key: str, now) -> str:
+    s = now.latest
+    parts = [f"GPU{key}"]
+    if s.temperature_c is not None:
+        margin = ("" if s.slowdown_temperature_c is None
+                  else f" (margin {s.slowdown_temperature_c - s.temperature_c:.0f})")
+        parts.append(f"{s.temperature_c:.0f}C{margin}")
+    if s.sm_clock_mhz is not None:
+        top = f"/{s.sm_clock_max_mhz:.0f}" if s.sm_clock_max_mhz else ""
+        parts.append(f"{s.sm_clock_mhz:.0f}{top} MHz")
+    if s.power_w is not None:
+        top = f"/{s.power_limit_w:.0f}" if s.power_limit_w else ""
+        parts.append(f"{s.power_w:.0f}{top} W")
+    throttled = [r for r in (s.clock_event_reasons or ()) if r in THROTTLING]
+    if throttled:
+        parts.append("throttled: " + ",".join(throttled))
+    return " ".join(parts)
+
+
+def telemetry_part(t: TelemetrySnapshot) -> str:
+    """`` | GPU0 64C (margin 23) 1755/1980 MHz 310/700 W | host CPU 45% soaktop 38%``"""
+    out = ""
+    if len(t.gpus) <= 2:
+        out += "".join(f" | {_gpu_part(key, now)}" for key, now in t.gpus.items())
+    else:  # many GPUs: the hottest, the slowest clock and the total power
+        temps = [n.latest.temperature_c for n in t.gpus.values() if n.latest.temperature_c]
+        ratios = [n.window["sm_clock_ratio"]["min"] for n in t.gpus.values()
+                  if n.window["sm_clock_ratio"]["min"] is not None]
+        power = sum(n.latest.power_w or 0.0 for n in t.gpus.values())
+        out += f" | {len(t.gpus)} GPUs max {_num(max(temps) if temps else None, 0)}C" \
+               f" clock min {_num(min(ratios) * 100 if ratios else None, 0)}% {power:,.0f} W"
+    for server in t.servers.values():
+        kv = None if server.kv_cache_usage is None else server.kv_cache_usage * 100
+        out += (f" | {server.engine} running {_num(server.requests_running, 0)}"
+                f" waiting {_num(server.requests_waiting, 0)} kv {_num(kv, 0)}%")
+    if t.host is not None:
+        out += (f" | host CPU {_num(t.host.cpu_percent, 0)}%"
+                f" soaktop {_num(t.host.soaktop_cpu_percent, 0)}%")
+    return out
 
 
 _COLUMNS = (
@@ -68,4 +112,57 @@ def summary_table(summary: dict[str, Any]) -> str:
         lines.append(
             "errors: " + ", ".join(f"{k} {v}" for k, v in summary["errors"].items())
         )
+    lines.extend(telemetry_lines(summary))
     return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.0f}%"
+
+
+def _gpu_line(label: str, key: str, g: dict[str, Any]) -> str:
+    throttled = ", ".join(f"{r} {_pct(f)}" for r, f in g["clock_event_fraction"].items()
+                          if r in THROTTLING and f > 0)
+    return (
+        f"{label} GPU{key}: {_num(g['temperature_c']['mean'], 0)}C mean,"
+        f" {_num(g['temperature_c']['max'], 0)}C max"
+        f" (margin to slowdown {_num(g['temperature_margin_c']['min'], 0)}C);"
+        f" SM clock {_pct(g['sm_clock_ratio']['mean'])} of max"
+        f" (lowest {_pct(g['sm_clock_ratio']['min'])});"
+        f" {_num(g['power_w']['mean'], 0)} W ({_pct(g['power_ratio']['mean'])} of limit);"
+        f" throttled: {throttled or 'never'}"
+        + (f" (from {g['clock_events_from']})" if g["clock_events_from"] else "")
+    )
+
+
+def telemetry_lines(summary: dict[str, Any]) -> list[str]:
+    """Per phase and GPU: heat, clocks, power, throttling; energy per token; host; sources."""
+    lines = []
+    for p in summary["phases"]:
+        label = f"phase {p['phase_id']}{'w' if p['warmup'] else ''}"
+        for key, g in p["gpus"].items():
+            lines.append(_gpu_line(label, key, g))
+        if p["energy_j_per_token"] is not None:
+            lines.append(f"{label}: {_num(p['energy_j_per_token'], 3)} J/token,"
+                         f" {_num(p['tokens_per_s_per_w'], 2)} tok/s per W"
+                         f" ({_num(p['power_w'], 0)} W for all GPUs)")
+        for name, server in p["servers"].items():
+            lines.append(
+                f"{label} server {name}: running {_num(server['requests_running']['mean'])},"
+                f" waiting {_num(server['requests_waiting']['mean'])},"
+                f" KV cache {_pct(server['kv_cache_usage']['mean'])} mean,"
+                f" {_num(server['generation_tokens_per_s'])} tok/s by its own count"
+            )
+    host = summary.get("host")
+    if host:
+        rss = host["soaktop_rss_bytes"]["max"]
+        lines.append(
+            f"host: CPU {_num(host['cpu_percent']['mean'], 0)}% mean;"
+            f" soaktop {_num(host['soaktop_cpu_percent']['mean'], 0)}% of a core,"
+            f" RSS {_num(None if rss is None else rss / 2**20, 0)} MiB max"
+        )
+    for item in summary.get("telemetry", []):
+        if not item["available"]:
+            where = item["source"] + (f" GPU {item['gpu_index']}" if "gpu_index" in item else "")
+            lines.append(f"telemetry: {where} unavailable: {item.get('reason')}")
+    return lines

@@ -13,8 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from engine.events import RequestDone, TokensArrived
+from engine.events import (
+    GpuSample,
+    HostSample,
+    RequestDone,
+    ServerSample,
+    TelemetryStatus,
+    TokensArrived,
+)
 from engine.stats import request_metrics
+from engine.telemetry.live import LiveTelemetry, TelemetrySnapshot
+
+_TELEMETRY = (GpuSample, HostSample, ServerSample, TelemetryStatus)
 
 BUCKET_NS = 100_000_000  # tokens are counted per 100 ms
 HISTORY_BUCKETS = 1200  # two minutes of token counts
@@ -60,6 +70,7 @@ class LiveSnapshot:
     itl_p50_ms: float | None
     itl_p95_ms: float | None
     e2e_p50_ms: float | None
+    telemetry: TelemetrySnapshot = TelemetrySnapshot()
 
 
 class LiveStats:
@@ -81,6 +92,7 @@ class LiveStats:
         self.ok = 0
         self.failed = 0
         self.errors: Counter = Counter()
+        self.telemetry = LiveTelemetry(window_s)
 
     def _advance(self, bucket: int) -> None:
         if bucket <= self._bucket_now:
@@ -96,6 +108,8 @@ class LiveStats:
             self._advance(bucket)
             if self._bucket_now - bucket < HISTORY_BUCKETS:
                 self.token_buckets[bucket % HISTORY_BUCKETS] += event.tokens
+        elif isinstance(event, _TELEMETRY):
+            self.telemetry.add(event)
         elif isinstance(event, RequestDone) and event.finish_reason != "cancelled":
             if event.error_class is not None:
                 self.failed += 1
@@ -137,4 +151,5 @@ class LiveStats:
             itl_p50_ms=pct(self.itl_ms, 50),
             itl_p95_ms=pct(self.itl_ms, 95),
             e2e_p50_ms=pct(self.e2e_ms, 50),
+            telemetry=self.telemetry.snapshot(now_ns),
         )

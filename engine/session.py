@@ -4,6 +4,10 @@ The session owns the clock (``time.perf_counter_ns()``, relative to its start), 
 warm-up, the end conditions and the listeners that receive every event in order (statistics,
 recorder, status line, TUI). Commands (:meth:`set_concurrency`, :meth:`mark`, :meth:`stop`)
 may arrive at any time from the same event loop.
+
+Telemetry sources are sampled on threads of their own; their events are handed to the loop
+(``call_soon_threadsafe``) and emitted there, so listeners only ever run on the loop and see
+one ordered stream. Samples that arrive after the session ended are dropped.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from engine.events import (
 from engine.load import ClosedLoop
 from engine.prompts import make_prompts
 from engine.record import RecordWriter
+from engine.telemetry import Sampler, Source, build_sources
 
 Listener = Callable[[Any], None]
 
@@ -43,7 +48,10 @@ class Session:
         backend: Backend,
         record_path: Path | None = None,
         listeners: tuple[Listener, ...] = (),
+        sources: Sequence[Source] | None = None,
     ) -> None:
+        """``sources``: telemetry sources to sample; by default those ``config.telemetry``
+        names (pass them explicitly when a URL needs credentials the config must not keep)."""
         self.config = config
         self.backend = backend
         self.record_path = record_path
@@ -64,6 +72,12 @@ class Session:
         self._refused = ("", 0)  # (error class, how many in a row) before any success
         #: Why the run gave up, in one line, when ``SessionEnd.reason`` is ``"failed"``.
         self.failure: str | None = None
+        if sources is None:
+            sources = build_sources(config.telemetry, config.watch_pid,
+                                    local_engine=config.backend == "local")
+        self._sources = list(sources)
+        self._samplers: list[Sampler] = []
+        self._ended = False
 
     # -- clock and events ------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -81,6 +95,32 @@ class Session:
     def _emit(self, event: Any) -> None:
         for listener in self._listeners:
             listener(event)
+
+    def _emit_telemetry(self, events: list[Any]) -> None:
+        if not self._ended:
+            for event in events:
+                self._emit(event)
+
+    def _start_telemetry(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def deliver(events: list[Any]) -> None:  # on a sampler's thread
+            try:
+                loop.call_soon_threadsafe(self._emit_telemetry, events)
+            except RuntimeError:  # the loop has closed: the session is over
+                pass
+
+        for source in self._sources:
+            sampler = Sampler(source, self.config.telemetry_hz, self.now_ns, deliver)
+            sampler.start()
+            self._samplers.append(sampler)
+
+    def _stop_telemetry(self) -> None:
+        for sampler in self._samplers:
+            sampler.request_stop()
+        for sampler in self._samplers:
+            sampler.stop(timeout_s=1.0)
+        self._samplers.clear()
 
     # -- commands --------------------------------------------------------------------------
     @property
@@ -269,6 +309,7 @@ class Session:
                 )
             )
             self._new_phase("start", concurrency=self.config.concurrency)
+            self._start_telemetry()
             self.started.set()
             self._loop = ClosedLoop(self.config.concurrency, self._launch)
             load = asyncio.ensure_future(self._loop.run())
@@ -291,6 +332,8 @@ class Session:
             end = SessionEnd(t_ns=self.now_ns(), reason="crashed")
             raise
         finally:
+            self._stop_telemetry()
+            self._ended = True
             self._emit(end)
             if self.recorder is not None:
                 self.recorder.close()

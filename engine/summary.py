@@ -14,6 +14,9 @@ Attribution:
   time window counts for that phase, whichever request it belongs to. The whole-run figure
   covers the non-warm-up phases, so the tokens of a warm-up request that arrive after warm-up
   ended still count, and a run cut mid-request keeps the tokens it saw.
+- Telemetry samples (GPU, host, serving engine) belong to the phase in whose time window they
+  were taken; the whole-run figures cover the samples of the non-warm-up phases. What they
+  mean is defined in :mod:`engine.telemetry.derived`.
 """
 
 from __future__ import annotations
@@ -24,9 +27,19 @@ from typing import Any
 
 import numpy as np
 
-from engine.events import Phase, RequestDone, SessionEnd, SessionStart
+from engine.events import (
+    GpuSample,
+    HostSample,
+    Phase,
+    RequestDone,
+    ServerSample,
+    SessionEnd,
+    SessionStart,
+    TelemetryStatus,
+)
 from engine.histogram import LogHistogram
 from engine.stats import distribution, histogram_distribution, rate, request_metrics
+from engine.telemetry.derived import GpuWindow, HostWindow, ServerWindow, energy_figures, gpu_key
 
 
 class _Column:
@@ -72,6 +85,35 @@ class _PhaseStats:
     warmup: int = 0
     errors: Counter = field(default_factory=Counter)
     tokens_in_window: int = 0
+    telemetry: _Telemetry = field(default_factory=lambda: _Telemetry())
+
+
+class _Telemetry:
+    """The derived telemetry of one window (a phase, or the measured run)."""
+
+    __slots__ = ("gpus", "host", "servers")
+
+    def __init__(self) -> None:
+        self.gpus: dict[str, GpuWindow] = {}
+        self.host = HostWindow()
+        self.servers: dict[str, ServerWindow] = {}
+
+    def add(self, sample: GpuSample | HostSample | ServerSample) -> None:
+        if isinstance(sample, GpuSample):
+            self.gpus.setdefault(gpu_key(sample), GpuWindow()).add(sample)
+        elif isinstance(sample, HostSample):
+            self.host.add(sample)
+        else:
+            key = f"{sample.source} {sample.model}" if sample.model else sample.source
+            self.servers.setdefault(key, ServerWindow()).add(sample)
+
+    def figures(self, tokens: int, duration_s: float) -> dict[str, Any]:
+        return {
+            "gpus": {key: w.result() for key, w in sorted(self.gpus.items())},
+            **energy_figures(self.gpus, tokens, duration_s),
+            "host": self.host.result() if self.host.cpu.n else None,
+            "servers": {key: w.result() for key, w in sorted(self.servers.items())},
+        }
 
 
 class SessionSummary:
@@ -84,6 +126,8 @@ class SessionSummary:
         self._order: list[_PhaseStats] = []
         self._starts = np.empty(0, dtype=np.int64)
         self._last_t_ns = 0
+        self._run_telemetry = _Telemetry()  # samples of the measured (non-warm-up) phases
+        self._status: dict[tuple, TelemetryStatus] = {}
 
     def add(self, event: Any) -> None:
         t_ns = getattr(event, "t_ns", 0)
@@ -96,6 +140,10 @@ class SessionSummary:
             self._phases[event.phase_id] = stats
             self._order.append(stats)
             self._starts = np.append(self._starts, event.t_ns)
+        elif isinstance(event, (GpuSample, HostSample, ServerSample)):
+            self._add_sample(event)
+        elif isinstance(event, TelemetryStatus):
+            self._status[(event.source, event.host, event.gpu_index)] = event
         elif isinstance(event, SessionStart):
             self.header = event
         elif isinstance(event, SessionEnd):
@@ -131,6 +179,28 @@ class SessionSummary:
                 stats.columns[name].append(value)
             stats.itl.add(m.itl_us)
 
+    def _add_sample(self, sample: GpuSample | HostSample | ServerSample) -> None:
+        slot = int(np.searchsorted(self._starts, sample.t_ns, side="right")) - 1
+        if slot < 0:
+            return  # taken before the first phase began
+        stats = self._order[slot]
+        stats.telemetry.add(sample)
+        if not stats.phase.warmup:
+            self._run_telemetry.add(sample)
+
+    def telemetry_status(self) -> list[dict[str, Any]]:
+        """The last word on each source (and GPU): available or not, and what is missing."""
+        out = []
+        for status in self._status.values():
+            item: dict[str, Any] = {"source": status.source, "available": status.available}
+            for name in ("gpu_index", "host", "reason"):
+                if getattr(status, name) is not None:
+                    item[name] = getattr(status, name)
+            if status.unavailable_fields:
+                item["unavailable_fields"] = dict(status.unavailable_fields)
+            out.append(item)
+        return out
+
     def _window_ns(self, index: int) -> int:
         start = self._order[index].phase.t_ns
         if index + 1 < len(self._order):
@@ -156,9 +226,14 @@ class SessionSummary:
                     **_figures([(stats, window_ns)]),
                 }
             )
+            phases[-1].update(
+                stats.telemetry.figures(stats.tokens_in_window, window_ns / 1e9)
+            )
             if not stats.phase.warmup:
                 measured.append((stats, window_ns))
         out: dict[str, Any] = _figures(measured)
+        out.update(self._run_telemetry.figures(out["output_tokens"], out["duration_s"]))
+        out["telemetry"] = self.telemetry_status()
         out["requests_warmup"] = sum(s.warmup for s in self._order)
         out["ended"] = self.end.reason if self.end is not None else "unknown (no session_end)"
         out["phases"] = phases

@@ -20,13 +20,16 @@ from typing import Any
 from engine import __version__, backends
 from engine.backends.http import Timeouts, strip_credentials
 from engine.backends.ollama import DEFAULT_URL as OLLAMA_URL
-from engine.config import RunConfig, parse_duration
+from engine.config import RunConfig, parse_duration, parse_telemetry
 from engine.errors import SoaktopError
+from engine.events import TelemetryStatus
 from engine.headless import status_line, summary_table
 from engine.live import LiveStats
 from engine.record import RecordReader, default_path
 from engine.session import Session
 from engine.summary import SessionSummary
+from engine.telemetry import build_sources
+from engine.telemetry.live import describe_status
 
 DEFAULT_SESSIONS_DIR = Path("sessions")
 
@@ -55,6 +58,23 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except SoaktopError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _telemetry(text: str) -> tuple[str, ...]:
+    try:
+        return parse_telemetry(text)
+    except SoaktopError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _hz(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 100 (got {text})")
+    return value
 
 
 def _add_backend_arguments(p: argparse.ArgumentParser) -> None:
@@ -91,6 +111,14 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-tokens", type=_positive_int, default=128)
     p.add_argument("--output-tokens", type=_positive_int, default=128)
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompts and weights")
+    p.add_argument("--telemetry", type=_telemetry, default=("nvml", "host"), metavar="SOURCES",
+                   help="comma-separated: nvml (GPUs here), host (CPU, memory), prom=URL (a "
+                   "DCGM exporter or a vLLM/SGLang /metrics, once per URL), or none "
+                   "(default: nvml,host)")
+    p.add_argument("--telemetry-hz", type=_hz, default=4.0, metavar="HZ",
+                   help="samples per second of nvml and host (default 4; prom at most 1)")
+    p.add_argument("--watch-pid", type=_positive_int, default=None, metavar="PID",
+                   help="the server process to watch: its CPU, memory and GPU memory")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--record", type=Path, default=DEFAULT_SESSIONS_DIR,
                        help="record file, or folder for one (default: ./sessions/)")
@@ -180,9 +208,22 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         connect_timeout_s=args.connect_timeout,
         first_token_timeout_s=args.first_token_timeout,
         token_timeout_s=args.token_timeout,
+        telemetry=tuple(
+            f"prom={strip_credentials(e[5:])}" if e.startswith("prom=") else e
+            for e in args.telemetry
+        ),
+        telemetry_hz=args.telemetry_hz,
+        watch_pid=args.watch_pid,
     )
     summary, live = SessionSummary(), LiveStats()
-    session = Session(config, backend, _record_path(args), listeners=(summary.add, live.add))
+
+    def say_telemetry(event: Any) -> None:  # availability, as it changes: one line each
+        if isinstance(event, TelemetryStatus):
+            print(f"soaktop: telemetry: {describe_status(event)}", file=sys.stderr, flush=True)
+
+    sources = build_sources(args.telemetry, args.watch_pid, local_engine=args.backend == "local")
+    session = Session(config, backend, _record_path(args),
+                      listeners=(summary.add, live.add, say_telemetry), sources=sources)
     out = sys.stderr if args.json else sys.stdout
     loop = asyncio.get_running_loop()
 

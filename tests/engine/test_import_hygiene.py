@@ -15,6 +15,9 @@ MODULES = [
     "engine.backends.fake", "engine.backends.local", "engine.environment",
     "engine.backends.openai", "engine.backends.ollama", "engine.backends.http_backend",
     "engine.backends.stamping", "engine.loopback", "engine.fidelity",
+    "engine.telemetry", "engine.telemetry.nvml", "engine.telemetry.host",
+    "engine.telemetry.derived", "engine.telemetry.live", "engine.telemetry.sampler",
+    "engine.telemetry.prometheus",
     "tui.cli",
 ]
 ALLOWED = {("rich", "httpx._main")}

@@ -7,7 +7,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+
+from engine.events import HostSample, TelemetryStatus
+from engine.record import RecordReader
 
 SOAKTOP = [sys.executable, "-m", "tui.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -72,6 +76,9 @@ def test_ctrl_c_ends_the_run_and_closes_the_record(tmp_path):
         (["run", "--model", "gpt-17", "--no-record"], "gpt-17"),
         (["run", "--device", "cuda", "--no-record"], "CUDA"),
         (["summary", "/nonexistent/run.jsonl"], "no such record"),
+        (["run", "--telemetry", "nvml,gpu"], "unknown telemetry source 'gpu'"),
+        (["run", "--telemetry", "prom=node7:9400"], "needs an http:// or https:// URL"),
+        (["run", "--telemetry-hz", "0"], "must be above 0"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(args, message):
@@ -107,3 +114,21 @@ def test_a_prompt_too_long_for_the_local_model_is_one_line_and_exit_2():
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("soaktop: error: every request was refused")
     assert "prompt of 3000 tokens does not fit the 2048-token cache" in last
+
+
+def test_headless_run_without_a_gpu_says_so_and_samples_the_host(tmp_path):
+    """The issue's done-when, on this GPU-less machine: host samples at the set rate, and a
+    plain line that no GPU is present."""
+    record = tmp_path / "r.jsonl"
+    out = soaktop("run", "--headless", "--duration", "3s", "--concurrency", "1",
+                  "--telemetry-hz", "10", "--record", str(record))
+    assert out.returncode == 0, out.stderr
+    events = list(RecordReader(record).events())
+    statuses = {e.source: e for e in events if isinstance(e, TelemetryStatus)}
+    if statuses["nvml"].available:
+        pytest.skip("this machine has an NVIDIA GPU")
+    assert "soaktop: telemetry: nvml: unavailable: no NVIDIA GPU found" in out.stderr
+    assert not statuses["nvml"].available
+    host = np.array([e.t_ns for e in events if isinstance(e, HostSample)])
+    assert 24 <= host.size <= 31  # 10 Hz over the 3 s run (the clock starts after loading)
+    assert np.median(np.diff(host)) / 1e6 == pytest.approx(100, abs=10)

@@ -1,0 +1,83 @@
+"""The live view of telemetry: the latest reading of each source and the derived figures over a
+sliding window, in fixed memory.
+
+Each GPU keeps its last ``history`` samples in a ``deque`` (enough for the window and for a
+screen's sparklines); the window's figures are recomputed from them when a snapshot is asked
+for (a few times a second), never per sample.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.events import GpuSample, HostSample, ServerSample, TelemetryStatus
+from engine.telemetry.derived import GpuWindow, gpu_key
+
+
+@dataclass(frozen=True, slots=True)
+class GpuNow:
+    latest: GpuSample
+    window: dict[str, Any]  # GpuWindow.result() over the live window
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetrySnapshot:
+    gpus: dict[str, GpuNow] = field(default_factory=dict)
+    host: HostSample | None = None
+    servers: dict[str, ServerSample] = field(default_factory=dict)
+    #: One line per source or GPU that is unavailable now, with the reason.
+    unavailable: tuple[str, ...] = ()
+
+
+def describe_status(status: TelemetryStatus) -> str:
+    """``"nvml: no GPU telemetry: no NVIDIA driver ..."``, ``"nvml GPU 1: ..."``."""
+    where = status.source
+    if status.gpu_index is not None:
+        where += f" GPU {status.gpu_index}" + (f" on {status.host}" if status.host else "")
+    if status.available:
+        if status.info.get("name"):
+            where += f" ({status.info['name']})"
+        missing = ", ".join(f"{k} ({v})" for k, v in sorted(status.unavailable_fields.items()))
+        return f"{where}: available" + (f"; not available: {missing}" if missing else "")
+    return f"{where}: unavailable: {status.reason}"
+
+
+class LiveTelemetry:
+    def __init__(self, window_s: float = 10.0, history: int = 1200) -> None:
+        self.window_ns = int(window_s * 1e9)
+        self._history = history
+        self.gpus: dict[str, deque[GpuSample]] = {}
+        self.host: HostSample | None = None
+        self.servers: dict[str, ServerSample] = {}
+        self.status: dict[tuple, TelemetryStatus] = {}
+
+    def add(self, event: Any) -> None:
+        if isinstance(event, GpuSample):
+            key = gpu_key(event)
+            ring = self.gpus.get(key)
+            if ring is None:
+                ring = self.gpus[key] = deque(maxlen=self._history)
+            ring.append(event)
+        elif isinstance(event, HostSample):
+            self.host = event
+        elif isinstance(event, ServerSample):
+            self.servers[f"{event.source} {event.model or ''}".strip()] = event
+        elif isinstance(event, TelemetryStatus):
+            self.status[(event.source, event.host, event.gpu_index)] = event
+            if not event.available and event.gpu_index is not None:
+                key = f"{event.host}/{event.gpu_index}" if event.host else str(event.gpu_index)
+                self.gpus.pop(key, None)  # a lost GPU's last reading is not "now"
+
+    def snapshot(self, now_ns: int) -> TelemetrySnapshot:
+        since = now_ns - self.window_ns
+        gpus = {}
+        for key, ring in sorted(self.gpus.items()):
+            window = GpuWindow()
+            for sample in ring:
+                if sample.t_ns >= since:
+                    window.add(sample)
+            gpus[key] = GpuNow(ring[-1], window.result())
+        unavailable = tuple(describe_status(s) for s in self.status.values() if not s.available)
+        return TelemetrySnapshot(gpus, self.host, dict(self.servers), unavailable)
