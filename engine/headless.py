@@ -36,9 +36,15 @@ def status_line(snap: LiveSnapshot, in_flight: int, concurrency: int) -> str:
     )
 
 
+def gpu_label(key: str) -> str:
+    """``GPU0`` here, ``node7 GPU3`` for a GPU scraped from node7 (keys of derived.gpu_key)."""
+    host, _, index = key.rpartition("/")
+    return f"{host} GPU{index}" if host else f"GPU{index}"
+
+
 def _gpu_part(key: str, now) -> str:
     s = now.latest
-    parts = [f"GPU{key}"]
+    parts = [gpu_label(key)]
     if s.temperature_c is not None:
         margin = ("" if s.slowdown_temperature_c is None
                   else f" (margin {s.slowdown_temperature_c - s.temperature_c:.0f})")
@@ -124,7 +130,7 @@ def _gpu_line(label: str, key: str, g: dict[str, Any]) -> str:
     throttled = ", ".join(f"{r} {_pct(f)}" for r, f in g["clock_event_fraction"].items()
                           if r in THROTTLING and f > 0)
     return (
-        f"{label} GPU{key}: {_num(g['temperature_c']['mean'], 0)}C mean,"
+        f"{label} {gpu_label(key)}: {_num(g['temperature_c']['mean'], 0)}C mean,"
         f" {_num(g['temperature_c']['max'], 0)}C max"
         f" (margin to slowdown {_num(g['temperature_margin_c']['min'], 0)}C);"
         f" SM clock {_pct(g['sm_clock_ratio']['mean'])} of max"

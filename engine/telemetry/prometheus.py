@@ -40,6 +40,11 @@ _DCGM_PLAIN = {
     "DCGM_FI_DEV_POWER_MGMT_LIMIT": "power_limit_w",
     "DCGM_FI_DEV_GPU_UTIL": "gpu_utilization_percent",
     "DCGM_FI_DEV_MEM_COPY_UTIL": "memory_utilization_percent",
+    # not in dcgm-exporter's default set; used where its CSV adds them (fields 158, 159, 110, 111)
+    "DCGM_FI_DEV_SLOWDOWN_TEMP": "slowdown_temperature_c",
+    "DCGM_FI_DEV_SHUTDOWN_TEMP": "shutdown_temperature_c",
+    "DCGM_FI_DEV_MAX_SM_CLOCK": "sm_clock_max_mhz",
+    "DCGM_FI_DEV_MAX_MEM_CLOCK": "memory_clock_max_mhz",
 }
 _ENERGY = "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"  # mJ, cumulative
 _FB = ("DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_FB_RESERVED")  # MiB

@@ -346,3 +346,14 @@ def test_a_sampler_at_10_hz_polls_this_source_at_1_hz(exporter):
     assert batches[0][0].available and of(batches[1], TelemetryStatus) == []
     assert len(of(batches[1], GpuSample)) == 2
     assert 0.9e9 < batches[1][0].t_ns - batches[0][1].t_ns < 1.3e9
+
+
+def test_dcgm_thresholds_and_max_clocks_where_the_exporter_adds_them():
+    labels = '{gpu="0",UUID="GPU-1",Hostname="n1"}'
+    text = "".join(f"# TYPE {name} gauge\n{name}{labels} {value}\n" for name, value in [
+        ("DCGM_FI_DEV_GPU_TEMP", 80), ("DCGM_FI_DEV_SLOWDOWN_TEMP", 87),
+        ("DCGM_FI_DEV_SHUTDOWN_TEMP", 92), ("DCGM_FI_DEV_SM_CLOCK", 1500),
+        ("DCGM_FI_DEV_MAX_SM_CLOCK", 1980), ("DCGM_FI_DEV_MAX_MEM_CLOCK", 2619)])
+    (g,) = parse_metrics(text, 1, "http://n1:9400/metrics", "n1")
+    assert (g.slowdown_temperature_c, g.shutdown_temperature_c) == (87, 92)
+    assert (g.sm_clock_max_mhz, g.memory_clock_max_mhz) == (1980, 2619)

@@ -132,3 +132,64 @@ def test_headless_run_without_a_gpu_says_so_and_samples_the_host(tmp_path):
     host = np.array([e.t_ns for e in events if isinstance(e, HostSample)])
     assert 24 <= host.size <= 31  # 10 Hz over the 3 s run (the clock starts after loading)
     assert np.median(np.diff(host)) / 1e6 == pytest.approx(100, abs=10)
+
+
+def test_remote_gpus_and_a_serving_engine_through_prometheus(tmp_path):
+    """--telemetry prom=URL end to end: a DCGM exporter whose energy counters rise at 700 W
+    and 300 W of wall time, and a vLLM /metrics, both served on 127.0.0.1."""
+    import re
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from pathlib import Path
+
+    data = Path(__file__).parent.parent / "engine" / "data"
+    dcgm = (data / "dcgm_exporter.txt").read_text()
+    vllm = (data / "vllm_metrics.txt").read_text()
+    start = time.monotonic()
+
+    class Exporter(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            elapsed = time.monotonic() - start
+            if self.path == "/dcgm":
+                watts = {"0": 700_000, "1": 300_000}  # mJ per second
+                body = re.sub(
+                    r'(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION\{gpu="(\d)".*\}) (\d+)',
+                    lambda m: f"{m.group(1)} {int(m.group(3)) + int(elapsed * watts[m.group(2)])}",
+                    dcgm)
+            else:
+                body = vllm
+            payload = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Exporter)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        run = soaktop("run", "--headless", "--duration", "5s", "--concurrency", "2", "--json",
+                      "--no-record", "--status-every", "2",
+                      "--telemetry", f"host,prom={base}/dcgm,prom={base}/vllm")
+    finally:
+        server.shutdown()
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert set(result["gpus"]) == {"gpu-node-07/0", "gpu-node-07/1"}
+    assert result["gpus"]["gpu-node-07/0"]["power_w"]["mean"] == pytest.approx(700, rel=0.05)
+    assert result["gpus"]["gpu-node-07/0"]["energy_from"] == "counter"
+    assert result["power_w"] == pytest.approx(1000, rel=0.05)
+    assert result["energy_j_per_token"] == pytest.approx(
+        result["power_w"] * result["duration_s"] / result["output_tokens"])
+    assert result["gpus"]["gpu-node-07/0"]["clock_event_fraction"]["sw_power_cap"] >= 0
+    (server_key,) = result["servers"]
+    assert "vllm" in server_key and "Llama-3.1-8B-Instruct" in server_key
+    assert result["servers"][server_key]["kv_cache_usage"]["mean"] == pytest.approx(0.6418)
+    assert "vllm running 24 waiting" in run.stderr  # beside the client's view, live
+    assert "gpu-node-07 GPU0 67C (margin" not in run.stderr  # DCGM gives no slowdown threshold
+    assert "gpu-node-07 GPU0 67C 1755 MHz 699/700 W throttled: sw_power_cap,sw_thermal" \
+        in run.stderr
