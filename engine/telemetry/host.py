@@ -48,6 +48,8 @@ class HostSource:
         self._watch_pid = watch_pid
         self._watched: psutil.Process | None = None
         self._watch_problem: str | None = None
+        self._has_temperature = True  # until open() finds no sensor: then not read again
+        self._has_frequency = True
 
     def _attach(self) -> str | None:
         """Find the watched process; the reason it cannot be watched, if so."""
@@ -65,8 +67,10 @@ class HostSource:
         self._own.cpu_percent(None)
         missing: dict[str, str] = {}
         if _hottest_cpu_c() is None:
+            self._has_temperature = False
             missing["cpu_temperature_c"] = "the OS reports no CPU temperature sensor"
         if self._cpu_mhz() is None:
+            self._has_frequency = False
             missing["cpu_frequency_mhz"] = "the OS reports no CPU frequency"
         if self._watch_pid is not None:
             self._watch_problem = self._attach()
@@ -122,8 +126,8 @@ class HostSource:
             memory_total_bytes=memory.total,
             soaktop_rss_bytes=own_rss,
             soaktop_cpu_percent=own_cpu,
-            cpu_temperature_c=_hottest_cpu_c(),
-            cpu_frequency_mhz=self._cpu_mhz(),
+            cpu_temperature_c=_hottest_cpu_c() if self._has_temperature else None,
+            cpu_frequency_mhz=self._cpu_mhz() if self._has_frequency else None,
             **self._watched_figures(clock, events),
         )
         events.append(sample)

@@ -357,3 +357,22 @@ def test_dcgm_thresholds_and_max_clocks_where_the_exporter_adds_them():
     (g,) = parse_metrics(text, 1, "http://n1:9400/metrics", "n1")
     assert (g.slowdown_temperature_c, g.shutdown_temperature_c) == (87, 92)
     assert (g.sm_clock_max_mhz, g.memory_clock_max_mhz) == (1980, 2619)
+
+
+def test_the_prefilter_keeps_exactly_what_parsing_everything_gives():
+    """Filtering lines by metric name before parsing (for speed) must not change a value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from engine.telemetry import prometheus
+
+    for text in (DCGM, VLLM, SGLANG):
+        fast = parse_metrics(text, 7, URL, "h")
+        original = prometheus._wanted_lines
+        prometheus._wanted_lines = lambda t: t  # parse all of it
+        try:
+            assert parse_metrics(text, 7, URL, "h") == fast
+        finally:
+            prometheus._wanted_lines = original
+        kept = prometheus._wanted_lines(text)
+        assert len(kept) < len(text)
+        assert len(list(text_string_to_metric_families(kept))) > 0
