@@ -118,9 +118,17 @@ class GpuWindow:
                 self._active_ns[reason] = self._active_ns.get(reason, 0) + dt
         self._prev = s
 
+    def energy_counted(self) -> bool:
+        """Whether the energy counter measured this window: it was read across some time, and
+        it moved, or the power samples agree that nothing was drawn (a counter stuck while the
+        power readings say hundreds of watts is not believed)."""
+        if self.energy_ns <= 0:
+            return False
+        return self.energy_mj > 0 or not (self.power.n and self.power.total / self.power.n > 1)
+
     def mean_power_w(self) -> float | None:
-        """From the energy counter where there is one, else the mean of the power samples."""
-        if self.energy_ns > 0:
+        """From the energy counter where it measured, else the mean of the power samples."""
+        if self.energy_counted():
             return self.energy_mj / 1e3 / (self.energy_ns / 1e9)
         return self.power.mean()
 
@@ -147,9 +155,9 @@ class GpuWindow:
             "sm_clock_ratio": {"mean": self.sm_ratio.mean(), "min": self.sm_ratio.min()},
             "power_w": {"mean": self.mean_power_w(), "max": self.power.max()},
             "power_ratio": {"mean": self.power_ratio.mean(), "max": self.power_ratio.max()},
-            "energy_j": self.energy_mj / 1e3 if self.energy_ns else None,
-            "energy_from": "counter" if self.energy_ns else ("power samples"
-                                                            if self.power.n else None),
+            "energy_j": self.energy_mj / 1e3 if self.energy_counted() else None,
+            "energy_from": "counter" if self.energy_counted() else ("power samples"
+                                                                   if self.power.n else None),
             "memory_used_bytes": {"max": self.memory_used.max()},
             "gpu_utilization_percent": {"mean": self.utilization.mean()},
             "clock_event_fraction": fractions,

@@ -148,3 +148,16 @@ def test_summary_puts_samples_in_their_phase_and_leaves_warmup_out_of_the_run():
     assert result["power_w"] == pytest.approx(500)
     assert result["host"]["cpu_percent"]["mean"] == 50
     assert warm["host"]["cpu_percent"]["mean"] == 10
+
+
+def test_a_stuck_energy_counter_is_not_believed_against_the_power_readings():
+    w = GpuWindow()
+    for t in range(3):
+        w.add(gpu(t, power_w=400.0, energy_mj=5_000))
+    r = w.result()
+    assert r["power_w"]["mean"] == 400 and r["energy_from"] == "power samples"
+    assert r["energy_j"] is None
+    idle = GpuWindow()  # a counter that does not move while nothing is drawn is fine
+    for t in range(3):
+        idle.add(gpu(t, power_w=0.0, energy_mj=5_000))
+    assert idle.result()["energy_from"] == "counter" and idle.mean_power_w() == 0
