@@ -1,7 +1,8 @@
 """Where a session ran: the facts a reader needs to trust or reproduce it.
 
 Collected once, into the record header. Cheap and side-effect free: nothing here starts a GPU
-context (the local backend reports its own device in its ``describe()``).
+context (the local backend reports its own device in its ``describe()``); the GPUs are
+described through NVML, which reads the driver without one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import psutil
 
 from engine import __version__
+from engine.telemetry.nvml import NvmlSource
 
 
 def _git_commit() -> str | None:
@@ -61,4 +63,5 @@ def collect() -> dict[str, Any]:
         "cpu_cores_logical": os.cpu_count(),
         "cpu_cores_physical": psutil.cpu_count(logical=False),
         "memory_total_bytes": psutil.virtual_memory().total,
+        "nvidia": NvmlSource().describe(),
     }

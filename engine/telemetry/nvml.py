@@ -114,21 +114,53 @@ class NvmlSource:
         self._initialised = False
 
     # -- the Source protocol ---------------------------------------------------------------
-    def open(self, clock: Clock) -> list[Any]:
+    def _init(self) -> tuple[int, str | None]:
+        """Initialise NVML: the number of GPUs, or 0 and why there is none to watch."""
         nv = self._nv
         _, reason = query(nv.nvmlInit)
         if reason is not None:
-            return [TelemetryStatus(clock(), self.name, False, f"no NVIDIA GPU found: {reason}")]
+            return 0, f"no NVIDIA GPU found: {reason}"
         self._initialised = True
         count, reason = query(nv.nvmlDeviceGetCount)
         if not count:
-            why = f"no NVIDIA GPU found: {reason or 'the driver lists none'}"
-            return [TelemetryStatus(clock(), self.name, False, why)]
-        system = {
+            return 0, f"no NVIDIA GPU found: {reason or 'the driver lists none'}"
+        return count, None
+
+    def _system(self) -> dict[str, Any]:
+        nv = self._nv
+        return {
             "driver_version": _text(query(nv.nvmlSystemGetDriverVersion)[0]),
             "nvml_version": _text(query(nv.nvmlSystemGetNVMLVersion)[0]),
             "cuda_driver_version": query(nv.nvmlSystemGetCudaDriverVersion)[0],
         }
+
+    def describe(self) -> dict[str, Any]:
+        """The GPUs of this machine for a record's header: versions and each GPU's static facts
+        (name, UUID, VBIOS, persistence mode, power limits), or why there are none."""
+        count, reason = self._init()
+        try:
+            if reason is not None:
+                return {"available": False, "reason": reason}
+            gpus = []
+            for index in range(count):
+                handle, why = query(self._nv.nvmlDeviceGetHandleByIndex, index)
+                if why is not None:
+                    gpus.append({"index": index, "unavailable": why})
+                    continue
+                static = self._static(handle)
+                gpus.append({"index": index, **{k.removeprefix("info_"): v
+                                                for k, v in static.items()
+                                                if k.startswith("info_")}})
+            return {"available": True, **self._system(), "gpus": gpus}
+        finally:
+            self.close()
+
+    def open(self, clock: Clock) -> list[Any]:
+        nv = self._nv
+        count, reason = self._init()
+        if reason is not None:
+            return [TelemetryStatus(clock(), self.name, False, reason)]
+        system = self._system()
         events: list[Any] = []
         for index in range(count):
             handle, reason = query(nv.nvmlDeviceGetHandleByIndex, index)

@@ -162,3 +162,19 @@ def test_this_machine_for_real():
     assert [s.gpu_index for s in statuses] == list(range(count))
     assert all(s.available for s in statuses)
     source.close()
+
+
+def test_describe_for_the_header_lists_each_gpu_and_the_versions():
+    nv = FakeNvml([FakeGpu(), FakeGpu(name="NVIDIA H200")])
+    facts = NvmlSource(nvml=nv).describe()
+    assert facts["available"] and facts["driver_version"] == "580.159.04"
+    assert facts["cuda_driver_version"] == 13000 and facts["nvml_version"] == "13.580.159.04"
+    assert [g["name"] for g in facts["gpus"]] == ["NVIDIA H100 80GB HBM3", "NVIDIA H200"]
+    assert facts["gpus"][1] == {
+        "index": 1, "name": "NVIDIA H200", "uuid": "GPU-00000001-fake",
+        "vbios": "96.00.99.00.01", "persistence_mode": 1, "power_default_limit_w": 700.0,
+        "power_limit_range_w": [200.0, 700.0]}
+    assert nv.calls[-1] == "nvmlShutdown"  # the header's look leaves NVML as it found it
+    none = NvmlSource(nvml=FakeNvml(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)).describe()
+    assert none == {"available": False,
+                    "reason": "no NVIDIA GPU found: the NVIDIA driver is not loaded"}
