@@ -69,6 +69,9 @@ class RunConfig:
     telemetry: tuple[str, ...] = ()
     telemetry_hz: float = 4.0
     watch_pid: int | None = None  # a server process whose CPU, memory and GPU memory to watch
+    #: The room's (or inlet's) temperature as the user read it: thermal results depend on it,
+    #: and no sensor soaktop can read tells it.
+    ambient_c: float | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -86,6 +89,9 @@ class RunConfig:
         if not 0 < self.telemetry_hz <= 100:
             raise ConfigError(f"telemetry rate must be above 0 and at most 100 Hz "
                               f"(got {self.telemetry_hz:g})")
+        if self.ambient_c is not None and not -40 <= self.ambient_c <= 80:
+            raise ConfigError(f"ambient temperature {self.ambient_c:g} C is not plausible "
+                              f"(give degrees Celsius)")
         if self.prompt_pool < 1:
             raise ConfigError("the prompt pool needs at least one prompt")
 

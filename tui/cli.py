@@ -117,6 +117,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: nvml,host)")
     p.add_argument("--telemetry-hz", type=_hz, default=4.0, metavar="HZ",
                    help="samples per second of nvml and host (default 4; prom at most 1)")
+    p.add_argument("--ambient-c", type=float, default=None, metavar="CELSIUS",
+                   help="the room or inlet temperature, kept in the record (thermal results "
+                   "depend on it)")
     p.add_argument("--watch-pid", type=_positive_int, default=None, metavar="PID",
                    help="the server process to watch: its CPU, memory and GPU memory")
     group = p.add_mutually_exclusive_group()
@@ -214,6 +217,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         ),
         telemetry_hz=args.telemetry_hz,
         watch_pid=args.watch_pid,
+        ambient_c=args.ambient_c,
     )
     summary, live = SessionSummary(), LiveStats()
 

@@ -25,9 +25,14 @@ def soaktop(*args, timeout=120):
 def test_headless_json_run_and_its_record_summarise_identically(tmp_path):
     record = tmp_path / "run.jsonl"
     run = soaktop("run", "--headless", "--duration", "6s", "--concurrency", "4", "--json",
-                  "--record", str(record), "--status-every", "1", "--output-tokens", "32")
+                  "--record", str(record), "--status-every", "1", "--output-tokens", "32",
+                  "--ambient-c", "23.5")
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)  # stdout is exactly one JSON object
+    header = json.loads(record.read_text().splitlines()[0])
+    assert header["config"]["ambient_c"] == 23.5
+    assert header["config"]["telemetry"] == ["nvml", "host"]
+    assert "available" in header["environment"]["nvidia"]
     for key in ("requests_ok", "requests_failed", "output_tokens", "duration_s",
                 "output_tokens_per_s", "phases"):
         assert key in result
@@ -79,6 +84,7 @@ def test_ctrl_c_ends_the_run_and_closes_the_record(tmp_path):
         (["run", "--telemetry", "nvml,gpu"], "unknown telemetry source 'gpu'"),
         (["run", "--telemetry", "prom=node7:9400"], "needs an http:// or https:// URL"),
         (["run", "--telemetry-hz", "0"], "must be above 0"),
+        (["run", "--ambient-c", "300", "--no-record"], "not plausible"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(args, message):
