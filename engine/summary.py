@@ -188,6 +188,13 @@ class SessionSummary:
         if not stats.phase.warmup:
             self._run_telemetry.add(sample)
 
+    def request_values(self, metric: str) -> np.ndarray:
+        """Per-request values of ``metric`` (``ttft_us``, ``tpot_us``, ``e2e_us``,
+        ``speed_tps``) over the measured phases, NaNs removed: what ``compare`` tests."""
+        arrays = [s.columns[metric].values() for s in self._order if not s.phase.warmup]
+        values = np.concatenate(arrays) if arrays else np.empty(0)
+        return values[~np.isnan(values)]
+
     def telemetry_status(self) -> list[dict[str, Any]]:
         """The last word on each source (and GPU): available or not, and what is missing."""
         out = []

@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     summary = sub.add_parser("summary", help="statistics of a session record")
     summary.add_argument("path", type=Path)
     summary.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    compare = sub.add_parser("compare", help="two session records side by side, with whether "
+                             "each difference is beyond noise")
+    compare.add_argument("a", type=Path)
+    compare.add_argument("b", type=Path)
+    compare.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _add_backend_arguments(sub.add_parser("models", help="models a backend can serve"))
     return parser
 
@@ -276,14 +281,39 @@ def _print_summary(result: dict[str, Any], as_json: bool) -> None:
         print(summary_table(result))
 
 
-def _summary(args: argparse.Namespace) -> None:
-    reader = RecordReader(args.path)
+def _read_summary(path: Path) -> SessionSummary:
+    reader = RecordReader(path)
     summary = SessionSummary()
     for event in reader.events():
         summary.add(event)
     for warning in reader.warnings:
-        print(f"soaktop: warning: {args.path}: {warning}", file=sys.stderr)
-    _print_summary(summary.result(), args.json)
+        print(f"soaktop: warning: {path}: {warning}", file=sys.stderr)
+    return summary
+
+
+def _summary(args: argparse.Namespace) -> None:
+    _print_summary(_read_summary(args.path).result(), args.json)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from engine.compare import compare, differences
+
+    a, b = _read_summary(args.a), _read_summary(args.b)
+    rows, diffs = compare(a, b), differences(a, b)
+    if args.json:
+        print(json.dumps({"a": str(args.a), "b": str(args.b), "ran_differently": diffs,
+                          "metrics": [row.__dict__ for row in rows]}, indent=2))
+        return
+    print(f"A: {args.a}\nB: {args.b}")
+    print(f"{'metric':<26}{'A':>12}{'B':>12}{'B/A':>8}  difference")
+    for r in rows:
+        a_text = "n/a" if r.a is None else f"{r.a:,.3g}" if abs(r.a) < 1 else f"{r.a:,.1f}"
+        b_text = "n/a" if r.b is None else f"{r.b:,.3g}" if abs(r.b) < 1 else f"{r.b:,.1f}"
+        ratio = "n/a" if r.ratio is None else f"{r.ratio:.2f}x"
+        detail = r.verdict + (f" (p={r.p_value:.2g})" if r.p_value is not None else "")
+        print(f"{r.metric:<26}{a_text:>12}{b_text:>12}{ratio:>8}  {detail}")
+    for line in diffs:
+        print(f"ran differently: {line}")
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -302,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             _print_summary(asyncio.run(_run(args)), args.json)
         elif args.command == "summary":
             _summary(args)
+        elif args.command == "compare":
+            _compare(args)
         elif args.command == "models":
             _models(args)
     except SoaktopError as exc:

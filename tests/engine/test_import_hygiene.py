@@ -17,7 +17,7 @@ MODULES = [
     "engine.backends.stamping", "engine.loopback", "engine.fidelity",
     "engine.telemetry", "engine.telemetry.nvml", "engine.telemetry.host",
     "engine.telemetry.derived", "engine.telemetry.live", "engine.telemetry.sampler",
-    "engine.telemetry.prometheus",
+    "engine.telemetry.prometheus", "engine.compare",
     "tui.cli",
 ]
 ALLOWED = {("rich", "httpx._main")}

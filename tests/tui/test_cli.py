@@ -199,3 +199,41 @@ def test_remote_gpus_and_a_serving_engine_through_prometheus(tmp_path):
     assert "gpu-node-07 GPU0 67C (margin" not in run.stderr  # DCGM gives no slowdown threshold
     assert "gpu-node-07 GPU0 67C 1755 MHz 699/700 W throttled: sw_power_cap,sw_thermal" \
         in run.stderr
+
+
+def write_record(path, ttft_ms, model):
+    """A record of requests with the given TTFTs (20 tokens each, 10 ms apart)."""
+    from engine.events import Phase, RequestDone, SessionEnd, SessionStart
+    from engine.record import RecordWriter
+
+    writer = RecordWriter(path)
+    writer.write(SessionStart(0, 1, "2026-11-23T00:00:00+00:00",
+                              {"backend": "fake", "model": model}, {}, {}))
+    writer.write(Phase(0, 0, 4, model, "fake", "start"))
+    for i, ttft in enumerate(ttft_ms):
+        offsets = tuple(int(ttft * 1000) + 10_000 * k for k in range(20))
+        sent = i * 50_000_000
+        writer.write(RequestDone(sent + offsets[-1] * 1000, 0, i, 0, "fake", model, sent, 8,
+                                 offsets, offsets[-1], "length"))
+    writer.write(SessionEnd(len(ttft_ms) * 50_000_000 + 10**9, "completed"))
+    writer.close()
+
+
+def test_compare_two_records(tmp_path):
+    import re
+
+    rng = np.random.default_rng(3)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_record(a, rng.normal(50, 5, 200), "m1")
+    write_record(b, rng.normal(75, 5, 200), "m2")
+    out = soaktop("compare", str(a), str(b))
+    assert out.returncode == 0, out.stderr
+    ttft = next(line for line in out.stdout.splitlines() if line.startswith("TTFT p50"))
+    assert re.search(r"1\.(4[89]|5[012])x  beyond noise \(p=", ttft)
+    assert "ran differently: model: 'm1' vs 'm2'" in out.stdout
+    data = json.loads(soaktop("compare", str(a), str(b), "--json").stdout)
+    row = next(r for r in data["metrics"] if r["metric"] == "TTFT p50 (ms)")
+    assert row["ratio"] == pytest.approx(1.5, rel=0.03) and row["p_value"] < 1e-10
+    missing = soaktop("compare", str(a), str(tmp_path / "nope.jsonl"))
+    assert missing.returncode == 2 and "no such record" in missing.stderr
+    assert "Traceback" not in missing.stderr
