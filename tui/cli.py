@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -226,13 +227,13 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     )
     summary, live = SessionSummary(), LiveStats()
 
-    def say_telemetry(event: Any) -> None:  # availability, as it changes: one line each
-        if isinstance(event, TelemetryStatus):
-            print(f"soaktop: telemetry: {describe_status(event)}", file=sys.stderr, flush=True)
+    def say_telemetry(status: TelemetryStatus) -> None:  # availability, as it changes
+        print(f"soaktop: telemetry: {describe_status(status)}", file=sys.stderr, flush=True)
 
+    live.telemetry.on_status = say_telemetry
     sources = build_sources(args.telemetry, args.watch_pid, local_engine=args.backend == "local")
-    session = Session(config, backend, _record_path(args),
-                      listeners=(summary.add, live.add, say_telemetry), sources=sources)
+    session = Session(config, backend, _record_path(args), listeners=(summary.add, live.add),
+                      sources=sources)
     out = sys.stderr if args.json else sys.stdout
     loop = asyncio.get_running_loop()
 
@@ -302,7 +303,7 @@ def _compare(args: argparse.Namespace) -> None:
     rows, diffs = compare(a, b), differences(a, b)
     if args.json:
         print(json.dumps({"a": str(args.a), "b": str(args.b), "ran_differently": diffs,
-                          "metrics": [row.__dict__ for row in rows]}, indent=2))
+                          "metrics": [dataclasses.asdict(row) for row in rows]}, indent=2))
         return
     print(f"A: {args.a}\nB: {args.b}")
     print(f"{'metric':<26}{'A':>12}{'B':>12}{'B/A':>8}  difference")

@@ -228,9 +228,9 @@ class ServerWindow:
         }
 
 
-def gpu_key(s: GpuSample) -> str:
+def gpu_key(host: str | None, gpu_index: int) -> str:
     """``"0"`` for GPU 0 of this machine, ``"node7/3"`` for GPU 3 scraped from node7."""
-    return f"{s.host}/{s.gpu_index}" if s.host else str(s.gpu_index)
+    return f"{host}/{gpu_index}" if host else str(gpu_index)
 
 
 def energy_figures(gpus: dict[str, GpuWindow], tokens: int, duration_s: float) -> dict[str, Any]:

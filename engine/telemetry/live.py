@@ -9,6 +9,7 @@ for (a few times a second), never per sample.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,10 +53,14 @@ class LiveTelemetry:
         self.host: HostSample | None = None
         self.servers: dict[str, ServerSample] = {}
         self.status: dict[tuple, TelemetryStatus] = {}
+        #: Called with each status as it arrives (the command line prints it): availability
+        #: changes are rare, so they are passed on here rather than by a listener that would
+        #: look at every token.
+        self.on_status: Callable[[TelemetryStatus], None] | None = None
 
     def add(self, event: Any) -> None:
         if isinstance(event, GpuSample):
-            key = gpu_key(event)
+            key = gpu_key(event.host, event.gpu_index)
             ring = self.gpus.get(key)
             if ring is None:
                 ring = self.gpus[key] = deque(maxlen=self._history)
@@ -67,8 +72,10 @@ class LiveTelemetry:
         elif isinstance(event, TelemetryStatus):
             self.status[(event.source, event.host, event.gpu_index)] = event
             if not event.available and event.gpu_index is not None:
-                key = f"{event.host}/{event.gpu_index}" if event.host else str(event.gpu_index)
-                self.gpus.pop(key, None)  # a lost GPU's last reading is not "now"
+                # a lost GPU's last reading is not "now"
+                self.gpus.pop(gpu_key(event.host, event.gpu_index), None)
+            if self.on_status is not None:
+                self.on_status(event)
 
     def snapshot(self, now_ns: int) -> TelemetrySnapshot:
         since = now_ns - self.window_ns

@@ -37,12 +37,15 @@ def test_memory_is_fixed_whatever_the_run_length():
 
 def test_a_lost_gpu_leaves_the_view_and_says_why():
     live = LiveTelemetry()
+    said = []
+    live.on_status = said.append
     live.add(sample(0, (), index=0))
     live.add(sample(0, (), index=1))
     live.add(TelemetryStatus(S, "nvml", False, "GPU 1: GPU is lost (fell off the bus); no "
                              "longer sampled", gpu_index=1))
     snap = live.snapshot(2 * S)
     assert list(snap.gpus) == ["0"]
+    assert [(s.gpu_index, s.available) for s in said] == [(1, False)]
     assert snap.unavailable == ("nvml GPU 1: unavailable: GPU 1: GPU is lost (fell off the "
                                 "bus); no longer sampled",)
 
