@@ -31,12 +31,13 @@ _PER_REQUEST = (
     ("E2E p50 (ms)", "e2e_ms", "p50", "e2e_us", 1e-3),
     ("output speed p50 (tok/s)", "output_speed_tps", "p50", "speed_tps", 1.0),
 )
+#: (label, summary key, quantile or None for a plain number)
 _WHOLE_RUN = (
-    ("output tokens/s", "output_tokens_per_s"),
-    ("requests/s", "requests_per_s"),
-    ("error rate", "error_rate"),
-    ("ITL p50 (ms)", None),
-    ("ITL p99 (ms)", None),
+    ("output tokens/s", "output_tokens_per_s", None),
+    ("requests/s", "requests_per_s", None),
+    ("error rate", "error_rate", None),
+    ("ITL p50 (ms)", "itl_ms", "p50"),  # from the run's histogram: no per-request values
+    ("ITL p99 (ms)", "itl_ms", "p99"),
 )
 
 
@@ -88,12 +89,8 @@ def compare(a: SessionSummary, b: SessionSummary) -> list[Row]:
         verdict = ("too few to test" if p is None
                    else "beyond noise" if p < ALPHA else "within noise")
         rows.append(Row(label, va, vb, _ratio(va, vb), p, verdict))
-    for label, key in _WHOLE_RUN:
-        if key is None:
-            q = "p50" if "p50" in label else "p99"
-            va, vb = ra["itl_ms"][q], rb["itl_ms"][q]
-        else:
-            va, vb = ra[key], rb[key]
+    for label, key, q in _WHOLE_RUN:
+        va, vb = (ra[key], rb[key]) if q is None else (ra[key][q], rb[key][q])
         rows.append(Row(label, va, vb, _ratio(va, vb), None, "one run each"))
     return rows
 

@@ -88,10 +88,10 @@ def _text(value: Any) -> Any:
 class _Gpu:
     """One GPU's handle, its static facts and what was last said about its missing fields."""
 
-    def __init__(self, index: int, handle: Any) -> None:
+    def __init__(self, index: int, handle: Any, limits: dict[str, tuple[Any, str | None]]):
         self.index = index
         self.handle = handle
-        self.static: dict[str, Any] = {}
+        self.limits = limits  # thresholds and maximum clocks, as query() results
         self.unavailable: dict[str, str] | None = None
         self.lost = False
 
@@ -147,10 +147,7 @@ class NvmlSource:
                 if why is not None:
                     gpus.append({"index": index, "unavailable": why})
                     continue
-                static = self._static(handle)
-                gpus.append({"index": index, **{k.removeprefix("info_"): v
-                                                for k, v in static.items()
-                                                if k.startswith("info_")}})
+                gpus.append({"index": index, **self._info(handle)})
             return {"available": True, **self._system(), "gpus": gpus}
         finally:
             self.close()
@@ -167,15 +164,13 @@ class NvmlSource:
             if reason is not None:
                 events.append(TelemetryStatus(clock(), self.name, False, reason, gpu_index=index))
                 continue
-            gpu = _Gpu(index, handle)
-            gpu.static = self._static(handle)
+            gpu = _Gpu(index, handle, self._limits(handle))
             self._gpus.append(gpu)
             sample, missing = self._read(gpu, clock)
             gpu.unavailable = missing
-            info = {**system, **{k: v for k, v in gpu.static.items() if k.startswith("info_")}}
-            info = {k.removeprefix("info_"): v for k, v in info.items()}
             events.append(TelemetryStatus(clock(), self.name, True, gpu_index=index,
-                                          unavailable_fields=missing, info=info))
+                                          unavailable_fields=missing,
+                                          info={**system, **self._info(handle)}))
             events.append(sample)
         return events
 
@@ -204,11 +199,24 @@ class NvmlSource:
             self._initialised = False
 
     # -- reading ---------------------------------------------------------------------------
-    def _static(self, handle: Any) -> dict[str, Any]:
-        """What does not change during a run: read once, so each sample costs fewer calls."""
+    def _info(self, handle: Any) -> dict[str, Any]:
+        """A GPU's identity and fixed limits, for its status event and the record header."""
         nv = self._nv
         limits, _ = query(nv.nvmlDeviceGetPowerManagementLimitConstraints, handle)
         default_limit, _ = query(nv.nvmlDeviceGetPowerManagementDefaultLimit, handle)
+        return {
+            "name": _text(query(nv.nvmlDeviceGetName, handle)[0]),
+            "uuid": _text(query(nv.nvmlDeviceGetUUID, handle)[0]),
+            "vbios": _text(query(nv.nvmlDeviceGetVbiosVersion, handle)[0]),
+            "persistence_mode": query(nv.nvmlDeviceGetPersistenceMode, handle)[0],
+            "power_default_limit_w": None if default_limit is None else default_limit / 1e3,
+            "power_limit_range_w": None if limits is None else [v / 1e3 for v in limits],
+        }
+
+    def _limits(self, handle: Any) -> dict[str, tuple[Any, str | None]]:
+        """Thresholds and maximum clocks: they do not change during a run, so they are read
+        once and repeated in each sample (which can then be read on its own)."""
+        nv = self._nv
         return {
             "slowdown_temperature_c": query(nv.nvmlDeviceGetTemperatureThreshold, handle,
                                             nv.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN),
@@ -217,12 +225,6 @@ class NvmlSource:
             "sm_clock_max_mhz": query(nv.nvmlDeviceGetMaxClockInfo, handle, nv.NVML_CLOCK_SM),
             "memory_clock_max_mhz": query(nv.nvmlDeviceGetMaxClockInfo, handle,
                                           nv.NVML_CLOCK_MEM),
-            "info_name": _text(query(nv.nvmlDeviceGetName, handle)[0]),
-            "info_uuid": _text(query(nv.nvmlDeviceGetUUID, handle)[0]),
-            "info_vbios": _text(query(nv.nvmlDeviceGetVbiosVersion, handle)[0]),
-            "info_persistence_mode": query(nv.nvmlDeviceGetPersistenceMode, handle)[0],
-            "info_power_default_limit_w": None if default_limit is None else default_limit / 1e3,
-            "info_power_limit_range_w": None if limits is None else [v / 1e3 for v in limits],
         }
 
     def _read(self, gpu: _Gpu, clock: Clock) -> tuple[GpuSample, dict[str, str]]:
@@ -240,9 +242,8 @@ class NvmlSource:
             values[name] = value * scale if scale != 1.0 else value
             return value
 
-        for name in ("slowdown_temperature_c", "shutdown_temperature_c", "sm_clock_max_mhz",
-                     "memory_clock_max_mhz"):
-            take(name, gpu.static[name])
+        for name, result in gpu.limits.items():
+            take(name, result)
         take("temperature_c", query(nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU))
         take("sm_clock_mhz", query(nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_SM))
         take("memory_clock_mhz", query(nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_MEM))
