@@ -162,10 +162,14 @@ def telemetry_lines(summary: dict[str, Any]) -> list[str]:
     host = summary.get("host")
     if host:
         rss = host["soaktop_rss_bytes"]["max"]
+        watched = host["watched_rss_bytes"]["max"]
         lines.append(
             f"host: CPU {_num(host['cpu_percent']['mean'], 0)}% mean;"
             f" soaktop {_num(host['soaktop_cpu_percent']['mean'], 0)}% of a core,"
             f" RSS {_num(None if rss is None else rss / 2**20, 0)} MiB max"
+            + ("" if watched is None else
+               f"; watched process {_num(host['watched_cpu_percent']['mean'], 0)}% of a core,"
+               f" RSS {watched / 2**20:.0f} MiB max")
         )
     for item in summary.get("telemetry", []):
         if not item["available"]:

@@ -50,6 +50,8 @@ class HostSource:
         self._watch_problem: str | None = None
         self._has_temperature = True  # until open() finds no sensor: then not read again
         self._has_frequency = True
+        #: field -> why it is missing; every status carries all of it (it replaces the last)
+        self._missing: dict[str, str] = {}
 
     def _attach(self) -> str | None:
         """Find the watched process; the reason it cannot be watched, if so."""
@@ -65,7 +67,7 @@ class HostSource:
     def open(self, clock: Clock) -> list[Any]:
         psutil.cpu_percent(None, percpu=True)  # prime the interval counters
         self._own.cpu_percent(None)
-        missing: dict[str, str] = {}
+        missing = self._missing
         if _hottest_cpu_c() is None:
             self._has_temperature = False
             missing["cpu_temperature_c"] = "the OS reports no CPU temperature sensor"
@@ -77,7 +79,8 @@ class HostSource:
             if self._watch_problem:
                 missing["watched_rss_bytes"] = self._watch_problem
         info = {"cpu_count": psutil.cpu_count(), "watch_pid": self._watch_pid}
-        return [TelemetryStatus(clock(), self.name, True, unavailable_fields=missing, info=info)]
+        return [TelemetryStatus(clock(), self.name, True, unavailable_fields=dict(missing),
+                                info=info)]
 
     @staticmethod
     def _cpu_mhz() -> float | None:
@@ -97,10 +100,9 @@ class HostSource:
         except (psutil.NoSuchProcess, psutil.AccessDenied) as exc:
             why = "has exited" if isinstance(exc, psutil.NoSuchProcess) else "permission denied"
             self._watched = None
-            events.append(TelemetryStatus(
-                clock(), self.name, True,
-                unavailable_fields={"watched_rss_bytes": f"watched process {self._watch_pid} "
-                                    f"{why}"}))
+            self._missing["watched_rss_bytes"] = f"watched process {self._watch_pid} {why}"
+            events.append(TelemetryStatus(clock(), self.name, True,
+                                          unavailable_fields=dict(self._missing)))
             return {}
         return {"watched_pid": self._watch_pid, "watched_rss_bytes": rss,
                 "watched_cpu_percent": cpu}

@@ -3,7 +3,7 @@
 import pynvml
 import pytest
 
-from engine.events import GpuSample, HostSample, Phase, ServerSample, SessionEnd
+from engine.events import GpuSample, HostSample, Phase, RequestDone, ServerSample, SessionEnd
 from engine.summary import SessionSummary
 from engine.telemetry.derived import GpuWindow, ServerWindow, energy_figures
 from engine.telemetry.reasons import BITS, THROTTLING, decode
@@ -161,3 +161,34 @@ def test_a_stuck_energy_counter_is_not_believed_against_the_power_readings():
     for t in range(3):
         idle.add(gpu(t, power_w=0.0, energy_mj=5_000))
     assert idle.result()["energy_from"] == "counter" and idle.mean_power_w() == 0
+
+
+def test_the_summary_table_says_what_the_figures_are():
+    from engine.headless import telemetry_lines
+
+    summary = SessionSummary()
+    summary.add(Phase(0, 0, 2, "m", "fake", "start"))
+    for t, temp, clock, e, reasons in [(0, 70, 1800, 0, ("sw_power_cap",)),
+                                       (1, 80, 1600, 500_000, ()), (2, 75, 2000, 1_000_000, ())]:
+        summary.add(gpu(t, temperature_c=temp, sm_clock_mhz=clock, power_w=500.0,
+                        energy_mj=e, clock_event_reasons=reasons))
+    # 100 tokens, 10 ms apart, all inside the 2 s window: 50 tok/s at 500 W
+    summary.add(RequestDone(int(1.5 * S), 0, 0, 0, "fake", "m", 0, 8,
+                            tuple(range(10_000, 1_010_000, 10_000)), 1_000_000, "length"))
+    for t, running, total in [(0, 2, 1000), (2, 4, 1100)]:
+        summary.add(ServerSample(t * S, "http://x/metrics", "vllm", "m", requests_running=running,
+                                 requests_waiting=0, kv_cache_usage=0.5,
+                                 generation_tokens_total=total))
+    summary.add(HostSample(S, cpu_percent=40, soaktop_cpu_percent=90, soaktop_rss_bytes=2**30,
+                           watched_cpu_percent=150, watched_rss_bytes=3 * 2**30))
+    summary.add(SessionEnd(2 * S, "completed"))
+    result = summary.result()
+    assert telemetry_lines(result) == [
+        "phase 0 GPU0: 75C mean, 80C max (margin to slowdown 7C); SM clock 90% of max"
+        " (lowest 80%); 500 W (71% of limit); throttled: sw_power_cap 50% (from samples)",
+        "phase 0: 10.000 J/token, 0.10 tok/s per W (500 W for all GPUs)",
+        "phase 0 server http://x/metrics m: running 3.0, waiting 0.0, KV cache 50% mean,"
+        " 50.0 tok/s by its own count",
+        "host: CPU 40% mean; soaktop 90% of a core, RSS 1024 MiB max;"
+        " watched process 150% of a core, RSS 3072 MiB max",
+    ]

@@ -124,15 +124,17 @@ def test_a_watched_process_until_it_exits():
         source = HostSource(watch_pid=child.pid)
         time.sleep(0.5)
         (status,) = source.open(now_ns)
-        assert status.unavailable_fields == {} or "watched_rss_bytes" not in \
-            status.unavailable_fields
+        assert "watched_rss_bytes" not in status.unavailable_fields
         (sample,) = source.sample(now_ns)
         assert sample.watched_pid == child.pid
         assert sample.watched_rss_bytes > 50 << 20
         child.kill()
         child.wait()
         gone, sample = source.sample(now_ns)
-        assert "has exited" in gone.unavailable_fields["watched_rss_bytes"]
+        # the new status replaces the last: it still says what was missing before
+        assert gone.unavailable_fields == {
+            **status.unavailable_fields,
+            "watched_rss_bytes": f"watched process {child.pid} has exited"}
         assert sample.watched_rss_bytes is None
         assert [type(e) for e in source.sample(now_ns)] == [HostSample]  # said once
     finally:

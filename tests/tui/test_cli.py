@@ -157,10 +157,16 @@ def test_remote_gpus_and_a_serving_engine_through_prometheus(tmp_path):
         def do_GET(self):  # noqa: N802
             elapsed = time.monotonic() - start
             if self.path == "/dcgm":
-                watts = {"0": 700_000, "1": 300_000}  # mJ per second
+                # per second of wall time: energy in mJ, time power-capped in ns (GPU 0 capped
+                # a quarter of the time, GPU 1 never)
+                rate = {("TOTAL_ENERGY_CONSUMPTION", "0"): 700_000,
+                        ("TOTAL_ENERGY_CONSUMPTION", "1"): 300_000,
+                        ("POWER_VIOLATION", "0"): 250_000_000, ("POWER_VIOLATION", "1"): 0}
                 body = re.sub(
-                    r'(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION\{gpu="(\d)".*\}) (\d+)',
-                    lambda m: f"{m.group(1)} {int(m.group(3)) + int(elapsed * watts[m.group(2)])}",
+                    r'(DCGM_FI_DEV_(TOTAL_ENERGY_CONSUMPTION|POWER_VIOLATION)\{gpu="(\d)".*\})'
+                    r' (\d+)',
+                    lambda m: f"{m.group(1)} "
+                              f"{int(m.group(4)) + int(elapsed * rate[m.group(2), m.group(3)])}",
                     dcgm)
             else:
                 body = vllm
@@ -191,7 +197,10 @@ def test_remote_gpus_and_a_serving_engine_through_prometheus(tmp_path):
     assert result["power_w"] == pytest.approx(1000, rel=0.05)
     assert result["energy_j_per_token"] == pytest.approx(
         result["power_w"] * result["duration_s"] / result["output_tokens"])
-    assert result["gpus"]["gpu-node-07/0"]["clock_event_fraction"]["sw_power_cap"] >= 0
+    capped = {k: g["clock_event_fraction"]["sw_power_cap"] for k, g in result["gpus"].items()}
+    assert capped["gpu-node-07/0"] == pytest.approx(0.25, rel=0.05)
+    assert capped["gpu-node-07/1"] == 0.0
+    assert result["gpus"]["gpu-node-07/0"]["clock_events_from"] == "counters"
     (server_key,) = result["servers"]
     assert "vllm" in server_key and "Llama-3.1-8B-Instruct" in server_key
     assert result["servers"][server_key]["kv_cache_usage"]["mean"] == pytest.approx(0.6418)
