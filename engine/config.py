@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from engine.errors import ConfigError
 
@@ -13,6 +14,20 @@ _UNIT_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 _TELEMETRY_KINDS = ("nvml", "host")
+
+
+def check_url(url: str, flag: str) -> None:
+    """A ConfigError naming ``flag`` unless ``url`` is an http(s) URL with a host and, if
+    given, a numeric port (what every later use of it, and httpx, relies on)."""
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{flag} must start with http:// or https:// (got {url!r})")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for "host:abc" or a port out of range
+    except ValueError as exc:
+        raise ConfigError(f"{flag} {url!r} is not a valid URL: {exc}") from None
+    if not parts.hostname:
+        raise ConfigError(f"{flag} {url!r} names no host")
 
 
 def parse_telemetry(text: str) -> tuple[str, ...]:
@@ -26,9 +41,7 @@ def parse_telemetry(text: str) -> tuple[str, ...]:
         return ()
     for entry in entries:
         if entry.startswith("prom="):
-            url = entry[len("prom="):]
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"telemetry {entry!r}: prom= needs an http:// or https:// URL")
+            check_url(entry[len("prom="):], "telemetry prom=")
         elif entry not in _TELEMETRY_KINDS:
             raise ConfigError(
                 f"unknown telemetry source {entry!r}: use nvml, host, prom=URL or none"

@@ -30,6 +30,7 @@ from engine.backends.http import (
     transport_error,
 )
 from engine.backends.stamping import sent_ns
+from engine.config import check_url
 from engine.errors import BackendUnavailable, ConfigError
 
 
@@ -58,8 +59,7 @@ class HttpBackend(Backend):
         if api not in self.APIS:
             raise ConfigError(f"unknown --api {api!r} for {self.kind}; choose "
                               + " or ".join(self.APIS))
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"--url must start with http:// or https:// (got {url!r})")
+        check_url(url, "--url")
         self.url = url.rstrip("/")
         self.model = model
         self.api = api
