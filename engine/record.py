@@ -173,7 +173,8 @@ class RecordReader:
                     self.warnings.append(f"line {number}: unreadable ({type(exc).__name__})")
                     continue
                 if number == 1:
-                    if not isinstance(event, SessionStart):
+                    if not (isinstance(event, SessionStart)
+                            and isinstance(event.schema_version, int)):
                         raise RecordError(f"{self.path} is not a soaktop record")
                     if event.schema_version > SCHEMA_VERSION:
                         raise RecordError(

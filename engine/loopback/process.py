@@ -96,7 +96,7 @@ def main(args: list[str] | None = None) -> int:
         parser.error(str(error))
     try:
         asyncio.run(_serve(server))
-    except OSError as error:  # the port is taken, the host is not ours
+    except (OSError, OverflowError) as error:  # port taken or out of range, host not ours
         print(f"soaktop-loopback: {error}", file=sys.stderr)
         return 2
     return 0

@@ -439,3 +439,11 @@ def test_spawn_reports_a_child_that_cannot_start():
     with pytest.raises(SoaktopError, match="did not start.*invalid choice"):
         with spawn(fault="gremlins"):
             pass
+
+
+def test_a_port_out_of_range_is_one_line():
+    out = subprocess.run([sys.executable, "-m", "engine.loopback", "--port", "99999"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert out.stderr.startswith("soaktop-loopback: ") and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

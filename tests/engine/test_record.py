@@ -108,6 +108,8 @@ def test_a_corrupt_middle_line_is_named_and_the_rest_used(tmp_path):
         ("hello\n", "is not a soaktop record"),
         (json.dumps(encode(EVENTS[1])) + "\n", "is not a soaktop record"),
         (json.dumps({**encode(EVENTS[0]), "schema_version": 99}) + "\n", "schema v99"),
+        (json.dumps({**encode(EVENTS[0]), "schema_version": "1"}) + "\n",
+         "is not a soaktop record"),
     ],
 )
 def test_bad_files_get_one_line_errors(tmp_path, content, message):
