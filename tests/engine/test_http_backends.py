@@ -19,6 +19,7 @@ from engine.events import RequestDone
 from engine.loopback import LoopbackServer, Schedule
 from engine.session import Session
 from engine.summary import SessionSummary
+from tests.engine import streams
 
 FAST = Schedule(ttft_ms=5, itl_ms=2, tokens=8, model="m")
 REQUEST = GenerationRequest(0, Prompt(0, (1,), "hi"), 8, "m")
@@ -26,11 +27,7 @@ SHORT = Timeouts(connect_s=2, first_token_s=0.5, between_tokens_s=0.3)
 
 
 async def collect(backend):
-    await backend.start()
-    try:
-        return [item async for item in backend.stream(REQUEST)]
-    finally:
-        await backend.close()
+    return await streams.collect(backend, REQUEST)
 
 
 async def test_a_clean_stream_over_a_socket():

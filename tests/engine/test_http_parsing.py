@@ -14,6 +14,7 @@ from engine.backends.http import share_tokens, strip_credentials
 from engine.backends.ollama import OllamaBackend
 from engine.backends.openai import OpenAIBackend
 from engine.errors import BackendError
+from tests.engine import streams
 
 REQUEST = GenerationRequest(7, Prompt(0, (1, 2), "hello there"), 16, "m")
 
@@ -51,11 +52,7 @@ class Server:
 
 
 async def collect(backend):
-    await backend.start()
-    try:
-        return [item async for item in backend.stream(REQUEST)]
-    finally:
-        await backend.close()
+    return await streams.collect(backend, REQUEST)
 
 
 def openai(server, **kw):
@@ -101,7 +98,9 @@ async def test_a_server_refusing_include_usage_is_asked_again_without_it():
     await backend.start()
     [_ async for _ in backend.stream(REQUEST)]
     await backend.close()
-    # start probe, refused try, retry, probe, then straight without stream_options
+    # asked with stream_options once, refused; never again in this run, not even by the
+    # second stream
+    assert sum(b"stream_options" in r.content for r in server.requests) == 1
     assert b"stream_options" not in server.requests[-1].content
 
 

@@ -91,10 +91,8 @@ async def test_request_budget_ends_the_run_without_cancelling(make_session):
 async def test_warmup_requests_are_counted_apart(make_session):
     session, events = make_session(concurrency=1, max_requests=5, warmup_requests=3,
                                    output_tokens=3)
-    summary = SessionSummary()
-    for e in events:
-        summary.add(e)
     await session.run()
+    summary = SessionSummary()
     for e in events:
         summary.add(e)
     r = summary.result()
