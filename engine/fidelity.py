@@ -53,9 +53,6 @@ class Fidelity:
         client, wire = getattr(self, metric)[q]
         return client - wire
 
-    def worst_error_ms(self) -> float:
-        return max(abs(self.error_ms(m, q)) for m in ("ttft_ms", "itl_ms") for q in QUANTILES)
-
 
 def compare(done: list[RequestDone], emissions: list[Emission], origin_ns: int, run_id: str,
             tokens: int, concurrency: int, duration_s: float) -> Fidelity:

@@ -23,7 +23,6 @@ _REGISTRY: dict[str, str] = {
 
 #: Kinds a user may pick on the command line ("fake" is for tests and dry runs of the UI).
 USER_KINDS = ("local", "openai", "ollama")
-HTTP_KINDS = ("openai", "ollama")
 
 
 def create(kind: str, **options: Any) -> Backend:

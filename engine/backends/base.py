@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 
@@ -67,7 +67,6 @@ class StreamEnd:
     """
 
     finish_reason: str = "length"
-    extra: dict[str, Any] = field(default_factory=dict)
     arrival_tokens: tuple[int, ...] | None = None
     server: dict[str, Any] | None = None
 

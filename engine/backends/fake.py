@@ -35,11 +35,9 @@ class FakeBackend(Backend):
         self.error_class = error_class
         self.max_concurrent = max_concurrent
         self._slots: asyncio.Semaphore | None = None
-        self.started = False
         self.closed = False
 
     async def start(self) -> None:
-        self.started = True
         if self.max_concurrent is not None:
             self._slots = asyncio.Semaphore(self.max_concurrent)
 

@@ -146,10 +146,6 @@ def request_uuid(run_id: str, request_id: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"soaktop:{run_id}:{request_id}"))
 
 
-def request_id_header(run_id: str, request_id: int) -> dict[str, str]:
-    return {"X-Request-Id": request_uuid(run_id, request_id)}
-
-
 class SendClock:
     """Stamps the moment httpcore finished writing the request (its trace extension)."""
 

@@ -25,7 +25,7 @@ from engine.backends.http import (
     make_client,
     probe,
     raise_for_status,
-    request_id_header,
+    request_uuid,
     strip_credentials,
     transport_error,
 )
@@ -107,7 +107,7 @@ class HttpBackend(Backend):
     ) -> AsyncIterator[RequestSent | Arrival | StreamEnd]:
         if self._client is None:
             raise RuntimeError(f"{type(self).__name__}.start() has not been awaited")
-        headers = request_id_header(self.run_id, request.request_id)
+        headers = {"X-Request-Id": request_uuid(self.run_id, request.request_id)}
         watchdog = Watchdog(self.timeouts)
         try:
             while True:

@@ -116,10 +116,11 @@ class LocalBackend(Backend):
                     break
         finally:
             handle.cancel()  # a no-op once finished; frees the slot if we were interrupted
-        extra = {}
-        if handle.output_tokens < request.max_tokens:
-            extra["capped_to_tokens"] = handle.output_tokens  # prompt + output > max_len
-        yield StreamEnd(finish_reason="length", extra=extra)
+        # the engine's own word on the request, recorded like a server's: an output cut short
+        # because prompt + output would not fit the context
+        capped = handle.output_tokens < request.max_tokens
+        yield StreamEnd(finish_reason="length",
+                        server={"capped_to_tokens": handle.output_tokens} if capped else None)
 
     async def models(self) -> list[str]:
         return list(PRESETS)

@@ -53,19 +53,23 @@ class StepOutput:
 
 @dataclass(frozen=True, slots=True)
 class BatcherStats:
-    """Counters for tests, ``describe()`` and the curious; a snapshot, safe to keep."""
+    """How requests were batched, for tests and the curious; a snapshot, safe to keep."""
 
-    prefill_steps: int
-    decode_steps: int
-    tokens: int
     failed_requests: int
-    max_decode_batch: int
     decode_batch_sizes: dict[int, int]  # batch size -> number of decode steps of that size
     prefill_batch_sizes: dict[int, int]  # prompts prefilled together -> number of prefills
     active: int
     pending: int
     slots_capacity: int
     slots_in_use: int
+
+    @property
+    def decode_steps(self) -> int:
+        return sum(self.decode_batch_sizes.values())
+
+    @property
+    def prefill_steps(self) -> int:
+        return sum(self.prefill_batch_sizes.values())
 
 
 class RequestHandle:
@@ -102,9 +106,6 @@ class _Sequence:
 
 @dataclass(slots=True)
 class _Counters:
-    prefill_steps: int = 0
-    decode_steps: int = 0
-    tokens: int = 0
     failed_requests: int = 0
     decode_batch_sizes: Counter[int] = field(default_factory=Counter)
     prefill_batch_sizes: Counter[int] = field(default_factory=Counter)
@@ -161,11 +162,10 @@ class ContinuousBatcher:
         """A consistent snapshot of the counters; callable from any thread."""
         c = self._counters
         with self._cond:
-            sizes = dict(c.decode_batch_sizes)
             return BatcherStats(
-                prefill_steps=c.prefill_steps, decode_steps=c.decode_steps, tokens=c.tokens,
-                failed_requests=c.failed_requests, max_decode_batch=max(sizes, default=0),
-                decode_batch_sizes=sizes, prefill_batch_sizes=dict(c.prefill_batch_sizes),
+                failed_requests=c.failed_requests,
+                decode_batch_sizes=dict(c.decode_batch_sizes),
+                prefill_batch_sizes=dict(c.prefill_batch_sizes),
                 active=len(self._active), pending=len(self._pending),
                 slots_capacity=self._model.cache.capacity,
                 slots_in_use=self._model.cache.in_use)
@@ -250,7 +250,6 @@ class ContinuousBatcher:
             seq.position = len(seq.prompt)
             self._active.append(seq)
         with self._cond:
-            self._counters.prefill_steps += 1
             self._counters.prefill_batch_sizes[len(seqs)] += 1
         self._advance(seqs, ids, t_ns)
 
@@ -263,7 +262,6 @@ class ContinuousBatcher:
         for seq in seqs:
             seq.position += 1
         with self._cond:
-            self._counters.decode_steps += 1
             self._counters.decode_batch_sizes[len(seqs)] += 1
         self._advance(seqs, ids, t_ns)
 
@@ -279,7 +277,6 @@ class ContinuousBatcher:
                 self._release(seq)
                 seq.ended = True
             outputs.append((seq.handle, StepOutput(token, t_ns, finished)))
-        self._counters.tokens += len(seqs)
         _publish(outputs)
 
     def _fail(self, seqs: list[_Sequence], error_type: type[BackendError], message: str,

@@ -60,7 +60,7 @@ async def test_one_stream_yields_exactly_max_tokens_in_time_order(backend) -> No
     assert all(b > a for a, b in zip(times, times[1:], strict=False))
     assert all(a.tokens == 1 and a.text.endswith(" ") for a in arrivals)
     assert {a.text.strip() for a in arrivals} <= {word(i) for i in range(4096)}
-    assert isinstance(end, StreamEnd) and end.finish_reason == "length" and end.extra == {}
+    assert isinstance(end, StreamEnd) and end.finish_reason == "length" and end.server is None
 
 
 async def test_same_prompt_same_seed_gives_same_text(backend) -> None:
@@ -73,7 +73,7 @@ async def test_output_is_capped_to_fit_the_cache(backend) -> None:
     long_prompt = make_prompts(seed=1, count=1, input_tokens=250)[0]
     items = await _collect(backend, _request(max_tokens=100, prompt=long_prompt))
     assert len(items) - 1 == 256 - 250 + 1
-    assert items[-1].extra == {"capped_to_tokens": 7}
+    assert items[-1].server == {"capped_to_tokens": 7}
     with pytest.raises(BackendError) as raised:
         await _collect(backend, _request(10, prompt=make_prompts(2, 1, 257)[0]))
     assert raised.value.error_class == "prompt_too_long"

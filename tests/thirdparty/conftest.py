@@ -26,7 +26,6 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
 
 MODEL_ALIAS = "tiny-llama"
 STARTUP_TIMEOUT_S = 60.0
