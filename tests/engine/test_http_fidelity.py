@@ -11,6 +11,8 @@ warm-up requests are not compared: here the closed loop's first two waves, durin
 client starts 64 requests at once and is CPU-bound (see engine/fidelity.py).
 """
 
+import pytest
+
 from engine.fidelity import QUANTILES, measure
 
 
@@ -31,3 +33,35 @@ def test_ttft_and_itl_are_within_1ms_of_the_wire_at_8_streams():
     f = measure(concurrency=8, tokens_per_s=400, duration_s=4.0, tokens=32)
     assert f.requests >= 30
     assert_within_1ms(f)
+
+
+def test_compare_pairs_by_request_id_and_measures_against_the_wire():
+    """The arithmetic the bar above rests on, on hand-made data with a known answer: each
+    client arrival 0.2 ms after its chunk left the server, so every error is +0.2 ms."""
+    from engine.backends.http import request_uuid
+    from engine.events import RequestDone
+    from engine.fidelity import compare
+    from engine.loopback.schedule import Emission
+
+    origin_ns, run_id, tokens = 1_000_000_000, "r1", 4
+    done, emissions = [], []
+    for i in range(3):
+        sent_ns = i * 100_000_000  # session-relative
+        chunks_ns = tuple(origin_ns + sent_ns + 20_000_000 + k * (10_000_000 + i * 1_000_000)
+                          for k in range(tokens))
+        arrivals_us = tuple((c - origin_ns - sent_ns + 200_000) // 1000 for c in chunks_ns)
+        done.append(RequestDone(sent_ns + 60_000_000, 0, i, 1, "openai", "m", sent_ns, 8,
+                                arrivals_us, arrivals_us[-1], "length"))
+        emissions.append(Emission(i + 1, "/v1/chat/completions", origin_ns + sent_ns, None,
+                                  chunks_ns, (1,) * tokens, 200, None,
+                                  request_uuid(run_id, i)))
+    # an emission of another run (its id does not pair) changes nothing
+    emissions.append(Emission(9, "/v1/chat/completions", 0, None, (1, 2, 3, 4), (1,) * 4, 200,
+                              None, request_uuid("other", 0)))
+    f = compare(done, emissions, origin_ns, run_id, tokens, concurrency=3, duration_s=1.0)
+    assert f.requests == 3
+    for q in QUANTILES:
+        assert f.error_ms("ttft_ms", q) == pytest.approx(0.2)
+        assert f.ttft_ms[q][1] == pytest.approx(20.0)  # the wire's TTFT: 20 ms for each
+        assert f.error_ms("itl_ms", q) == pytest.approx(0.0, abs=1e-9)
+    assert f.itl_ms[50][1] == pytest.approx(11.0)  # gaps of 10, 11 and 12 ms
