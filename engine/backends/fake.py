@@ -9,6 +9,7 @@ process that many requests at once (the rest queue for a slot), so throughput pl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -48,19 +49,14 @@ class FakeBackend(Backend):
         return ["fake"]
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Arrival | StreamEnd]:
-        if self._slots is None:
-            async for item in self._generate(request):
-                yield item
-            return
-        async with self._slots:
+        async with self._slots or contextlib.nullcontext():
             async for item in self._generate(request):
                 yield item
 
     async def _generate(self, request: GenerationRequest) -> AsyncIterator[Arrival | StreamEnd]:
-        if self.fail_every and request.request_id % self.fail_every == self.fail_every - 1:
-            await asyncio.sleep(self.ttft_s)
-            raise BackendError(f"request {request.request_id} failed on purpose", self.error_class)
         await asyncio.sleep(self.ttft_s)
+        if self.fail_every and request.request_id % self.fail_every == self.fail_every - 1:
+            raise BackendError(f"request {request.request_id} failed on purpose", self.error_class)
         sent = 0
         while sent < request.max_tokens:
             if sent:

@@ -1,8 +1,9 @@
 """What the HTTP backends share: the client, timeouts, byte-exact stream reading, error classes.
 
-Token times are taken when the bytes that carry them arrive: each read from the socket is
-stamped in the protocol's ``data_received`` (:mod:`engine.backends.stamping`), and every line
-(and so every token) completed by those bytes gets that time. Parsing happens after the stamp,
+Token times are taken when the bytes that carry them arrive: on Linux over ``http://`` each
+read is a ``recvmsg`` that carries the kernel's receive time (``SO_TIMESTAMPNS``, see
+:mod:`engine.backends.stamping`); elsewhere the read is stamped as it returns. Every line (and
+so every token) completed by those bytes gets that time. Parsing happens after the stamp,
 so its cost never shifts a timestamp, only the moment the next read starts.
 
 Lines are split on raw bytes and decoded as strict UTF-8, then handed to httpx-sse's
@@ -281,27 +282,28 @@ class ConnectBackoff:
         self._delay_s, self._hold_until = self.FIRST_S, 0.0
 
 
+async def _get(client: httpx.AsyncClient, path: str) -> httpx.Response:
+    """GET for set-up calls; a transport failure is a one-line ``BackendUnavailable``."""
+    try:
+        return await client.get(path)
+    except httpx.HTTPError as exc:
+        url = strip_credentials(f"{client.base_url}{path}")
+        raise BackendUnavailable(f"cannot reach {url}: {transport_error(exc)}") from None
+
+
 async def probe(client: httpx.AsyncClient, path: str) -> None:
     """Fail the start of a run, in one line, when nothing answers at the server's address.
 
     Any HTTP answer, even an error status, proves a server is there; only a transport failure
     stops the run before it starts.
     """
-    try:
-        await client.get(path)
-    except httpx.HTTPError as exc:
-        url = strip_credentials(f"{client.base_url}{path}")
-        raise BackendUnavailable(f"cannot reach {url}: {transport_error(exc)}") from None
+    await _get(client, path)
 
 
 async def get_json(client: httpx.AsyncClient, path: str) -> Any:
     """GET for set-up calls (model lists): failures are one-line ``BackendUnavailable``."""
     url = f"{client.base_url}{path}"
-    try:
-        response = await client.get(path)
-    except httpx.HTTPError as exc:
-        raise BackendUnavailable(f"cannot reach {strip_credentials(url)}: "
-                                 f"{transport_error(exc)}") from None
+    response = await _get(client, path)
     if response.status_code >= 400:
         raise BackendUnavailable(f"{strip_credentials(url)} answered HTTP {response.status_code}")
     try:

@@ -61,6 +61,7 @@ class Wire(abc.ABC):
     OpenAI ids carry); raises ``ValueError`` on a request it refuses."""
 
     content_type: ClassVar[str]
+    prompt_field: ClassVar[str]  # "messages" or "prompt": where the prompt is, to count it
 
     def __init__(self, body: dict[str, Any], request: int, schedule: Schedule) -> None:
         self.model = str(body.get("model") or schedule.model)
@@ -70,7 +71,7 @@ class Wire(abc.ABC):
         self.tokens = schedule.tokens if limit is None else limit
         # A named limit is what ends the output; without one the "model" stops by itself.
         self.finish = "stop" if limit is None else "length"
-        self.prompt_tokens = self._prompt_tokens(body)
+        self.prompt_tokens = count_words(body.get(self.prompt_field, ""))
 
     @abc.abstractmethod
     def _wants_stream(self, body: dict[str, Any]) -> bool: ...
@@ -79,8 +80,6 @@ class Wire(abc.ABC):
     def _limit(self, body: dict[str, Any]) -> int | None:
         """The output length the request names, if any."""
 
-    @abc.abstractmethod
-    def _prompt_tokens(self, body: dict[str, Any]) -> int: ...
 
     @abc.abstractmethod
     def frame(self, payload: bytes) -> bytes:
@@ -162,6 +161,28 @@ class _OpenAI(Wire):
         usage = [self._chunk([], usage=self._usage())] if self.include_usage else []
         return [*usage, b"[DONE]"]
 
+    response_object: ClassVar[str]
+
+    @abc.abstractmethod
+    def _piece(self, text: str) -> dict[str, Any]:
+        """A streamed choice's text, in this endpoint's field."""
+
+    @abc.abstractmethod
+    def _whole(self, text: str) -> dict[str, Any]:
+        """A non-streamed choice's text, in this endpoint's field."""
+
+    def content(self, text: str, last: bool) -> bytes:
+        return self._chunk([{"index": 0, **self._piece(text), "logprobs": None,
+                             "finish_reason": self.finish if last else None}])
+
+    def response(self, text: str, timing: tuple[int, int, int]) -> dict[str, Any]:
+        return {
+            "id": self.id, "object": self.response_object, "created": self.created,
+            "model": self.model, "usage": self._usage(),
+            "choices": [{"index": 0, **self._whole(text), "logprobs": None,
+                         "finish_reason": self.finish}],
+        }
+
     @classmethod
     def error_body(cls, message: str, kind: str) -> dict[str, Any]:
         return {"error": {"message": message, "type": kind}}
@@ -176,8 +197,7 @@ class OpenAIChat(_OpenAI):
     object_name = "chat.completion.chunk"
     id_prefix = "chatcmpl"
 
-    def _prompt_tokens(self, body: dict[str, Any]) -> int:
-        return count_words(body.get("messages", []))
+    prompt_field = "messages"
 
     def opening(self) -> list[bytes]:
         if not self.role_chunk:
@@ -186,18 +206,13 @@ class OpenAIChat(_OpenAI):
         return [self._chunk([{"index": 0, "delta": delta, "logprobs": None,
                               "finish_reason": None}])]
 
-    def content(self, text: str, last: bool) -> bytes:
-        return self._chunk([{"index": 0, "delta": {"content": text}, "logprobs": None,
-                             "finish_reason": self.finish if last else None}])
+    response_object = "chat.completion"
 
-    def response(self, text: str, timing: tuple[int, int, int]) -> dict[str, Any]:
-        message = {"role": "assistant", "content": text}
-        return {
-            "id": self.id, "object": "chat.completion", "created": self.created,
-            "model": self.model, "usage": self._usage(),
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": self.finish}],
-        }
+    def _piece(self, text: str) -> dict[str, Any]:
+        return {"delta": {"content": text}}
+
+    def _whole(self, text: str) -> dict[str, Any]:
+        return {"message": {"role": "assistant", "content": text}}
 
 
 class OpenAICompletions(_OpenAI):
@@ -206,24 +221,19 @@ class OpenAICompletions(_OpenAI):
     object_name = "text_completion"
     id_prefix = "cmpl"
 
-    def _prompt_tokens(self, body: dict[str, Any]) -> int:
-        return count_words(body.get("prompt", ""))
+    prompt_field = "prompt"
 
-    def content(self, text: str, last: bool) -> bytes:
-        return self._chunk([{"index": 0, "text": text, "logprobs": None,
-                             "finish_reason": self.finish if last else None}])
+    response_object = "text_completion"
 
-    def response(self, text: str, timing: tuple[int, int, int]) -> dict[str, Any]:
-        return {
-            "id": self.id, "object": "text_completion", "created": self.created,
-            "model": self.model, "usage": self._usage(),
-            "choices": [{"index": 0, "text": text, "logprobs": None,
-                         "finish_reason": self.finish}],
-        }
+    def _piece(self, text: str) -> dict[str, Any]:
+        return {"text": text}
+
+    _whole = _piece  # a whole completion carries its text the same way
 
 
 class _Ollama(Wire):
     content_type = "application/x-ndjson"
+    _created_at: str | None = None
 
     def _wants_stream(self, body: dict[str, Any]) -> bool:
         return body.get("stream", True) is not False  # Ollama streams unless told not to
@@ -242,8 +252,11 @@ class _Ollama(Wire):
         """One line of the stream, with the text in this endpoint's field."""
 
     def _head(self) -> dict[str, Any]:
-        created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        return {"model": self.model, "created_at": created}
+        # Ollama stamps each line; formatting a datetime per line cost about half of this
+        # server's work per line (measured), and no client reads it: once per request
+        if self._created_at is None:
+            self._created_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return {"model": self.model, "created_at": self._created_at}
 
     def content(self, text: str, last: bool) -> bytes:
         return _dumps(self._line(text, False))
@@ -280,8 +293,7 @@ class _Ollama(Wire):
 class OllamaGenerate(_Ollama):
     """``POST /api/generate``."""
 
-    def _prompt_tokens(self, body: dict[str, Any]) -> int:
-        return count_words(body.get("prompt", ""))
+    prompt_field = "prompt"
 
     def _line(self, text: str, done: bool) -> dict[str, Any]:
         return {**self._head(), "response": text, "done": done}
@@ -290,8 +302,7 @@ class OllamaGenerate(_Ollama):
 class OllamaChat(_Ollama):
     """``POST /api/chat``."""
 
-    def _prompt_tokens(self, body: dict[str, Any]) -> int:
-        return count_words(body.get("messages", []))
+    prompt_field = "messages"
 
     def _line(self, text: str, done: bool) -> dict[str, Any]:
         return {**self._head(), "message": {"role": "assistant", "content": text}, "done": done}
