@@ -62,7 +62,8 @@ def _gpu_part(key: str, now) -> str:
 
 
 def telemetry_part(t: TelemetrySnapshot) -> str:
-    """`` | GPU0 64C (margin 23) 1755/1980 MHz 310/700 W | host CPU 45% soaktop 38%``"""
+    """`` | GPU0 64C (margin 23) 1755/1980 MHz 310/700 W | host CPU 45% soaktop 38% pid 4242
+    110%``: the latest readings (the watched process last, when there is one)."""
     out = ""
     if len(t.gpus) <= 2:
         out += "".join(f" | {_gpu_part(key, now)}" for key, now in t.gpus.items())
@@ -80,6 +81,8 @@ def telemetry_part(t: TelemetrySnapshot) -> str:
     if t.host is not None:
         out += (f" | host CPU {_num(t.host.cpu_percent, 0)}%"
                 f" soaktop {_num(t.host.soaktop_cpu_percent, 0)}%")
+        if t.host.watched_pid is not None:
+            out += f" pid {t.host.watched_pid} {_num(t.host.watched_cpu_percent, 0)}%"
     return out
 
 

@@ -60,6 +60,10 @@ def test_status_line_part_for_gpus_and_host():
                     " | node7 GPU3 70C (margin 17) 1500/2000 MHz 300/700 W"
                     " throttled: sw_power_cap,hw_thermal"
                     " | host CPU 45% soaktop 38%")
+    live.add(HostSample(2 * S, cpu_percent=45.2, soaktop_cpu_percent=38.0, watched_pid=4242,
+                        watched_cpu_percent=110.4))
+    assert telemetry_part(live.snapshot(2 * S)).endswith(
+        " | host CPU 45% soaktop 38% pid 4242 110%")
 
 
 def test_describe_status_says_what_is_missing():
