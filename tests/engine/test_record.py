@@ -1,7 +1,10 @@
 """Records: round trip, compact encoding, crash safety, and bad input."""
 
 import asyncio
+import gzip
 import json
+import time
+import zlib
 from datetime import datetime
 from pathlib import Path
 
@@ -19,7 +22,14 @@ from engine.events import (
     SessionStart,
     TokensArrived,
 )
-from engine.record import RecordReader, RecordWriter, decode, default_path, encode
+from engine.record import (
+    FLUSH_INTERVAL_S,
+    RecordReader,
+    RecordWriter,
+    decode,
+    default_path,
+    encode,
+)
 
 EVENTS = [
     SessionStart(0, 1, "2026-11-23T10:00:00+00:00", {"concurrency": 2}, {"python": "3.11"},
@@ -131,7 +141,7 @@ def test_missing_file_and_existing_target(tmp_path):
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_full_disk_stops_recording_but_not_the_caller(tmp_path):
     writer = RecordWriter(tmp_path / "r.jsonl")
-    writer._file = open("/dev/full", "w")  # every write fails with ENOSPC, as on a full disk
+    writer._file = open("/dev/full", "wb")  # every write fails with ENOSPC, as on a full disk
     writer.write(EVENTS[0])
     writer.close()  # does not raise
     assert writer.error == (
@@ -142,4 +152,100 @@ def test_a_full_disk_stops_recording_but_not_the_caller(tmp_path):
 
 def test_default_name_follows_the_design():
     path = default_path(Path("sessions"), datetime(2026, 11, 23, 9, 5, 7), "gpu box/1", "llama-1b")
-    assert path == Path("sessions/20261123-090507_gpu-box-1_llama-1b.jsonl")
+    assert path == Path("sessions/20261123-090507_gpu-box-1_llama-1b.jsonl.gz")
+
+
+def _write(path, events):
+    writer = RecordWriter(path)
+    for event in events:
+        writer.write(event)
+    writer.close()
+    assert writer.error is None
+
+
+def _members(path):
+    """The byte ranges of the gzip members in ``path``, found by decompressing them in turn."""
+    data, spans, start = path.read_bytes(), [], 0
+    while start < len(data):
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        inflater.decompress(data[start:])
+        end = len(data) - len(inflater.unused_data)
+        spans.append((start, end))
+        start = end
+    return spans
+
+
+def _write_in_batches(path, batches):
+    """One writer flush per batch: each becomes a gzip member of its own."""
+    writer = RecordWriter(path)
+    for batch in batches:
+        for event in batch:
+            writer.write(event)
+        time.sleep(FLUSH_INTERVAL_S * 2.5)
+    writer.close()
+
+
+def test_a_gz_record_is_gzip_that_zcat_reads_and_round_trips(tmp_path):
+    path = tmp_path / "r.jsonl.gz"
+    _write(path, EVENTS)
+    with gzip.open(path, "rt") as handle:  # what zcat | jq sees
+        assert [decode(json.loads(line)) for line in handle] == EVENTS
+    reader = RecordReader(path)
+    assert list(reader.events()) == EVENTS and reader.warnings == []
+    assert reader.header == EVENTS[0]
+
+
+def test_a_kill_mid_member_keeps_the_whole_members_before_it(tmp_path):
+    path = tmp_path / "r.jsonl.gz"
+    _write_in_batches(path, [EVENTS[:3], EVENTS[3:6], EVENTS[6:]])
+    spans = _members(path)
+    assert len(spans) == 3
+    data = path.read_bytes()
+    cut = spans[2][0] + (spans[2][1] - spans[2][0]) // 2  # the last member, half written
+    path.write_bytes(data[:cut])
+    reader = RecordReader(path)
+    events = list(reader.events())
+    assert events[:6] == EVENTS[:6] and len(events) <= len(EVENTS) - 1
+    assert reader.warnings and "cut short" in reader.warnings[-1]
+
+
+def test_a_corrupt_member_loses_only_its_own_lines(tmp_path):
+    path = tmp_path / "r.jsonl.gz"
+    _write_in_batches(path, [EVENTS[:3], EVENTS[3:6], EVENTS[6:]])
+    spans = _members(path)
+    data = bytearray(path.read_bytes())
+    middle = (spans[1][0] + spans[1][1]) // 2
+    data[middle] ^= 0xFF  # one flipped byte inside the second member
+    path.write_bytes(bytes(data))
+    reader = RecordReader(path)
+    events = list(reader.events())
+    assert events[:3] == EVENTS[:3] and events[-3:] == EVENTS[6:]
+    assert len(reader.warnings) == 1
+    assert reader.warnings[0].startswith("after line 3: corrupt compressed block")
+
+
+@pytest.mark.parametrize("name", ["r.jsonl", "r.jsonl.gz"])
+async def test_follow_yields_events_as_another_writer_puts_them_down(tmp_path, name):
+    path = tmp_path / name
+    writer = RecordWriter(path)
+    seen: list = []
+
+    async def follow():
+        async for event in RecordReader(path).follow(poll_s=0.05):
+            seen.append(event)
+
+    follower = asyncio.ensure_future(follow())
+    for event in EVENTS[:4]:
+        writer.write(event)
+    await asyncio.sleep(FLUSH_INTERVAL_S * 3)
+    assert seen == EVENTS[:4] and not follower.done()  # caught up, still following
+    for event in EVENTS[4:]:
+        writer.write(event)
+    await asyncio.wait_for(follower, timeout=5)  # ends by itself at session_end
+    writer.close()
+    assert seen == EVENTS
+
+
+def test_a_folder_is_not_a_record(tmp_path):
+    with pytest.raises(RecordError, match="is a folder"):
+        list(RecordReader(tmp_path).events())
