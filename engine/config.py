@@ -113,4 +113,5 @@ class RunConfig:
         return self.concurrency if self.warmup_requests is None else self.warmup_requests
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "warmup_requests": self.warmup}
+        """JSON-ready (lists, not tuples): the header a live run holds equals the one read back."""
+        return {**asdict(self), "warmup_requests": self.warmup, "telemetry": list(self.telemetry)}

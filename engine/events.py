@@ -190,11 +190,21 @@ class TelemetryStatus:
 
 @dataclass(frozen=True, slots=True)
 class ClientSample:
-    """soaktop's own health over the last second, to flag windows where it was the bottleneck."""
+    """The client's own view, once a second.
+
+    ``in_flight`` and ``tokens`` (content tokens received over the last ``interval_ns``) are
+    what a reader of a record still being written (``soaktop attach``) cannot derive from
+    finished requests alone: a request's tokens reach the record only when it ends.
+    ``loop_lag_p99_us`` and ``cpu_percent`` are soaktop's own health, to flag windows where the
+    client was the bottleneck; ``None`` where not measured.
+    """
 
     t_ns: int
-    loop_lag_p99_us: int
-    cpu_percent: float
+    in_flight: int
+    tokens: int
+    interval_ns: int
+    loop_lag_p99_us: int | None = None
+    cpu_percent: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

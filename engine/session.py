@@ -26,6 +26,7 @@ from engine.config import RunConfig
 from engine.errors import BackendError, ConfigError
 from engine.events import (
     SCHEMA_VERSION,
+    ClientSample,
     Mark,
     Phase,
     RequestDone,
@@ -78,6 +79,7 @@ class Session:
         self._sources = list(sources)
         self._samplers: list[Sampler] = []
         self._ended = False
+        self._tokens_received = 0  # content tokens so far, for the once-a-second ClientSample
 
     # -- clock and events ------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -121,6 +123,17 @@ class Session:
         for sampler in self._samplers:
             sampler.stop(timeout_s=1.0)
         self._samplers.clear()
+
+    async def _client_samples(self, every_ns: int = 10**9) -> None:
+        """A :class:`ClientSample` each second, on the second of the session clock."""
+        last_t, last_tokens = 0, 0
+        tick = every_ns
+        while True:
+            await asyncio.sleep(max(0.0, (tick - self.now_ns()) / 1e9))
+            now, tokens = self.now_ns(), self._tokens_received
+            self._emit(ClientSample(now, self.in_flight, tokens - last_tokens, now - last_t))
+            last_t, last_tokens = now, tokens
+            tick = (now // every_ns + 1) * every_ns
 
     # -- commands --------------------------------------------------------------------------
     @property
@@ -232,11 +245,13 @@ class Session:
                         extra = sum(item.arrival_tokens) - sum(tokens)
                         tokens = list(item.arrival_tokens)
                         if extra > 0:  # the live count catches up with the server's
+                            self._tokens_received += extra
                             self._emit(TokensArrived(self.now_ns(), 0, request_id, extra, False))
                     continue
                 t_ns = item.t_ns - self._origin_ns
                 arrivals.append((t_ns - sent_ns) // 1000)
                 tokens.append(item.tokens)
+                self._tokens_received += item.tokens
                 self._emit(TokensArrived(t_ns, 0, request_id, item.tokens, len(arrivals) == 1))
         except asyncio.CancelledError:
             finish = "cancelled"  # the run ended under it; recorded, then the task ends
@@ -314,12 +329,14 @@ class Session:
             self._loop = ClosedLoop(self.config.concurrency, self._launch)
             load = asyncio.ensure_future(self._loop.run())
             stopped = asyncio.ensure_future(self._stopped.wait())
+            heartbeat = asyncio.ensure_future(self._client_samples())
             waiters = {load, stopped}
             if self.config.duration_s is not None:
                 waiters.add(asyncio.ensure_future(asyncio.sleep(self.config.duration_s)))
             try:
                 done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             finally:
+                heartbeat.cancel()
                 await self._loop.stop()
                 for waiter in waiters:
                     waiter.cancel()

@@ -205,3 +205,19 @@ async def test_retry_after_holds_new_sends_without_counting_the_wait(make_sessio
     gap_s = (done[1].sent_ns - done[0].t_ns) / 1e9
     assert 0.29 <= gap_s < 0.5  # held back for the Retry-After...
     assert done[1].arrivals_us[0] < 50_000  # ...and the wait is not in its TTFT
+
+
+async def test_a_client_sample_each_second_counts_tokens_and_requests_in_flight(make_session):
+    from engine.events import ClientSample
+
+    session, events = make_session(FakeBackend(ttft_s=0.01, itl_s=0.004), concurrency=3,
+                                   output_tokens=20, duration_s=2.6)
+    await session.run()
+    samples = events.of(ClientSample)
+    assert [round(s.t_ns / 1e9) for s in samples] == [1, 2]  # on the second, not drifting
+    assert all(abs(s.t_ns - round(s.t_ns, -9)) < 50_000_000 for s in samples)
+    tokens_by_then = sum(e.tokens for e in events.of(TokensArrived)
+                         if e.t_ns <= samples[1].t_ns)
+    assert sum(s.tokens for s in samples) == tokens_by_then > 0
+    assert all(s.in_flight == 3 for s in samples)  # a closed loop at 3 keeps 3 out
+    assert samples[1].interval_ns == samples[1].t_ns - samples[0].t_ns

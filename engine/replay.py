@@ -1,0 +1,260 @@
+"""Replaying a record: the live run's event stream again, on the record's clock, scaled.
+
+Live runs and replays feed one stream (DESIGN.md), so every consumer, the statistics, the
+status line and the dashboard, works on both with no replay-specific code. A record keeps
+tokens inside ``request_done`` (arrival offsets), not one event each; :class:`Replay` derives
+the live-only :class:`~engine.events.TokensArrived` events back from them and merges them
+into the record's events by time, so a replayed token reaches a listener at the moment it
+reached the live client (to the microsecond the record keeps), before its ``request_done``.
+
+Token times are held in numpy arrays (24 bytes a token: a 30-minute soak of a million tokens
+costs 24 MB), the record's other events in a list.
+
+Controls, for the dashboard's keys and for scripts: :meth:`Replay.pause`, :meth:`~Replay.resume`,
+:meth:`~Replay.set_speed`, :meth:`~Replay.seek` (to a time), :meth:`~Replay.next_stop` and
+:meth:`~Replay.previous_stop` (phases and marks). Seeking back calls ``on_reset`` so the
+caller can start its consumers afresh, then re-feeds the record from the start at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from engine.events import Mark, Phase, RequestDone, TokensArrived
+
+Listener = Callable[[Any], None]
+
+#: On a seek, tokens older than this before the target are not re-emitted: the live window
+#: (two minutes of token counts, see engine.live) has no place for them, and a long record
+#: would otherwise cost seconds of per-token work for every seek.
+TOKEN_CATCHUP_NS = 120 * 10**9
+
+
+class Timeline:
+    """A record's events in time order, with its tokens unpacked into sorted arrays."""
+
+    def __init__(self, events: Iterable[Any]) -> None:
+        self.events: list[Any] = sorted(events, key=lambda e: getattr(e, "t_ns", 0))
+        times, requests, workers, counts, first = [], [], [], [], []
+        sent, done = [], []
+        for event in self.events:
+            if not isinstance(event, RequestDone):
+                continue
+            sent.append(event.sent_ns)
+            done.append(event.t_ns)
+            if not event.arrivals_us:
+                continue
+            n = len(event.arrivals_us)
+            times.append(event.sent_ns + np.asarray(event.arrivals_us, dtype=np.int64) * 1000)
+            requests.append(np.full(n, event.request_id, dtype=np.int64))
+            workers.append(np.full(n, event.worker_id, dtype=np.int32))
+            counts.append(np.asarray(event.arrival_tokens or np.ones(n), dtype=np.int32))
+            is_first = np.zeros(n, dtype=bool)
+            is_first[0] = True
+            first.append(is_first)
+        if times:
+            t = np.concatenate(times)
+            order = np.argsort(t, kind="stable")
+            self.token_t = t[order]
+            self.token_request = np.concatenate(requests)[order]
+            self.token_worker = np.concatenate(workers)[order]
+            self.token_count = np.concatenate(counts)[order]
+            self.token_first = np.concatenate(first)[order]
+        else:
+            self.token_t = np.empty(0, dtype=np.int64)
+            self.token_request = np.empty(0, dtype=np.int64)
+            self.token_worker = np.empty(0, dtype=np.int32)
+            self.token_count = np.empty(0, dtype=np.int32)
+            self.token_first = np.empty(0, dtype=bool)
+        self._sent = np.sort(np.asarray(sent, dtype=np.int64))
+        self._done = np.sort(np.asarray(done, dtype=np.int64))
+        self.event_t = np.asarray([getattr(e, "t_ns", 0) for e in self.events], dtype=np.int64)
+        last_token = int(self.token_t[-1]) if self.token_t.size else 0
+        self.end_ns = max(int(self.event_t[-1]) if self.event_t.size else 0, last_token)
+        self.stops = np.asarray(
+            sorted({e.t_ns for e in self.events if isinstance(e, (Phase, Mark)) and e.t_ns > 0}),
+            dtype=np.int64,
+        )
+
+    def in_flight(self, t_ns: int) -> int:
+        """Requests sent at or before ``t_ns`` and not yet finished: what the client had out."""
+        sent = int(np.searchsorted(self._sent, t_ns, side="right"))
+        return sent - int(np.searchsorted(self._done, t_ns, side="right"))
+
+
+class Replay:
+    """Plays a :class:`Timeline` to ``listeners`` at ``speed`` times its original pace.
+
+    ``ticks_ns`` (optional) calls ``on_tick(t)`` at every multiple of it on the record's
+    clock, after every event up to ``t`` and before any later one: how a headless replay
+    prints its status lines at the same record times a live run printed them.
+    """
+
+    def __init__(
+        self,
+        timeline: Timeline,
+        listeners: Sequence[Listener],
+        speed: float = 1.0,
+        on_reset: Callable[[], None] | None = None,
+        ticks_ns: int | None = None,
+        on_tick: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.timeline = timeline
+        self.listeners = list(listeners)
+        self.on_reset = on_reset
+        self.speed = speed
+        self.paused = False
+        self._ticks_ns = ticks_ns
+        self._on_tick = on_tick
+        self._clock = clock
+        self._anchor_pos = 0  # the record time at the anchor ...
+        self._anchor_wall = clock()  # ... and the wall time it was reached
+        self._i_event = 0
+        self._i_token = 0
+        self._next_tick = ticks_ns or 0
+        self._emitted_ns = -1  # everything at or before this has gone out
+        self._changed: asyncio.Event | None = None
+        self._stop = False
+
+    # -- position and controls ---------------------------------------------------------
+    @property
+    def position_ns(self) -> int:
+        """Where the replay is on the record's clock."""
+        if self.paused:
+            return self._anchor_pos
+        played = (self._clock() - self._anchor_wall) * 1e9 * self.speed
+        return min(self.timeline.end_ns, self._anchor_pos + round(played))
+
+    @property
+    def finished(self) -> bool:
+        return self._emitted_ns >= self.timeline.end_ns
+
+    def _reanchor(self, position_ns: int) -> None:
+        self._anchor_pos, self._anchor_wall = position_ns, self._clock()
+        if self._changed is not None:
+            self._changed.set()
+
+    def pause(self) -> None:
+        if not self.paused:
+            self._reanchor(self.position_ns)
+            self.paused = True
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            self._reanchor(self._anchor_pos)
+
+    def toggle_pause(self) -> None:
+        self.resume() if self.paused else self.pause()
+
+    def set_speed(self, speed: float) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self._reanchor(self.position_ns)
+        self.speed = speed
+
+    def seek(self, t_ns: int) -> None:
+        """Jump to ``t_ns`` on the record's clock; everything before it is delivered at once."""
+        t_ns = max(0, min(int(t_ns), self.timeline.end_ns))
+        if t_ns < self._emitted_ns:  # back: consumers start again from the top
+            if self.on_reset is not None:
+                self.on_reset()
+            self._i_event, self._i_token, self._emitted_ns = 0, 0, -1
+        if self._ticks_ns:  # no status lines for the stretch jumped over
+            self._next_tick = (t_ns // self._ticks_ns + 1) * self._ticks_ns
+        catch_up = int(np.searchsorted(self.timeline.token_t, t_ns - TOKEN_CATCHUP_NS))
+        self._i_token = max(self._i_token, catch_up)
+        self._emit_until(t_ns)
+        self._reanchor(t_ns)
+
+    def advance_to(self, t_ns: int) -> None:
+        """Deliver everything up to ``t_ns`` now, as playing would (ticks included): how a
+        script or test replays a record as fast as it can be read."""
+        self._emit_until(min(int(t_ns), self.timeline.end_ns))
+        self._reanchor(max(self._anchor_pos, min(int(t_ns), self.timeline.end_ns)))
+
+    def next_stop(self) -> int | None:
+        """Seek to the next phase change or mark after the position; its time, or None."""
+        stops = self.timeline.stops
+        i = int(np.searchsorted(stops, self.position_ns, side="right"))
+        if i >= stops.size:
+            return None
+        self.seek(int(stops[i]))
+        return int(stops[i])
+
+    def previous_stop(self) -> int:
+        """Seek to the phase change or mark before the position (more than a second back, so
+        pressing it again keeps going back); the start if there is none."""
+        stops = self.timeline.stops
+        i = int(np.searchsorted(stops, self.position_ns - 10**9, side="left")) - 1
+        target = int(stops[i]) if i >= 0 else 0
+        self.seek(target)
+        return target
+
+    def stop(self) -> None:
+        self._stop = True
+        if self._changed is not None:
+            self._changed.set()
+
+    # -- playing -----------------------------------------------------------------------
+    def _deliver(self, event: Any) -> None:
+        for listener in self.listeners:
+            listener(event)
+
+    def _emit_until(self, t_ns: int) -> None:
+        """Every event and token at or before ``t_ns``, in time order; ticks on the way."""
+        tl = self.timeline
+        events, event_t, token_t = tl.events, tl.event_t, tl.token_t
+        n_events, n_tokens = len(events), token_t.size
+        while True:
+            next_event = int(event_t[self._i_event]) if self._i_event < n_events else None
+            next_token = int(token_t[self._i_token]) if self._i_token < n_tokens else None
+            candidates = [t for t in (next_event, next_token) if t is not None and t <= t_ns]
+            if self._ticks_ns and self._next_tick <= t_ns and (
+                    not candidates or self._next_tick < min(candidates)):
+                tick, self._next_tick = self._next_tick, self._next_tick + self._ticks_ns
+                if self._on_tick is not None:
+                    self._on_tick(tick)
+                continue
+            if not candidates:
+                break
+            if next_token is not None and next_token in candidates and (
+                    next_event is None or next_token <= next_event):
+                i = self._i_token  # a token goes before a record event at the same time
+                self._deliver(TokensArrived(
+                    int(token_t[i]), int(tl.token_worker[i]), int(tl.token_request[i]),
+                    int(tl.token_count[i]), bool(tl.token_first[i])))
+                self._i_token += 1
+            else:
+                self._deliver(events[self._i_event])
+                self._i_event += 1
+        self._emitted_ns = max(self._emitted_ns, t_ns)
+
+    async def run(self, frame_s: float = 0.02) -> None:
+        """Play from the position to the end of the record (or :meth:`stop`).
+
+        Wakes at most every ``frame_s`` and delivers whatever fell due since: at x100 that is
+        two seconds of record per wake, delivered in order.
+        """
+        self._changed = asyncio.Event()
+        self._reanchor(self._anchor_pos)
+        while not self._stop:
+            self._changed.clear()
+            self._emit_until(self.position_ns)
+            if self.finished:
+                break
+            if self.paused:
+                await self._changed.wait()
+                continue
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=frame_s)
+            except asyncio.TimeoutError:
+                pass

@@ -1,0 +1,179 @@
+"""Replay: the live stream again from a record, its timing, controls and status ticks."""
+
+import asyncio
+import time
+
+import pytest
+
+from engine.backends.fake import FakeBackend
+from engine.events import Mark, Phase, RequestDone, SessionEnd, SessionStart, TokensArrived
+from engine.live import LiveStats
+from engine.record import RecordReader
+from engine.replay import Replay, Timeline
+from engine.summary import SessionSummary
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _request(request_id, sent_ms, arrivals_ms, phase_id=0):
+    arrivals = tuple(int(a * 1000) for a in arrivals_ms)
+    end_us = arrivals[-1] if arrivals else 1000
+    return RequestDone(
+        t_ns=sent_ms * 10**6 + end_us * 1000, worker_id=0, request_id=request_id,
+        phase_id=phase_id, backend="fake", model="m", sent_ns=sent_ms * 10**6, prompt_tokens=4,
+        arrivals_us=arrivals, end_us=end_us, finish_reason="length")
+
+
+HEADER = SessionStart(0, 1, "2026-11-23T10:00:00+00:00", {}, {}, {})
+TIMELINE_EVENTS = [
+    HEADER,
+    Phase(0, 0, 2, "m", "fake", "start"),
+    _request(0, 0, [100, 200, 300]),  # done at 300 ms
+    _request(1, 50, [500, 600]),  # sent at 50 ms, done at 650 ms
+    Mark(700_000_000, "fan"),
+    Phase(800_000_000, 1, 3, "m", "fake", "key"),
+    _request(2, 900, [50, 1000], phase_id=1),  # done at 1.9 s
+    SessionEnd(2_000_000_000, "completed"),
+]
+
+
+def _collect(replay_events=TIMELINE_EVENTS, **options):
+    seen = []
+    replay = Replay(Timeline(replay_events), [seen.append], **options)
+    return replay, seen
+
+
+async def test_replay_carries_the_live_stream_record_events_and_tokens(make_session):
+    session, live = make_session(FakeBackend(ttft_s=0.01, itl_s=0.003), record=True,
+                                 concurrency=3, output_tokens=12, duration_s=1.0)
+    await session.run()
+    reader = RecordReader(session.record_path)
+    replay, seen = _collect(list(reader.events()))
+    replay.seek(replay.timeline.end_ns)  # everything, at once
+
+    def split(events):
+        tokens = [e for e in events if isinstance(e, TokensArrived)]
+        return tokens, [e for e in events if not isinstance(e, TokensArrived)]
+
+    live_tokens, live_rest = split(live)
+    replay_tokens, replay_rest = split(seen)
+    assert replay_rest == sorted(live_rest, key=lambda e: e.t_ns)
+    assert len(replay_tokens) == len(live_tokens) > 100
+    by_key = {(t.request_id, t.first, t.tokens): [] for t in live_tokens}
+    for t in live_tokens:
+        by_key[(t.request_id, t.first, t.tokens)].append(t.t_ns)
+    for t in replay_tokens:  # the record keeps microseconds: each token within 1 us of live
+        times = by_key[(t.request_id, t.first, t.tokens)]
+        assert min(abs(t.t_ns - x) for x in times) < 1000
+    # in time order, each token before its request's request_done
+    times = [e.t_ns for e in seen]
+    assert times == sorted(times)
+    done_at = {e.request_id: i for i, e in enumerate(seen) if isinstance(e, RequestDone)}
+    for i, e in enumerate(seen):
+        if isinstance(e, TokensArrived):
+            assert i < done_at[e.request_id]
+
+
+def test_position_follows_the_clock_scaled_and_stops_when_paused():
+    clock = FakeClock()
+    replay, _ = _collect(speed=10, clock=clock)
+    clock.now += 0.05
+    assert replay.position_ns == 500_000_000
+    replay.pause()
+    clock.now += 1.0
+    assert replay.position_ns == 500_000_000
+    replay.resume()
+    replay.set_speed(100)
+    clock.now += 0.01
+    assert replay.position_ns == 1_500_000_000
+    clock.now += 10
+    assert replay.position_ns == replay.timeline.end_ns  # never past the end
+
+
+async def test_run_delivers_in_order_at_the_scaled_pace():
+    replay, seen = _collect(speed=20)  # a 2 s record at x20: about 0.1 s
+    t0 = time.perf_counter()
+    await asyncio.wait_for(replay.run(frame_s=0.005), timeout=5)
+    took = time.perf_counter() - t0
+    assert 0.09 <= took < 1.0
+    assert replay.finished and isinstance(seen[-1], SessionEnd)
+    assert sum(isinstance(e, TokensArrived) for e in seen) == 7
+
+
+async def test_a_paused_run_delivers_nothing_until_resumed():
+    replay, seen = _collect(speed=1)
+    replay.pause()
+    task = asyncio.ensure_future(replay.run(frame_s=0.005))
+    await asyncio.sleep(0.1)
+    assert seen == [HEADER, TIMELINE_EVENTS[1]]  # only what is at t = 0
+    replay.set_speed(50)
+    replay.resume()
+    await asyncio.wait_for(task, timeout=5)
+    assert isinstance(seen[-1], SessionEnd)
+
+
+def test_seek_back_resets_and_refeeds_so_a_summary_comes_out_the_same():
+    summaries = [SessionSummary()]
+    resets = []
+
+    def reset():
+        resets.append(1)
+        summaries.append(SessionSummary())
+
+    replay = Replay(Timeline(TIMELINE_EVENTS), [lambda e: summaries[-1].add(e)], on_reset=reset)
+    replay.seek(1_000_000_000)
+    assert summaries[-1].result()["requests_ok"] == 2
+    replay.seek(400_000_000)
+    assert resets == [1] and summaries[-1].result()["requests_ok"] == 1
+    replay.seek(replay.timeline.end_ns)
+    whole = SessionSummary()
+    for event in TIMELINE_EVENTS:
+        whole.add(event)
+    assert summaries[-1].result() == whole.result()
+
+
+def test_next_and_previous_stop_go_through_phases_and_marks():
+    clock = FakeClock()
+    replay, _ = _collect(clock=clock)
+    replay.pause()
+    assert replay.next_stop() == 700_000_000  # the mark
+    assert replay.next_stop() == 800_000_000  # the phase
+    assert replay.next_stop() is None
+    clock.now += 0  # paused: position stays
+    replay.seek(1_900_000_000)
+    assert replay.previous_stop() == 800_000_000
+    assert replay.previous_stop() == 0  # less than a second past 700 ms: back to the start
+
+
+def test_ticks_see_every_event_up_to_their_time_and_none_after():
+    live = LiveStats()
+    seen_at_tick = {}
+
+    def tick(t_ns):
+        seen_at_tick[t_ns] = (live.ok, replay.timeline.in_flight(t_ns))
+
+    replay = Replay(Timeline(TIMELINE_EVENTS), [live.add], ticks_ns=500_000_000, on_tick=tick)
+    replay.advance_to(replay.timeline.end_ns)
+    # requests done at 300 ms, 650 ms and 1.9 s; request 2 sent at 900 ms
+    assert seen_at_tick == {500_000_000: (1, 1), 1_000_000_000: (2, 1),
+                            1_500_000_000: (2, 1), 2_000_000_000: (3, 0)}
+
+
+def test_a_forward_seek_skips_ticks_and_old_tokens():
+    ticks = []
+    replay = Replay(Timeline(TIMELINE_EVENTS), [], ticks_ns=500_000_000, on_tick=ticks.append)
+    replay.seek(1_200_000_000)
+    assert ticks == []  # nothing printed for the stretch jumped over
+    replay.advance_to(replay.timeline.end_ns)
+    assert ticks == [1_500_000_000, 2_000_000_000]
+
+
+def test_speed_must_be_positive():
+    with pytest.raises(ValueError):
+        Replay(Timeline(TIMELINE_EVENTS), [], speed=0)
