@@ -291,13 +291,14 @@ async def _get(client: httpx.AsyncClient, path: str) -> httpx.Response:
         raise BackendUnavailable(f"cannot reach {url}: {transport_error(exc)}") from None
 
 
-async def probe(client: httpx.AsyncClient, path: str) -> None:
+async def probe(client: httpx.AsyncClient, path: str) -> httpx.Response:
     """Fail the start of a run, in one line, when nothing answers at the server's address.
 
     Any HTTP answer, even an error status, proves a server is there; only a transport failure
-    stops the run before it starts.
+    stops the run before it starts. The answer is returned: its headers and body say what
+    the server is (see :mod:`engine.backends.identity`).
     """
-    await _get(client, path)
+    return await _get(client, path)
 
 
 async def get_json(client: httpx.AsyncClient, path: str) -> Any:

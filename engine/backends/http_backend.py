@@ -3,7 +3,8 @@
 :mod:`engine.backends.openai` and :mod:`engine.backends.ollama` differ only in their wire
 format (path, request body, how a response is read, how the model list looks); everything
 else, the send stamp, the connect back-off, the timeout watchdog and the error mapping, is
-here once. The plumbing it uses lives in :mod:`engine.backends.http`.
+here once, and so is asking the server what it is (:meth:`HttpBackend.describe`). The plumbing
+it uses lives in :mod:`engine.backends.http` and :mod:`engine.backends.identity`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from engine.backends import identity
 from engine.backends.base import Arrival, Backend, GenerationRequest, RequestSent, StreamEnd
 from engine.backends.http import (
     ConnectBackoff,
@@ -40,7 +42,8 @@ class HttpBackend(Backend):
     A subclass names ``kind``, ``APIS`` (the first is the default), ``MODELS_PATH``, and
     implements :meth:`_path`, :meth:`_body`, :meth:`_read` and :meth:`_model_names`.
     :meth:`_retry_without` lets it answer a refusal by asking again differently (once per
-    refusal it recognises).
+    refusal it recognises); :meth:`_identity_calls` and :meth:`_identity` say how its kind
+    of server tells what it is.
     """
 
     APIS: ClassVar[tuple[str, ...]]
@@ -69,6 +72,7 @@ class HttpBackend(Backend):
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._backoff = ConnectBackoff()
+        self.server: dict[str, Any] = {}
 
     def _new_client(self) -> httpx.AsyncClient:
         return make_client(self.url, self.timeouts, self._api_key, self._transport)
@@ -76,7 +80,7 @@ class HttpBackend(Backend):
     async def start(self) -> None:
         self._client = self._new_client()
         try:
-            await probe(self._client, self.MODELS_PATH)
+            self.server = await self._identify(await probe(self._client, self.MODELS_PATH))
         except BaseException:
             await self.close()
             raise
@@ -100,7 +104,36 @@ class HttpBackend(Backend):
         return names
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "url": strip_credentials(self.url), "api": self.api}
+        """Kind, URL (credentials stripped), API, and ``server``: what the server said about
+        itself when :meth:`start` asked, always present and ``{}`` when it said nothing (or
+        before ``start``). Its items, each there only if the server gave it: ``header`` (the
+        HTTP ``Server`` header), ``version``, and the model in use as the server describes
+        it (``model_entry`` from an OpenAI model list, ``model_details`` from Ollama)."""
+        return {"kind": self.kind, "url": strip_credentials(self.url), "api": self.api,
+                "server": self.server}
+
+    async def _identify(self, probed: httpx.Response) -> dict[str, Any]:
+        """What the server says about itself: the probe's ``Server`` header and model list,
+        and the answers to :meth:`_identity_calls`, asked all at once so that start-up waits
+        one round trip, for at most ``min(connect timeout, identity.TIMEOUT_S)``. Never
+        raises: what fails to answer is left out (see :mod:`engine.backends.identity`).
+
+        The model is the one named, or else the only one the server lists: with several and
+        none named, which one the run will use is not known here.
+        """
+        assert self._client is not None
+        listing = identity.json_of(probed)
+        names = self._model_names(listing) or []
+        model = self.model or (names[0] if len(names) == 1 else None)
+        calls = self._identity_calls(model)
+        timeout_s = min(self.timeouts.connect_s, identity.TIMEOUT_S)
+        answers = await asyncio.gather(*(
+            identity.ask_json(self._client, method, path, timeout_s, body)
+            for method, path, body in calls.values()
+        ))
+        found = {"header": probed.headers.get("server"),
+                 **self._identity(dict(zip(calls, answers)), listing, model)}
+        return identity.clean(found, identity.secrets_of(self.url, self._api_key))
 
     async def stream(
         self, request: GenerationRequest
@@ -151,4 +184,17 @@ class HttpBackend(Backend):
         raise NotImplementedError
 
     def _model_names(self, listing: Any) -> list[str] | None:
+        raise NotImplementedError
+
+    def _identity_calls(
+        self, model: str | None
+    ) -> dict[str, tuple[str, str, dict[str, Any] | None]]:
+        """Calls that ask the server what it is: name -> (method, path, JSON body)."""
+        raise NotImplementedError
+
+    def _identity(
+        self, answers: dict[str, Any], listing: Any, model: str | None
+    ) -> dict[str, Any]:
+        """The items picked from the calls' JSON ``answers`` (``None`` where a call had none)
+        and the model ``listing``, as they came; :func:`identity.clean` then vets them."""
         raise NotImplementedError

@@ -5,6 +5,10 @@ Each line with non-empty ``response`` (generate) or ``message.content`` / ``mess
 server's own view of the request, ``eval_count``, ``eval_duration``, ``prompt_eval_count``,
 ``prompt_eval_duration``, ``load_duration`` and ``total_duration`` (nanoseconds), which is kept
 in the record beside the client's timestamps so the two can be compared.
+
+What the server is: ``GET /api/version``, and from ``POST /api/show`` the model's ``details``
+(family, parameter size, quantisation, format) and when it was last changed, so two runs of
+"llama3" can be told apart when the tag was pulled again in between.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from engine.backends import identity
 from engine.backends.base import Arrival, GenerationRequest, StreamEnd
 from engine.backends.http import Watchdog, parse_json, stamped_lines
 from engine.backends.http_backend import HttpBackend
@@ -22,6 +27,7 @@ from engine.errors import BackendError
 DEFAULT_URL = "http://127.0.0.1:11434"
 SERVER_FIELDS = ("eval_count", "eval_duration", "prompt_eval_count", "prompt_eval_duration",
                  "load_duration", "total_duration", "done_reason")
+DETAIL_FIELDS = ("family", "parameter_size", "quantization_level", "format")
 
 
 class OllamaBackend(HttpBackend):
@@ -37,6 +43,26 @@ class OllamaBackend(HttpBackend):
         if not isinstance(data, list):
             return None
         return [str(m.get("name") or m.get("model")) for m in data if isinstance(m, dict)]
+
+    def _identity_calls(
+        self, model: str | None
+    ) -> dict[str, tuple[str, str, dict[str, Any] | None]]:
+        calls: dict[str, tuple[str, str, dict[str, Any] | None]] = {
+            "version": ("GET", "/api/version", None)}
+        if model:
+            calls["show"] = ("POST", "/api/show", {"model": model})
+        return calls
+
+    def _identity(
+        self, answers: dict[str, Any], listing: Any, model: str | None
+    ) -> dict[str, Any]:
+        show = answers.get("show") if isinstance(answers.get("show"), dict) else {}
+        details = show.get("details") if isinstance(show.get("details"), dict) else {}
+        return {
+            "version": identity.version_of(answers["version"]),
+            "model_details": {**{k: details[k] for k in DETAIL_FIELDS if k in details},
+                              "modified_at": show.get("modified_at")},
+        }
 
     def _path(self) -> str:
         return f"/api/{self.api}"

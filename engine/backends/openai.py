@@ -9,6 +9,10 @@ and each arrival records how many it carried.
 
 ``stream_options.include_usage`` is asked for; a server that answers 400/422 to it is asked
 again without it, once, and never again in this run.
+
+What the server is: ``GET /version`` (vLLM and SGLang answer ``{"version": "0.6.3"}``;
+llama-cpp-python and others 404) and the model list's entry for the model in use, whose extra
+fields say what serves it (vLLM's ``max_model_len``, ``owned_by``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from engine.backends import identity
 from engine.backends.base import Arrival, GenerationRequest, StreamEnd
 from engine.backends.http import (
     Watchdog,
@@ -46,6 +51,22 @@ class OpenAIBackend(HttpBackend):
         if not isinstance(data, list):
             return None
         return [str(m.get("id")) for m in data if isinstance(m, dict) and m.get("id")]
+
+    def _identity_calls(
+        self, model: str | None
+    ) -> dict[str, tuple[str, str, dict[str, Any] | None]]:
+        return {"version": ("GET", "/version", None)}
+
+    def _identity(
+        self, answers: dict[str, Any], listing: Any, model: str | None
+    ) -> dict[str, Any]:
+        data = listing.get("data") if isinstance(listing, dict) else None
+        entries = [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
+        return {
+            "version": identity.version_of(answers["version"]),
+            "model_entry": next((m for m in entries if model and str(m.get("id")) == model),
+                                None),
+        }
 
     def _path(self) -> str:
         return "/v1/chat/completions" if self.api == "chat" else "/v1/completions"

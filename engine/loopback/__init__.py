@@ -9,11 +9,14 @@ also the misbehaving server for error-handling tests, and what ``soaktop calibra
 It speaks, over HTTP/1.1 with keep-alive:
 
 - ``POST /v1/chat/completions`` and ``POST /v1/completions`` (SSE when ``stream: true``, with
-  ``stream_options.include_usage``, ``max_tokens``/``max_completion_tokens``); ``GET /v1/models``;
+  ``stream_options.include_usage``, ``max_tokens``/``max_completion_tokens``); ``GET /v1/models``,
+  ``GET /version`` (as vLLM: ``{"version": "loopback-<soaktop version>"}``);
 - ``POST /api/generate`` and ``POST /api/chat`` (NDJSON, ``options.num_predict``, the server's
-  durations on the ``done`` line); ``GET /api/tags``, ``GET /api/version``;
+  durations on the ``done`` line); ``GET /api/tags``, ``GET /api/version``, ``POST /api/show``;
 - ``GET /_loopback/emissions``: the truth for every generation request finished since the last
   call, then forgotten.
+
+Every response carries ``Server: soaktop-loopback``.
 
 Faults (every ``fault_every``-th generation request, counted from 1):
 

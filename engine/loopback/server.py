@@ -20,17 +20,20 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+from engine import __version__
 from engine.loopback.schedule import FAULTS, Emission, Schedule
 from engine.loopback.wire import (
     STATUS_FAULTS,
     WIRES,
     Wire,
+    ollama_show,
     ollama_tags,
     openai_models,
     words,
 )
 
-VERSION = "0.0.0-soaktop-loopback"
+#: What ``/version`` and ``/api/version`` answer, as vLLM and Ollama tell theirs.
+VERSION = f"loopback-{__version__}"
 _STALL_S = 3600.0
 # Mid-stream faults strike when this many content chunks have gone out, at the moment the next
 # one is due (so the client has had time to read the ones before), or at the end of a shorter
@@ -180,8 +183,13 @@ class LoopbackServer:
         self._gets: dict[str, Callable[[], Any]] = {
             "/v1/models": lambda: openai_models(self.schedule.model),
             "/api/tags": lambda: ollama_tags(self.schedule.model),
+            "/version": lambda: {"version": VERSION},
             "/api/version": lambda: {"version": VERSION},
             "/_loopback/emissions": lambda: [e.to_dict() for e in self.emissions()],
+        }
+        # POSTs that are not generation: the JSON body in, the JSON answer out.
+        self._posts: dict[str, Callable[[Any], Any]] = {
+            "/api/show": lambda body: ollama_show(str(body.get("model") or self.schedule.model)),
         }
 
     @property
@@ -258,9 +266,12 @@ class LoopbackServer:
             finally:
                 self._finished.append(trace.freeze())
         get = self._gets.get(request.path)
+        post = self._posts.get(request.path)
         if get is not None and request.method == "GET":
             await _send_json(writer, 200, get(), request.keep_alive)
-        elif get is not None or wire is not None:
+        elif post is not None and request.method == "POST":
+            await self._answer_post(request, post, writer)
+        elif get is not None or post is not None or wire is not None:
             message = f"{request.method} is not allowed on {request.path}"
             body = {"error": {"message": message, "type": "invalid_request_error"}}
             await _send_json(writer, 405, body, request.keep_alive)
@@ -268,6 +279,19 @@ class LoopbackServer:
             body = {"error": {"message": f"no route {request.path}", "type": "not_found_error"}}
             await _send_json(writer, 404, body, request.keep_alive)
         return request.keep_alive
+
+    @staticmethod
+    async def _answer_post(
+        request: _Request, answer: Callable[[Any], Any], writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            body = json.loads(request.body)
+            if not isinstance(body, dict):
+                raise ValueError("the request body must be a JSON object")
+        except ValueError as error:
+            await _send_json(writer, 400, {"error": str(error)}, request.keep_alive)
+            return
+        await _send_json(writer, 200, answer(body), request.keep_alive)
 
     async def _generate(
         self, request: _Request, wire_type: type[Wire], trace: _Trace,

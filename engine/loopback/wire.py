@@ -325,11 +325,23 @@ def openai_models(model: str) -> dict[str, Any]:
     }]}
 
 
+_OLLAMA_MODIFIED_AT = "1970-01-01T00:00:00Z"
+_OLLAMA_DETAILS = {"parent_model": "", "format": "gguf", "family": "loopback",
+                   "families": ["loopback"], "parameter_size": "0", "quantization_level": "none"}
+
+
 def ollama_tags(model: str) -> dict[str, Any]:
     """``GET /api/tags``."""
     return {"models": [{
-        "name": model, "model": model, "modified_at": "1970-01-01T00:00:00Z", "size": 0,
-        "digest": "0" * 64,
-        "details": {"format": "gguf", "family": "loopback", "parameter_size": "0",
-                    "quantization_level": "none"},
+        "name": model, "model": model, "modified_at": _OLLAMA_MODIFIED_AT, "size": 0,
+        "digest": "0" * 64, "details": _OLLAMA_DETAILS,
     }]}
+
+
+def ollama_show(model: str) -> dict[str, Any]:
+    """``POST /api/show`` for ``model`` (any name: generation accepts any too)."""
+    return {
+        "modelfile": f"FROM {model}\n", "parameters": "", "template": "{{ .Prompt }}",
+        "details": _OLLAMA_DETAILS, "model_info": {"general.architecture": "loopback"},
+        "capabilities": ["completion"], "modified_at": _OLLAMA_MODIFIED_AT,
+    }

@@ -15,6 +15,7 @@ import time
 import httpx
 import pytest
 
+import engine
 from engine.errors import SoaktopError
 from engine.loopback import FAULTS, READY, Emission, LoopbackServer, Schedule, spawn
 
@@ -163,13 +164,22 @@ async def test_ollama_chat_streams_messages():
 async def test_model_listings_and_version():
     async with LoopbackServer(Schedule(model="tiny")) as server:
         async with httpx.AsyncClient(base_url=server.url) as client:
-            models = (await client.get("/v1/models")).json()
+            models = await client.get("/v1/models")
             tags = (await client.get("/api/tags")).json()
-            version = (await client.get("/api/version")).json()
+            version = (await client.get("/version")).json()
+            ollama_version = (await client.get("/api/version")).json()
+            show = await client.post("/api/show", json={"model": "other"})
+            show_get = await client.get("/api/show")
+            show_bad = await client.post("/api/show", content=b"{nope")
+    assert models.headers["server"] == "soaktop-loopback" == show.headers["server"]
+    models = models.json()
     assert models["object"] == "list"
     assert models["data"][0]["id"] == "tiny" and models["data"][0]["max_model_len"] == 4096
     assert tags["models"][0]["name"] == tags["models"][0]["model"] == "tiny"
-    assert version == {"version": "0.0.0-soaktop-loopback"}
+    assert version == ollama_version == {"version": f"loopback-{engine.__version__}"}
+    assert show.status_code == 200 and show.json()["modelfile"] == "FROM other\n"
+    assert show.json()["details"] == tags["models"][0]["details"]
+    assert show_get.status_code == 405 and show_bad.status_code == 400
 
 
 async def test_bad_requests_get_4xx_not_a_dropped_connection():

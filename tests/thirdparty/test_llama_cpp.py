@@ -24,6 +24,12 @@ queue (see ``--interrupt_requests`` in conftest).
 One quirk that bites a load generator: the server validates an ``X-Request-Id`` header as a UUID
 (starlette-context's RequestIdPlugin) and answers anything else with an empty 400, before the
 request reaches the model. A client that tags requests must use UUID-shaped ids.
+
+What it says about itself is little: ``Server: uvicorn`` on every response, a 404 for
+``/version`` (and ``/props``, ``/info``), and a model entry of ``id``, ``object``,
+``owned_by: "me"`` and an empty ``permissions`` list. Its version shows only as
+``info.version`` of FastAPI's ``/openapi.json``, which soaktop does not ask (other FastAPI
+servers leave FastAPI's default there).
 """
 
 from __future__ import annotations
@@ -131,6 +137,19 @@ def _soaktop(*args: str, timeout: float) -> subprocess.CompletedProcess:
 def _failure(proc: subprocess.CompletedProcess, server) -> str:
     return (f"soaktop exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n"
             f"--- stderr\n{proc.stderr[-3000:]}\n--- server log\n{server.log_tail(2000)}")
+
+
+async def test_soaktop_records_what_the_server_says_about_itself(llama_cpp_server):
+    from engine.backends.openai import OpenAIBackend
+
+    backend = OpenAIBackend(llama_cpp_server.url, model=llama_cpp_server.model)
+    await backend.start()
+    await backend.close()
+    # no version (its /version is a 404), the list's scalar fields (permissions is a list)
+    assert backend.describe()["server"] == {
+        "header": "uvicorn",
+        "model_entry": {"id": llama_cpp_server.model, "object": "model", "owned_by": "me"},
+    }
 
 
 def test_soaktop_lists_the_server_models(llama_cpp_server):
