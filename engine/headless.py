@@ -6,6 +6,8 @@ same lines come from a live run and (later) a headless replay.
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any
 
 from engine.live import LiveSnapshot
@@ -179,3 +181,39 @@ def telemetry_lines(summary: dict[str, Any]) -> list[str]:
             where = item["source"] + (f" GPU {item['gpu_index']}" if "gpu_index" in item else "")
             lines.append(f"telemetry: {where} unavailable: {item.get('reason')}")
     return lines
+
+
+_CSV_SCOPE = ("scope", "phase_id", "concurrency", "model", "backend", "reason", "warmup",
+              "start_s")
+_CSV_COUNTS = ("requests_ok", "requests_failed", "requests_cancelled", "error_rate",
+               "output_tokens", "duration_s", "output_tokens_per_s", "requests_per_s")
+_CSV_DISTRIBUTIONS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "output_speed_tps",
+                      "server_speed_tps")
+_CSV_QUANTILES = ("p50", "p90", "p95", "p99", "mean")
+_CSV_ENERGY = ("power_w", "energy_j_per_token", "tokens_per_s_per_w")
+
+
+def summary_csv(summary: dict[str, Any]) -> str:
+    """The summary as CSV for a spreadsheet: one row for the run, one per phase.
+
+    The same numbers as ``--json`` (``repr`` of each float, so nothing is rounded away),
+    flattened: ``ttft_ms_p95`` is ``ttft_ms.p95``; empty where there is no value.
+    """
+    columns = [*_CSV_SCOPE, *_CSV_COUNTS,
+               *(f"{d}_{q}" for d in _CSV_DISTRIBUTIONS for q in _CSV_QUANTILES), *_CSV_ENERGY]
+
+    def row(scope: str, s: dict[str, Any]) -> dict[str, Any]:
+        out = {"scope": scope, **{k: s.get(k) for k in (*_CSV_SCOPE[1:], *_CSV_COUNTS,
+                                                          *_CSV_ENERGY)}}
+        for d in _CSV_DISTRIBUTIONS:
+            for q in _CSV_QUANTILES:
+                out[f"{d}_{q}"] = s[d][q]
+        return {k: ("" if v is None else v) for k, v in out.items()}
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerow(row("run", summary))
+    for phase in summary["phases"]:
+        writer.writerow(row("phase", phase))
+    return buffer.getvalue()

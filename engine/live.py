@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from engine.events import (
+    ClientSample,
     GpuSample,
     HostSample,
+    Phase,
     RequestDone,
     ServerSample,
     TelemetryStatus,
@@ -93,6 +95,8 @@ class LiveStats:
         self.failed = 0
         self.errors: Counter = Counter()
         self.telemetry = LiveTelemetry(window_s)
+        self.phase: Phase | None = None  # the load's shape now
+        self.client: ClientSample | None = None  # the client's latest once-a-second view
 
     def _advance(self, bucket: int) -> None:
         if bucket <= self._bucket_now:
@@ -110,6 +114,10 @@ class LiveStats:
                 self.token_buckets[bucket % HISTORY_BUCKETS] += event.tokens
         elif isinstance(event, _TELEMETRY):
             self.telemetry.add(event)
+        elif isinstance(event, Phase):
+            self.phase = event
+        elif isinstance(event, ClientSample):
+            self.client = event
         elif isinstance(event, RequestDone) and event.finish_reason != "cancelled":
             if event.error_class is not None:
                 self.failed += 1

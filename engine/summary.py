@@ -247,7 +247,9 @@ class SessionSummary:
         out.update(self._run_telemetry.figures(out["output_tokens"], out["duration_s"]))
         out["telemetry"] = self.telemetry_status()
         out["requests_warmup"] = sum(s.warmup for s in self._order)
-        out["ended"] = self.end.reason if self.end is not None else "unknown (no session_end)"
+        out["ended"] = self.end.reason if self.end is not None else (
+            f"cut short at {self._last_t_ns / 1e9:.1f} s: no session_end (the writer was "
+            f"killed, or recording stopped)")
         out["phases"] = phases
         return out
 

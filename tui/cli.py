@@ -23,10 +23,11 @@ from engine.backends.http import Timeouts, strip_credentials
 from engine.backends.ollama import DEFAULT_URL as OLLAMA_URL
 from engine.config import RunConfig, parse_duration, parse_telemetry
 from engine.errors import SoaktopError
-from engine.events import TelemetryStatus
-from engine.headless import status_line, summary_table
-from engine.live import LiveStats
+from engine.events import Phase, SessionStart, TelemetryStatus
+from engine.headless import status_line, summary_csv, summary_table
+from engine.live import LiveSnapshot, LiveStats
 from engine.record import RecordReader, default_path
+from engine.replay import Replay, Timeline
 from engine.session import Session
 from engine.summary import SessionSummary
 from engine.telemetry import build_sources
@@ -78,6 +79,18 @@ def _hz(text: str) -> float:
     return value
 
 
+def _speed(text: str) -> float:
+    if text == "max":
+        return float("inf")
+    try:
+        value = float(text.removeprefix("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a speed: {text!r} (use e.g. 10 or max)") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0 (got {text})")
+    return value
+
+
 def _add_backend_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=backends.USER_KINDS, default="local",
                    help="local: the embedded PyTorch engine; openai: any OpenAI-compatible "
@@ -125,14 +138,20 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="the server process to watch: its CPU, memory and GPU memory")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--record", type=Path, default=DEFAULT_SESSIONS_DIR,
-                       help="record file, or folder for one (default: ./sessions/)")
+                       help="record file (.jsonl.gz compressed, .jsonl plain), or folder for "
+                       "one (default: ./sessions/)")
     group.add_argument("--no-record", action="store_true", help="keep no record")
+    _add_output_arguments(p)
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--headless", action="store_true",
                    help="status lines instead of the dashboard (the only mode for now)")
     p.add_argument("--json", action="store_true",
                    help="print the final summary as one JSON object on stdout")
     p.add_argument("--status-every", type=_duration, default=5.0,
-                   help="seconds between status lines (default 5)")
+                   help="seconds between status lines (default 5; in a replay, seconds of "
+                   "the record)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -149,7 +168,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(sub.add_parser("run", help="drive load and watch it (the default)"))
     summary = sub.add_parser("summary", help="statistics of a session record")
     summary.add_argument("path", type=Path)
-    summary.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    form = summary.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    form.add_argument("--csv", action="store_true", help="CSV on stdout: the run, then each "
+                      "phase, one row each")
+    replay = sub.add_parser("replay", help="a session record played again, with its timing")
+    replay.add_argument("path", type=Path)
+    replay.add_argument("--speed", type=_speed, default=1.0, help="times the original pace "
+                        "(e.g. 10, 100), or max: as fast as it can be read (default 1)")
+    replay.add_argument("--from", dest="start", type=_duration, default=None,
+                        metavar="TIME", help="start this far into the record (e.g. 5m)")
+    _add_output_arguments(replay)
+    attach = sub.add_parser("attach", help="follow a record another soaktop is still writing "
+                            "(the way back into a soak after an SSH drop)")
+    attach.add_argument("path", type=Path)
+    _add_output_arguments(attach)
+    rerun = sub.add_parser("rerun", help="the same workload again, here: a new record, then "
+                           "the two compared")
+    rerun.add_argument("path", type=Path)
+    rerun.add_argument("--api-key", help="bearer token, if the server needs one (default: "
+                       "$OPENAI_API_KEY); records never keep it")
+    group = rerun.add_mutually_exclusive_group()
+    group.add_argument("--record", type=Path, default=DEFAULT_SESSIONS_DIR,
+                       help="record file, or folder for one (default: ./sessions/)")
+    group.add_argument("--no-record", action="store_true", help="keep no record")
+    _add_output_arguments(rerun)
     compare = sub.add_parser("compare", help="two session records side by side, with whether "
                              "each difference is beyond noise")
     compare.add_argument("a", type=Path)
@@ -187,12 +230,12 @@ def _record_path(args: argparse.Namespace) -> Path | None:
     if args.no_record:
         return None
     path: Path = args.record
-    if path.suffix == ".jsonl" and not path.is_dir():
+    if path.name.endswith((".jsonl", ".jsonl.gz")) and not path.is_dir():
         return path
     return default_path(path, datetime.now(), socket.gethostname(), args.model)
 
 
-async def _run(args: argparse.Namespace) -> dict[str, Any]:
+async def _run(args: argparse.Namespace) -> SessionSummary:
     backend = _make_backend(args)
     if args.backend != "local" and not args.model:
         served = await backend.models()
@@ -252,27 +295,38 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"soaktop: running {args.model} on {target}; record: {where}",
               file=sys.stderr, flush=True)
         warned = False
-        while True:
-            await asyncio.sleep(args.status_every)
-            print(status_line(live.snapshot(session.now_ns()), session.in_flight,
-                              session.concurrency), file=out, flush=True)
+        every_ns = int(args.status_every * 1e9)
+        tick = every_ns
+        while True:  # on the session clock's multiples, where a replay prints them too
+            await asyncio.sleep(max(0.0, (tick - session.now_ns()) / 1e9))
+            print(status_line(live.snapshot(tick), session.in_flight, session.concurrency),
+                  file=out, flush=True)
+            tick += every_ns
             if session.recorder and session.recorder.error and not warned:
                 print(f"soaktop: {session.recorder.error}", file=sys.stderr, flush=True)
                 warned = True
 
+    async def follow_schedule() -> None:  # a rerun's recorded changes, at their times
+        await session.started.wait()
+        for t_ns, concurrency, model in getattr(args, "schedule", ()):
+            await asyncio.sleep(max(0.0, (t_ns - session.now_ns()) / 1e9))
+            session.switch_model(model, reason="rerun: as recorded")
+            session.set_concurrency(concurrency, reason="rerun: as recorded")
+
     if args.backend == "local":
         print(f"soaktop: loading local model {args.model} ...", file=sys.stderr, flush=True)
-    reporter = asyncio.ensure_future(report())
+    helpers = [asyncio.ensure_future(report()), asyncio.ensure_future(follow_schedule())]
     try:
         await session.run()
     finally:
-        reporter.cancel()
+        for helper in helpers:
+            helper.cancel()
     if session.recorder and session.recorder.error:
         print(f"soaktop: {session.recorder.error}", file=sys.stderr)
     if session.failure:
         _print_summary(summary.result(), args.json)  # what it saw, then the reason, and exit 2
         raise SoaktopError(session.failure)
-    return summary.result()
+    return summary
 
 
 def _print_summary(result: dict[str, Any], as_json: bool) -> None:
@@ -282,30 +336,203 @@ def _print_summary(result: dict[str, Any], as_json: bool) -> None:
         print(summary_table(result))
 
 
-def _read_summary(path: Path) -> SessionSummary:
+def _read_events(path: Path) -> list[Any]:
+    """Every usable event of a record; each skipped line is one warning on stderr."""
     reader = RecordReader(path)
-    summary = SessionSummary()
-    for event in reader.events():
-        summary.add(event)
+    events = list(reader.events())
     for warning in reader.warnings:
         print(f"soaktop: warning: {path}: {warning}", file=sys.stderr)
+    return events
+
+
+def _summarise(events: list[Any]) -> SessionSummary:
+    summary = SessionSummary()
+    for event in events:
+        summary.add(event)
     return summary
 
 
 def _summary(args: argparse.Namespace) -> None:
-    _print_summary(_read_summary(args.path).result(), args.json)
+    result = _summarise(_read_events(args.path)).result()
+    if args.csv:
+        print(summary_csv(result), end="")
+    else:
+        _print_summary(result, args.json)
 
 
-def _compare(args: argparse.Namespace) -> None:
+def _describe_header(header: Any) -> str:
+    """``llama-1b on cuda:0 (local), recorded 2026-11-23T09:05:07+01:00``"""
+    if not isinstance(header, SessionStart):
+        return "no header"
+    config, backend = header.config, header.backend
+    target = backend.get("device") or backend.get("url") or config.get("backend")
+    return (f"{config.get('model')} on {target} ({config.get('backend')}), "
+            f"recorded {header.wall_start}")
+
+
+def _replay(args: argparse.Namespace) -> dict[str, Any]:
+    """Plays the record to the statistics and status lines a live run feeds: same code."""
+    events = _read_events(args.path)
+    timeline = Timeline(events)
+    summary, live = SessionSummary(), LiveStats()
+    out = sys.stderr if args.json else sys.stdout
+
+    def status(t_ns: int) -> None:
+        concurrency = live.phase.concurrency if live.phase else 0
+        print(status_line(live.snapshot(t_ns), timeline.in_flight(t_ns), concurrency),
+              file=out, flush=True)
+
+    full_speed = args.speed == float("inf")
+    print(f"soaktop: replaying {args.path}: {_describe_header(events[0])}; "
+          f"{timeline.end_ns / 1e9:.1f} s at {'full speed' if full_speed else f'x{args.speed:g}'}",
+          file=sys.stderr, flush=True)
+    replay = Replay(timeline, [summary.add, live.add], speed=1.0 if full_speed else args.speed,
+                    ticks_ns=int(args.status_every * 1e9), on_tick=status)
+    if args.start is not None:
+        replay.seek(int(args.start * 1e9))
+    if full_speed:
+        replay.advance_to(timeline.end_ns)
+    else:
+        async def play() -> None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, replay.stop)
+            await replay.run()
+
+        asyncio.run(play())
+    return summary.result()
+
+
+def _client_view(live: LiveStats, now_ns: int) -> tuple[LiveSnapshot, int]:
+    """A run seen through its record: tokens/s and requests in flight come from its latest
+    ClientSample, since a request's tokens reach a record only when the request ends."""
+    snap = live.snapshot(now_ns)
+    client = live.client
+    if client is None:
+        return snap, 0
+    rate = client.tokens / (client.interval_ns / 1e9) if client.interval_ns > 0 else 0.0
+    return dataclasses.replace(snap, tokens_per_s=rate), client.in_flight
+
+
+STALE_S = 10.0  # no new line for this long: say the writer may be gone
+
+
+async def _attach(args: argparse.Namespace) -> dict[str, Any]:
+    """Follows a record being written: status lines until its session_end, then the summary."""
+    reader = RecordReader(args.path)
+    summary, live = SessionSummary(), LiveStats()
+    out = sys.stderr if args.json else sys.stdout
+    latest_ns = 0
+
+    async def follow() -> None:
+        nonlocal latest_ns
+        async for event in reader.follow():
+            summary.add(event)
+            live.add(event)
+            latest_ns = max(latest_ns, getattr(event, "t_ns", 0))
+            if isinstance(event, SessionStart):
+                print(f"soaktop: following {args.path}: {_describe_header(event)} "
+                      f"(Ctrl-C stops following, not the run)", file=sys.stderr, flush=True)
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(follow())
+    loop.add_signal_handler(signal.SIGINT, task.cancel)
+    seen_ns, seen_at, stale_said = -1, loop.time(), False
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=args.status_every)
+            if task.done():
+                break
+            snap, in_flight = _client_view(live, latest_ns)
+            concurrency = live.phase.concurrency if live.phase else 0
+            print(status_line(snap, in_flight, concurrency), file=out, flush=True)
+            if latest_ns != seen_ns:
+                seen_ns, seen_at, stale_said = latest_ns, loop.time(), False
+            elif loop.time() - seen_at > STALE_S and not stale_said:
+                print(f"soaktop: nothing new in {args.path} for {STALE_S:.0f} s: its writer "
+                      f"may have died (a killed run leaves no session_end)",
+                      file=sys.stderr, flush=True)
+                stale_said = True
+        await task  # a RecordError (no such file, not a record) surfaces here
+    except asyncio.CancelledError:
+        print("soaktop: stopped following; the run goes on", file=sys.stderr)
+    for warning in reader.warnings:
+        print(f"soaktop: warning: {args.path}: {warning}", file=sys.stderr)
+    return summary.result()
+
+
+_RERUN_FLAGS = (  # RunConfig field -> the `run` flag that sets it
+    ("backend", "--backend"), ("url", "--url"), ("model", "--model"), ("api", "--api"),
+    ("device", "--device"), ("concurrency", "--concurrency"), ("max_requests", "--requests"),
+    ("warmup_requests", "--warmup"), ("input_tokens", "--input-tokens"),
+    ("output_tokens", "--output-tokens"), ("seed", "--seed"),
+    ("connect_timeout_s", "--connect-timeout"),
+    ("first_token_timeout_s", "--first-token-timeout"),
+    ("token_timeout_s", "--token-timeout"), ("telemetry_hz", "--telemetry-hz"),
+)
+
+
+def rerun_arguments(events: list[Any]) -> tuple[list[str], list[tuple[int, int, str]]]:
+    """The ``run`` command line that repeats a recorded session, and its recorded changes.
+
+    The workload is the record's: backend, URL, model, lengths, seed (so the same prompts),
+    warm-up, timeouts, telemetry, and its length (the recorded duration, or how long it ran
+    when it was stopped by hand). Concurrency and model changes made during the run come back
+    as a schedule of (time, concurrency, model), applied at the same times. Not carried: the
+    API key (never recorded), a watched PID and the ambient temperature (facts of that day).
+    """
+    header = events[0] if events and isinstance(events[0], SessionStart) else None
+    if header is None:
+        raise SoaktopError("the record has no header to rerun from")
+    config = header.config
+    if config.get("backend") not in backends.USER_KINDS:
+        raise SoaktopError(f"a session on backend {config.get('backend')!r} cannot be rerun "
+                           "from the command line")
+    argv = ["run"]
+    for key, flag in _RERUN_FLAGS:
+        if config.get(key) is not None:
+            argv += [flag, str(config[key])]
+    argv += ["--telemetry", ",".join(config.get("telemetry") or []) or "none"]
+    duration = config.get("duration_s")
+    if duration is None and config.get("max_requests") is None:
+        duration = max(getattr(e, "t_ns", 0) for e in events) / 1e9  # until it was stopped
+    if duration is not None:
+        argv += ["--duration", f"{max(duration, 0.001):.3f}s"]
+    schedule = [(e.t_ns, e.concurrency, e.model) for e in events
+                if isinstance(e, Phase) and e.reason not in ("start", "warm-up done")]
+    return argv, schedule
+
+
+def _rerun(args: argparse.Namespace) -> None:
     from engine.compare import compare, differences
 
-    a, b = _read_summary(args.a), _read_summary(args.b)
-    rows, diffs = compare(a, b), differences(a, b)
+    events = _read_events(args.path)
+    argv, schedule = rerun_arguments(events)
+    argv += ["--no-record"] if args.no_record else ["--record", str(args.record)]
+    argv += ["--status-every", str(args.status_every), *(["--json"] if args.json else [])]
+    print(f"soaktop: rerunning {args.path} as: soaktop {' '.join(argv)}", file=sys.stderr,
+          flush=True)
+    if args.api_key:
+        argv += ["--api-key", args.api_key]
+    run_args = build_parser().parse_args(argv)
+    run_args.schedule = schedule
+    new = asyncio.run(_run(run_args))
+    original = _summarise(events)
+    rows, diffs = compare(original, new), differences(original, new)
     if args.json:
-        print(json.dumps({"a": str(args.a), "b": str(args.b), "ran_differently": diffs,
+        print(json.dumps({"run": new.result(), "ran_differently": diffs,
+                          "compare": [dataclasses.asdict(r) for r in rows]}, indent=2))
+        return
+    print(summary_table(new.result()))
+    print()
+    _print_comparison(f"{args.path} (recorded)", "this rerun", rows, diffs, as_json=False)
+
+
+def _print_comparison(a_name: str, b_name: str, rows: list, diffs: list[str],
+                      as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"a": a_name, "b": b_name, "ran_differently": diffs,
                           "metrics": [dataclasses.asdict(row) for row in rows]}, indent=2))
         return
-    print(f"A: {args.a}\nB: {args.b}")
+    print(f"A: {a_name}\nB: {b_name}")
     print(f"{'metric':<26}{'A':>12}{'B':>12}{'B/A':>8}  difference")
     for r in rows:
         a_text = "n/a" if r.a is None else f"{r.a:,.3g}" if abs(r.a) < 1 else f"{r.a:,.1f}"
@@ -315,6 +542,13 @@ def _compare(args: argparse.Namespace) -> None:
         print(f"{r.metric:<26}{a_text:>12}{b_text:>12}{ratio:>8}  {detail}")
     for line in diffs:
         print(f"ran differently: {line}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from engine.compare import compare, differences
+
+    a, b = _summarise(_read_events(args.a)), _summarise(_read_events(args.b))
+    _print_comparison(str(args.a), str(args.b), compare(a, b), differences(a, b), args.json)
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -330,9 +564,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            _print_summary(asyncio.run(_run(args)), args.json)
+            _print_summary(asyncio.run(_run(args)).result(), args.json)
         elif args.command == "summary":
             _summary(args)
+        elif args.command == "replay":
+            _print_summary(_replay(args), args.json)
+        elif args.command == "attach":
+            _print_summary(asyncio.run(_attach(args)), args.json)
+        elif args.command == "rerun":
+            _rerun(args)
         elif args.command == "compare":
             _compare(args)
         elif args.command == "models":

@@ -1,0 +1,188 @@
+"""The commands that read records, as a user runs them: summary --csv, replay, attach, rerun,
+and a record cut by SIGKILL. Real processes; the embedded tiny model or a loopback server."""
+
+import csv
+import io
+import json
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from engine.events import Phase, SessionEnd, SessionStart
+from engine.loopback.process import spawn
+from engine.loopback.schedule import Schedule
+from engine.record import RecordReader
+from engine.summary import SessionSummary
+from tests.tui.test_cli import ENV, SOAKTOP, soaktop
+from tui.cli import build_parser, rerun_arguments
+
+STATUS = re.compile(r"^\[\s*\d+\.\ds\] in flight")
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """One real run, recorded compressed: (record path, its --json result, its status lines)."""
+    record = tmp_path_factory.mktemp("run") / "run.jsonl.gz"
+    run = soaktop("run", "--headless", "--duration", "5s", "--concurrency", "3", "--json",
+                  "--record", str(record), "--status-every", "1", "--output-tokens", "24",
+                  "--telemetry", "host")
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if STATUS.match(line)]
+    return record, json.loads(run.stdout), lines
+
+
+def test_summary_csv_holds_the_json_numbers(recorded):
+    record, result, _ = recorded
+    out = soaktop("summary", str(record), "--csv")
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert [r["scope"] for r in rows] == ["run"] + ["phase"] * len(result["phases"])
+    run = rows[0]
+    assert float(run["output_tokens_per_s"]) == result["output_tokens_per_s"]  # not rounded
+    assert float(run["ttft_ms_p95"]) == result["ttft_ms"]["p95"]
+    assert int(run["requests_ok"]) == result["requests_ok"]
+    measured = rows[-1]
+    assert measured["warmup"] == "False" and int(measured["concurrency"]) == 3
+    assert rows[1]["ttft_ms_p50"] == ""  # the warm-up phase has no measured requests
+
+
+def test_replay_prints_the_live_status_lines_and_the_same_summary(recorded):
+    record, result, live_lines = recorded
+    out = soaktop("replay", str(record), "--speed", "max", "--status-every", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == result  # one statistics code path
+    replayed = [line for line in out.stderr.splitlines() if STATUS.match(line)]
+    assert [line[:10] for line in replayed] == [line[:10] for line in live_lines]
+    # the live line is printed a moment after its tick and may count a request that ended
+    # in that moment; nearly every line must match to the character all the same
+    same = sum(a == b for a, b in zip(replayed, live_lines))
+    assert same >= len(live_lines) - 1 and len(live_lines) >= 4
+
+
+def test_replay_keeps_its_pace_and_starts_where_asked(recorded):
+    record, result, _ = recorded
+    t0 = time.monotonic()
+    out = soaktop("replay", str(record), "--speed", "4", "--from", "2s", "--status-every", "1")
+    took = time.monotonic() - t0
+    assert out.returncode == 0, out.stderr
+    ticks = [line[:10] for line in out.stdout.splitlines() if STATUS.match(line)]
+    assert ticks[0] == "[    3.0s]"  # nothing printed for the part skipped
+    assert 0.7 <= took  # 3 s of record at x4, beside the start-up
+    all_row = next(line for line in out.stdout.splitlines() if line.strip().startswith("all"))
+    assert all_row.split()[1] == str(result["requests_ok"])  # the whole record, summarised
+
+
+def _measured_ok(record) -> int:
+    if not record.exists() or record.stat().st_size == 0:
+        return 0
+    summary = SessionSummary()
+    for event in RecordReader(record).events():
+        summary.add(event)
+    return summary.result()["requests_ok"]
+
+
+def test_a_record_cut_by_sigkill_at_concurrency_64_still_summarises(tmp_path):
+    record = tmp_path / "killed.jsonl.gz"
+    with spawn(Schedule(ttft_ms=20, itl_ms=10, tokens=64, model="loopback")) as url:
+        proc = subprocess.Popen(
+            [*SOAKTOP, "run", "--headless", "--backend", "openai", "--url", url,
+             "--concurrency", "64", "--duration", "60s", "--record", str(record),
+             "--telemetry", "host"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        try:
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline and _measured_ok(record) < 100:
+                time.sleep(0.5)  # the record is read while it is written, as attach does
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+    out = soaktop("summary", str(record), "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["requests_ok"] >= 100
+    assert result["ended"].startswith("cut short at ")
+    assert "no session_end" in result["ended"]
+    assert "Traceback" not in out.stderr
+    replay = soaktop("replay", str(record), "--speed", "max")
+    assert replay.returncode == 0 and "ended: cut short at" in replay.stdout
+
+
+def test_attach_follows_a_run_to_its_end_and_agrees_with_the_record(tmp_path):
+    record = tmp_path / "live.jsonl.gz"
+    run = subprocess.Popen(
+        [*SOAKTOP, "run", "--headless", "--duration", "6s", "--concurrency", "2",
+         "--record", str(record), "--telemetry", "none", "--output-tokens", "24"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (record.exists() and record.stat().st_size):
+        time.sleep(0.1)
+    attach = soaktop("attach", str(record), "--json", "--status-every", "1", timeout=60)
+    run.communicate(timeout=30)
+    assert attach.returncode == 0, attach.stderr
+    assert "following" in attach.stderr
+    lines = [line for line in attach.stderr.splitlines() if STATUS.match(line)]
+    assert lines and all("in flight 2/2" in line for line in lines)
+    tokens_per_s = [float(re.search(r"\| ([\d,]+) tok/s", line).group(1).replace(",", ""))
+                    for line in lines]
+    assert max(tokens_per_s) > 0  # from the run's own once-a-second count, not zero
+    whole = json.loads(soaktop("summary", str(record), "--json").stdout)
+    assert json.loads(attach.stdout) == whole and whole["ended"] == "completed"
+
+
+def test_attach_and_replay_refuse_bad_input_in_one_line(tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello\n")
+    for command in ("attach", "replay"):
+        out = soaktop(command, str(bad))
+        assert out.returncode == 2 and "is not a soaktop record" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+        missing = soaktop(command, str(tmp_path / "nope.jsonl.gz"))
+        assert missing.returncode == 2 and "no such record" in missing.stderr
+    speed = soaktop("replay", str(bad), "--speed", "0")
+    assert speed.returncode == 2 and "must be above 0" in speed.stderr
+
+
+def test_rerun_arguments_repeat_the_workload_and_its_changes():
+    config = {"backend": "openai", "url": "http://10.0.0.7:8000", "model": "llama",
+              "api": "chat", "device": "auto", "concurrency": 8, "duration_s": None,
+              "max_requests": None, "warmup_requests": 8, "input_tokens": 512,
+              "output_tokens": 256, "seed": 7, "prompt_pool": 256, "connect_timeout_s": 10.0,
+              "first_token_timeout_s": 120.0, "token_timeout_s": 60.0,
+              "telemetry": ["nvml", "prom=http://10.0.0.7:9400/metrics"], "telemetry_hz": 4.0,
+              "watch_pid": 4242, "ambient_c": 22.0}
+    events = [SessionStart(0, 1, "2026-11-23T00:00:00+00:00", config, {}, {}),
+              Phase(0, 0, 8, "llama", "openai", "start", True),
+              Phase(2 * 10**9, 1, 8, "llama", "openai", "warm-up done"),
+              Phase(60 * 10**9, 2, 16, "llama", "openai", "key"),
+              Phase(90 * 10**9, 3, 16, "llama-2", "openai", "command"),
+              SessionEnd(120 * 10**9, "interrupted")]
+    argv, schedule = rerun_arguments(events)
+    args = build_parser().parse_args(argv)
+    assert (args.backend, args.url, args.model, args.api) == (
+        "openai", "http://10.0.0.7:8000", "llama", "chat")
+    assert (args.concurrency, args.warmup, args.input_tokens, args.output_tokens, args.seed) == (
+        8, 8, 512, 256, 7)
+    assert args.telemetry == ("nvml", "prom=http://10.0.0.7:9400/metrics")
+    assert args.duration == 120.0  # stopped by hand after 120 s: run as long
+    assert args.watch_pid is None and args.ambient_c is None  # facts of that day
+    assert schedule == [(60 * 10**9, 16, "llama"), (90 * 10**9, 16, "llama-2")]
+
+
+def test_rerun_runs_the_same_workload_and_compares(recorded, tmp_path):
+    record, result, _ = recorded
+    new_record = tmp_path / "again.jsonl.gz"
+    out = soaktop("rerun", str(record), "--record", str(new_record), "--json",
+                  "--status-every", "1")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["ran_differently"] == []  # same machine, same settings
+    assert data["run"]["requests_ok"] > 0
+    metrics = {row["metric"] for row in data["compare"]}
+    assert "TTFT p50 (ms)" in metrics
+    old_header = json.loads(soaktop("summary", str(record), "--json").stdout)
+    assert old_header["phases"][0]["concurrency"] == data["run"]["phases"][0]["concurrency"]
+    first = json.loads(__import__("gzip").open(new_record, "rt").readline())
+    assert first["config"]["output_tokens"] == 24 and first["config"]["duration_s"] == 5.0
