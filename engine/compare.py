@@ -103,9 +103,11 @@ def _facts(summary: SessionSummary) -> dict[str, Any]:
     nvidia = env.get("nvidia") or {}
     return {
         "backend": config.get("backend"), "url": config.get("url"), "model": config.get("model"),
+        "server version": (backend.get("server") or {}).get("version"),
         "device": backend.get("device"), "concurrency": config.get("concurrency"),
         "input tokens": config.get("input_tokens"), "output tokens": config.get("output_tokens"),
-        "soaktop": env.get("soaktop_version"), "host": env.get("hostname"),
+        "seed": config.get("seed"), "soaktop": env.get("soaktop_version"),
+        "torch": env.get("torch"), "host": env.get("hostname"),
         "GPUs": [g.get("name") for g in nvidia.get("gpus", [])] or None,
     }
 

@@ -7,6 +7,7 @@ described through NVML, which reads the driver without one.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import re
@@ -50,6 +51,14 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _torch_version() -> str | None:
+    """torch's version without importing it (an import costs seconds; HTTP runs need none)."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def collect() -> dict[str, Any]:
     """The environment of this process, JSON-ready."""
     return {
@@ -63,5 +72,6 @@ def collect() -> dict[str, Any]:
         "cpu_cores_logical": os.cpu_count(),
         "cpu_cores_physical": psutil.cpu_count(logical=False),
         "memory_total_bytes": psutil.virtual_memory().total,
+        "torch": _torch_version(),
         "nvidia": NvmlSource().describe(),
     }

@@ -241,7 +241,7 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
         served = await backend.models()
         if not served:
             raise SoaktopError(f"{strip_credentials(args.url or '')} serves no model")
-        args.model = served[0]
+        args.model = backend.model = served[0]  # the header then describes this one
         print(f"soaktop: model {args.model} (the first the server lists)", file=sys.stderr)
     args.model = args.model or "tiny"
     config = RunConfig(

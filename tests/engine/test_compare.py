@@ -59,3 +59,28 @@ def test_differences_name_what_ran_differently():
     a, b = session([50] * 10), session([50] * 10, model="other")
     assert differences(a, b) == ["model: 'm' vs 'other'"]
     assert differences(a, session([50] * 10)) == []
+
+
+def test_differences_name_a_different_server_version():
+    import dataclasses
+
+    a, b = session([50] * 10), session([50] * 10)
+    a.header = dataclasses.replace(a.header, backend={"server": {"version": "0.6.3"}})
+    b.header = dataclasses.replace(b.header, backend={"server": {"version": "0.7.0"}})
+    assert differences(a, b) == ["server version: '0.6.3' vs '0.7.0'"]
+
+
+def test_the_environment_names_the_torch_installed_without_importing_it():
+    import subprocess
+    import sys
+
+    import torch
+
+    from engine import environment
+
+    assert environment.collect()["torch"] == torch.__version__
+    code = ("import sys; from engine import environment; environment.collect(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
