@@ -4,12 +4,15 @@ per output token at concurrency 64, and a record of 1 million tokens summarised 
 Two records, in one run:
 1. A real one: soaktop at ``--concurrency`` (64) against a loopback server in its own process
    (jittered ITL, so the offsets are as varied as a real server's), with host telemetry at
-   4 Hz as the CLI records it. Prints bytes per output token, all lines included, and how much
-   of it is the per-token offsets.
+   4 Hz as the CLI records it, written compressed (``.jsonl.gz``, the default). Prints bytes
+   per output token, all lines included, compressed and as plain JSON lines (the same events
+   written again to a ``.jsonl``), and how much of the plain size is the per-token offsets.
 2. A synthetic one of ``--tokens`` (1,000,000) tokens in requests shaped like the real one's,
-   written by the same RecordWriter; prints its size and the time ``soaktop summary`` takes to
-   read and summarise it (RecordReader + SessionSummary, the command's own code path), beside
-   the time to merely ``json.loads`` every line, the floor any JSON-lines reader pays.
+   written by the same RecordWriter, compressed and plain; prints the time ``soaktop summary``
+   takes to read and summarise each (RecordReader + SessionSummary, the command's own code
+   path), beside the time to merely ``json.loads`` every line, the floor any JSON-lines reader
+   pays, and the time ``soaktop replay --speed max`` takes (every token re-emitted into the
+   live statistics, as the dashboard's replay screen will).
 
     python bench/records.py [--concurrency 64] [--seconds 15] [--tokens 1000000]
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import sys
 import tempfile
@@ -33,14 +37,17 @@ from engine.backends.http import Timeouts  # noqa: E402
 from engine.backends.openai import OpenAIBackend  # noqa: E402
 from engine.config import RunConfig  # noqa: E402
 from engine.events import Phase, RequestDone, SessionEnd, SessionStart  # noqa: E402
+from engine.live import LiveStats  # noqa: E402
 from engine.loopback.process import spawn  # noqa: E402
 from engine.loopback.schedule import Schedule  # noqa: E402
 from engine.record import RecordReader, RecordWriter  # noqa: E402
+from engine.replay import Replay, Timeline  # noqa: E402
 from engine.session import Session  # noqa: E402
 from engine.summary import SessionSummary  # noqa: E402
 
 
 def real_record(path: Path, concurrency: int, seconds: float) -> tuple[int, list[RequestDone]]:
+    """soaktop against a loopback server; the record at ``path``, and its requests."""
     schedule = Schedule(ttft_ms=30, itl_ms=25, jitter_ms=8, tokens=128, model="loopback")
     done: list[RequestDone] = []
 
@@ -55,6 +62,14 @@ def real_record(path: Path, concurrency: int, seconds: float) -> tuple[int, list
     with spawn(schedule) as url:
         asyncio.run(run(url))
     return sum(d.output_tokens for d in done), done
+
+
+def rewrite(source: Path, target: Path) -> None:
+    """The same events in another file (plain or compressed, by its name)."""
+    writer = RecordWriter(target)
+    for event in RecordReader(source).events():
+        writer.write(event)
+    writer.close()
 
 
 def synthetic_record(path: Path, tokens: int, shapes: list[RequestDone]) -> int:
@@ -85,6 +100,34 @@ def summarise(path: Path) -> dict:
     return summary.result()
 
 
+def replay_at_full_speed(path: Path) -> int:
+    """What ``soaktop replay --speed max`` does; returns how many tokens were re-emitted."""
+    summary, live = SessionSummary(), LiveStats()
+    timeline = Timeline(RecordReader(path).events())
+    Replay(timeline, [summary.add, live.add]).advance_to(timeline.end_ns)
+    return int(timeline.token_count.sum())
+
+
+def timed(fn, *args, repeat: int = 3) -> tuple[float, object]:
+    """Median seconds of ``repeat`` calls, and the last call's result."""
+    times, result = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), result
+
+
+def json_floor(path: Path) -> float:
+    """Seconds to decompress (if need be) and json.loads every line: any reader's floor."""
+    t0 = time.perf_counter()
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt") as handle:
+        for line in handle:
+            json.loads(line)
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, default=64)
@@ -92,36 +135,38 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1_000_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        real = Path(tmp) / "real.jsonl"
+        real = Path(tmp) / "real.jsonl.gz"
         tokens, done = real_record(real, args.concurrency, args.seconds)
-        size = real.stat().st_size
-        lines = real.read_text().splitlines()
+        plain = Path(tmp) / "real.jsonl"
+        rewrite(real, plain)
+        lines = plain.read_text().splitlines()
         offsets = sum(len(json.dumps(json.loads(line).get("arrivals_dus", []),
                                      separators=(",", ":"))) for line in lines)
-        print(f"real record, concurrency {args.concurrency}, {args.seconds:g} s: {tokens:,} "
-              f"tokens, {size:,} bytes = {size / tokens:.2f} bytes/token "
-              f"(offsets alone {offsets / tokens:.2f}; target <= 8)")
+        print(f"real record, concurrency {args.concurrency}, {args.seconds:g} s, {tokens:,} "
+              f"tokens, {len(lines):,} lines:")
+        print(f"  compressed (.jsonl.gz, the default): {real.stat().st_size:,} bytes = "
+              f"{real.stat().st_size / tokens:.2f} bytes/token (target <= 8)")
+        print(f"  plain (.jsonl): {plain.stat().st_size:,} bytes = "
+              f"{plain.stat().st_size / tokens:.2f} bytes/token (offsets alone "
+              f"{offsets / tokens:.2f}) -> compression saves "
+              f"{plain.stat().st_size / real.stat().st_size:.1f}x")
 
-        synthetic = Path(tmp) / "synthetic.jsonl"
-        written = synthetic_record(synthetic, args.tokens, done)
-        size = synthetic.stat().st_size
-        t0 = time.perf_counter()
-        with open(synthetic) as handle:
-            for line in handle:
-                json.loads(line)
-        floor_s = time.perf_counter() - t0
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            result = summarise(synthetic)
-            times.append(time.perf_counter() - t0)
-        assert result["requests_ok"] > 0
-        print(f"synthetic record: {written:,} tokens, {size / 2**20:.1f} MiB "
-              f"({size / written:.2f} bytes/token)")
-        print(f"soaktop summary of it: {np.median(times):.2f} s (median of 3; target < 2 s); "
-              f"json.loads of every line alone: {floor_s:.2f} s "
-              f"-> summary costs {np.median(times) / floor_s:.1f}x the parsing floor")
-
+        for name in ("synthetic.jsonl.gz", "synthetic.jsonl"):
+            synthetic = Path(tmp) / name
+            written = synthetic_record(synthetic, args.tokens, done)
+            size = synthetic.stat().st_size
+            floor_s = json_floor(synthetic)
+            summary_s, result = timed(summarise, synthetic)
+            assert result["requests_ok"] > 0
+            replay_s, replayed = timed(replay_at_full_speed, synthetic, repeat=1)
+            assert replayed == written
+            print(f"synthetic {name}: {written:,} tokens, {size / 2**20:.1f} MiB "
+                  f"({size / written:.2f} bytes/token)")
+            print(f"  soaktop summary: {summary_s:.2f} s (median of 3; target < 2 s); "
+                  f"read + json.loads alone: {floor_s:.2f} s -> "
+                  f"{summary_s / floor_s:.1f}x the parsing floor")
+            print(f"  soaktop replay --speed max (every token into the live view): "
+                  f"{replay_s:.2f} s = {written / replay_s / 1e6:.2f} M tokens/s")
 
 if __name__ == "__main__":
     main()

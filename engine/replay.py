@@ -210,33 +210,40 @@ class Replay:
             listener(event)
 
     def _emit_until(self, t_ns: int) -> None:
-        """Every event and token at or before ``t_ns``, in time order; ticks on the way."""
+        """Every event and token at or before ``t_ns``, in time order; ticks on the way.
+
+        Tokens go out in runs, all those up to the next record event or tick at once (a
+        token before a record event of the same time; a tick after everything at its time).
+        """
         tl = self.timeline
         events, event_t, token_t = tl.events, tl.event_t, tl.token_t
-        n_events, n_tokens = len(events), token_t.size
+        n_events, never = len(events), 2**63 - 1
         while True:
-            next_event = int(event_t[self._i_event]) if self._i_event < n_events else None
-            next_token = int(token_t[self._i_token]) if self._i_token < n_tokens else None
-            candidates = [t for t in (next_event, next_token) if t is not None and t <= t_ns]
-            if self._ticks_ns and self._next_tick <= t_ns and (
-                    not candidates or self._next_tick < min(candidates)):
-                tick, self._next_tick = self._next_tick, self._next_tick + self._ticks_ns
-                if self._on_tick is not None:
-                    self._on_tick(tick)
-                continue
-            if not candidates:
-                break
-            if next_token is not None and next_token in candidates and (
-                    next_event is None or next_token <= next_event):
-                i = self._i_token  # a token goes before a record event at the same time
-                self._deliver(TokensArrived(
-                    int(token_t[i]), int(tl.token_worker[i]), int(tl.token_request[i]),
-                    int(tl.token_count[i]), bool(tl.token_first[i])))
-                self._i_token += 1
-            else:
+            next_event = int(event_t[self._i_event]) if self._i_event < n_events else never
+            tick = self._next_tick if self._ticks_ns else never
+            bound = min(next_event, tick, t_ns)
+            end = int(np.searchsorted(token_t, bound, side="right"))
+            if end > self._i_token:
+                self._deliver_tokens(self._i_token, end)
+                self._i_token = end
+            if next_event <= t_ns and next_event <= tick:
                 self._deliver(events[self._i_event])
                 self._i_event += 1
+            elif tick <= t_ns:
+                self._next_tick += self._ticks_ns
+                if self._on_tick is not None:
+                    self._on_tick(tick)
+            else:
+                break
         self._emitted_ns = max(self._emitted_ns, t_ns)
+
+    def _deliver_tokens(self, start: int, end: int) -> None:
+        tl, deliver = self.timeline, self._deliver
+        for t, worker, request, count, first in zip(
+                tl.token_t[start:end].tolist(), tl.token_worker[start:end].tolist(),
+                tl.token_request[start:end].tolist(), tl.token_count[start:end].tolist(),
+                tl.token_first[start:end].tolist()):
+            deliver(TokensArrived(t, worker, request, count, first))
 
     async def run(self, frame_s: float = 0.02) -> None:
         """Play from the position to the end of the record (or :meth:`stop`).
