@@ -284,6 +284,8 @@ class RecordReader:
         finally:
             source.close()
         if source.lines_read == 0:
+            if source.bytes_read:
+                raise RecordError(f"{self.path} holds no readable line: not a soaktop record")
             raise RecordError(f"{self.path} is empty: not a soaktop record")
 
     async def follow(self, poll_s: float = 0.25) -> AsyncIterator[Any]:

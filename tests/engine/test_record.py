@@ -249,3 +249,13 @@ async def test_follow_yields_events_as_another_writer_puts_them_down(tmp_path, n
 def test_a_folder_is_not_a_record(tmp_path):
     with pytest.raises(RecordError, match="is a folder"):
         list(RecordReader(tmp_path).events())
+
+
+def test_a_gzip_file_with_no_readable_block_is_not_a_record(tmp_path):
+    path = tmp_path / "r.jsonl.gz"
+    data = bytearray(gzip.compress(b"".join(json.dumps(encode(e)).encode() + b"\n"
+                                            for e in EVENTS)))
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(RecordError, match="holds no readable line"):
+        list(RecordReader(path).events())

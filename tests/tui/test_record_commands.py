@@ -2,12 +2,14 @@
 and a record cut by SIGKILL. Real processes; the embedded tiny model or a loopback server."""
 
 import csv
+import gzip
 import io
 import json
 import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +188,43 @@ def test_rerun_runs_the_same_workload_and_compares(recorded, tmp_path):
     assert old_header["phases"][0]["concurrency"] == data["run"]["phases"][0]["concurrency"]
     first = json.loads(__import__("gzip").open(new_record, "rt").readline())
     assert first["config"]["output_tokens"] == 24 and first["config"]["duration_s"] == 5.0
+
+
+SAMPLE = Path(__file__).resolve().parents[2] / "sessions" / "sample.jsonl"
+
+
+def test_a_corrupt_middle_line_is_named_and_the_rest_summarised(tmp_path):
+    lines = SAMPLE.read_text().splitlines(keepends=True)
+    whole = json.loads(soaktop("summary", str(SAMPLE), "--json").stdout)
+    middle = len(lines) // 2
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("".join(lines[:middle]) + '{"type": "request_do\x00ne", ' + "\n"
+                      + "".join(lines[middle + 1:]))
+    out = soaktop("summary", str(broken), "--json")
+    assert out.returncode == 0
+    assert out.stderr == (f"soaktop: warning: {broken}: line {middle + 1}: unreadable "
+                          f"(JSONDecodeError)\n")
+    result = json.loads(out.stdout)
+    lost = json.loads(lines[middle])
+    expected = whole["requests_ok"] - (lost["type"] == "request_done" and not lost.get("warmup"))
+    assert result["requests_ok"] == expected and result["ended"] == "completed"
+
+
+def test_a_corrupt_compressed_block_loses_only_its_own_lines(tmp_path):
+    lines = SAMPLE.read_bytes().splitlines(keepends=True)
+    quarter = len(lines) // 4
+    members = [gzip.compress(b"".join(lines[i:i + quarter]), mtime=0)
+               for i in range(0, len(lines), quarter)]
+    damaged = bytearray(members[1])
+    damaged[len(damaged) // 2] ^= 0xFF
+    record = tmp_path / "broken.jsonl.gz"
+    record.write_bytes(members[0] + bytes(damaged) + b"".join(members[2:]))
+    out = soaktop("summary", str(record), "--json")
+    assert out.returncode == 0
+    assert out.stderr.startswith(f"soaktop: warning: {record}: after line {quarter}: corrupt "
+                                 "compressed block")
+    assert len(out.stderr.splitlines()) == 1
+    result = json.loads(out.stdout)
+    assert 0 < result["requests_ok"] < json.loads(
+        soaktop("summary", str(SAMPLE), "--json").stdout)["requests_ok"]
+    assert result["ended"] == "completed"  # the blocks after the damage were read
