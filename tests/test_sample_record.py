@@ -16,7 +16,8 @@ from engine.events import (
 from engine.record import RecordReader
 from engine.replay import Replay, Timeline
 from engine.summary import SessionSummary
-from tui.cli import build_parser, rerun_arguments
+from tui.cli import build_parser
+from tui.record_commands import rerun_arguments
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sessions" / "sample.jsonl"
 

@@ -8,30 +8,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import json
 import os
 import signal
 import socket
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from engine import __version__, backends
 from engine.backends.http import Timeouts, strip_credentials
 from engine.backends.ollama import DEFAULT_URL as OLLAMA_URL
 from engine.config import RunConfig, parse_duration, parse_telemetry
 from engine.errors import SoaktopError
-from engine.events import Phase, SessionStart, TelemetryStatus
-from engine.headless import status_line, summary_csv, summary_table
-from engine.live import LiveSnapshot, LiveStats
-from engine.record import RecordReader, default_path
-from engine.replay import Replay, Timeline
+from engine.events import TelemetryStatus
+from engine.headless import status_line
+from engine.live import LiveStats
+from engine.record import default_path
 from engine.session import Session
 from engine.summary import SessionSummary
 from engine.telemetry import build_sources
 from engine.telemetry.live import describe_status
+from tui import record_commands
+from tui.record_commands import print_summary
 
 DEFAULT_SESSIONS_DIR = Path("sessions")
 
@@ -324,231 +322,9 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
     if session.recorder and session.recorder.error:
         print(f"soaktop: {session.recorder.error}", file=sys.stderr)
     if session.failure:
-        _print_summary(summary.result(), args.json)  # what it saw, then the reason, and exit 2
+        print_summary(summary.result(), args.json)  # what it saw, then the reason, and exit 2
         raise SoaktopError(session.failure)
     return summary
-
-
-def _print_summary(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(summary_table(result))
-
-
-def _read_events(path: Path) -> list[Any]:
-    """Every usable event of a record; each skipped line is one warning on stderr."""
-    reader = RecordReader(path)
-    events = list(reader.events())
-    for warning in reader.warnings:
-        print(f"soaktop: warning: {path}: {warning}", file=sys.stderr)
-    return events
-
-
-def _summarise(events: list[Any]) -> SessionSummary:
-    summary = SessionSummary()
-    for event in events:
-        summary.add(event)
-    return summary
-
-
-def _summary(args: argparse.Namespace) -> None:
-    result = _summarise(_read_events(args.path)).result()
-    if args.csv:
-        print(summary_csv(result), end="")
-    else:
-        _print_summary(result, args.json)
-
-
-def _describe_header(header: Any) -> str:
-    """``llama-1b on cuda:0 (local), recorded 2026-11-23T09:05:07+01:00``"""
-    if not isinstance(header, SessionStart):
-        return "no header"
-    config, backend = header.config, header.backend
-    target = backend.get("device") or backend.get("url") or config.get("backend")
-    return (f"{config.get('model')} on {target} ({config.get('backend')}), "
-            f"recorded {header.wall_start}")
-
-
-def _replay(args: argparse.Namespace) -> dict[str, Any]:
-    """Plays the record to the statistics and status lines a live run feeds: same code."""
-    events = _read_events(args.path)
-    timeline = Timeline(events)
-    summary, live = SessionSummary(), LiveStats()
-    out = sys.stderr if args.json else sys.stdout
-
-    def status(t_ns: int) -> None:
-        concurrency = live.phase.concurrency if live.phase else 0
-        print(status_line(live.snapshot(t_ns), timeline.in_flight(t_ns), concurrency),
-              file=out, flush=True)
-
-    full_speed = args.speed == float("inf")
-    print(f"soaktop: replaying {args.path}: {_describe_header(events[0])}; "
-          f"{timeline.end_ns / 1e9:.1f} s at {'full speed' if full_speed else f'x{args.speed:g}'}",
-          file=sys.stderr, flush=True)
-    replay = Replay(timeline, [summary.add, live.add], speed=1.0 if full_speed else args.speed,
-                    ticks_ns=int(args.status_every * 1e9), on_tick=status)
-    if args.start is not None:
-        replay.seek(int(args.start * 1e9))
-    if full_speed:
-        replay.advance_to(timeline.end_ns)
-    else:
-        async def play() -> None:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, replay.stop)
-            await replay.run()
-
-        asyncio.run(play())
-    return summary.result()
-
-
-def _client_view(live: LiveStats, now_ns: int) -> tuple[LiveSnapshot, int]:
-    """A run seen through its record: tokens/s and requests in flight come from its latest
-    ClientSample, since a request's tokens reach a record only when the request ends."""
-    snap = live.snapshot(now_ns)
-    client = live.client
-    if client is None:
-        return snap, 0
-    rate = client.tokens / (client.interval_ns / 1e9) if client.interval_ns > 0 else 0.0
-    return dataclasses.replace(snap, tokens_per_s=rate), client.in_flight
-
-
-STALE_S = 10.0  # no new line for this long: say the writer may be gone
-
-
-async def _attach(args: argparse.Namespace) -> dict[str, Any]:
-    """Follows a record being written: status lines until its session_end, then the summary."""
-    reader = RecordReader(args.path)
-    summary, live = SessionSummary(), LiveStats()
-    out = sys.stderr if args.json else sys.stdout
-    latest_ns = 0
-
-    async def follow() -> None:
-        nonlocal latest_ns
-        async for event in reader.follow():
-            summary.add(event)
-            live.add(event)
-            latest_ns = max(latest_ns, getattr(event, "t_ns", 0))
-            if isinstance(event, SessionStart):
-                print(f"soaktop: following {args.path}: {_describe_header(event)} "
-                      f"(Ctrl-C stops following, not the run)", file=sys.stderr, flush=True)
-
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(follow())
-    loop.add_signal_handler(signal.SIGINT, task.cancel)
-    seen_ns, seen_at, stale_said = -1, loop.time(), False
-    try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=args.status_every)
-            if task.done():
-                break
-            snap, in_flight = _client_view(live, latest_ns)
-            concurrency = live.phase.concurrency if live.phase else 0
-            print(status_line(snap, in_flight, concurrency), file=out, flush=True)
-            if latest_ns != seen_ns:
-                seen_ns, seen_at, stale_said = latest_ns, loop.time(), False
-            elif loop.time() - seen_at > STALE_S and not stale_said:
-                print(f"soaktop: nothing new in {args.path} for {STALE_S:.0f} s: its writer "
-                      f"may have died (a killed run leaves no session_end)",
-                      file=sys.stderr, flush=True)
-                stale_said = True
-        await task  # a RecordError (no such file, not a record) surfaces here
-    except asyncio.CancelledError:
-        print("soaktop: stopped following; the run goes on", file=sys.stderr)
-    for warning in reader.warnings:
-        print(f"soaktop: warning: {args.path}: {warning}", file=sys.stderr)
-    return summary.result()
-
-
-_RERUN_FLAGS = (  # RunConfig field -> the `run` flag that sets it
-    ("backend", "--backend"), ("url", "--url"), ("model", "--model"), ("api", "--api"),
-    ("device", "--device"), ("concurrency", "--concurrency"), ("max_requests", "--requests"),
-    ("warmup_requests", "--warmup"), ("input_tokens", "--input-tokens"),
-    ("output_tokens", "--output-tokens"), ("seed", "--seed"),
-    ("connect_timeout_s", "--connect-timeout"),
-    ("first_token_timeout_s", "--first-token-timeout"),
-    ("token_timeout_s", "--token-timeout"), ("telemetry_hz", "--telemetry-hz"),
-)
-
-
-def rerun_arguments(events: list[Any]) -> tuple[list[str], list[tuple[int, int, str]]]:
-    """The ``run`` command line that repeats a recorded session, and its recorded changes.
-
-    The workload is the record's: backend, URL, model, lengths, seed (so the same prompts),
-    warm-up, timeouts, telemetry, and its length (the recorded duration, or how long it ran
-    when it was stopped by hand). Concurrency and model changes made during the run come back
-    as a schedule of (time, concurrency, model), applied at the same times. Not carried: the
-    API key (never recorded), a watched PID and the ambient temperature (facts of that day).
-    """
-    header = events[0] if events and isinstance(events[0], SessionStart) else None
-    if header is None:
-        raise SoaktopError("the record has no header to rerun from")
-    config = header.config
-    if config.get("backend") not in backends.USER_KINDS:
-        raise SoaktopError(f"a session on backend {config.get('backend')!r} cannot be rerun "
-                           "from the command line")
-    argv = ["run"]
-    for key, flag in _RERUN_FLAGS:
-        if config.get(key) is not None:
-            argv += [flag, str(config[key])]
-    argv += ["--telemetry", ",".join(config.get("telemetry") or []) or "none"]
-    duration = config.get("duration_s")
-    if duration is None and config.get("max_requests") is None:
-        duration = max(getattr(e, "t_ns", 0) for e in events) / 1e9  # until it was stopped
-    if duration is not None:
-        argv += ["--duration", f"{max(duration, 0.001):.3f}s"]
-    schedule = [(e.t_ns, e.concurrency, e.model) for e in events
-                if isinstance(e, Phase) and e.reason not in ("start", "warm-up done")]
-    return argv, schedule
-
-
-def _rerun(args: argparse.Namespace) -> None:
-    from engine.compare import compare, differences
-
-    events = _read_events(args.path)
-    argv, schedule = rerun_arguments(events)
-    argv += ["--no-record"] if args.no_record else ["--record", str(args.record)]
-    argv += ["--status-every", str(args.status_every), *(["--json"] if args.json else [])]
-    print(f"soaktop: rerunning {args.path} as: soaktop {' '.join(argv)}", file=sys.stderr,
-          flush=True)
-    if args.api_key:
-        argv += ["--api-key", args.api_key]
-    run_args = build_parser().parse_args(argv)
-    run_args.schedule = schedule
-    new = asyncio.run(_run(run_args))
-    original = _summarise(events)
-    rows, diffs = compare(original, new), differences(original, new)
-    if args.json:
-        print(json.dumps({"run": new.result(), "ran_differently": diffs,
-                          "compare": [dataclasses.asdict(r) for r in rows]}, indent=2))
-        return
-    print(summary_table(new.result()))
-    print()
-    _print_comparison(f"{args.path} (recorded)", "this rerun", rows, diffs, as_json=False)
-
-
-def _print_comparison(a_name: str, b_name: str, rows: list, diffs: list[str],
-                      as_json: bool) -> None:
-    if as_json:
-        print(json.dumps({"a": a_name, "b": b_name, "ran_differently": diffs,
-                          "metrics": [dataclasses.asdict(row) for row in rows]}, indent=2))
-        return
-    print(f"A: {a_name}\nB: {b_name}")
-    print(f"{'metric':<26}{'A':>12}{'B':>12}{'B/A':>8}  difference")
-    for r in rows:
-        a_text = "n/a" if r.a is None else f"{r.a:,.3g}" if abs(r.a) < 1 else f"{r.a:,.1f}"
-        b_text = "n/a" if r.b is None else f"{r.b:,.3g}" if abs(r.b) < 1 else f"{r.b:,.1f}"
-        ratio = "n/a" if r.ratio is None else f"{r.ratio:.2f}x"
-        detail = r.verdict + (f" (p={r.p_value:.2g})" if r.p_value is not None else "")
-        print(f"{r.metric:<26}{a_text:>12}{b_text:>12}{ratio:>8}  {detail}")
-    for line in diffs:
-        print(f"ran differently: {line}")
-
-
-def _compare(args: argparse.Namespace) -> None:
-    from engine.compare import compare, differences
-
-    a, b = _summarise(_read_events(args.a)), _summarise(_read_events(args.b))
-    _print_comparison(str(args.a), str(args.b), compare(a, b), differences(a, b), args.json)
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -564,17 +340,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            _print_summary(asyncio.run(_run(args)).result(), args.json)
+            print_summary(asyncio.run(_run(args)).result(), args.json)
         elif args.command == "summary":
-            _summary(args)
+            record_commands.summary(args)
         elif args.command == "replay":
-            _print_summary(_replay(args), args.json)
+            print_summary(record_commands.replay(args), args.json)
         elif args.command == "attach":
-            _print_summary(asyncio.run(_attach(args)), args.json)
+            print_summary(asyncio.run(record_commands.attach(args)), args.json)
         elif args.command == "rerun":
-            _rerun(args)
+            record_commands.rerun(args, build_parser(), _run)
         elif args.command == "compare":
-            _compare(args)
+            record_commands.compare_records(args)
         elif args.command == "models":
             _models(args)
     except SoaktopError as exc:

@@ -19,7 +19,8 @@ from engine.loopback.schedule import Schedule
 from engine.record import RecordReader
 from engine.summary import SessionSummary
 from tests.tui.test_cli import ENV, SOAKTOP, soaktop
-from tui.cli import build_parser, rerun_arguments
+from tui.cli import build_parser
+from tui.record_commands import rerun_arguments
 
 STATUS = re.compile(r"^\[\s*\d+\.\ds\] in flight")
 
