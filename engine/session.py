@@ -146,22 +146,34 @@ class Session:
 
     def set_concurrency(self, n: int, reason: str = "command") -> None:
         """Start a new phase at ``n`` requests in flight; takes effect at once when raising."""
-        if n < 1:
-            raise ConfigError(f"concurrency must be at least 1 (got {n})")
-        if self._phase is None or n == self._phase.concurrency:
-            return
-        self._new_phase(reason, concurrency=n)
-        if self._loop is not None:
-            self._loop.set_target(n)
+        self.change(concurrency=n, reason=reason)
 
     def switch_model(self, model: str, reason: str = "command") -> None:
         """Send new requests to ``model`` from now on, in a new phase; in-flight ones finish."""
-        if not model:
+        self.change(model=model, reason=reason)
+
+    def change(self, concurrency: int | None = None, model: str | None = None,
+               reason: str = "command") -> None:
+        """Concurrency and/or model changed together: one new phase (none if nothing changes).
+
+        Raising concurrency takes effect at once; lowering it lets requests finish; requests
+        already sent to the old model finish there.
+        """
+        if concurrency is not None and concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1 (got {concurrency})")
+        if model is not None and not model:
             raise ConfigError("a model name is needed")
-        if self._phase is None or model == self.model:
+        if self._phase is None:
             return
-        self.model = model
-        self._new_phase(reason)
+        new_concurrency = concurrency is not None and concurrency != self._phase.concurrency
+        new_model = model is not None and model != self.model
+        if not (new_concurrency or new_model):
+            return
+        if new_model:
+            self.model = model
+        self._new_phase(reason, concurrency=concurrency if new_concurrency else None)
+        if new_concurrency and self._loop is not None:
+            self._loop.set_target(concurrency)
 
     def mark(self, note: str) -> None:
         self._emit(Mark(t_ns=self.now_ns(), note=note))
@@ -344,7 +356,8 @@ class Session:
                 reason = self._end_reason
             else:
                 reason = "completed"
-            end = SessionEnd(t_ns=self.now_ns(), reason=reason)
+            detail = {"failure": self.failure} if self.failure else {}
+            end = SessionEnd(t_ns=self.now_ns(), reason=reason, detail=detail)
         except BaseException:
             end = SessionEnd(t_ns=self.now_ns(), reason="crashed")
             raise

@@ -225,11 +225,17 @@ def _make_backend(args: argparse.Namespace) -> backends.Backend:
 
 
 def _record_path(args: argparse.Namespace) -> Path | None:
+    """The record file: ``--record`` itself when it names one, else a new name in that folder."""
     if args.no_record:
         return None
     path: Path = args.record
-    if path.name.endswith((".jsonl", ".jsonl.gz")) and not path.is_dir():
+    if path.is_dir():
+        return default_path(path, datetime.now(), socket.gethostname(), args.model)
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
         return path
+    if path.suffix:
+        raise SoaktopError(f"--record {path}: a record ends in .jsonl.gz (compressed) or .jsonl "
+                           "(plain); give one of those, or a folder")
     return default_path(path, datetime.now(), socket.gethostname(), args.model)
 
 
@@ -308,8 +314,7 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
         await session.started.wait()
         for t_ns, concurrency, model in getattr(args, "schedule", ()):
             await asyncio.sleep(max(0.0, (t_ns - session.now_ns()) / 1e9))
-            session.switch_model(model, reason="rerun: as recorded")
-            session.set_concurrency(concurrency, reason="rerun: as recorded")
+            session.change(concurrency, model, reason="rerun: as recorded")
 
     if args.backend == "local":
         print(f"soaktop: loading local model {args.model} ...", file=sys.stderr, flush=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from engine import backends
 from engine.errors import SoaktopError
-from engine.events import Phase, SessionStart
+from engine.events import Phase, SessionEnd, SessionStart
 from engine.headless import status_line, summary_csv, summary_table
 from engine.live import LiveSnapshot, LiveStats
 from engine.record import RecordReader
@@ -175,8 +175,9 @@ def rerun_arguments(events: list[Any]) -> tuple[list[str], list[tuple[int, int, 
     The workload is the record's: backend, URL, model, lengths, seed (so the same prompts),
     warm-up, timeouts, telemetry, and its length (the recorded duration, or how long it ran
     when it was stopped by hand). Concurrency and model changes made during the run come back
-    as a schedule of (time, concurrency, model), applied at the same times. Not carried: the
-    API key (never recorded), a watched PID and the ambient temperature (facts of that day).
+    as a schedule of (time, concurrency, model), applied at the same times, one phase each.
+    Not carried: the API key (never recorded), a watched PID and the ambient temperature
+    (facts of that day).
     """
     header = events[0] if events and isinstance(events[0], SessionStart) else None
     if header is None:
@@ -191,8 +192,10 @@ def rerun_arguments(events: list[Any]) -> tuple[list[str], list[tuple[int, int, 
             argv += [flag, str(config[key])]
     argv += ["--telemetry", ",".join(config.get("telemetry") or []) or "none"]
     duration = config.get("duration_s")
-    if duration is None and config.get("max_requests") is None:
-        duration = max(getattr(e, "t_ns", 0) for e in events) / 1e9  # until it was stopped
+    ran_s = max(getattr(e, "t_ns", 0) for e in events) / 1e9
+    stopped_by_hand = isinstance(events[-1], SessionEnd) and events[-1].reason == "interrupted"
+    if stopped_by_hand or (duration is None and config.get("max_requests") is None):
+        duration = ran_s  # as long as it actually ran
     if duration is not None:
         argv += ["--duration", f"{max(duration, 0.001):.3f}s"]
     schedule = [(e.t_ns, e.concurrency, e.model) for e in events

@@ -185,6 +185,7 @@ async def test_a_run_whose_every_request_is_refused_gives_up_in_one_line():
     assert result["requests_failed"] < 3 * 8
     assert session.failure.startswith("every request was refused")
     assert "does not exist" in session.failure and "\n" not in session.failure
+    assert end.detail == {"failure": session.failure}  # the record keeps why
 
 
 async def test_rate_limits_and_partial_failures_do_not_give_up():

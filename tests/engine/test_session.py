@@ -221,3 +221,21 @@ async def test_a_client_sample_each_second_counts_tokens_and_requests_in_flight(
     assert sum(s.tokens for s in samples) == tokens_by_then > 0
     assert all(s.in_flight == 3 for s in samples)  # a closed loop at 3 keeps 3 out
     assert samples[1].interval_ns == samples[1].t_ns - samples[0].t_ns
+
+
+async def test_changing_concurrency_and_model_together_is_one_phase(make_session):
+    session, events = make_session(FakeBackend(ttft_s=0.01, itl_s=0.004), concurrency=2,
+                                   output_tokens=10, duration_s=1.0, warmup_requests=0)
+
+    async def steer():
+        await session.started.wait()
+        await asyncio.sleep(0.3)
+        session.change(concurrency=4, model="other", reason="rerun: as recorded")
+        session.change(concurrency=4, model="other")  # nothing new: no phase
+
+    await asyncio.gather(session.run(), steer())
+    phases = events.of(Phase)
+    assert [(p.concurrency, p.model, p.reason) for p in phases] == [
+        (2, "fake", "start"), (4, "other", "rerun: as recorded")]
+    late = [e for e in events.of(RequestDone) if e.sent_ns > phases[1].t_ns]
+    assert late and all(e.model == "other" and e.phase_id == 1 for e in late)

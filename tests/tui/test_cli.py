@@ -89,6 +89,7 @@ def test_ctrl_c_ends_the_run_and_closes_the_record(tmp_path):
         (["models", "--backend", "openai", "--url", "http://:8000"], "names no host"),
         (["run", "--telemetry-hz", "0"], "must be above 0"),
         (["run", "--ambient-c", "300", "--no-record"], "not plausible"),
+        (["run", "--record", "run.json", "--duration", "1s"], "a record ends in .jsonl.gz"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(args, message):

@@ -172,6 +172,12 @@ def test_rerun_arguments_repeat_the_workload_and_its_changes():
     assert args.duration == 120.0  # stopped by hand after 120 s: run as long
     assert args.watch_pid is None and args.ambient_c is None  # facts of that day
     assert schedule == [(60 * 10**9, 16, "llama"), (90 * 10**9, 16, "llama-2")]
+    # asked for 30 minutes, stopped by hand after 2: the rerun runs 2 minutes too
+    events[0] = SessionStart(0, 1, "2026-11-23T00:00:00+00:00", {**config, "duration_s": 1800.0},
+                             {}, {})
+    assert build_parser().parse_args(rerun_arguments(events)[0]).duration == 120.0
+    events[-1] = SessionEnd(120 * 10**9, "completed")  # a run that ended by itself: as asked
+    assert build_parser().parse_args(rerun_arguments(events)[0]).duration == 1800.0
 
 
 def test_rerun_runs_the_same_workload_and_compares(recorded, tmp_path):
