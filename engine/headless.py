@@ -8,11 +8,24 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Any
 
 from engine.live import LiveSnapshot
 from engine.telemetry.live import TelemetrySnapshot
 from engine.telemetry.reasons import THROTTLING
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character but newline and tab written as an escape.
+
+    Model names, error classes, exporter reasons and whatever a record holds are untrusted: a
+    terminal would obey an ESC sequence in them (recolour, retitle, clear the screen), so every
+    line meant for a terminal goes through here.
+    """
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _ms(value: float | None) -> str:
@@ -29,7 +42,7 @@ def status_line(snap: LiveSnapshot, in_flight: int, concurrency: int) -> str:
     detail = ""
     if snap.errors:
         detail = " (" + ", ".join(f"{k} {v}" for k, v in sorted(snap.errors.items())) + ")"
-    return (
+    return terminal_safe(
         f"[{snap.t_ns / 1e9:7.1f}s] in flight {in_flight}/{concurrency}"
         f" | {snap.tokens_per_s:,.0f} tok/s"
         f" | TTFT p50 {_ms(snap.ttft_p50_ms)} ms p95 {_ms(snap.ttft_p95_ms)} ms"
@@ -124,7 +137,7 @@ def summary_table(summary: dict[str, Any]) -> str:
             "errors: " + ", ".join(f"{k} {v}" for k, v in summary["errors"].items())
         )
     lines.extend(telemetry_lines(summary))
-    return "\n".join(lines)
+    return terminal_safe("\n".join(lines))
 
 
 def _pct(value: float | None) -> str:
@@ -216,4 +229,4 @@ def summary_csv(summary: dict[str, Any]) -> str:
     writer.writerow(row("run", summary))
     for phase in summary["phases"]:
         writer.writerow(row("phase", phase))
-    return buffer.getvalue()
+    return terminal_safe(buffer.getvalue())

@@ -21,7 +21,7 @@ from engine.backends.ollama import DEFAULT_URL as OLLAMA_URL
 from engine.config import RunConfig, parse_duration, parse_telemetry
 from engine.errors import SoaktopError
 from engine.events import TelemetryStatus
-from engine.headless import status_line
+from engine.headless import status_line, terminal_safe
 from engine.live import LiveStats
 from engine.record import default_path
 from engine.session import Session
@@ -275,7 +275,8 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
     summary, live = SessionSummary(), LiveStats()
 
     def say_telemetry(status: TelemetryStatus) -> None:  # availability, as it changes
-        print(f"soaktop: telemetry: {describe_status(status)}", file=sys.stderr, flush=True)
+        print(f"soaktop: telemetry: {terminal_safe(describe_status(status))}", file=sys.stderr,
+              flush=True)
 
     live.telemetry.on_status = say_telemetry
     sources = build_sources(args.telemetry, args.watch_pid, local_engine=args.backend == "local")
@@ -334,7 +335,7 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
 
 def _models(args: argparse.Namespace) -> None:
     for name in asyncio.run(_make_backend(args).models()):
-        print(name)
+        print(terminal_safe(name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "models":
             _models(args)
     except SoaktopError as exc:
-        print(f"soaktop: error: {exc}", file=sys.stderr)
+        print(f"soaktop: error: {terminal_safe(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("soaktop: stopped", file=sys.stderr)

@@ -21,7 +21,7 @@ from typing import Any
 from engine import backends
 from engine.errors import SoaktopError
 from engine.events import Phase, SessionEnd, SessionStart
-from engine.headless import status_line, summary_csv, summary_table
+from engine.headless import status_line, summary_csv, summary_table, terminal_safe
 from engine.live import LiveSnapshot, LiveStats
 from engine.record import RecordReader
 from engine.replay import Replay, Timeline
@@ -65,8 +65,8 @@ def describe_header(header: Any) -> str:
         return "no header"
     config, backend = header.config, header.backend
     target = backend.get("device") or backend.get("url") or config.get("backend")
-    return (f"{config.get('model')} on {target} ({config.get('backend')}), "
-            f"recorded {header.wall_start}")
+    return terminal_safe(f"{config.get('model')} on {target} ({config.get('backend')}), "
+                         f"recorded {header.wall_start}")
 
 
 def replay(args: argparse.Namespace) -> dict[str, Any]:

@@ -235,3 +235,29 @@ def test_a_corrupt_compressed_block_loses_only_its_own_lines(tmp_path):
     assert 0 < result["requests_ok"] < json.loads(
         soaktop("summary", str(SAMPLE), "--json").stdout)["requests_ok"]
     assert result["ended"] == "completed"  # the blocks after the damage were read
+
+
+def test_strings_from_a_record_never_reach_the_terminal_as_control_codes(tmp_path):
+    from engine.events import RequestDone
+    from engine.record import RecordWriter
+
+    evil = "m\x1b]0;pwned\x07\x1b[2J"
+    record = tmp_path / "evil.jsonl.gz"
+    writer = RecordWriter(record)
+    writer.write(SessionStart(0, 1, "2026-11-23T00:00:00+00:00",
+                              {"backend": "openai", "model": evil}, {}, {"url": evil}))
+    writer.write(Phase(0, 0, 1, evil, "openai", "start"))
+    for i in range(3):
+        writer.write(RequestDone((i + 1) * 10**8, 0, i, 0, "openai", evil, i * 10**8, 4,
+                                 (1000, 2000), 3000, "error" if i else "length",
+                                 error_class=evil if i else None, error_message=evil))
+    writer.write(SessionEnd(10**9, "completed"))
+    writer.close()
+    outputs = [soaktop("summary", str(record)), soaktop("summary", str(record), "--csv"),
+               soaktop("summary", str(record), "--json"),
+               soaktop("replay", str(record), "--speed", "max", "--status-every", "0.2")]
+    for out in outputs:
+        assert out.returncode == 0, out.stderr
+        assert "\x1b" not in out.stdout + out.stderr and "\x07" not in out.stdout + out.stderr
+    assert "\\x1b[2J" in outputs[0].stdout  # shown, escaped, not obeyed
+    assert "\\x1b]0;pwned" in outputs[3].stderr
