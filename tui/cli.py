@@ -292,6 +292,13 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, interrupt, signum)
 
+    said = []
+
+    def say_recording_stopped() -> None:  # once, as soon as it is known; the run goes on
+        if session.recorder and session.recorder.error and not said:
+            print(f"soaktop: {session.recorder.error}", file=sys.stderr, flush=True)
+            said.append(True)
+
     async def report() -> None:
         await session.started.wait()  # the model may take a while to load
         where = session.record_path if session.record_path else "not recorded"
@@ -299,7 +306,6 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
         target = facts.get("device") or facts.get("url") or args.backend
         print(f"soaktop: running {args.model} on {target}; record: {where}",
               file=sys.stderr, flush=True)
-        warned = False
         every_ns = int(args.status_every * 1e9)
         tick = every_ns
         while True:  # on the session clock's multiples, where a replay prints them too
@@ -307,9 +313,7 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
             print(status_line(live.snapshot(tick), session.in_flight, session.concurrency),
                   file=out, flush=True)
             tick += every_ns
-            if session.recorder and session.recorder.error and not warned:
-                print(f"soaktop: {session.recorder.error}", file=sys.stderr, flush=True)
-                warned = True
+            say_recording_stopped()
 
     async def follow_schedule() -> None:  # a rerun's recorded changes, at their times
         await session.started.wait()
@@ -325,8 +329,7 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
     finally:
         for helper in helpers:
             helper.cancel()
-    if session.recorder and session.recorder.error:
-        print(f"soaktop: {session.recorder.error}", file=sys.stderr)
+    say_recording_stopped()
     if session.failure:
         print_summary(summary.result(), args.json)  # what it saw, then the reason, and exit 2
         raise SoaktopError(session.failure)

@@ -261,3 +261,33 @@ def test_strings_from_a_record_never_reach_the_terminal_as_control_codes(tmp_pat
         assert "\x1b" not in out.stdout + out.stderr and "\x07" not in out.stdout + out.stderr
     assert "\\x1b[2J" in outputs[0].stdout  # shown, escaped, not obeyed
     assert "\\x1b]0;pwned" in outputs[3].stderr
+
+
+def test_a_disk_that_fills_stops_recording_not_the_run(tmp_path):
+    """A file-size limit makes the record's writes fail part-way (EFBIG: the same failed
+    write a full disk gives, without needing one): the run, its status lines and its summary
+    go on, the user is told once, and the record reads up to where the disk filled."""
+    import resource
+
+    record = tmp_path / "full.jsonl"  # plain: about 25 KB for this run
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, 12_000))
+
+    run = subprocess.run(
+        [*SOAKTOP, "run", "--headless", "--duration", "6s", "--concurrency", "2",
+         "--record", str(record), "--status-every", "1", "--json", "--telemetry", "host"],
+        capture_output=True, text=True, env=ENV, timeout=120, preexec_fn=limit_file_size)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("recording stopped: cannot write") == 1
+    assert "File too large" in run.stderr
+    status = [line for line in run.stderr.splitlines() if STATUS.match(line)]
+    assert len(status) >= 5  # the status lines went on to the end
+    live = json.loads(run.stdout)
+    assert live["ended"] == "completed" and live["requests_ok"] > 0
+    assert record.stat().st_size <= 12_000
+    out = soaktop("summary", str(record), "--json")
+    assert out.returncode == 0
+    kept = json.loads(out.stdout)
+    assert kept["ended"].startswith("cut short at")
+    assert 0 <= kept["requests_ok"] < live["requests_ok"]
