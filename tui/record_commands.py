@@ -26,6 +26,7 @@ from engine.live import LiveSnapshot, LiveStats
 from engine.record import RecordReader
 from engine.replay import Replay, Timeline
 from engine.summary import SessionSummary
+from tui.replay_keys import key_control
 
 
 def print_summary(result: dict[str, Any], as_json: bool) -> None:
@@ -81,20 +82,27 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
         print(status_line(live.snapshot(t_ns), timeline.in_flight(t_ns), concurrency),
               file=out, flush=True)
 
+    def reset() -> None:  # a seek back: the record is fed again from the start
+        nonlocal summary, live
+        summary, live = SessionSummary(), LiveStats()
+        replay.listeners = [summary.add, live.add]
+
     full_speed = args.speed == float("inf")
     print(f"soaktop: replaying {args.path}: {describe_header(events[0])}; "
           f"{timeline.end_ns / 1e9:.1f} s at {'full speed' if full_speed else f'x{args.speed:g}'}",
           file=sys.stderr, flush=True)
     replay = Replay(timeline, [summary.add, live.add], speed=1.0 if full_speed else args.speed,
-                    ticks_ns=int(args.status_every * 1e9), on_tick=status)
+                    on_reset=reset, ticks_ns=int(args.status_every * 1e9), on_tick=status)
     if args.start is not None:
         replay.seek(int(args.start * 1e9))
     if full_speed:
         replay.advance_to(timeline.end_ns)
     else:
         async def play() -> None:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, replay.stop)
-            await replay.run()
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGINT, replay.stop)
+            with key_control(replay, loop):
+                await replay.run()
 
         asyncio.run(play())
     return summary.result()

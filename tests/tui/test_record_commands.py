@@ -291,3 +291,34 @@ def test_a_disk_that_fills_stops_recording_not_the_run(tmp_path):
     kept = json.loads(out.stdout)
     assert kept["ended"].startswith("cut short at")
     assert 0 <= kept["requests_ok"] < live["requests_ok"]
+
+
+def test_replay_in_a_terminal_pauses_seeks_and_quits_on_keys(recorded):
+    import os
+    import pty
+
+    record, result, _ = recorded
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*SOAKTOP, "replay", str(record), "--status-every", "1"],
+                            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+    os.close(slave)
+    try:
+        time.sleep(2.5)  # started, and a second or so into the record
+        os.write(master, b" ")  # pause
+        time.sleep(1.5)
+        os.write(master, b"\x1b[C")  # right arrow: 10 s on (past the end: to the end)
+        time.sleep(0.5)
+        os.write(master, b"q")
+        out, err = proc.communicate(timeout=20)
+    finally:
+        os.close(master)
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "keys: space pause/resume" in err
+    paused = re.search(r"soaktop: paused at (\d+\.\d) s", err)
+    assert paused and 0.5 < float(paused.group(1)) < 4.5
+    ticks = [float(line[1:8]) for line in out.splitlines() if STATUS.match(line)]
+    # while paused, no status line was printed for later record times
+    assert all(t <= float(paused.group(1)) + 1 for t in ticks)
+    assert "ended: completed" in out  # the summary came out, the whole record read
