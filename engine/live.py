@@ -72,6 +72,7 @@ class LiveSnapshot:
     itl_p50_ms: float | None
     itl_p95_ms: float | None
     e2e_p50_ms: float | None
+    speed_p50_tps: float | None = None  # per-request output speed, (n - 1) / (t_last - t_first)
     telemetry: TelemetrySnapshot = TelemetrySnapshot()
 
 
@@ -90,6 +91,7 @@ class LiveStats:
         self._bucket_now = 0  # absolute index of the newest bucket
         self.ttft_ms = Ring(4096)
         self.e2e_ms = Ring(4096)
+        self.speed_tps = Ring(4096)
         self.itl_ms = Ring(capacity)
         self.ok = 0
         self.failed = 0
@@ -130,6 +132,8 @@ class LiveStats:
             if m.ttft_us is not None:
                 self.ttft_ms.extend(event.t_ns, [m.ttft_us / 1e3])
             self.e2e_ms.extend(event.t_ns, [m.e2e_us / 1e3])
+            if m.speed_tps is not None:
+                self.speed_tps.extend(event.t_ns, [m.speed_tps])
             self.itl_ms.extend(event.t_ns, m.itl_us / 1e3)
 
     def tokens_per_s(self, now_ns: int, over_s: float | None = None) -> float:
@@ -159,5 +163,6 @@ class LiveStats:
             itl_p50_ms=pct(self.itl_ms, 50),
             itl_p95_ms=pct(self.itl_ms, 95),
             e2e_p50_ms=pct(self.e2e_ms, 50),
+            speed_p50_tps=pct(self.speed_tps, 50),
             telemetry=self.telemetry.snapshot(now_ns),
         )

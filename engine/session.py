@@ -80,6 +80,7 @@ class Session:
         self._samplers: list[Sampler] = []
         self._ended = False
         self._tokens_received = 0  # content tokens so far, for the once-a-second ClientSample
+        self._resume_to: int | None = None  # the concurrency to go back to, while paused
 
     # -- clock and events ------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -165,6 +166,9 @@ class Session:
             raise ConfigError("a model name is needed")
         if self._phase is None:
             return
+        if self._resume_to is not None and concurrency is not None:
+            self._resume_to = concurrency  # paused: the new level applies on resume
+            concurrency = None
         new_concurrency = concurrency is not None and concurrency != self._phase.concurrency
         new_model = model is not None and model != self.model
         if not (new_concurrency or new_model):
@@ -173,6 +177,28 @@ class Session:
             self.model = model
         self._new_phase(reason, concurrency=concurrency if new_concurrency else None)
         if new_concurrency and self._loop is not None:
+            self._loop.set_target(concurrency)
+
+    @property
+    def paused(self) -> bool:
+        return self._resume_to is not None
+
+    def pause(self, reason: str = "paused") -> None:
+        """Send nothing new (a phase at concurrency 0); requests in flight finish."""
+        if self._phase is None or self.paused:
+            return
+        self._resume_to = self._phase.concurrency
+        self._new_phase(reason, concurrency=0)
+        if self._loop is not None:
+            self._loop.set_target(0)
+
+    def resume(self, reason: str = "resumed") -> None:
+        """Load again at the concurrency before the pause (or the one set while paused)."""
+        if not self.paused:
+            return
+        concurrency, self._resume_to = self._resume_to, None
+        self._new_phase(reason, concurrency=concurrency)
+        if self._loop is not None:
             self._loop.set_target(concurrency)
 
     def mark(self, note: str) -> None:
@@ -190,7 +216,8 @@ class Session:
         self._phase = Phase(
             t_ns=self.now_ns(),
             phase_id=0 if previous is None else previous.phase_id + 1,
-            concurrency=concurrency or (previous.concurrency if previous else 0),
+            concurrency=concurrency if concurrency is not None else (
+                previous.concurrency if previous else 0),
             model=self.model,
             backend=self.config.backend,
             reason=reason,

@@ -239,3 +239,29 @@ async def test_changing_concurrency_and_model_together_is_one_phase(make_session
         (2, "fake", "start"), (4, "other", "rerun: as recorded")]
     late = [e for e in events.of(RequestDone) if e.sent_ns > phases[1].t_ns]
     assert late and all(e.model == "other" and e.phase_id == 1 for e in late)
+
+
+async def test_pause_sends_nothing_new_and_resume_picks_up_the_level(make_session):
+    session, events = make_session(FakeBackend(ttft_s=0.01, itl_s=0.004), concurrency=3,
+                                   output_tokens=10, duration_s=1.6, warmup_requests=0)
+
+    async def steer():
+        await session.started.wait()
+        await asyncio.sleep(0.3)
+        session.pause()
+        session.set_concurrency(5)  # while paused: applies on resume, no phase now
+        assert session.paused and session.concurrency == 0
+        await asyncio.sleep(0.5)
+        session.resume()
+
+    await asyncio.gather(session.run(), steer())
+    phases = events.of(Phase)
+    assert [(p.concurrency, p.reason) for p in phases] == [
+        (3, "start"), (0, "paused"), (5, "resumed")]
+    paused_at, resumed_at = phases[1].t_ns, phases[2].t_ns
+    done = events.of(RequestDone)
+    assert not [e for e in done if paused_at < e.sent_ns < resumed_at]  # nothing sent
+    assert all(e.phase_id != 1 for e in done)  # no request belongs to the paused phase
+    ends = [e.t_ns for e in done if e.phase_id == 0]
+    assert max(ends) > paused_at  # in-flight requests finished after the pause
+    assert len([e for e in done if e.phase_id == 2 and e.finish_reason != "cancelled"]) > 5
