@@ -161,15 +161,23 @@ class Replay:
         self._reanchor(self.position_ns)
         self.speed = speed
 
-    def seek(self, t_ns: int) -> None:
-        """Jump to ``t_ns`` on the record's clock; everything before it is delivered at once."""
+    def seek(self, t_ns: int, ticks_back_ns: int = 0) -> None:
+        """Jump to ``t_ns`` on the record's clock; everything before it is delivered at once.
+
+        Ticks in the stretch jumped over are skipped (no status lines for it), except those
+        within ``ticks_back_ns`` before the target: a dashboard redraws the seconds its curves
+        show (at most :data:`TOKEN_CATCHUP_NS` back, as far as tokens are re-emitted).
+        """
         t_ns = max(0, min(int(t_ns), self.timeline.end_ns))
         if t_ns < self._emitted_ns:  # back: consumers start again from the top
             if self.on_reset is not None:
                 self.on_reset()
             self._i_event, self._i_token, self._emitted_ns = 0, 0, -1
-        if self._ticks_ns:  # no status lines for the stretch jumped over
-            self._next_tick = (t_ns // self._ticks_ns + 1) * self._ticks_ns
+            self._next_tick = self._ticks_ns or 0
+        if self._ticks_ns:
+            back = min(max(0, ticks_back_ns), TOKEN_CATCHUP_NS)
+            first = (max(0, t_ns - back) // self._ticks_ns + 1) * self._ticks_ns
+            self._next_tick = max(self._next_tick, first)
         catch_up = int(np.searchsorted(self.timeline.token_t, t_ns - TOKEN_CATCHUP_NS))
         self._i_token = max(self._i_token, catch_up)
         self._emit_until(t_ns)
@@ -181,22 +189,22 @@ class Replay:
         self._emit_until(min(int(t_ns), self.timeline.end_ns))
         self._reanchor(max(self._anchor_pos, min(int(t_ns), self.timeline.end_ns)))
 
-    def next_stop(self) -> int | None:
+    def next_stop(self, ticks_back_ns: int = 0) -> int | None:
         """Seek to the next phase change or mark after the position; its time, or None."""
         stops = self.timeline.stops
         i = int(np.searchsorted(stops, self.position_ns, side="right"))
         if i >= stops.size:
             return None
-        self.seek(int(stops[i]))
+        self.seek(int(stops[i]), ticks_back_ns)
         return int(stops[i])
 
-    def previous_stop(self) -> int:
+    def previous_stop(self, ticks_back_ns: int = 0) -> int:
         """Seek to the phase change or mark before the position (more than a second back, so
         pressing it again keeps going back); the start if there is none."""
         stops = self.timeline.stops
         i = int(np.searchsorted(stops, self.position_ns - 10**9, side="left")) - 1
         target = int(stops[i]) if i >= 0 else 0
-        self.seek(target)
+        self.seek(target, ticks_back_ns)
         return target
 
     def stop(self) -> None:
@@ -245,20 +253,21 @@ class Replay:
                 tl.token_first[start:end].tolist()):
             deliver(TokensArrived(t, worker, request, count, first))
 
-    async def run(self, frame_s: float = 0.02) -> None:
+    async def run(self, frame_s: float = 0.02, stay: bool = False) -> None:
         """Play from the position to the end of the record (or :meth:`stop`).
 
         Wakes at most every ``frame_s`` and delivers whatever fell due since: at x100 that is
-        two seconds of record per wake, delivered in order.
+        two seconds of record per wake, delivered in order. ``stay``: at the end, wait for a
+        seek back instead of returning (a screen that stays open on a finished replay).
         """
         self._changed = asyncio.Event()
         self._reanchor(self._anchor_pos)
         while not self._stop:
             self._changed.clear()
             self._emit_until(self.position_ns)
-            if self.finished:
+            if self.finished and not stay:
                 break
-            if self.paused:
+            if self.paused or self.finished:
                 await self._changed.wait()
                 continue
             try:

@@ -180,8 +180,18 @@ class Session:
             self._loop.set_target(concurrency)
 
     @property
+    def ended(self) -> bool:
+        """The run is over (its session_end is out)."""
+        return self._ended
+
+    @property
     def paused(self) -> bool:
         return self._resume_to is not None
+
+    @property
+    def target_concurrency(self) -> int:
+        """The concurrency the load runs at, or returns to when paused."""
+        return self._resume_to if self._resume_to is not None else self.concurrency
 
     def pause(self, reason: str = "paused") -> None:
         """Send nothing new (a phase at concurrency 0); requests in flight finish."""

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from tui import record_commands
 from tui.record_commands import print_summary
 
 DEFAULT_SESSIONS_DIR = Path("sessions")
+THEME_NAMES = ("dark", "light", "high-contrast", "monochrome")  # themes/; no Textual import
 
 
 def _int_at_least(lowest: int):
@@ -74,6 +76,16 @@ def _hz(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not 0 < value <= 100:
         raise argparse.ArgumentTypeError(f"must be above 0 and at most 100 (got {text})")
+    return value
+
+
+def _fps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 30:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 30 (got {text})")
     return value
 
 
@@ -144,7 +156,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--headless", action="store_true",
-                   help="status lines instead of the dashboard (the only mode for now)")
+                   help="status lines instead of the dashboard (also when stdout is not a "
+                   "terminal)")
+    p.add_argument("--fps", type=_fps, default=4.0,
+                   help="dashboard redraws per second (default 4; lower costs less over SSH)")
+    p.add_argument("--theme", choices=THEME_NAMES, default=None,
+                   help="dashboard theme (default dark; monochrome when NO_COLOR is set)")
     p.add_argument("--json", action="store_true",
                    help="print the final summary as one JSON object on stdout")
     p.add_argument("--status-every", type=_duration, default=5.0,
@@ -239,14 +256,17 @@ def _record_path(args: argparse.Namespace) -> Path | None:
     return default_path(path, datetime.now(), socket.gethostname(), args.model)
 
 
-async def _run(args: argparse.Namespace) -> SessionSummary:
+async def _build_session(args: argparse.Namespace, listeners: tuple = (),
+                         say: Callable[[str], None] = lambda text: None) -> Session:
+    """The session the ``run`` flags ask for (asking a server for its first model if none is
+    named, hence async). ``say`` tells the user what was chosen for them."""
     backend = _make_backend(args)
     if args.backend != "local" and not args.model:
         served = await backend.models()
         if not served:
             raise SoaktopError(f"{strip_credentials(args.url or '')} serves no model")
         args.model = backend.model = served[0]  # the header then describes this one
-        print(f"soaktop: model {args.model} (the first the server lists)", file=sys.stderr)
+        say(f"model {args.model} (the first the server lists)")
     args.model = args.model or "tiny"
     config = RunConfig(
         backend=args.backend,
@@ -272,16 +292,26 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
         watch_pid=args.watch_pid,
         ambient_c=args.ambient_c,
     )
+    sources = build_sources(args.telemetry, args.watch_pid, local_engine=args.backend == "local")
+    return Session(config, backend, _record_path(args), listeners=listeners, sources=sources)
+
+
+def _say(text: str) -> None:
+    print(f"soaktop: {text}", file=sys.stderr, flush=True)
+
+
+async def _run(args: argparse.Namespace) -> SessionSummary:
+    """The headless run: status lines every few seconds, then the summary."""
     summary, live = SessionSummary(), LiveStats()
 
     def say_telemetry(status: TelemetryStatus) -> None:  # availability, as it changes
-        print(f"soaktop: telemetry: {terminal_safe(describe_status(status))}", file=sys.stderr,
-              flush=True)
+        _say(f"telemetry: {terminal_safe(describe_status(status))}")
 
     live.telemetry.on_status = say_telemetry
-    sources = build_sources(args.telemetry, args.watch_pid, local_engine=args.backend == "local")
-    session = Session(config, backend, _record_path(args), listeners=(summary.add, live.add),
-                      sources=sources)
+    if args.backend == "local":
+        _say(f"loading local model {args.model or 'tiny'} ...")
+    session = await _build_session(args, (summary.add, live.add), _say)
+    backend = session.backend
     out = sys.stderr if args.json else sys.stdout
     loop = asyncio.get_running_loop()
 
@@ -321,8 +351,6 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
             await asyncio.sleep(max(0.0, (t_ns - session.now_ns()) / 1e9))
             session.change(concurrency, model, reason="rerun: as recorded")
 
-    if args.backend == "local":
-        print(f"soaktop: loading local model {args.model} ...", file=sys.stderr, flush=True)
     helpers = [asyncio.ensure_future(report()), asyncio.ensure_future(follow_schedule())]
     try:
         await session.run()
@@ -334,6 +362,53 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
         print_summary(summary.result(), args.json)  # what it saw, then the reason, and exit 2
         raise SoaktopError(session.failure)
     return summary
+
+
+def _use_dashboard(args: argparse.Namespace) -> bool:
+    """The dashboard unless --headless, --json, or stdout is not a terminal (a pipe, a log)."""
+    return not (args.headless or args.json) and sys.stdout.isatty()
+
+
+def _dashboard(feed, args: argparse.Namespace, models=None):
+    """Run ``feed`` on the dashboard until quit; Textual is imported only here."""
+    from tui.app import SoaktopApp
+
+    app = SoaktopApp(feed, fps=args.fps, theme=args.theme, models=models)
+    app.run()
+    if app.error:
+        raise SoaktopError(app.error)
+    return feed
+
+
+def _run_dashboard(args: argparse.Namespace) -> SessionSummary:
+    from tui.feeds import LiveFeed
+
+    feed = LiveFeed(lambda: _build_session(args))
+
+    async def models() -> list[str]:
+        return await feed.session.backend.models()
+
+    _dashboard(feed, args, models)
+    session = feed.session
+    if session is not None and session.recorder is not None and session.recorder.error:
+        _say(session.recorder.error)
+    if session is not None and session.failure:
+        print_summary(feed.summary.result(), False)
+        raise SoaktopError(session.failure)
+    if session is not None and session.record_path:
+        _say(f"record: {session.record_path}")
+    return feed.summary
+
+
+def _replay_dashboard(args: argparse.Namespace) -> SessionSummary:
+    from tui.feeds import ReplayFeed
+
+    events = record_commands.read_events(args.path)
+    feed = ReplayFeed(events, speed=min(args.speed, 1000.0), path=args.path)
+    if args.start is not None:
+        feed.replay.seek(int(args.start * 1e9))
+    _dashboard(feed, args)
+    return record_commands.summarise(events)  # the whole record's, wherever q was pressed
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -348,12 +423,20 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["run", *argv]  # `soaktop` alone runs the embedded default
     args = parser.parse_args(argv)
     try:
-        if args.command == "run":
+        if args.command == "run" and _use_dashboard(args):
+            print_summary(_run_dashboard(args).result(), False)
+        elif args.command == "run":
             print_summary(asyncio.run(_run(args)).result(), args.json)
         elif args.command == "summary":
             record_commands.summary(args)
+        elif args.command == "replay" and _use_dashboard(args):
+            print_summary(_replay_dashboard(args).result(), False)
         elif args.command == "replay":
             print_summary(record_commands.replay(args), args.json)
+        elif args.command == "attach" and _use_dashboard(args):
+            from tui.feeds import AttachFeed
+
+            print_summary(_dashboard(AttachFeed(args.path), args).summary.result(), False)
         elif args.command == "attach":
             print_summary(asyncio.run(record_commands.attach(args)), args.json)
         elif args.command == "rerun":

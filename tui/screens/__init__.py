@@ -1,0 +1,1 @@
+"""The dashboard's screens: live, replay and attach share one layout (DashboardScreen)."""

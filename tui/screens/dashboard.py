@@ -1,0 +1,217 @@
+"""The dashboard: header, curves over time with phase markers, GPUs, requests, footer.
+
+A screen never does work per token: the app calls :meth:`DashboardScreen.refresh_frame` a
+few times a second, which reads the feed's live snapshot and history window once and hands
+each widget its part. Subclasses add what differs: the live run's keys
+(:class:`LiveScreen`), the replay's timeline and keys (:class:`ReplayScreen`).
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer
+
+from tui.feeds import Feed, LiveFeed, ReplayFeed
+from tui.widgets.draw import fmt
+from tui.widgets.gpu_panel import GpuPanel
+from tui.widgets.header_bar import HeaderBar
+from tui.widgets.requests_panel import RequestsPanel
+from tui.widgets.series import AxisRow, SeriesPanel
+from tui.widgets.timeline import Timeline
+
+CURVES = (  # label, History series, unit, digits, scale from 0, colour
+    ("TTFT p50", "ttft_p50_ms", " ms", 1, False, "$primary"),
+    ("TTFT p95", "ttft_p95_ms", " ms", 1, False, "$secondary"),
+    ("tokens/s", "tokens_per_s", "", 0, True, "$success"),
+    ("req tok/s p50", "speed_p50_tps", "", 1, True, "$success"),
+    ("ITL p50", "itl_p50_ms", " ms", 1, False, "$primary"),
+    ("errors/s", "errors", "", 0, True, "$error"),
+)
+
+
+class DashboardScreen(Screen):
+    def __init__(self, feed: Feed) -> None:
+        super().__init__()
+        self.feed = feed
+
+    def compose(self) -> ComposeResult:
+        yield HeaderBar()
+        with Vertical(id="curves"):
+            for label, series, unit, digits, floor, style in CURVES:
+                yield SeriesPanel(label, series, unit, digits, floor, style, id=f"s-{series}")
+            yield AxisRow()
+        yield from self.compose_extra()
+        with Horizontal(id="below"):
+            yield RequestsPanel()
+            yield GpuPanel()
+        yield Footer()
+
+    def compose_extra(self) -> ComposeResult:
+        yield from ()
+
+    def header_state(self) -> str:
+        return ""
+
+    def refresh_frame(self) -> None:
+        feed = self.feed
+        feed.tick()
+        snap = feed.snapshot()
+        panels = list(self.query(SeriesPanel))
+        width = panels[0].spark_width if panels else 60
+        window = feed.history.window(max(width, 1))
+        values = {"ttft_p50_ms": snap.ttft_p50_ms, "ttft_p95_ms": snap.ttft_p95_ms,
+                  "tokens_per_s": snap.tokens_per_s, "speed_p50_tps": snap.speed_p50_tps,
+                  "itl_p50_ms": snap.itl_p50_ms, "errors": None}
+        errors = window.series["errors"]
+        values["errors"] = float(errors[-1]) if errors.size and errors[-1] == errors[-1] else None
+        for panel in panels:
+            panel.show(values[panel.series], window)
+        self.query_one(AxisRow).show(window, width)
+        header = feed.header
+        config = header.config if header else {}
+        backend = header.backend if header else {}
+        phase = feed.live.phase
+        self.query_one(HeaderBar).show(
+            kind=feed.kind, backend=str(config.get("backend", "?")),
+            model=phase.model if phase else str(config.get("model", "?")),
+            target=str(backend.get("device") or backend.get("url") or "?"),
+            concurrency=feed.concurrency(), in_flight=feed.in_flight(),
+            elapsed_s=feed.now_ns() / 1e9, duration_s=feed.duration_s,
+            record=str(feed.record_path) if feed.record_path else None,
+            state=self.header_state())
+        self.query_one(RequestsPanel).show(snap, feed.in_flight(), feed.concurrency(),
+                                           feed.errors, paused=self.paused_load())
+        self.query_one(GpuPanel).show(snap.telemetry, window)
+
+    def paused_load(self) -> bool:
+        return False
+
+
+class LiveScreen(DashboardScreen):
+    """A running session: its keys steer the engine."""
+
+    BINDINGS = [
+        Binding("plus,equals_sign", "concurrency(1)", "Concurrency +1", key_display="+"),
+        Binding("minus", "concurrency(-1)", "Concurrency -1", key_display="-"),
+        Binding("m", "switch_model", "Model"),
+        Binding("p", "toggle_pause", "Pause load"),
+        Binding("space", "mark", "Mark"),
+    ]
+    feed: LiveFeed
+
+    def paused_load(self) -> bool:
+        session = self.feed.session
+        return bool(session and session.paused)
+
+    def header_state(self) -> str:
+        session = self.feed.session
+        if session is not None and session.ended:
+            return "ENDED (q quits)"
+        return "PAUSED" if self.paused_load() else ""
+
+    def action_concurrency(self, step: int) -> None:
+        session = self.feed.session
+        if session is None or not session.started.is_set():
+            return
+        target = session.target_concurrency + step
+        if target < 1:
+            self.notify("concurrency is at its lowest: 1", severity="warning")
+            return
+        session.set_concurrency(target, reason="key")
+        self.refresh_frame()
+
+    def action_toggle_pause(self) -> None:
+        session = self.feed.session
+        if session is None or not session.started.is_set():
+            return
+        session.resume("key: resumed") if session.paused else session.pause("key: paused")
+        self.refresh_frame()
+
+    def action_mark(self) -> None:
+        session = self.feed.session
+        if session is None or not session.started.is_set():
+            return
+        self._marks = getattr(self, "_marks", 0) + 1
+        session.mark(f"mark {self._marks}")
+        self.notify(f"mark {self._marks} at {session.now_ns() / 1e9:.1f} s")
+
+    def action_switch_model(self) -> None:
+        self.app.action_pick_model()
+
+
+class ReplayScreen(DashboardScreen):
+    """A record played back: a timeline, a per-phase table, and keys to move in time."""
+
+    BINDINGS = [
+        Binding("space", "toggle_pause", "Pause"),
+        Binding("left", "seek(-10)", "-10 s", key_display="←"),
+        Binding("right", "seek(10)", "+10 s", key_display="→"),
+        Binding("n", "next_stop", "Next phase/mark"),
+        Binding("p", "previous_stop", "Previous"),
+        Binding("plus,equals_sign", "speed(10)", "Speed x10", key_display="+"),
+        Binding("minus", "speed(0.1)", "Speed /10", key_display="-"),
+    ]
+    feed: ReplayFeed
+
+    def compose_extra(self) -> ComposeResult:
+        yield Timeline()
+        yield DataTable(id="phases", cursor_type="none", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#phases", DataTable)
+        table.can_focus = False  # the arrows seek, they do not move a cursor
+        table.add_columns("phase", "conc", "model", "ok", "fail", "tok/s", "TTFT p50",
+                          "TTFT p95", "ITL p50", "E2E p50")
+
+    def header_state(self) -> str:
+        if self.feed.finished:
+            return "END OF RECORD"
+        return "PAUSED" if self.feed.replay.paused else ""
+
+    def refresh_frame(self) -> None:
+        super().refresh_frame()
+        replay, timeline = self.feed.replay, self.feed.timeline
+        self.query_one(Timeline).show(replay.position_ns / 1e9, timeline.end_ns / 1e9,
+                                      replay.speed, replay.paused,
+                                      [t / 1e9 for t in timeline.stops.tolist()])
+        self._fill_phases()
+
+    def _fill_phases(self) -> None:
+        table = self.query_one("#phases", DataTable)
+        phases = self.feed.summary.result()["phases"]
+        table.clear()
+        for p in phases:
+            table.add_row(f"{p['phase_id']}{'w' if p['warmup'] else ''}", str(p["concurrency"]),
+                          str(p["model"])[:16], str(p["requests_ok"]),
+                          str(p["requests_failed"]), fmt(p["output_tokens_per_s"]),
+                          fmt(p["ttft_ms"]["p50"], 1), fmt(p["ttft_ms"]["p95"], 1),
+                          fmt(p["itl_ms"]["p50"], 1), fmt(p["e2e_ms"]["p50"]))
+
+    def action_toggle_pause(self) -> None:
+        self.feed.replay.toggle_pause()
+        self.refresh_frame()
+
+    def action_seek(self, seconds: float) -> None:
+        self.feed.seek(self.feed.replay.position_ns + int(seconds * 1e9))
+        self.refresh_frame()
+
+    def action_next_stop(self) -> None:
+        if self.feed.next_stop() is None:
+            self.notify("no later phase or mark")
+        self.refresh_frame()
+
+    def action_previous_stop(self) -> None:
+        self.feed.previous_stop()
+        self.refresh_frame()
+
+    def action_speed(self, factor: float) -> None:
+        replay = self.feed.replay
+        replay.set_speed(min(1000.0, max(1.0, round(replay.speed * factor))))
+        self.refresh_frame()
+
+
+class AttachScreen(DashboardScreen):
+    """A run another soaktop is writing: shown, not steered (its keys are in that process)."""

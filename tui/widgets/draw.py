@@ -1,0 +1,93 @@
+"""Pure drawing: numbers in, characters out. No Textual here, so each is tested on its own.
+
+Why not Textual's own Sparkline: it cannot leave a gap where there is no data (it would draw a
+seconds-long stall of the screen, or the time before a run started, as a value of zero), and
+it has no way to mark the moments the phases changed on the same time axis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+BARS = "▁▂▃▄▅▆▇█"
+GAP = " "
+
+#: Clock-event reasons drawn on the throttle strip, the most severe first: one letter each.
+STRIP_CODES = (
+    ("hw_thermal", "T"), ("sw_thermal", "T"), ("hw_power_brake", "B"), ("hw_slowdown", "S"),
+    ("sw_power_cap", "P"), ("sync_boost", "Y"), ("display_clock", "D"),
+)
+STRIP_LEGEND = "T thermal  B power brake  S HW slowdown  P power cap  . none"
+
+
+def scale(values: np.ndarray, lo: float | None = None, hi: float | None = None
+          ) -> tuple[float, float]:
+    """The range a sparkline spans: the data's, unless given; never empty."""
+    finite = values[np.isfinite(values)]
+    low = float(finite.min()) if lo is None and finite.size else (lo or 0.0)
+    high = float(finite.max()) if hi is None and finite.size else (hi or 1.0)
+    if high <= low:
+        high = low + (abs(low) or 1.0)
+    return low, high
+
+
+def sparkline(values: Sequence[float] | np.ndarray, lo: float | None = None,
+              hi: float | None = None) -> str:
+    """One character per value, ``▁`` (``lo``) to ``█`` (``hi``); a blank where there is none."""
+    array = np.asarray(values, dtype=np.float64)
+    low, high = scale(array, lo, hi)
+    out = []
+    for v in array:
+        if not math.isfinite(v):
+            out.append(GAP)
+            continue
+        level = (min(max(v, low), high) - low) / (high - low)
+        out.append(BARS[min(len(BARS) - 1, int(level * (len(BARS) - 1) + 0.5))])
+    return "".join(out)
+
+
+def axis(width: int, phases: Sequence[tuple[int, str]], marks: Sequence[int] = ()) -> str:
+    """A time-axis row: ``┃`` and a label where a phase began, ``*`` at a mark."""
+    row = ["─"] * width
+    for column in marks:
+        if 0 <= column < width:
+            row[column] = "*"
+    for column, label in phases:
+        if 0 <= column < width:
+            row[column] = "┃"
+            for i, ch in enumerate(label[: max(0, width - column - 1)]):
+                row[column + 1 + i] = ch
+    return "".join(row)
+
+
+def throttle_strip(reasons: Sequence[tuple[str, ...] | None]) -> str:
+    """One character per second: the most severe active clock-event reason, ``.`` for none,
+    a blank where there was no sample."""
+    out = []
+    for active in reasons:
+        if active is None:
+            out.append(GAP)
+            continue
+        code = next((c for name, c in STRIP_CODES if name in active), ".")
+        out.append(code)
+    return "".join(out)
+
+
+def fmt(value: float | None, digits: int = 0, unit: str = "") -> str:
+    """``n/a`` for a missing value: never a 0 that was not measured."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def clock(seconds: float | None) -> str:
+    """``1:02:03`` / ``02:03``."""
+    if seconds is None:
+        return "--:--"
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"

@@ -1,0 +1,39 @@
+"""Requests: in flight, done, failed by class, and the last errors. Error messages come from
+servers: untrusted text, shown as plain text (Content never parses markup from it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from textual.content import Content
+from textual.widget import Widget
+
+from engine.events import RequestDone
+from engine.live import LiveSnapshot
+
+
+class RequestsPanel(Widget):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.lines: list[Content] = [Content(" waiting for the first request")]
+
+    def show(self, snap: LiveSnapshot, in_flight: int, concurrency: int,
+             errors: Iterable[RequestDone], paused: bool = False) -> None:
+        classes = ", ".join(f"{k} {v}" for k, v in sorted(snap.errors.items()))
+        lines = [
+            Content.assemble(f" in flight {in_flight}/{concurrency}",
+                             ("  paused: no new requests", "$warning bold") if paused else ""),
+            Content(f" done {snap.requests_ok}  ·  E2E p50 "
+                    f"{'n/a' if snap.e2e_p50_ms is None else f'{snap.e2e_p50_ms:,.0f} ms'}"),
+            Content.assemble(f" failed {snap.requests_failed}",
+                             (f"  ({classes})", "$error") if classes else ""),
+        ]
+        width = max(20, self.size.width - 2)
+        for done in list(errors)[-3:][::-1]:
+            text = f" {done.t_ns / 1e9:7.1f}s {done.error_class}: {done.error_message or ''}"
+            lines.append(Content.assemble((text[:width], "$error")))
+        self.lines = lines
+        self.refresh()
+
+    def render(self) -> Content:
+        return Content("\n").join(self.lines)
