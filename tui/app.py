@@ -158,6 +158,7 @@ class SoaktopApp(App):
             if isinstance(binding, Binding) and binding.description:
                 key = binding.key_display or binding.key
                 yield SystemCommand(binding.description, f"key {key}",
-                                    lambda a=binding.action, s=screen: s.run_action(a))
+                                    lambda a=binding.action, s=screen:
+                                    self.call_later(s.run_action, a))
         yield SystemCommand("Theme", "next theme (t)", self.action_next_theme)
         yield SystemCommand("Help", "keys and what the screen shows (?)", self.action_help)

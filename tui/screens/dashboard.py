@@ -52,6 +52,9 @@ class DashboardScreen(Screen):
     def compose_extra(self) -> ComposeResult:
         yield from ()
 
+    def on_mount(self) -> None:
+        self.call_after_refresh(self.refresh_frame)  # the first frame now, not a tick later
+
     def header_state(self) -> str:
         return ""
 
@@ -161,6 +164,7 @@ class ReplayScreen(DashboardScreen):
         yield DataTable(id="phases", cursor_type="none", zebra_stripes=True)
 
     def on_mount(self) -> None:
+        super().on_mount()
         table = self.query_one("#phases", DataTable)
         table.can_focus = False  # the arrows seek, they do not move a cursor
         table.add_columns("phase", "conc", "model", "ok", "fail", "tok/s", "TTFT p50",

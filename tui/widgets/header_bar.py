@@ -35,5 +35,5 @@ class HeaderBar(Widget):
         if len(where) > room:  # keep the file name: the tail
             where = " · record: …" + where[-max(0, room - 12):] if room > 24 else ""
         return Content.assemble((left[: self.size.width], "bold"), "\n",
-                                (f" {state}" if state else "", "$warning bold"),
+                                (f" {state} " if state else "", "$warning bold"),
                                 (when, "bold"), (where, "$text-muted"))

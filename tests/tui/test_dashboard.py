@@ -1,0 +1,190 @@
+"""The dashboard driven as a user drives it (Textual's Pilot): each key's effect on the engine
+and on the screen."""
+
+import asyncio
+
+from engine.events import Mark, Phase, RequestDone, SessionEnd
+from engine.record import RecordReader
+from tests.tui.dashboard_apps import live_app, replay_app
+from tui.screens.modals import ConfirmQuit, HelpScreen, ModelPicker
+from tui.widgets.header_bar import HeaderBar
+from tui.widgets.requests_panel import RequestsPanel
+
+
+def text_of(widget) -> str:
+    return str(widget.render())
+
+
+async def started(app, pilot):
+    for _ in range(200):
+        session = app.feed.session
+        if session is not None and session.started.is_set() and session.in_flight:
+            break
+        await pilot.pause(0.02)
+    await pilot.pause(0.15)  # a frame or two
+    return app.feed.session
+
+
+async def test_plus_and_minus_change_concurrency_in_a_new_phase(tmp_path):
+    app = live_app(record=tmp_path / "r.jsonl")
+    async with app.run_test(size=(100, 30)) as pilot:
+        session = await started(app, pilot)
+        await pilot.press("+")
+        assert session.concurrency == 3
+        await pilot.pause(0.3)
+        assert session.in_flight == 3
+        assert "concurrency 3, 3 in flight" in text_of(app.screen.query_one(HeaderBar))
+        await pilot.press("minus")
+        assert session.concurrency == 2
+        await pilot.press("q", "y")
+        await pilot.pause(0.5)
+    phases = [e for e in RecordReader(tmp_path / "r.jsonl").events() if isinstance(e, Phase)]
+    assert [(p.concurrency, p.reason) for p in phases][-2:] == [(3, "key"), (2, "key")]
+
+
+async def test_p_pauses_and_resumes_the_load_and_space_drops_a_mark():
+    app = live_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        session = await started(app, pilot)
+        await pilot.press("p")
+        assert session.paused and session.concurrency == 0
+        await pilot.pause(0.3)
+        assert "PAUSED" in text_of(app.screen.query_one(HeaderBar))
+        assert "paused: no new requests" in text_of(app.screen.query_one(RequestsPanel))
+        assert session.in_flight == 0  # what was in flight finished, nothing new went out
+        await pilot.press("p")
+        assert not session.paused and session.concurrency == 2
+        marks = []
+        session.add_listener(lambda e: marks.append(e) if isinstance(e, Mark) else None)
+        await pilot.press("space")
+        assert [m.note for m in marks] == ["mark 1"]
+        app.exit()
+
+
+async def test_m_lists_the_models_and_switches_to_the_one_picked():
+    app = live_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        session = await started(app, pilot)
+        await pilot.press("m")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ModelPicker)
+        assert app.screen.models == ["fake", "fake-large"]
+        await pilot.press("down", "enter")
+        await pilot.pause(0.1)
+        assert session.model == "fake-large"
+        await pilot.pause(0.3)
+        assert "fake-large on" in text_of(app.screen.query_one(HeaderBar))
+        app.exit()
+
+
+async def test_q_asks_first_and_n_keeps_the_run_going(tmp_path):
+    app = live_app(record=tmp_path / "r.jsonl.gz")
+    async with app.run_test(size=(100, 30)) as pilot:
+        session = await started(app, pilot)
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmQuit)
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, ConfirmQuit) and not session.ended
+        await pilot.press("q", "y")
+        for _ in range(100):
+            if app.return_value is not None:
+                break
+            await pilot.pause(0.05)
+        assert session.ended
+    events = list(RecordReader(tmp_path / "r.jsonl.gz").events())
+    assert isinstance(events[-1], SessionEnd) and events[-1].reason == "interrupted"
+    assert app.return_value is app.feed  # the CLI prints its summary after the app exits
+
+
+async def test_t_cycles_the_themes_and_question_mark_shows_help():
+    app = replay_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert app.theme == "soaktop-dark"
+        await pilot.press("t")
+        assert app.theme == "soaktop-light"
+        await pilot.press("t", "t", "t")
+        assert app.theme == "soaktop-dark"
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_every_key_is_in_the_command_palette():
+    app = live_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await started(app, pilot)
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        for title in ("Concurrency +1", "Concurrency -1", "Model", "Pause load", "Mark",
+                      "Theme", "Help"):
+            assert title in titles
+        command = next(c for c in app.get_system_commands(app.screen)
+                       if c.title == "Concurrency +1")
+        command.callback()
+        await pilot.pause(0.1)
+        assert app.feed.session.concurrency == 3
+        app.exit()
+
+
+async def test_replay_keys_pause_seek_jump_and_change_speed():
+    app = replay_app(at_s=2.0)
+    async with app.run_test(size=(100, 30)) as pilot:
+        replay = app.feed.replay
+        end, first_stop = replay.timeline.end_ns, int(replay.timeline.stops[0])
+        assert replay.paused and replay.position_ns == 2 * 10**9 and end < 10 * 10**9
+        await pilot.press("right")  # 10 s on, past the 8 s record: its end
+        assert replay.position_ns == end
+        await pilot.press("left")  # 10 s back: the start
+        assert replay.position_ns == 0
+        await pilot.press("n")  # the next phase change: warm-up done
+        assert replay.position_ns == first_stop
+        await pilot.press("p")  # nothing before it but the start
+        assert replay.position_ns == 0
+        await pilot.press("plus")
+        assert replay.speed == 10
+        await pilot.press("space")
+        assert not replay.paused
+        await pilot.pause(0.3)
+        assert replay.position_ns >= 2 * 10**9  # x10 for 0.3 s
+        await pilot.press("q")
+    assert app.return_value is app.feed
+
+
+async def test_a_seek_back_and_forth_redraws_the_same_curves():
+    import numpy as np
+
+    app = replay_app(at_s=7.0)
+    async with app.run_test(size=(100, 30)) as pilot:
+        before = app.feed.history.window(5, end_s=6).series["tokens_per_s"].copy()
+        await pilot.press("left")  # to 0 s: history starts again
+        assert np.isnan(app.feed.history.window(5, end_s=6).series["tokens_per_s"]).all()
+        await pilot.press("right")  # to the end: the seconds it shows are drawn again
+        after = app.feed.history.window(5, end_s=6).series["tokens_per_s"]
+    assert np.isfinite(before).all() and np.array_equal(before, after)
+
+
+async def test_error_messages_are_shown_as_text_never_as_markup():
+    app = replay_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        hostile = "[b]boom[/b] [@click=app.quit]x[/]"
+        done = RequestDone(10**9, 0, 99, 1, "openai", "m", 0, 4, (), 100, "error",
+                           error_class="http_500", error_message=hostile)
+        app.feed.errors.append(done)
+        app.feed.live.add(done)
+        await pilot.pause(0.4)
+        shown = text_of(app.screen.query_one(RequestsPanel))
+        assert hostile in shown
+
+
+async def test_the_run_ending_keeps_the_screen_and_says_so():
+    app = live_app(duration_s=0.8)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await started(app, pilot)
+        await asyncio.sleep(1.2)
+        await pilot.pause(0.3)
+        assert app.feed.session.ended
+        assert "ENDED" in text_of(app.screen.query_one(HeaderBar))
+        await pilot.press("q")  # no question once the run is over
+        await pilot.pause(0.2)
+    assert app.return_value is app.feed
