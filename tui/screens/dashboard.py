@@ -109,6 +109,16 @@ class LiveScreen(DashboardScreen):
         session = self.feed.session
         return bool(session and session.paused)
 
+    def running_session(self):
+        """The session, if it is running: keys before the model has loaded say so."""
+        session = self.feed.session
+        if session is None or not session.started.is_set() or session.ended:
+            self.notify("the run is not going (yet): wait for the model to load"
+                        if session is None or not session.ended else "the run has ended",
+                        severity="warning", timeout=3)
+            return None
+        return session
+
     def header_state(self) -> str:
         session = self.feed.session
         if session is not None and session.ended:
@@ -116,8 +126,8 @@ class LiveScreen(DashboardScreen):
         return "PAUSED" if self.paused_load() else ""
 
     def action_concurrency(self, step: int) -> None:
-        session = self.feed.session
-        if session is None or not session.started.is_set():
+        session = self.running_session()
+        if session is None:
             return
         target = session.target_concurrency + step
         if target < 1:
@@ -127,15 +137,15 @@ class LiveScreen(DashboardScreen):
         self.refresh_frame()
 
     def action_toggle_pause(self) -> None:
-        session = self.feed.session
-        if session is None or not session.started.is_set():
+        session = self.running_session()
+        if session is None:
             return
         session.resume("key: resumed") if session.paused else session.pause("key: paused")
         self.refresh_frame()
 
     def action_mark(self) -> None:
-        session = self.feed.session
-        if session is None or not session.started.is_set():
+        session = self.running_session()
+        if session is None:
             return
         self._marks = getattr(self, "_marks", 0) + 1
         session.mark(f"mark {self._marks}")
@@ -184,15 +194,23 @@ class ReplayScreen(DashboardScreen):
         self._fill_phases()
 
     def _fill_phases(self) -> None:
+        second = (self.feed.now_ns() // 10**9, self.feed.summary.end is not None)
+        if second == getattr(self, "_filled_at", None):
+            return  # a summary is recomputed once a second of the record, not every frame
+        self._filled_at = second
         table = self.query_one("#phases", DataTable)
-        phases = self.feed.summary.result()["phases"]
+        rows = [(f"{p['phase_id']}{'w' if p['warmup'] else ''}", str(p["concurrency"]),
+                 str(p["model"])[:16], str(p["requests_ok"]), str(p["requests_failed"]),
+                 fmt(p["output_tokens_per_s"]), fmt(p["ttft_ms"]["p50"], 1),
+                 fmt(p["ttft_ms"]["p95"], 1), fmt(p["itl_ms"]["p50"], 1),
+                 fmt(p["e2e_ms"]["p50"]))
+                for p in self.feed.summary.result()["phases"]]
+        if rows == getattr(self, "_rows", None):
+            return
+        self._rows = rows
         table.clear()
-        for p in phases:
-            table.add_row(f"{p['phase_id']}{'w' if p['warmup'] else ''}", str(p["concurrency"]),
-                          str(p["model"])[:16], str(p["requests_ok"]),
-                          str(p["requests_failed"]), fmt(p["output_tokens_per_s"]),
-                          fmt(p["ttft_ms"]["p50"], 1), fmt(p["ttft_ms"]["p95"], 1),
-                          fmt(p["itl_ms"]["p50"], 1), fmt(p["e2e_ms"]["p50"]))
+        for row in rows:
+            table.add_row(*row)
 
     def action_toggle_pause(self) -> None:
         self.feed.replay.toggle_pause()

@@ -22,9 +22,15 @@ class GpuPanel(Widget):
 
     def show(self, telemetry: TelemetrySnapshot, window: Window) -> None:
         self.telemetry, self.window = telemetry, window
-        self.refresh()
+        content = self._draw()
+        if str(content) != str(getattr(self, "_content", None)):
+            self._content = content
+            self.refresh()
 
     def render(self) -> Content:
+        return getattr(self, "_content", None) or self._draw()
+
+    def _draw(self) -> Content:
         t, width = self.telemetry, max(10, self.size.width - 10)
         lines: list[Content] = []
         for key, now in t.gpus.items():

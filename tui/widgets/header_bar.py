@@ -21,8 +21,10 @@ class HeaderBar(Widget):
         when = f" {clock(elapsed_s)}"
         if duration_s:
             when += f" / {clock(duration_s)} ({clock(duration_s - elapsed_s)} left)"
-        self.parts = {"left": left, "state": state, "record": record, "when": when}
-        self.refresh()
+        parts = {"left": left, "state": state, "record": record, "when": when}
+        if parts != self.parts:
+            self.parts = parts
+            self.refresh()
 
     def render(self) -> Content:
         """Line 1: what runs and for how long; line 2: its state and where it is recorded."""

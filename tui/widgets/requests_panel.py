@@ -32,8 +32,9 @@ class RequestsPanel(Widget):
         for done in list(errors)[-3:][::-1]:
             text = f" {done.t_ns / 1e9:7.1f}s {done.error_class}: {done.error_message or ''}"
             lines.append(Content.assemble((text[:width], "$error")))
-        self.lines = lines
-        self.refresh()
+        if [str(line) for line in lines] != [str(line) for line in self.lines]:
+            self.lines = lines
+            self.refresh()
 
     def render(self) -> Content:
         return Content("\n").join(self.lines)

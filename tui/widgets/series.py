@@ -30,8 +30,10 @@ class SeriesPanel(Widget):
         return max(1, self.size.width - LABEL_WIDTH - 1)
 
     def show(self, now: float | None, window: Window) -> None:
-        self.now = now
-        self.values = window.series[self.series][-self.spark_width:]
+        values = window.series[self.series][-self.spark_width:]
+        if now == self.now and np.array_equal(values, self.values, equal_nan=True):
+            return  # unchanged: no repaint (over SSH each one costs bytes)
+        self.now, self.values = now, values
         self.refresh()
 
     def render(self) -> Content:
@@ -57,8 +59,10 @@ class AxisRow(Widget):
         offset = len(window.series["tokens_per_s"]) - width  # columns before the sparklines'
         phases = [(c - offset, _phase_label(p)) for c, p in window.phases]
         marks = [c - offset for c, _ in window.marks]
-        self.text = axis(width, phases, marks)
-        self.refresh()
+        text = axis(width, phases, marks)
+        if text != self.text:
+            self.text = text
+            self.refresh()
 
     def render(self) -> Content:
         label = " time (1 column = 1 s)"[:LABEL_WIDTH].ljust(LABEL_WIDTH)

@@ -16,6 +16,10 @@ class Timeline(Widget):
 
     def show(self, position_s: float, end_s: float, speed: float, paused: bool,
              stops: list[float]) -> None:
+        state = (round(position_s, 1), end_s, speed, paused, stops)
+        if state == getattr(self, "_state", None):
+            return
+        self._state = state
         self.position_s, self.end_s, self.speed, self.paused = position_s, end_s, speed, paused
         self.stops = stops
         self.refresh()
