@@ -44,6 +44,7 @@ class SoaktopApp(App):
         Binding("t", "next_theme", "Theme"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),  # asks, as q does
     ]
 
     def __init__(self, feed: Feed, fps: float = 4.0, theme: str | None = None,
