@@ -322,3 +322,80 @@ def test_replay_in_a_terminal_pauses_seeks_and_quits_on_keys(recorded):
     # while paused, no status line was printed for later record times
     assert all(t <= float(paused.group(1)) + 1 for t in ticks)
     assert "ended: completed" in out  # the summary came out, the whole record read
+
+
+def _run_in_terminal(args, keys, tmp_path, size=(100, 30), settle_s=25.0):
+    """``soaktop ARGS`` in a pseudo-terminal of ``size``; ``keys`` is [(wait_for_text, bytes)]:
+    each key is typed once the screen has shown the text. Returns (exit code, all output)."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
+    env = {**ENV, "TERM": "xterm-256color", "COLUMNS": str(size[0]), "LINES": str(size[1])}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([*SOAKTOP, *args], stdin=slave, stdout=slave, stderr=slave,
+                            env=env, cwd=tmp_path, close_fds=True)
+    os.close(slave)
+    seen = b""
+
+    def read_until(text: bytes, timeout: float) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while text not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            seen += chunk
+
+    try:
+        for wait_for, key in keys:
+            read_until(wait_for, settle_s)
+            assert wait_for in seen, f"never saw {wait_for!r}"
+            if key:
+                os.write(master, key)
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            read_until(b"\x00never", 0.2)  # keep draining: a full terminal blocks the app
+        read_until(b"\x00never", 0.5)
+        assert proc.poll() is not None, "soaktop did not exit"
+    finally:
+        proc.kill()
+        os.close(master)
+    return proc.returncode, seen.decode("utf-8", errors="replace")
+
+
+def test_the_dashboard_in_a_terminal_steers_the_run_and_closes_the_record(tmp_path):
+    """Issue 6's done-when, as a user in a terminal: curves within seconds, + raises
+    concurrency to 3 (a phase in the record), q then y exits and closes the record; the
+    replay of that record then shows the same dashboard."""
+    code, out = _run_in_terminal(
+        ["run", "--duration", "120s", "--concurrency", "2", "--record", "r.jsonl.gz",
+         "--telemetry", "host"],
+        [(b"on cpu (local)", b""), (b"00:04", b"+"), (b"concurrency 3", b""), (b"00:07", b"q"),
+         (b"End the run?", b"y")], tmp_path)
+    assert code == 0, out[-2000:]
+    events = list(RecordReader(tmp_path / "r.jsonl.gz").events())
+    phases = [(e.concurrency, e.reason) for e in events if isinstance(e, Phase)]
+    assert (3, "key") in phases
+    assert isinstance(events[-1], SessionEnd) and events[-1].reason == "interrupted"
+    assert "ended: interrupted" in out  # the summary after the screen closed
+    code, out = _run_in_terminal(["replay", "r.jsonl.gz", "--speed", "100"],
+                                 [(b"END OF RECORD", b"q")], tmp_path)
+    assert code == 0 and "soaktop replay" in out and "c3" in out
+
+
+def test_without_a_terminal_run_falls_back_to_status_lines(tmp_path):
+    out = soaktop("run", "--duration", "3s", "--concurrency", "2", "--status-every", "1",
+                  "--no-record", "--telemetry", "none")
+    assert out.returncode == 0, out.stderr
+    assert sum(1 for line in out.stdout.splitlines() if STATUS.match(line)) >= 2
+    assert "\x1b[" not in out.stdout  # no screen drawn into a pipe
