@@ -153,6 +153,13 @@ class Session:
         """Send new requests to ``model`` from now on, in a new phase; in-flight ones finish."""
         self.change(model=model, reason=reason)
 
+    async def load_and_switch(self, model: str, reason: str = "command") -> None:
+        """Have the backend ready ``model`` (the local engine builds it, seconds for a big
+        preset, while the old one keeps serving), then switch to it."""
+        if model != self.model:
+            await self.backend.prepare(model)
+        self.switch_model(model, reason)
+
     def change(self, concurrency: int | None = None, model: str | None = None,
                reason: str = "command") -> None:
         """Concurrency and/or model changed together: one new phase (none if nothing changes).

@@ -147,11 +147,19 @@ class SoaktopApp(App):
             return
 
         def chosen(name: str | None) -> None:
-            if name:
-                session.switch_model(name, reason="key")
-                self.notify(f"model: {name}", markup=False)
+            if name and name != session.model:
+                self.notify(f"loading {name} ...", markup=False)
+                self.run_worker(self._switch(session, name), exclusive=False)
 
         self.push_screen(ModelPicker(names, session.model), chosen)
+
+    async def _switch(self, session, name: str) -> None:
+        try:
+            await session.load_and_switch(name, reason="key")
+        except SoaktopError as exc:  # an unknown preset, not enough memory: the run goes on
+            self.notify(f"cannot switch to {name}: {exc}", severity="error", markup=False)
+            return
+        self.notify(f"model: {name}", markup=False)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -349,6 +349,8 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
         await session.started.wait()
         for t_ns, concurrency, model in getattr(args, "schedule", ()):
             await asyncio.sleep(max(0.0, (t_ns - session.now_ns()) / 1e9))
+            if model != session.model:
+                await session.backend.prepare(model)  # the local engine loads it first
             session.change(concurrency, model, reason="rerun: as recorded")
 
     helpers = [asyncio.ensure_future(report()), asyncio.ensure_future(follow_schedule())]

@@ -88,6 +88,10 @@ class Backend(abc.ABC):
     ) -> AsyncIterator[RequestSent | Arrival | StreamEnd]:
         """Yield arrivals as they happen; cancelling the iteration cancels the request."""
 
+    async def prepare(self, model: str) -> None:  # noqa: B027 - optional hook
+        """Get ready to serve ``model`` before requests for it are sent (the local engine
+        loads it); servers need nothing, so by default nothing happens."""
+
     @abc.abstractmethod
     async def models(self) -> list[str]:
         """Names this backend can serve (presets for the local engine, a server's list)."""

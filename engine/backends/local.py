@@ -18,7 +18,7 @@ from engine.backends.base import Arrival, Backend, GenerationRequest, StreamEnd
 from engine.errors import ConfigError, DeviceError
 from engine.local.batcher import ContinuousBatcher, StepOutput, is_out_of_memory
 from engine.local.model import Transformer, build_model, default_dtype
-from engine.local.presets import PRESETS, param_count, preset
+from engine.local.presets import PRESETS, ModelConfig, param_count, preset
 from engine.prompts import word
 
 
@@ -47,8 +47,10 @@ class LocalBackend(Backend):
     """Serves one preset (``models()`` lists them) on ``device``; weights seeded by ``seed``.
 
     ``max_len`` caps prompt plus output per sequence (default: the preset's ``max_positions``)
-    and sets the KV cache's size per slot. ``request.model`` is not consulted: one backend
-    serves the preset it was built with, and switching model means a new backend.
+    and sets the KV cache's size per slot. :meth:`prepare` loads another preset beside the
+    one serving (off the event loop); a request then goes to the preset it names, so a switch
+    mid-run is real: new requests run on the new model while in-flight ones finish on the old,
+    whose memory is released once its last request ends.
     """
 
     kind: ClassVar[str] = "local"
@@ -63,8 +65,12 @@ class LocalBackend(Backend):
         if max_len is not None and not 1 <= max_len <= limit:
             raise ConfigError(f"max_len for {model} must be between 1 and {limit}, got {max_len}")
         self._max_len = max_len or limit
+        self._max_len_asked = max_len
         self._model: Transformer | None = None
         self._batcher: ContinuousBatcher | None = None
+        #: Presets loaded beside the current one: (config, batcher), kept while requests use them.
+        self._others: dict[str, tuple[ModelConfig, ContinuousBatcher]] = {}
+        self._in_flight: dict[str, int] = {}
 
     async def start(self) -> None:
         """Build the model off the event loop (seconds for the larger presets), then serve."""
@@ -81,8 +87,43 @@ class LocalBackend(Backend):
                               "model and its cache; try a smaller preset or max_len") from None
         self._batcher = ContinuousBatcher(self._model)
 
+    async def prepare(self, model: str) -> None:
+        """Load preset ``model`` (if it is not the one serving) and make it the current one:
+        what a model switch asks of the local engine. Raises ConfigError for an unknown
+        preset and DeviceError when it does not fit beside the one serving."""
+        config = preset(model)
+        if model == self._preset or self._batcher is None:
+            return
+        old = (self._preset, self._config, self._batcher)
+        if model in self._others:
+            self._config, self._batcher = self._others.pop(model)
+        else:
+            limit = config.max_positions
+            max_len = min(self._max_len_asked or limit, limit)
+            try:
+                built = await asyncio.to_thread(build_model, config, device=self._device,
+                                                seed=self._seed, max_len=max_len)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                raise DeviceError(f"not enough memory on {self._device} for the {model} model "
+                                  f"beside {self._preset}") from None
+            self._config, self._batcher, self._model = config, ContinuousBatcher(built), built
+        self._preset = model
+        self._others[old[0]] = (old[1], old[2])
+        self._retire_idle()
+
+    def _retire_idle(self) -> None:
+        """Close the presets no longer current once no request runs on them."""
+        for name in [n for n in self._others if not self._in_flight.get(n)]:
+            _, batcher = self._others.pop(name)
+            asyncio.get_running_loop().run_in_executor(None, batcher.close)
+
     async def close(self) -> None:
         batcher, self._batcher, self._model = self._batcher, None, None
+        others, self._others = list(self._others.values()), {}
+        for _, other in others:
+            await asyncio.to_thread(other.close)
         if batcher is not None:
             await asyncio.to_thread(batcher.close)
         if self._device.type == "cuda":
@@ -103,9 +144,12 @@ class LocalBackend(Backend):
         cancelling the iteration cancels the request, which frees its cache slot.
         """
         outputs: asyncio.Queue[StepOutput] = asyncio.Queue()
-        vocab = self._config.vocab_size
-        handle = self.batcher.submit([t % vocab for t in request.prompt.token_ids],
-                                     request.max_tokens, outputs.put_nowait)
+        name = request.model if request.model in self._others else self._preset
+        config, batcher = self._others.get(name) or (self._config, self.batcher)
+        vocab = config.vocab_size
+        handle = batcher.submit([t % vocab for t in request.prompt.token_ids],
+                                request.max_tokens, outputs.put_nowait)
+        self._in_flight[name] = self._in_flight.get(name, 0) + 1
         try:
             while True:
                 out = await outputs.get()
@@ -116,6 +160,9 @@ class LocalBackend(Backend):
                     break
         finally:
             handle.cancel()  # a no-op once finished; frees the slot if we were interrupted
+            self._in_flight[name] -= 1
+            if name in self._others and not self._in_flight[name]:
+                self._retire_idle()
         # the engine's own word on the request, recorded like a server's: an output cut short
         # because prompt + output would not fit the context
         capped = handle.output_tokens < request.max_tokens

@@ -296,3 +296,41 @@ def test_unknown_preset_and_bad_options_are_config_errors() -> None:
         LocalBackend(max_len=4096)
     with pytest.raises(ConfigError):
         LocalBackend(device="tpu")
+
+
+async def test_switching_preset_mid_run_serves_new_requests_on_the_new_model(monkeypatch):
+    from engine.config import RunConfig
+    from engine.events import Phase, RequestDone
+    from engine.local import presets
+    from engine.session import Session
+
+    small = presets.ModelConfig(arch="gpt2", vocab_size=1024, n_layers=2, d_model=128,
+                                n_heads=4, n_kv_heads=4, d_ff=256, max_positions=512)
+    monkeypatch.setitem(presets.PRESETS, "tiny-gpt2", small)
+    backend = LocalBackend("tiny", device="cpu")
+    events: list = []
+    config = RunConfig(backend="local", model="tiny", concurrency=2, duration_s=3.0,
+                       output_tokens=16, input_tokens=16, warmup_requests=0)
+    session = Session(config, backend, listeners=(events.append,))
+    seen: dict = {}
+
+    async def switch():
+        await session.started.wait()
+        await asyncio.sleep(0.8)
+        seen["old"] = backend.batcher
+        await session.load_and_switch("tiny-gpt2", reason="key")
+        seen["new"] = backend.batcher
+        await asyncio.sleep(1.0)
+        seen["retired"] = not seen["old"]._thread.is_alive()
+
+    await asyncio.gather(session.run(), switch())
+    phases = [e for e in events if isinstance(e, Phase)]
+    assert phases[-1].model == "tiny-gpt2" and phases[-1].reason == "key"
+    done = [e for e in events if isinstance(e, RequestDone) and e.finish_reason != "cancelled"]
+    after = [e for e in done if e.sent_ns > phases[-1].t_ns]
+    assert after and all(e.model == "tiny-gpt2" and e.ok for e in after)
+    assert all(len(e.arrivals_us) == 16 for e in after)
+    assert seen["new"] is not seen["old"]
+    assert seen["retired"]  # the old model's engine stopped once its last request ended
+    with pytest.raises(ConfigError, match="unknown local model"):
+        await backend.prepare("no-such-preset")
