@@ -8,7 +8,7 @@ same memory as a 30-second one. Feed it events with :meth:`LiveStats.add`; read 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -144,6 +144,14 @@ class LiveStats:
         newest_complete = self._bucket_now - 1
         idx = np.arange(newest_complete - n + 1, newest_complete + 1) % HISTORY_BUCKETS
         return float(self.token_buckets[idx].sum()) / (n * BUCKET_NS / 1e9)
+
+    def client_snapshot(self, now_ns: int) -> LiveSnapshot:
+        """The snapshot of a run seen through its record (``attach``): tokens/s from the run's
+        own latest ClientSample, since a request's tokens reach a record only when it ends."""
+        snap, client = self.snapshot(now_ns), self.client
+        if client is None or client.interval_ns <= 0:
+            return snap
+        return replace(snap, tokens_per_s=client.tokens / (client.interval_ns / 1e9))
 
     def snapshot(self, now_ns: int) -> LiveSnapshot:
         since = now_ns - self.window_ns

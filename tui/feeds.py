@@ -9,7 +9,6 @@ clock: the live one from its frame timer (:meth:`Feed.tick`), a replay from its 
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -178,10 +177,7 @@ class AttachFeed(Feed):
         return self.live.client.in_flight if self.live.client else 0
 
     def snapshot(self) -> LiveSnapshot:
-        snap, client = self.live.snapshot(self._latest_ns), self.live.client
-        if client is None or client.interval_ns <= 0:
-            return snap
-        return dataclasses.replace(snap, tokens_per_s=client.tokens / (client.interval_ns / 1e9))
+        return self.live.client_snapshot(self._latest_ns)
 
     async def run(self) -> None:
         listeners = self.listeners()

@@ -22,7 +22,7 @@ from engine import backends
 from engine.errors import SoaktopError
 from engine.events import Phase, SessionEnd, SessionStart
 from engine.headless import status_line, summary_csv, summary_table, terminal_safe
-from engine.live import LiveSnapshot, LiveStats
+from engine.live import LiveStats
 from engine.record import RecordReader
 from engine.replay import Replay, Timeline
 from engine.summary import SessionSummary
@@ -108,17 +108,6 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     return summary.result()
 
 
-def client_view(live: LiveStats, now_ns: int) -> tuple[LiveSnapshot, int]:
-    """A run seen through its record: tokens/s and requests in flight come from its latest
-    ClientSample, since a request's tokens reach a record only when the request ends."""
-    snap = live.snapshot(now_ns)
-    client = live.client
-    if client is None:
-        return snap, 0
-    rate = client.tokens / (client.interval_ns / 1e9) if client.interval_ns > 0 else 0.0
-    return dataclasses.replace(snap, tokens_per_s=rate), client.in_flight
-
-
 STALE_S = 10.0  # no new line for this long: say the writer may be gone
 
 
@@ -148,7 +137,8 @@ async def attach(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.wait({task}, timeout=args.status_every)
             if task.done():
                 break
-            snap, in_flight = client_view(live, latest_ns)
+            snap = live.client_snapshot(latest_ns)
+            in_flight = live.client.in_flight if live.client else 0
             concurrency = live.phase.concurrency if live.phase else 0
             print(status_line(snap, in_flight, concurrency), file=out, flush=True)
             if latest_ns != seen_ns:

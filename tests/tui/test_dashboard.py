@@ -188,3 +188,44 @@ async def test_the_run_ending_keeps_the_screen_and_says_so():
         await pilot.press("q")  # no question once the run is over
         await pilot.pause(0.2)
     assert app.return_value is app.feed
+
+
+async def test_attach_follows_a_record_being_written_on_the_same_screen(tmp_path):
+    from engine.summary import SessionSummary
+    from tests.tui.dashboard_apps import SAMPLE, sample_events
+    from tui.app import SoaktopApp
+    from tui.feeds import AttachFeed
+
+    record = tmp_path / "growing.jsonl"
+    lines = SAMPLE.read_text().splitlines(keepends=True)
+    record.write_text("".join(lines[: len(lines) // 2]))  # a run half way through
+    app = SoaktopApp(AttachFeed(record), fps=10, theme="dark")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.6)
+        header = text_of(app.screen.query_one(HeaderBar))
+        assert "soaktop attach" in header and "tiny on cpu" in header
+        half = app.feed.live.ok
+        assert 0 < half and app.feed.summary.end is None
+        with record.open("a") as handle:  # the writer goes on
+            handle.write("".join(lines[len(lines) // 2:]))
+        for _ in range(40):
+            if app.feed.summary.end is not None:
+                break
+            await pilot.pause(0.1)
+        assert app.feed.live.ok > half
+        whole = SessionSummary()
+        for event in sample_events():
+            whole.add(event)
+        assert app.feed.summary.result() == whole.result()
+        await pilot.press("q")
+    assert app.return_value is app.feed
+
+
+def test_no_color_picks_the_monochrome_theme():
+    from themes import THEMES, default_theme, next_theme
+
+    assert default_theme({"NO_COLOR": "1"}) == "monochrome"
+    assert default_theme({}) == "dark"
+    assert [next_theme(n) for n in THEMES] == ["light", "high-contrast", "monochrome", "dark"]
+    mono = THEMES["monochrome"]
+    assert {mono.primary, mono.warning, mono.error, mono.success} == {"#FFFFFF"}
