@@ -69,24 +69,24 @@ def _telemetry(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _hz(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 100 (got {text})")
-    return value
+def _above_zero_up_to(highest: float):
+    """An argparse type: a number above 0 and at most ``highest``, or a one-line error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not 0 < value <= highest:
+            raise argparse.ArgumentTypeError(
+                f"must be above 0 and at most {highest:g} (got {text})")
+        return value
+
+    return parse
 
 
-def _fps(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 30:
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 30 (got {text})")
-    return value
+_hz = _above_zero_up_to(100)
+_fps = _above_zero_up_to(30)
 
 
 def _speed(text: str) -> float:
