@@ -319,7 +319,9 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
         session.stop("interrupted")
         loop.remove_signal_handler(signum)  # a second Ctrl-C stops at once
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP: the terminal or SSH session went away; end as for Ctrl-C, the record closed
+    # (a run that must outlive its terminal is started with --detach)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, interrupt, signum)
 
     said = []
