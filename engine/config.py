@@ -85,6 +85,11 @@ class RunConfig:
     #: The room's (or inlet's) temperature as the user read it: thermal results depend on it,
     #: and no sensor soaktop can read tells it.
     ambient_c: float | None = None
+    #: A ramp: the concurrency of each step (``--ramp 1,2,4,8``), ``phase_s`` each.
+    ramp: tuple[int, ...] = ()
+    #: The SLO whose capacity to search (``--slo 'ttft_p95<=2s,speed_p25>=30'``).
+    slo: str | None = None
+    phase_s: float = 120.0  # one step of a ramp or an SLO search
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -107,6 +112,10 @@ class RunConfig:
                               f"(give degrees Celsius)")
         if self.prompt_pool < 1:
             raise ConfigError("the prompt pool needs at least one prompt")
+        if self.ramp and self.slo:
+            raise ConfigError("--ramp and --slo are two plans: choose one")
+        if self.phase_s <= 0:
+            raise ConfigError("a phase must last more than 0 s")
 
     @property
     def warmup(self) -> int:
@@ -114,4 +123,5 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (lists, not tuples): the header a live run holds equals the one read back."""
-        return {**asdict(self), "warmup_requests": self.warmup, "telemetry": list(self.telemetry)}
+        return {**asdict(self), "warmup_requests": self.warmup, "telemetry": list(self.telemetry),
+                "ramp": list(self.ramp)}

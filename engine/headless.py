@@ -136,8 +136,37 @@ def summary_table(summary: dict[str, Any]) -> str:
         lines.append(
             "errors: " + ", ".join(f"{k} {v}" for k, v in summary["errors"].items())
         )
+    lines.extend(plan_lines(summary))
     lines.extend(telemetry_lines(summary))
     return terminal_safe("\n".join(lines))
+
+
+def plan_lines(summary: dict[str, Any]) -> list[str]:
+    """The ramp table, or the SLO search's steps and answer, where the run had one."""
+    lines = []
+    if summary.get("ramp"):
+        lines.append("ramp:  conc     tok/s  speed p25  speed p50  TTFT p95  errors  gain")
+        for r in summary["ramp"]:
+            gain = "" if r["gain"] is None else f"{r['gain'] * 100:+.0f}%"
+            lines.append(
+                f"      {r['concurrency']:>5} {_num(r['tokens_per_s']):>9} "
+                f"{_num(r['speed_p25_tps']):>10} {_num(r['speed_p50_tps']):>10} "
+                f"{_ms(r['ttft_p95_ms']):>9} {r['error_rate'] * 100:>6.1f}% {gain:>5}"
+                + ("  plateau" if r["plateau"] else ""))
+    slo = summary.get("slo")
+    if slo and "error" in slo:
+        lines.append(f"SLO {slo['slo']}: {slo['error']}")
+    elif slo:
+        for step in slo["steps"]:
+            values = ", ".join(f"{k} {_num(v)}" for k, v in step["values"].items())
+            lines.append(f"SLO step: concurrency {step['concurrency']:>4} "
+                         f"{'met' if step['met'] else 'missed'} ({values})")
+        answer = slo["answer"]
+        lines.append(f"SLO {slo['slo']}: " + (
+            f"highest concurrency that meets it: {answer} (decided by phases "
+            f"{', '.join(map(str, slo['deciding_phases']))})" if answer is not None
+            else "not met at any concurrency tried"))
+    return lines
 
 
 def _pct(value: float | None) -> str:
@@ -212,14 +241,17 @@ def summary_csv(summary: dict[str, Any]) -> str:
     The same numbers as ``--json`` (``repr`` of each float, so nothing is rounded away),
     flattened: ``ttft_ms_p95`` is ``ttft_ms.p95``; empty where there is no value.
     """
+    def quantiles(d: str) -> tuple[str, ...]:  # output speed has a p25 too
+        return ("p25", *_CSV_QUANTILES) if d == "output_speed_tps" else _CSV_QUANTILES
+
     columns = [*_CSV_SCOPE, *_CSV_COUNTS,
-               *(f"{d}_{q}" for d in _CSV_DISTRIBUTIONS for q in _CSV_QUANTILES), *_CSV_ENERGY]
+               *(f"{d}_{q}" for d in _CSV_DISTRIBUTIONS for q in quantiles(d)), *_CSV_ENERGY]
 
     def row(scope: str, s: dict[str, Any]) -> dict[str, Any]:
         out = {"scope": scope, **{k: s.get(k) for k in (*_CSV_SCOPE[1:], *_CSV_COUNTS,
                                                           *_CSV_ENERGY)}}
         for d in _CSV_DISTRIBUTIONS:
-            for q in _CSV_QUANTILES:
+            for q in quantiles(d):
                 out[f"{d}_{q}"] = s[d][q]
         return {k: ("" if v is None else v) for k, v in out.items()}
 

@@ -187,6 +187,10 @@ class Session:
             self._loop.set_target(concurrency)
 
     @property
+    def current_phase(self) -> Phase | None:
+        return self._phase
+
+    @property
     def ended(self) -> bool:
         """The run is over (its session_end is out)."""
         return self._ended

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 QUANTILES = (50, 90, 95, 99)
+#: Output speed adds p25: the slow quarter of requests, what an SLO on speed bounds.
+SPEED_QUANTILES = (25, 50, 90, 95, 99)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +73,16 @@ def request_metrics(
     )
 
 
-def distribution(values: np.ndarray, scale: float = 1.0) -> dict[str, float | None]:
-    """``{p50, p90, p95, p99, mean}`` of ``values * scale``; all ``None`` when empty."""
+def distribution(values: np.ndarray, scale: float = 1.0,
+                 quantiles: tuple[int, ...] = QUANTILES) -> dict[str, float | None]:
+    """``{p50, p90, p95, p99, mean}`` of ``values * scale`` (or other ``quantiles``); all
+    ``None`` when empty."""
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
     if v.size == 0:
-        return {**{f"p{q}": None for q in QUANTILES}, "mean": None}
-    qs = np.percentile(v, QUANTILES) * scale
-    out: dict[str, float | None] = {f"p{q}": float(x) for q, x in zip(QUANTILES, qs)}
+        return {**{f"p{q}": None for q in quantiles}, "mean": None}
+    qs = np.percentile(v, quantiles) * scale
+    out: dict[str, float | None] = {f"p{q}": float(x) for q, x in zip(quantiles, qs)}
     out["mean"] = float(v.mean() * scale)
     return out
 

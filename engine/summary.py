@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.errors import SoaktopError
 from engine.events import (
     GpuSample,
     HostSample,
@@ -39,7 +40,14 @@ from engine.events import (
     TokensArrived,
 )
 from engine.histogram import LogHistogram
-from engine.stats import distribution, histogram_distribution, rate, request_metrics
+from engine.plans import parse_slo, ramp_table, slo_report
+from engine.stats import (
+    SPEED_QUANTILES,
+    distribution,
+    histogram_distribution,
+    rate,
+    request_metrics,
+)
 from engine.telemetry.derived import GpuWindow, HostWindow, ServerWindow, energy_figures, gpu_key
 
 
@@ -251,7 +259,19 @@ class SessionSummary:
             f"cut short at {self._last_t_ns / 1e9:.1f} s: no session_end (the writer was "
             f"killed, or recording stopped)")
         out["phases"] = phases
+        self._add_plans(out)
         return out
+
+    def _add_plans(self, out: dict[str, Any]) -> None:
+        """What a ramp or an SLO search concluded, from the phases (see engine.plans)."""
+        config = self.header.config if self.header is not None else {}
+        if config.get("ramp"):
+            out["ramp"] = ramp_table(out)
+        if config.get("slo"):
+            try:
+                out["slo"] = slo_report(parse_slo(str(config["slo"])), out)
+            except SoaktopError as exc:  # a record with an SLO this soaktop cannot read
+                out["slo"] = {"slo": config["slo"], "error": str(exc)}
 
 
 def _figures(parts: list[tuple[_PhaseStats, int]]) -> dict[str, Any]:
@@ -284,7 +304,7 @@ def _figures(parts: list[tuple[_PhaseStats, int]]) -> dict[str, Any]:
         "itl_ms": histogram_distribution(itl, 1e-3),
         "tpot_ms": distribution(column("tpot_us"), 1e-3),
         "e2e_ms": distribution(column("e2e_us"), 1e-3),
-        "output_speed_tps": distribution(column("speed_tps")),
+        "output_speed_tps": distribution(column("speed_tps"), quantiles=SPEED_QUANTILES),
         # the server's own view, where it reports one (Ollama), beside the client's above
         "server_speed_tps": distribution(column("server_speed_tps")),
     }

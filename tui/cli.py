@@ -24,6 +24,7 @@ from engine.errors import SoaktopError
 from engine.events import TelemetryStatus
 from engine.headless import status_line, terminal_safe
 from engine.live import LiveStats
+from engine.plans import parse_ramp, parse_slo, plan_for, run_with_plan
 from engine.record import default_path
 from engine.session import Session
 from engine.summary import SessionSummary
@@ -89,6 +90,21 @@ _hz = _above_zero_up_to(100)
 _fps = _above_zero_up_to(30)
 
 
+def _ramp(text: str) -> tuple[int, ...]:
+    try:
+        return parse_ramp(text)
+    except SoaktopError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _slo(text: str) -> str:
+    try:
+        parse_slo(text)
+    except SoaktopError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _speed(text: str) -> float:
     if text == "max":
         return float("inf")
@@ -124,8 +140,20 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="longest silence allowed between two tokens")
     p.add_argument("--device", default="auto", help="local engine device: auto, cpu, cuda, "
                    "cuda:N (auto: CUDA when present)")
-    p.add_argument("--concurrency", type=_positive_int, default=4,
-                   help="requests kept in flight (closed loop)")
+    p.add_argument("--concurrency", type=_positive_int, default=None,
+                   help="requests kept in flight (closed loop; default 4; an SLO search "
+                   "starts here, default 1)")
+    plan = p.add_mutually_exclusive_group()
+    plan.add_argument("--ramp", type=_ramp, default=None, metavar="LEVELS",
+                      help="step through these concurrencies, --phase each (e.g. 1,2,4,8,16); "
+                      "a table per step, with a plateau flag")
+    plan.add_argument("--slo", type=_slo, default=None, metavar="SLO",
+                      help="find the highest concurrency that meets it, e.g. "
+                      "'ttft_p95<=2s,speed_p25>=30' (doubling, then bisecting; a phase a step)")
+    p.add_argument("--phase", type=_duration, default=120.0, metavar="DURATION",
+                   help="length of one ramp or SLO step (default 2m)")
+    p.add_argument("--slo-max", type=_positive_int, default=1024, metavar="N",
+                   help="the highest concurrency an SLO search tries (default 1024)")
     p.add_argument("--duration", type=_duration, default=None,
                    help="run time, warm-up included (e.g. 20s, 30m); default: until Ctrl-C")
     p.add_argument("--requests", type=_positive_int, default=None,
@@ -268,6 +296,10 @@ async def _build_session(args: argparse.Namespace, listeners: tuple = (),
         args.model = backend.model = served[0]  # the header then describes this one
         say(f"model {args.model} (the first the server lists)")
     args.model = args.model or "tiny"
+    if args.concurrency is None:
+        args.concurrency = args.ramp[0] if args.ramp else 1 if args.slo else 4
+    elif args.ramp and args.concurrency != args.ramp[0]:
+        raise SoaktopError(f"--ramp starts at {args.ramp[0]}: leave --concurrency out")
     config = RunConfig(
         backend=args.backend,
         model=args.model,
@@ -291,6 +323,9 @@ async def _build_session(args: argparse.Namespace, listeners: tuple = (),
         telemetry_hz=args.telemetry_hz,
         watch_pid=args.watch_pid,
         ambient_c=args.ambient_c,
+        ramp=args.ramp or (),
+        slo=args.slo,
+        phase_s=args.phase,
     )
     sources = build_sources(args.telemetry, args.watch_pid, local_engine=args.backend == "local")
     return Session(config, backend, _record_path(args), listeners=listeners, sources=sources)
@@ -357,7 +392,9 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
 
     helpers = [asyncio.ensure_future(report()), asyncio.ensure_future(follow_schedule())]
     try:
-        await session.run()
+        await run_with_plan(session, plan_for(session.config,
+                                              lambda: summary.result()["phases"],
+                                              limit=args.slo_max))
     finally:
         for helper in helpers:
             helper.cancel()
@@ -387,7 +424,7 @@ def _dashboard(feed, args: argparse.Namespace, models=None):
 def _run_dashboard(args: argparse.Namespace) -> SessionSummary:
     from tui.feeds import LiveFeed
 
-    feed = LiveFeed(lambda: _build_session(args))
+    feed = LiveFeed(lambda: _build_session(args), plan_limit=args.slo_max)
 
     async def models() -> list[str]:
         return await feed.session.backend.models()

@@ -17,6 +17,7 @@ from typing import Any
 from engine.events import ClientSample, RequestDone, SessionStart
 from engine.history import History
 from engine.live import LiveSnapshot, LiveStats
+from engine.plans import plan_for, run_with_plan
 from engine.record import RecordReader
 from engine.replay import Replay, Timeline
 from engine.session import Session
@@ -76,9 +77,10 @@ class LiveFeed(Feed):
 
     kind = "live"
 
-    def __init__(self, start: Callable[[], Awaitable[Session]]) -> None:
+    def __init__(self, start: Callable[[], Awaitable[Session]], plan_limit: int = 1024) -> None:
         super().__init__()
         self._start = start
+        self._plan_limit = plan_limit
         self.session: Session | None = None
         self._recorded_s = 0
 
@@ -103,7 +105,9 @@ class LiveFeed(Feed):
         for listener in self.listeners():
             self.session.add_listener(listener)
         self.record_path = self.session.record_path
-        await self.session.run()
+        plan = plan_for(self.session.config, lambda: self.summary.result()["phases"],
+                        limit=self._plan_limit)
+        await run_with_plan(self.session, plan)
 
 
 class ReplayFeed(Feed):

@@ -164,7 +164,9 @@ _RERUN_FLAGS = (  # RunConfig field -> the `run` flag that sets it
     ("connect_timeout_s", "--connect-timeout"),
     ("first_token_timeout_s", "--first-token-timeout"),
     ("token_timeout_s", "--token-timeout"), ("telemetry_hz", "--telemetry-hz"),
+    ("slo", "--slo"), ("phase_s", "--phase"),
 )
+PLAN_REASONS = ("start", "warm-up done", "ramp", "slo search")  # phases a rerun re-creates
 
 
 def rerun_arguments(events: list[Any]) -> tuple[list[str], list[tuple[int, int, str]]]:
@@ -189,6 +191,8 @@ def rerun_arguments(events: list[Any]) -> tuple[list[str], list[tuple[int, int, 
         if config.get(key) is not None:
             argv += [flag, str(config[key])]
     argv += ["--telemetry", ",".join(config.get("telemetry") or []) or "none"]
+    if config.get("ramp"):
+        argv += ["--ramp", ",".join(str(level) for level in config["ramp"])]
     duration = config.get("duration_s")
     ran_s = max(getattr(e, "t_ns", 0) for e in events) / 1e9
     stopped_by_hand = isinstance(events[-1], SessionEnd) and events[-1].reason == "interrupted"
@@ -197,7 +201,7 @@ def rerun_arguments(events: list[Any]) -> tuple[list[str], list[tuple[int, int, 
     if duration is not None:
         argv += ["--duration", f"{max(duration, 0.001):.3f}s"]
     schedule = [(e.t_ns, e.concurrency, e.model) for e in events
-                if isinstance(e, Phase) and e.reason not in ("start", "warm-up done")]
+                if isinstance(e, Phase) and e.reason not in PLAN_REASONS]
     return argv, schedule
 
 

@@ -4,7 +4,8 @@ Timing tests run the server in another process because a client and a server in 
 interpreter share one GIL and one event loop: each would delay the other, and the test would
 measure that instead of the client. The server announces itself with one line on stdout,
 ``soaktop-loopback listening on http://127.0.0.1:PORT``, once it accepts connections, and
-exits cleanly on SIGTERM or SIGINT.
+exits cleanly on SIGTERM or SIGINT. :func:`spawn` yields the URL; :func:`spawn_process` the
+process too, for tests that kill the server mid-run and start it again on the same port.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import SoaktopError
@@ -102,22 +104,35 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class LoopbackProcess:
+    """A loopback server running in a child process: its URL, its port and the process (a
+    fault drill kills it with ``process.kill()`` to see a server crash mid-run)."""
+
+    url: str
+    port: int
+    process: subprocess.Popen
+
+
 @contextmanager
-def spawn(
+def spawn_process(
     schedule: Schedule | None = None,
     fault: str | None = None,
     fault_every: int = 1,
     *,
+    port: int = 0,
     timeout_s: float = 10.0,
-) -> Iterator[str]:
-    """Run a loopback server in a child process for the ``with`` block; yields its URL.
+) -> Iterator[LoopbackProcess]:
+    """Run a loopback server in a child process for the ``with`` block.
 
-    Raises :class:`~engine.errors.SoaktopError` with the child's last words if it does not say
-    it is ready within ``timeout_s``. On leaving, the child gets SIGTERM (SIGKILL if it has not
-    gone 5 s later).
+    ``port``: the port to listen on; 0 (the default) lets the system pick a free one (then
+    read it from the result). Raises :class:`~engine.errors.SoaktopError` with the child's last
+    words if it does not say it is ready within ``timeout_s`` (a port in use, for one). On
+    leaving, the child gets SIGTERM (SIGKILL if it has not gone 5 s later); one that was
+    killed inside the block is only reaped.
     """
     command = [sys.executable, "-m", "engine.loopback",
-               *argv(schedule or Schedule(), fault, fault_every)]
+               *argv(schedule or Schedule(), fault, fault_every), "--port", str(port)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
     with tempfile.TemporaryFile() as stderr:
@@ -133,7 +148,8 @@ def spawn(
                 said = stderr.read().decode(errors="replace").strip().splitlines()
                 reason = said[-1] if said else f"no ready line within {timeout_s:g} s"
                 raise SoaktopError(f"the loopback server did not start: {reason}")
-            yield line[len(READY):].strip()
+            url = line[len(READY):].strip()
+            yield LoopbackProcess(url, int(url.rsplit(":", 1)[1]), child)
         finally:
             child.terminate()
             try:
@@ -142,3 +158,20 @@ def spawn(
                 child.kill()
                 child.wait()
             child.stdout.close()
+
+
+@contextmanager
+def spawn(
+    schedule: Schedule | None = None,
+    fault: str | None = None,
+    fault_every: int = 1,
+    *,
+    port: int = 0,
+    timeout_s: float = 10.0,
+) -> Iterator[str]:
+    """Run a loopback server in a child process for the ``with`` block; yields its URL.
+
+    ``port`` as for :func:`spawn_process` (0: any free port), which this wraps.
+    """
+    with spawn_process(schedule, fault, fault_every, port=port, timeout_s=timeout_s) as server:
+        yield server.url
