@@ -137,6 +137,8 @@ def summary_table(summary: dict[str, Any]) -> str:
             "errors: " + ", ".join(f"{k} {v}" for k, v in summary["errors"].items())
         )
     lines.extend(plan_lines(summary))
+    if summary.get("soak"):
+        lines.append(f"soak verdict: {summary['soak']['explanation']}")
     lines.extend(telemetry_lines(summary))
     return terminal_safe("\n".join(lines))
 

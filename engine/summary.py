@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.drift import Drift
 from engine.errors import SoaktopError
 from engine.events import (
     GpuSample,
@@ -137,6 +138,7 @@ class SessionSummary:
         self._last_t_ns = 0
         self._run_telemetry = _Telemetry()  # samples of the measured (non-warm-up) phases
         self._status: dict[tuple, TelemetryStatus] = {}
+        self._drift = Drift()  # the soak verdict: the last minutes against the first
 
     def add(self, event: Any) -> None:
         if type(event) is TokensArrived:
@@ -146,6 +148,8 @@ class SessionSummary:
         t_ns = getattr(event, "t_ns", 0)
         if t_ns > self._last_t_ns:
             self._last_t_ns = t_ns
+        if isinstance(event, (RequestDone, GpuSample, Phase, SessionEnd)):
+            self._drift.add(event)
         if isinstance(event, RequestDone):
             self._add_request(event)
         elif isinstance(event, Phase):
@@ -260,6 +264,7 @@ class SessionSummary:
             f"killed, or recording stopped)")
         out["phases"] = phases
         self._add_plans(out)
+        out["soak"] = self._drift.result()
         return out
 
     def _add_plans(self, out: dict[str, Any]) -> None:

@@ -1,0 +1,190 @@
+"""The soak verdict: did the run hold up? The last minutes against the first after warm-up.
+
+For tokens/s, TTFT p95, SM clock and GPU temperature, the first ``window`` of the measured
+run (after warm-up) is compared with the last (``min(5 min, a third of the run)``), and the
+run is called:
+
+- ``degrading`` when tokens/s fell more than 5% or TTFT p95 rose more than 10%;
+- ``throttled`` when it degraded and the GPUs were held back: the SM clock fell more than 3%,
+  or a throttling clock-event reason (thermal, power cap, HW slowdown...) was active in 5% or
+  more of the last window's samples; the reasons active then are named;
+- ``stable`` otherwise.
+
+Memory is bounded by the run's length in seconds and by the requests of two windows, never by
+tokens: tokens are counted per second, and only the first window's and the latest window's
+requests and GPU samples are kept.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from engine.events import GpuSample, Phase, RequestDone, SessionEnd
+from engine.telemetry.reasons import THROTTLING
+
+WINDOW_S = 300.0
+MIN_WINDOW_S = 10.0  # shorter runs get no verdict: too little to compare
+TPS_DROP = 0.05
+TTFT_RISE = 0.10
+CLOCK_DROP = 0.03
+REASON_SHARE = 0.05
+
+
+class Drift:
+    def __init__(self, window_s: float = WINDOW_S) -> None:
+        self.window_ns = int(window_s * 1e9)
+        self.start_ns: int | None = None  # the measured run's start (warm-up over)
+        self.end_ns = 0
+        self._tokens = np.zeros(256, dtype=np.int64)  # per second since start_ns
+        self._first: list[tuple[int, float]] = []  # (sent_ns, ttft_ms), first window only
+        self._recent: deque[tuple[int, float]] = deque()  # the latest window's
+        self._gpu_first: list[GpuSample] = []
+        self._gpu_recent: deque[GpuSample] = deque()
+
+    def add(self, event: Any) -> None:
+        if isinstance(event, Phase):
+            if not event.warmup and self.start_ns is None:
+                self.start_ns = event.t_ns
+        elif isinstance(event, RequestDone):
+            self._add_request(event)
+        elif isinstance(event, GpuSample):
+            self._add_gpu(event)
+        elif isinstance(event, SessionEnd):
+            self.end_ns = max(self.end_ns, event.t_ns)
+        t_ns = getattr(event, "t_ns", 0)
+        if t_ns > self.end_ns:
+            self.end_ns = t_ns
+
+    def _add_request(self, done: RequestDone) -> None:
+        if self.start_ns is None or done.warmup:
+            return
+        if done.arrivals_us:
+            t = done.sent_ns + np.asarray(done.arrivals_us, dtype=np.int64) * 1000
+            seconds = (t - self.start_ns) // 10**9
+            keep = seconds >= 0
+            weights = np.asarray(done.arrival_tokens, dtype=np.int64)[keep] \
+                if done.arrival_tokens else None
+            seconds = seconds[keep]
+            if seconds.size:
+                top = int(seconds.max())
+                if top >= self._tokens.size:  # grows with the run's seconds, not its tokens
+                    grown = np.zeros(max(top + 1, self._tokens.size * 2), dtype=np.int64)
+                    grown[: self._tokens.size] = self._tokens
+                    self._tokens = grown
+                self._tokens += np.bincount(seconds, weights=weights,
+                                            minlength=self._tokens.size).astype(np.int64)
+        if done.ok and done.arrivals_us:
+            point = (done.sent_ns, done.arrivals_us[0] / 1e3)
+            if done.sent_ns < self.start_ns + self.window_ns:
+                self._first.append(point)
+            self._recent.append(point)
+            self._evict(self._recent, done.t_ns, key=lambda p: p[0])
+
+    def _add_gpu(self, sample: GpuSample) -> None:
+        if self.start_ns is None or sample.t_ns < self.start_ns:
+            return
+        if sample.t_ns < self.start_ns + self.window_ns:
+            self._gpu_first.append(sample)
+        self._gpu_recent.append(sample)
+        self._evict(self._gpu_recent, sample.t_ns, key=lambda s: s.t_ns)
+
+    def _evict(self, recent: deque, now_ns: int, key) -> None:
+        # a little more than a window, so that the last window is whole whenever the run ends
+        while recent and key(recent[0]) < now_ns - 2 * self.window_ns:
+            recent.popleft()
+
+    def result(self) -> dict[str, Any] | None:
+        """The comparison and the verdict; None when the measured run is too short."""
+        if self.start_ns is None:
+            return None
+        measured_ns = self.end_ns - self.start_ns
+        window_ns = min(self.window_ns, measured_ns // 3)
+        if window_ns < MIN_WINDOW_S * 1e9:
+            return None
+        first = (self.start_ns, self.start_ns + window_ns)
+        last = (self.end_ns - window_ns, self.end_ns)
+        figures = {name: self._figures(*span) for name, span in
+                   (("first", first), ("last", last))}
+        change = {
+            "tokens_per_s": _relative(figures["first"]["tokens_per_s"],
+                                      figures["last"]["tokens_per_s"]),
+            "ttft_p95_ms": _relative(figures["first"]["ttft_p95_ms"],
+                                     figures["last"]["ttft_p95_ms"]),
+            "sm_clock_mhz": _relative(figures["first"]["sm_clock_mhz"],
+                                      figures["last"]["sm_clock_mhz"]),
+            "temperature_c": _difference(figures["first"]["temperature_c"],
+                                         figures["last"]["temperature_c"]),
+        }
+        reasons = figures["last"].pop("reasons")
+        figures["first"].pop("reasons")
+        throttling = {r: f for r, f in reasons.items() if r in THROTTLING and f >= REASON_SHARE}
+        degrading = ((change["tokens_per_s"] or 0) < -TPS_DROP
+                     or (change["ttft_p95_ms"] or 0) > TTFT_RISE)
+        held_back = (change["sm_clock_mhz"] or 0) < -CLOCK_DROP or bool(throttling)
+        verdict = "throttled" if degrading and held_back else (
+            "degrading" if degrading else "stable")
+        return {
+            "window_s": window_ns / 1e9, "first": figures["first"], "last": figures["last"],
+            "change": change, "verdict": verdict,
+            "throttle_reasons": dict(sorted(throttling.items(), key=lambda kv: -kv[1])),
+            "explanation": _explain(verdict, change, figures, throttling, window_ns / 1e9),
+        }
+
+    def _figures(self, start: int, end: int) -> dict[str, Any]:
+        lo = max(0, (start - self.start_ns) // 10**9)
+        hi = max(lo, (end - self.start_ns) // 10**9)
+        seconds = self._tokens[lo:hi]
+        tps = float(seconds.sum()) / max(1, hi - lo) if hi > lo else None
+        source = self._first if start == self.start_ns else self._recent
+        ttfts = [v for t, v in source if start <= t < end]
+        samples = self._gpu_first if start == self.start_ns else self._gpu_recent
+        samples = [s for s in samples if start <= s.t_ns < end]
+        clocks = [s.sm_clock_mhz for s in samples if s.sm_clock_mhz is not None]
+        temps = [s.temperature_c for s in samples if s.temperature_c is not None]
+        counted: dict[str, int] = {}
+        with_reasons = [s for s in samples if s.clock_event_reasons is not None]
+        for s in with_reasons:
+            for reason in s.clock_event_reasons:
+                counted[reason] = counted.get(reason, 0) + 1
+        return {
+            "tokens_per_s": tps,
+            "ttft_p95_ms": float(np.percentile(ttfts, 95)) if ttfts else None,
+            "sm_clock_mhz": float(np.mean(clocks)) if clocks else None,
+            "temperature_c": float(np.max(temps)) if temps else None,
+            "reasons": {r: n / len(with_reasons) for r, n in counted.items()},
+        }
+
+
+def _relative(a: float | None, b: float | None) -> float | None:
+    return None if a in (None, 0) or b is None else b / a - 1
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else b - a
+
+
+def _explain(verdict: str, change: dict, figures: dict, throttling: dict,
+             window_s: float) -> str:
+    first, last = figures["first"], figures["last"]
+    parts = []
+    if change["tokens_per_s"] is not None:
+        parts.append(f"tokens/s {first['tokens_per_s']:,.0f} -> {last['tokens_per_s']:,.0f} "
+                     f"({change['tokens_per_s'] * 100:+.1f}%)")
+    if change["ttft_p95_ms"] is not None:
+        parts.append(f"TTFT p95 {first['ttft_p95_ms']:,.1f} -> {last['ttft_p95_ms']:,.1f} ms "
+                     f"({change['ttft_p95_ms'] * 100:+.1f}%)")
+    if change["sm_clock_mhz"] is not None:
+        parts.append(f"SM clock {first['sm_clock_mhz']:,.0f} -> {last['sm_clock_mhz']:,.0f} MHz "
+                     f"({change['sm_clock_mhz'] * 100:+.1f}%)")
+    if change["temperature_c"] is not None:
+        parts.append(f"GPU {first['temperature_c']:.0f} -> {last['temperature_c']:.0f} C")
+    text = f"{verdict}: the last {window_s:.0f} s against the first: " + ", ".join(parts)
+    if throttling:
+        text += "; throttling then: " + ", ".join(
+            f"{r} {f * 100:.0f}% of samples" for r, f in throttling.items())
+    elif first["sm_clock_mhz"] is None:
+        text += "; no GPU telemetry to tell throttling from other causes"
+    return text
