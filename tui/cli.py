@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -180,6 +181,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                        "one (default: ./sessions/)")
     group.add_argument("--no-record", action="store_true", help="keep no record")
     _add_output_arguments(p)
+    p.add_argument("--detach", action="store_true",
+                   help="run in the background, immune to the terminal or SSH session going "
+                   "away; prints the record path and how to attach or stop it")
 
 
 def _add_output_arguments(p: argparse.ArgumentParser) -> None:
@@ -241,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("a", type=Path)
     compare.add_argument("b", type=Path)
     compare.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    stop = sub.add_parser("stop", help="end a detached run cleanly (its record is closed)")
+    stop.add_argument("path", type=Path, help="the record the detached run writes")
     _add_backend_arguments(sub.add_parser("models", help="models a backend can serve"))
     return parser
 
@@ -452,6 +458,63 @@ def _replay_dashboard(args: argparse.Namespace) -> SessionSummary:
     return record_commands.summarise(events)  # the whole record's, wherever q was pressed
 
 
+def _detach(args: argparse.Namespace, argv: list[str]) -> None:
+    """Start the same run as a background process in a session of its own (no terminal, so
+    no SIGHUP when the SSH session drops), its output in ``RECORD.log``, its PID in
+    ``RECORD.pid`` for ``soaktop stop``; print where everything is and return at once."""
+    if args.no_record:
+        raise SoaktopError("a detached run needs a record (it is how you get back to it)")
+    model = args.model or ("tiny" if args.backend == "local" else args.backend)
+    path = args.record
+    if path.is_dir() or not path.name.endswith((".jsonl", ".jsonl.gz")):
+        if path.suffix:
+            _record_path(args)  # the one-line error for a wrong extension
+        path = default_path(path, datetime.now(), socket.gethostname(), model)
+    if path.exists():
+        raise SoaktopError(f"record {path} already exists; choose another path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = Path(f"{path}.log")
+    child = [sys.executable, "-m", "tui.cli", *[a for a in argv if a != "--detach"],
+             "--headless", "--record", str(path)]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True, close_fds=True)
+    Path(f"{path}.pid").write_text(f"{proc.pid}\n")
+    print(f"soaktop: running in the background as PID {proc.pid}\n"
+          f"  record:  {path}\n  log:     {log}\n"
+          f"  follow:  soaktop attach {path}\n  stop:    soaktop stop {path}")
+
+
+def _stop(args: argparse.Namespace) -> None:
+    """SIGTERM to the detached run writing ``args.path``, once sure it is that run; then wait
+    until it has closed its record and print the record's summary."""
+    import psutil
+
+    pid_file = Path(f"{args.path}.pid")
+    if not pid_file.exists():
+        raise SoaktopError(f"no detached run is writing {args.path} (no {pid_file})")
+    try:
+        pid = int(pid_file.read_text().strip())
+        proc = psutil.Process(pid)
+        command = " ".join(proc.cmdline())
+    except (ValueError, psutil.NoSuchProcess, psutil.ZombieProcess):
+        pid_file.unlink(missing_ok=True)
+        raise SoaktopError(f"the run writing {args.path} is no longer running; "
+                           f"see soaktop summary {args.path}") from None
+    except psutil.AccessDenied:
+        raise SoaktopError(f"not allowed to see process {pid}") from None
+    if str(args.path) not in command and str(args.path.resolve()) not in command:
+        raise SoaktopError(f"process {pid} is not the soaktop writing {args.path}")
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except psutil.TimeoutExpired:
+        raise SoaktopError(f"process {pid} did not stop within 60 s") from None
+    pid_file.unlink(missing_ok=True)
+    _say(f"stopped process {pid}; its record is closed: {args.path}")
+    record_commands.summary(argparse.Namespace(path=args.path, json=False, csv=False))
+
+
 def _models(args: argparse.Namespace) -> None:
     for name in asyncio.run(_make_backend(args).models()):
         print(terminal_safe(name))
@@ -464,7 +527,11 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["run", *argv]  # `soaktop` alone runs the embedded default
     args = parser.parse_args(argv)
     try:
-        if args.command == "run" and _use_dashboard(args):
+        if args.command == "run" and args.detach:
+            _detach(args, argv)
+        elif args.command == "stop":
+            _stop(args)
+        elif args.command == "run" and _use_dashboard(args):
             print_summary(_run_dashboard(args).result(), False)
         elif args.command == "run":
             print_summary(asyncio.run(_run(args)).result(), args.json)

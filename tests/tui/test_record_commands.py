@@ -399,3 +399,31 @@ def test_without_a_terminal_run_falls_back_to_status_lines(tmp_path):
     assert out.returncode == 0, out.stderr
     assert sum(1 for line in out.stdout.splitlines() if STATUS.match(line)) >= 2
     assert "\x1b[" not in out.stdout  # no screen drawn into a pipe
+
+
+def test_a_detached_run_outlives_its_terminal_and_stops_cleanly(tmp_path):
+    import os
+
+    record = tmp_path / "bg.jsonl.gz"
+    with spawn(Schedule(ttft_ms=10, itl_ms=5, tokens=16, model="loopback")) as url:
+        started = soaktop("run", "--detach", "--backend", "openai", "--url", url,
+                          "--concurrency", "4", "--duration", "10m", "--record", str(record),
+                          "--telemetry", "none")
+        assert started.returncode == 0, started.stderr
+        assert f"soaktop attach {record}" in started.stdout
+        assert f"soaktop stop {record}" in started.stdout
+        pid = int(Path(f"{record}.pid").read_text())
+        assert os.getsid(pid) == pid  # a session of its own: no terminal, no SIGHUP from one
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _measured_ok(record) < 20:
+            time.sleep(0.3)
+        assert _measured_ok(record) >= 20  # it runs on after the command that started it
+        stopped = soaktop("stop", str(record))
+    assert stopped.returncode == 0, stopped.stderr
+    assert "ended: interrupted" in stopped.stdout
+    events = list(RecordReader(record).events())
+    assert isinstance(events[-1], SessionEnd) and events[-1].reason == "interrupted"
+    assert not Path(f"{record}.pid").exists()
+    assert "record:" in Path(f"{record}.log").read_text()  # its status lines went to the log
+    again = soaktop("stop", str(record))
+    assert again.returncode == 2 and "no detached run is writing" in again.stderr
