@@ -195,8 +195,9 @@ class ClientSample:
     ``in_flight`` and ``tokens`` (content tokens received over the last ``interval_ns``) are
     what a reader of a record still being written (``soaktop attach``) cannot derive from
     finished requests alone: a request's tokens reach the record only when it ends.
-    ``loop_lag_p99_us`` and ``cpu_percent`` are soaktop's own health, to flag windows where the
-    client was the bottleneck; ``None`` where not measured.
+    ``loop_lag_p99_us``, ``cpu_percent`` and ``send_lateness_p99_us`` are soaktop's own health
+    (see :mod:`engine.client_health`), to flag seconds where the client was the bottleneck;
+    ``None`` where not measured.
     """
 
     t_ns: int
@@ -204,7 +205,15 @@ class ClientSample:
     tokens: int
     interval_ns: int
     loop_lag_p99_us: int | None = None
-    cpu_percent: float | None = None
+    cpu_percent: float | None = None  # of one core
+    send_lateness_p99_us: int | None = None  # due -> sent, over the second's requests
+
+    @property
+    def client_bound(self) -> bool:
+        """The client was the bottleneck this second: its latencies are upper bounds."""
+        from engine.client_health import is_client_bound
+
+        return is_client_bound(self.loop_lag_p99_us, self.cpu_percent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,8 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def status_line(snap: LiveSnapshot, in_flight: int, concurrency: int) -> str:
+def status_line(snap: LiveSnapshot, in_flight: int, concurrency: int,
+                client_bound: bool = False) -> str:
     """``[  12.0s] in flight 4/4 | 812 tok/s | TTFT p50 15.2 ms p95 20.1 ms | ok 40 | errors 0``"""
     errors = snap.requests_failed
     detail = ""
@@ -48,6 +49,7 @@ def status_line(snap: LiveSnapshot, in_flight: int, concurrency: int) -> str:
         f" | TTFT p50 {_ms(snap.ttft_p50_ms)} ms p95 {_ms(snap.ttft_p95_ms)} ms"
         f" | ok {snap.requests_ok} | errors {errors}{detail}"
         + telemetry_part(snap.telemetry)
+        + (" | CLIENT-BOUND: latencies are upper bounds" if client_bound else "")
     )
 
 
@@ -136,6 +138,10 @@ def summary_table(summary: dict[str, Any]) -> str:
         lines.append(
             "errors: " + ", ".join(f"{k} {v}" for k, v in summary["errors"].items())
         )
+    if summary.get("client_bound_s"):
+        lines.append(f"client-bound for {summary['client_bound_s']:.0f} s of the "
+                     f"{_num(summary['duration_s'], 0)} s measured (event-loop lag p99 over "
+                     f"1 ms, or a whole core busy): latencies then are upper bounds")
     lines.extend(plan_lines(summary))
     if summary.get("soak"):
         lines.append(f"soak verdict: {summary['soak']['explanation']}")

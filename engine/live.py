@@ -145,6 +145,11 @@ class LiveStats:
         idx = np.arange(newest_complete - n + 1, newest_complete + 1) % HISTORY_BUCKETS
         return float(self.token_buckets[idx].sum()) / (n * BUCKET_NS / 1e9)
 
+    @property
+    def client_bound(self) -> bool:
+        """The client's latest second was client-bound (engine.client_health)."""
+        return self.client is not None and self.client.client_bound
+
     def client_snapshot(self, now_ns: int) -> LiveSnapshot:
         """The snapshot of a run seen through its record (``attach``): tokens/s from the run's
         own latest ClientSample, since a request's tokens reach a record only when it ends."""

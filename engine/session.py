@@ -22,6 +22,7 @@ from typing import Any
 
 from engine import environment
 from engine.backends.base import Backend, GenerationRequest, RequestSent, StreamEnd
+from engine.client_health import ClientHealth
 from engine.config import RunConfig
 from engine.errors import BackendError, ConfigError
 from engine.events import (
@@ -81,6 +82,7 @@ class Session:
         self._ended = False
         self._tokens_received = 0  # content tokens so far, for the once-a-second ClientSample
         self._resume_to: int | None = None  # the concurrency to go back to, while paused
+        self._health = ClientHealth()
 
     # -- clock and events ------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -126,15 +128,23 @@ class Session:
         self._samplers.clear()
 
     async def _client_samples(self, every_ns: int = 10**9) -> None:
-        """A :class:`ClientSample` each second, on the second of the session clock."""
+        """A :class:`ClientSample` each second, on the second of the session clock: what the
+        client saw (in flight, tokens) and how healthy it was (engine.client_health)."""
         last_t, last_tokens = 0, 0
         tick = every_ns
-        while True:
-            await asyncio.sleep(max(0.0, (tick - self.now_ns()) / 1e9))
-            now, tokens = self.now_ns(), self._tokens_received
-            self._emit(ClientSample(now, self.in_flight, tokens - last_tokens, now - last_t))
-            last_t, last_tokens = now, tokens
-            tick = (now // every_ns + 1) * every_ns
+        probe = asyncio.ensure_future(self._health.probe())
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, (tick - self.now_ns()) / 1e9))
+                now, tokens = self.now_ns(), self._tokens_received
+                lag, late, cpu = self._health.take()
+                self._emit(ClientSample(now, self.in_flight, tokens - last_tokens, now - last_t,
+                                        loop_lag_p99_us=lag, cpu_percent=round(cpu, 1),
+                                        send_lateness_p99_us=late))
+                last_t, last_tokens = now, tokens
+                tick = (now // every_ns + 1) * every_ns
+        finally:
+            probe.cancel()
 
     # -- commands --------------------------------------------------------------------------
     @property
@@ -277,9 +287,12 @@ class Session:
             self._new_phase("warm-up done")
         request_id = self._started
         self._started += 1
-        return self._request(request_id, self._phase.phase_id, self.model, warmup)
+        return self._request(request_id, self._phase.phase_id, self.model, warmup,
+                             due_ns=self.now_ns())
 
-    async def _request(self, request_id: int, phase_id: int, model: str, warmup: bool) -> None:
+    async def _request(self, request_id: int, phase_id: int, model: str, warmup: bool,
+                       due_ns: int = 0) -> None:
+        """One request; ``due_ns`` is when it should have gone out (its slot freed)."""
         cfg = self.config
         prompt = self._prompts[request_id % len(self._prompts)]
         request = GenerationRequest(request_id, prompt, cfg.output_tokens, model)
@@ -289,7 +302,9 @@ class Session:
                 await asyncio.sleep(wait_ns / 1e9)
             except asyncio.CancelledError:
                 return  # the run ended before this request was ever sent
+            due_ns = self._not_before_ns  # held on purpose (Retry-After): due from then
         sent_ns = self.now_ns()
+        lateness_noted = False
         arrivals: list[int] = []
         tokens: list[int] = []
         finish, error_class, error_message = "length", None, None
@@ -298,6 +313,8 @@ class Session:
             async for item in self.backend.stream(request):
                 if isinstance(item, RequestSent):  # the true send time, before any arrival
                     sent_ns = item.t_ns - self._origin_ns
+                    self._health.sent(due_ns, sent_ns)
+                    lateness_noted = True
                     continue
                 if isinstance(item, StreamEnd):
                     finish, server = item.finish_reason, item.server
@@ -309,6 +326,9 @@ class Session:
                             self._emit(TokensArrived(self.now_ns(), 0, request_id, extra, False))
                     continue
                 t_ns = item.t_ns - self._origin_ns
+                if not lateness_noted:  # a backend with no send stamp: it went out when asked
+                    self._health.sent(due_ns, sent_ns)
+                    lateness_noted = True
                 arrivals.append((t_ns - sent_ns) // 1000)
                 tokens.append(item.tokens)
                 self._tokens_received += item.tokens

@@ -30,6 +30,7 @@ import numpy as np
 from engine.drift import Drift
 from engine.errors import SoaktopError
 from engine.events import (
+    ClientSample,
     GpuSample,
     HostSample,
     Phase,
@@ -139,6 +140,7 @@ class SessionSummary:
         self._run_telemetry = _Telemetry()  # samples of the measured (non-warm-up) phases
         self._status: dict[tuple, TelemetryStatus] = {}
         self._drift = Drift()  # the soak verdict: the last minutes against the first
+        self._client_bound_ns = 0  # measured time the client itself was the bottleneck
 
     def add(self, event: Any) -> None:
         if type(event) is TokensArrived:
@@ -165,6 +167,9 @@ class SessionSummary:
             self.header = event
         elif isinstance(event, SessionEnd):
             self.end = event
+        elif isinstance(event, ClientSample):
+            if event.client_bound and self._order and not self._order[-1].phase.warmup:
+                self._client_bound_ns += event.interval_ns
 
     def _add_request(self, done: RequestDone) -> None:
         if done.arrivals_us and self._order:
@@ -265,6 +270,7 @@ class SessionSummary:
         out["phases"] = phases
         self._add_plans(out)
         out["soak"] = self._drift.result()
+        out["client_bound_s"] = self._client_bound_ns / 1e9
         return out
 
     def _add_plans(self, out: dict[str, Any]) -> None:

@@ -79,7 +79,8 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
 
     def status(t_ns: int) -> None:
         concurrency = live.phase.concurrency if live.phase else 0
-        print(status_line(live.snapshot(t_ns), timeline.in_flight(t_ns), concurrency),
+        print(status_line(live.snapshot(t_ns), timeline.in_flight(t_ns), concurrency,
+                          live.client_bound),
               file=out, flush=True)
 
     def reset() -> None:  # a seek back: the record is fed again from the start
@@ -140,7 +141,8 @@ async def attach(args: argparse.Namespace) -> dict[str, Any]:
             snap = live.client_snapshot(latest_ns)
             in_flight = live.client.in_flight if live.client else 0
             concurrency = live.phase.concurrency if live.phase else 0
-            print(status_line(snap, in_flight, concurrency), file=out, flush=True)
+            print(status_line(snap, in_flight, concurrency, live.client_bound), file=out,
+                  flush=True)
             if latest_ns != seen_ns:
                 seen_ns, seen_at, stale_said = latest_ns, loop.time(), False
             elif loop.time() - seen_at > STALE_S and not stale_said:

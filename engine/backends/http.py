@@ -13,7 +13,8 @@ silently; both must be counted as errors here.
 
 Timeouts (connect, first token, between tokens) are enforced by one watchdog timer per request
 that costs nothing per token: the stream only updates a number, and the timer re-arms itself
-from that number when it fires early.
+from that number when it fires early. The first token re-arms it once, since the limit between
+tokens may end sooner than the one for the first token.
 """
 
 from __future__ import annotations
@@ -98,7 +99,15 @@ class Watchdog:
         return self.last_token + self._timeouts.between_tokens_s
 
     def token(self) -> None:
+        first = self.last_token is None
         self.last_token = self._loop.time()
+        if first:
+            # The deadline moves from the first-token limit to the between-tokens one, which
+            # may come sooner (the defaults: 120 s, then 60 s): re-arm now, once per request,
+            # or a stall after the first tokens would wait out the first-token limit. Later
+            # tokens only push the deadline out; the timer catches up with them when it fires.
+            self._handle.cancel()
+            self._handle = self._loop.call_at(self._deadline(), self._check)
 
     def _check(self) -> None:
         deadline = self._deadline()

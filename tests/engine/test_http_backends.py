@@ -71,6 +71,21 @@ async def test_each_fault_is_classified(fault, error_class):
         assert info.value.retry_after_s == 1.0
 
 
+async def test_a_stall_after_the_first_tokens_waits_the_token_timeout_not_the_first_tokens():
+    """The token timeout is shorter than the first-token one (as the defaults, 60 s and
+    120 s): a stream that stops after three tokens fails when the token timeout says, not
+    when the first-token limit runs out (found by the stall drill, tests/tui/test_drills.py)."""
+    timeouts = Timeouts(connect_s=2, first_token_s=30, between_tokens_s=0.3)
+    async with LoopbackServer(FAST, fault="stall_mid") as server:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(BackendError) as info:
+            await asyncio.wait_for(collect(OpenAIBackend(server.url, timeouts=timeouts)), 10)
+        took = loop.time() - start
+    assert info.value.error_class == "inter_token_timeout"
+    assert 0.3 <= took < 2.0
+
+
 async def test_a_server_refusing_include_usage_still_works():
     async with LoopbackServer(FAST, fault="refuse_usage") as server:
         backend = OpenAIBackend(server.url, timeouts=SHORT)

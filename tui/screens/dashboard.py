@@ -56,7 +56,10 @@ class DashboardScreen(Screen):
         self.call_after_refresh(self.refresh_frame)  # the first frame now, not a tick later
 
     def header_state(self) -> str:
-        return ""
+        return self.client_state()
+
+    def client_state(self) -> str:
+        return "CLIENT-BOUND: latencies are upper bounds" if self.feed.live.client_bound else ""
 
     def refresh_frame(self) -> None:
         feed = self.feed
@@ -123,7 +126,7 @@ class LiveScreen(DashboardScreen):
         session = self.feed.session
         if session is not None and session.ended:
             return "ENDED (q quits)"
-        return "PAUSED" if self.paused_load() else ""
+        return "PAUSED" if self.paused_load() else self.client_state()
 
     def action_concurrency(self, step: int) -> None:
         session = self.running_session()
@@ -183,7 +186,7 @@ class ReplayScreen(DashboardScreen):
     def header_state(self) -> str:
         if self.feed.finished:
             return "END OF RECORD"
-        return "PAUSED" if self.feed.replay.paused else ""
+        return "PAUSED" if self.feed.replay.paused else self.client_state()
 
     def refresh_frame(self) -> None:
         super().refresh_frame()

@@ -1,0 +1,64 @@
+"""soaktop checks itself: a client starved of its CPU is flagged, the same run without the
+starvation is not."""
+
+import threading
+
+from engine.backends.fake import FakeBackend
+from engine.client_health import ClientHealth, is_client_bound
+from engine.events import ClientSample
+from engine.summary import SessionSummary
+
+
+def test_the_thresholds():
+    assert not is_client_bound(300, 40.0)
+    assert is_client_bound(1500, 40.0)  # lag p99 over 1 ms
+    assert is_client_bound(200, 95.0)  # a whole core busy
+    assert not is_client_bound(None, None)
+
+
+async def _run(make_session, starve: bool):
+    session, events = make_session(FakeBackend(ttft_s=0.005, itl_s=0.004), concurrency=4,
+                                   output_tokens=20, duration_s=3.2, warmup_requests=0)
+    summary = SessionSummary()
+    session.add_listener(summary.add)
+    stop = threading.Event()
+
+    def hog():  # pure Python: holds the GIL for a switch interval (5 ms) at a time
+        while not stop.is_set():
+            sum(i * i for i in range(20_000))
+
+    thread = threading.Thread(target=hog, daemon=True)
+    if starve:
+        thread.start()
+    try:
+        await session.run()
+    finally:
+        stop.set()
+    return events.of(ClientSample), summary.result()
+
+
+async def test_a_starved_client_is_flagged(make_session):
+    samples, result = await _run(make_session, starve=True)
+    assert len(samples) == 3
+    assert all(s.client_bound for s in samples)
+    assert all(s.loop_lag_p99_us > 1000 for s in samples)
+    assert result["client_bound_s"] >= 2.5
+
+
+async def test_the_same_run_without_starvation_is_not(make_session):
+    samples, result = await _run(make_session, starve=False)
+    assert len(samples) == 3
+    assert not any(s.client_bound for s in samples)
+    assert all(s.loop_lag_p99_us is not None and s.loop_lag_p99_us < 1000 for s in samples)
+    assert all(s.send_lateness_p99_us is not None for s in samples)
+    assert result["client_bound_s"] == 0
+
+
+def test_send_lateness_is_due_to_sent():
+    health = ClientHealth()
+    for late_us in (10, 20, 5000):
+        health.sent(1_000_000, 1_000_000 + late_us * 1000)
+    _, lateness, cpu = health.take()
+    assert lateness == int(__import__("numpy").percentile([10, 20, 5000], 99))
+    assert cpu >= 0
+    assert health.take()[1] is None  # taken: the next second starts empty
