@@ -90,6 +90,9 @@ class RunConfig:
     #: The SLO whose capacity to search (``--slo 'ttft_p95<=2s,speed_p25>=30'``).
     slo: str | None = None
     phase_s: float = 120.0  # one step of a ramp or an SLO search
+    #: Words every prompt starts with (a system prompt's worth); 0: none, every prompt unique
+    #: from its first word (engine.prompts).
+    shared_prefix: int = 0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -116,6 +119,9 @@ class RunConfig:
             raise ConfigError("--ramp and --slo are two plans: choose one")
         if self.phase_s <= 0:
             raise ConfigError("a phase must last more than 0 s")
+        if not 0 <= self.shared_prefix < self.input_tokens:
+            raise ConfigError(f"--shared-prefix must be below the input length "
+                              f"({self.input_tokens} tokens; got {self.shared_prefix})")
 
     @property
     def warmup(self) -> int:

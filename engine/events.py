@@ -28,6 +28,7 @@ class SessionStart:
     config: dict[str, Any]
     environment: dict[str, Any]
     backend: dict[str, Any]
+    workload: dict[str, Any] = field(default_factory=dict)  # the prompts: seed, salt, hash
 
 
 @dataclass(frozen=True, slots=True)

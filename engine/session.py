@@ -36,7 +36,7 @@ from engine.events import (
     TokensArrived,
 )
 from engine.load import ClosedLoop
-from engine.prompts import make_prompts
+from engine.prompts import PromptSet
 from engine.record import RecordWriter
 from engine.telemetry import Sampler, Source, build_sources
 
@@ -59,7 +59,8 @@ class Session:
         self.record_path = record_path
         self.recorder: RecordWriter | None = None
         self._listeners: list[Listener] = list(listeners)
-        self._prompts = make_prompts(config.seed, config.prompt_pool, config.input_tokens)
+        self.prompts = PromptSet(config.seed, config.prompt_pool, config.input_tokens,
+                                 config.shared_prefix)
         self._origin_ns = 0
         self._phase: Phase | None = None
         self._started = 0  # requests launched, warm-up included
@@ -294,7 +295,7 @@ class Session:
                        due_ns: int = 0) -> None:
         """One request; ``due_ns`` is when it should have gone out (its slot freed)."""
         cfg = self.config
-        prompt = self._prompts[request_id % len(self._prompts)]
+        prompt = self.prompts.prompt(request_id)
         request = GenerationRequest(request_id, prompt, cfg.output_tokens, model)
         wait_ns = self._not_before_ns - self.now_ns()
         if wait_ns > 0:  # not sent yet: the wait is not the server's latency
@@ -401,6 +402,7 @@ class Session:
                     config=self.config.to_dict(),
                     environment=environment.collect(),
                     backend=self.backend.describe(),
+                    workload=self.prompts.describe(),
                 )
             )
             self._new_phase("start", concurrency=self.config.concurrency)

@@ -164,6 +164,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-tokens", type=_positive_int, default=128)
     p.add_argument("--output-tokens", type=_positive_int, default=128)
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompts and weights")
+    p.add_argument("--shared-prefix", type=_non_negative_int, default=0, metavar="TOKENS",
+                   help="words every prompt starts with (a system prompt); default 0: every "
+                   "prompt unique from its first word, so no prefix cache serves it")
     p.add_argument("--telemetry", type=_telemetry, default=("nvml", "host"), metavar="SOURCES",
                    help="comma-separated: nvml (GPUs here), host (CPU, memory), prom=URL (a "
                    "DCGM exporter or a vLLM/SGLang /metrics, once per URL), or none "
@@ -332,6 +335,7 @@ async def _build_session(args: argparse.Namespace, listeners: tuple = (),
         ramp=args.ramp or (),
         slo=args.slo,
         phase_s=args.phase,
+        shared_prefix=args.shared_prefix,
     )
     sources = build_sources(args.telemetry, args.watch_pid, local_engine=args.backend == "local")
     return Session(config, backend, _record_path(args), listeners=listeners, sources=sources)

@@ -166,7 +166,7 @@ _RERUN_FLAGS = (  # RunConfig field -> the `run` flag that sets it
     ("connect_timeout_s", "--connect-timeout"),
     ("first_token_timeout_s", "--first-token-timeout"),
     ("token_timeout_s", "--token-timeout"), ("telemetry_hz", "--telemetry-hz"),
-    ("slo", "--slo"), ("phase_s", "--phase"),
+    ("slo", "--slo"), ("phase_s", "--phase"), ("shared_prefix", "--shared-prefix"),
 )
 PLAN_REASONS = ("start", "warm-up done", "ramp", "slo search")  # phases a rerun re-creates
 
