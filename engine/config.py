@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -93,6 +94,10 @@ class RunConfig:
     #: Words every prompt starts with (a system prompt's worth); 0: none, every prompt unique
     #: from its first word (engine.prompts).
     shared_prefix: int = 0
+    #: Open loop (``--rate``): requests a second, instead of a concurrency kept in flight.
+    rate: float | None = None
+    arrival: str = "constant"  # or "poisson"
+    max_inflight: int | None = None  # open loop: at most this many out; the wait counts
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -119,13 +124,25 @@ class RunConfig:
             raise ConfigError("--ramp and --slo are two plans: choose one")
         if self.phase_s <= 0:
             raise ConfigError("a phase must last more than 0 s")
+        if self.rate is not None and self.rate <= 0:
+            raise ConfigError(f"--rate must be above 0 requests/s (got {self.rate:g})")
+        if self.arrival not in ("constant", "poisson"):
+            raise ConfigError(f"--arrival is constant or poisson (got {self.arrival!r})")
+        if self.max_inflight is not None and self.max_inflight < 1:
+            raise ConfigError("--max-inflight must be at least 1")
+        if self.rate is not None and (self.ramp or self.slo):
+            raise ConfigError("--rate is an open loop; --ramp and --slo step a concurrency")
         if not 0 <= self.shared_prefix < self.input_tokens:
             raise ConfigError(f"--shared-prefix must be below the input length "
                               f"({self.input_tokens} tokens; got {self.shared_prefix})")
 
     @property
     def warmup(self) -> int:
-        return self.concurrency if self.warmup_requests is None else self.warmup_requests
+        """Warm-up requests: as given, else the concurrency (closed loop) or one second of
+        arrivals (open loop)."""
+        if self.warmup_requests is not None:
+            return self.warmup_requests
+        return math.ceil(self.rate) if self.rate is not None else self.concurrency
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (lists, not tuples): the header a live run holds equals the one read back."""

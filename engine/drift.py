@@ -10,9 +10,9 @@ run is called:
   more of the last window's samples; the reasons active then are named;
 - ``stable`` otherwise.
 
-Memory is bounded by the run's length in seconds and by the requests of two windows, never by
-tokens: tokens are counted per second, and only the first window's and the latest window's
-requests and GPU samples are kept.
+Memory is bounded by the run's length in seconds and by the requests of the first window,
+never by tokens: tokens are counted per second, the first window's TTFTs take 8 bytes a
+request, the latest ones a fixed ring, and GPU samples those of two windows.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ from engine.telemetry.reasons import THROTTLING
 
 WINDOW_S = 300.0
 MIN_WINDOW_S = 10.0  # shorter runs get no verdict: too little to compare
+#: The latest requests' TTFTs kept for the last window: at more than this many requests in
+#: two windows (110 a second over 10 minutes) the last window's p95 is taken over its latest
+#: 65,536 requests, still thousands of samples.
+RECENT_REQUESTS = 65_536
 TPS_DROP = 0.05
 TTFT_RISE = 0.10
 CLOCK_DROP = 0.03
@@ -39,8 +43,14 @@ class Drift:
         self.start_ns: int | None = None  # the measured run's start (warm-up over)
         self.end_ns = 0
         self._tokens = np.zeros(256, dtype=np.int64)  # per second since start_ns
-        self._first: list[tuple[int, float]] = []  # (sent_ns, ttft_ms), first window only
-        self._recent: deque[tuple[int, float]] = deque()  # the latest window's
+        # TTFTs: the first window's all, in arrays that grow by doubling (8 bytes a request,
+        # as float32 seconds-from-start and ms); the latest ones in a fixed ring
+        self._first_t = np.empty(1024, dtype=np.float32)
+        self._first_v = np.empty(1024, dtype=np.float32)
+        self._first_n = 0
+        self._ring_t = np.full(RECENT_REQUESTS, -np.inf, dtype=np.float64)
+        self._ring_v = np.empty(RECENT_REQUESTS, dtype=np.float32)
+        self._ring_next = 0
         self._gpu_first: list[GpuSample] = []
         self._gpu_recent: deque[GpuSample] = deque()
 
@@ -77,11 +87,16 @@ class Drift:
                 self._tokens += np.bincount(seconds, weights=weights,
                                             minlength=self._tokens.size).astype(np.int64)
         if done.ok and done.arrivals_us:
-            point = (done.sent_ns, done.arrivals_us[0] / 1e3)
+            t_s, ttft_ms = (done.sent_ns - self.start_ns) / 1e9, done.arrivals_us[0] / 1e3
             if done.sent_ns < self.start_ns + self.window_ns:
-                self._first.append(point)
-            self._recent.append(point)
-            self._evict(self._recent, done.t_ns, key=lambda p: p[0])
+                if self._first_n == self._first_t.size:
+                    self._first_t = np.concatenate([self._first_t, np.empty_like(self._first_t)])
+                    self._first_v = np.concatenate([self._first_v, np.empty_like(self._first_v)])
+                self._first_t[self._first_n], self._first_v[self._first_n] = t_s, ttft_ms
+                self._first_n += 1
+            slot = self._ring_next % RECENT_REQUESTS
+            self._ring_t[slot], self._ring_v[slot] = t_s, ttft_ms
+            self._ring_next += 1
 
     def _add_gpu(self, sample: GpuSample) -> None:
         if self.start_ns is None or sample.t_ns < self.start_ns:
@@ -138,8 +153,12 @@ class Drift:
         hi = max(lo, (end - self.start_ns) // 10**9)
         seconds = self._tokens[lo:hi]
         tps = float(seconds.sum()) / max(1, hi - lo) if hi > lo else None
-        source = self._first if start == self.start_ns else self._recent
-        ttfts = [v for t, v in source if start <= t < end]
+        lo_s, hi_s = (start - self.start_ns) / 1e9, (end - self.start_ns) / 1e9
+        if start == self.start_ns:
+            times, values = self._first_t[: self._first_n], self._first_v[: self._first_n]
+        else:
+            times, values = self._ring_t, self._ring_v
+        ttfts = values[(times >= lo_s) & (times < hi_s)]
         samples = self._gpu_first if start == self.start_ns else self._gpu_recent
         samples = [s for s in samples if start <= s.t_ns < end]
         clocks = [s.sm_clock_mhz for s in samples if s.sm_clock_mhz is not None]
@@ -151,7 +170,7 @@ class Drift:
                 counted[reason] = counted.get(reason, 0) + 1
         return {
             "tokens_per_s": tps,
-            "ttft_p95_ms": float(np.percentile(ttfts, 95)) if ttfts else None,
+            "ttft_p95_ms": float(np.percentile(ttfts, 95)) if ttfts.size else None,
             "sm_clock_mhz": float(np.mean(clocks)) if clocks else None,
             "temperature_c": float(np.max(temps)) if temps else None,
             "reasons": {r: n / len(with_reasons) for r, n in counted.items()},

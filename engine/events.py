@@ -42,6 +42,7 @@ class Phase:
     backend: str
     reason: str  # "start", "warm-up done", "key", "schedule", "command"
     warmup: bool = False
+    rate: float | None = None  # open loop: planned requests a second (None: closed loop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,9 @@ class RequestDone:
     error_class: str | None = None
     error_message: str | None = None
     server_reported: dict[str, Any] | None = None  # the server's own figures (usage, timings)
+    #: Open loop: how long after its planned time it went out (a busy client, or a wait for
+    #: a slot under --max-inflight). Its latencies count from the planned time (sent_ns).
+    queued_us: int = 0
 
     @property
     def output_tokens(self) -> int:

@@ -37,15 +37,16 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 
 def status_line(snap: LiveSnapshot, in_flight: int, concurrency: int,
-                client_bound: bool = False) -> str:
+                client_bound: bool = False, rate: float | None = None) -> str:
     """``[  12.0s] in flight 4/4 | 812 tok/s | TTFT p50 15.2 ms p95 20.1 ms | ok 40 | errors 0``"""
     errors = snap.requests_failed
     detail = ""
     if snap.errors:
         detail = " (" + ", ".join(f"{k} {v}" for k, v in sorted(snap.errors.items())) + ")"
     return terminal_safe(
-        f"[{snap.t_ns / 1e9:7.1f}s] in flight {in_flight}/{concurrency}"
-        f" | {snap.tokens_per_s:,.0f} tok/s"
+        f"[{snap.t_ns / 1e9:7.1f}s] in flight {in_flight}"
+        + (f"/{concurrency}" if rate is None else f" at {rate:g} req/s")
+        + f" | {snap.tokens_per_s:,.0f} tok/s"
         f" | TTFT p50 {_ms(snap.ttft_p50_ms)} ms p95 {_ms(snap.ttft_p95_ms)} ms"
         f" | ok {snap.requests_ok} | errors {errors}{detail}"
         + telemetry_part(snap.telemetry)

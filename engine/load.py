@@ -1,4 +1,5 @@
-"""Closed-loop load: keep N requests in flight, replacing each finished one at once.
+"""Load: closed loop (keep N requests in flight, replacing each finished one at once) or open
+loop (requests at planned times, ``rate`` a second: :class:`OpenLoop`).
 
 This is the Artificial Analysis system-load-test discipline. Raising N starts the extra
 requests immediately; lowering it takes effect as requests complete (they are not replaced
@@ -10,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+import numpy as np
 
 
 class ClosedLoop:
@@ -69,3 +72,89 @@ class ClosedLoop:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._check_finished()
+
+
+class OpenLoop:
+    """Open-loop load: requests go out at planned times, ``rate`` a second, whether or not the
+    earlier ones have finished, as users arrive at a service.
+
+    ``arrival`` ``"constant"`` spaces them evenly, ``"poisson"`` draws exponential gaps
+    (seeded). ``launch(due_ns)`` returns the request's coroutine, told when it was due, so its
+    latency runs from the planned time: a send that comes late (a busy client, or a wait for
+    one of ``max_inflight`` slots) is counted, never hidden (no coordinated omission).
+    """
+
+    def __init__(self, rate: float, launch: Callable[[int], Coroutine[Any, Any, None] | None],
+                 now_ns: Callable[[], int], arrival: str = "constant",
+                 max_inflight: int | None = None, seed: int = 0) -> None:
+        self.target = rate
+        self._launch = launch
+        self._now_ns = now_ns
+        self._arrival = arrival
+        self._max_inflight = max_inflight
+        self._rng = np.random.default_rng(seed)
+        self._tasks: set[asyncio.Task] = set()
+        self._slot_freed = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def set_target(self, rate: float) -> None:
+        """A new rate from now on (the next arrival is re-planned from this moment)."""
+        self.target = rate
+        self._changed.set()
+
+    def _gap_ns(self) -> int:
+        mean = 1e9 / self.target
+        if self._arrival == "poisson":
+            return max(1, int(self._rng.exponential(mean)))
+        return max(1, int(mean))
+
+    def _on_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._slot_freed.set()
+
+    async def run(self) -> None:
+        due = self._now_ns()
+        while not self._stopping:
+            if self.target <= 0:  # paused: wait for a rate
+                self._changed.clear()
+                await self._changed.wait()
+                due = self._now_ns()
+                continue
+            self._changed.clear()
+            wait_s = (due - self._now_ns()) / 1e9
+            if wait_s > 0:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout=wait_s)
+                    due = self._now_ns() + self._gap_ns()  # the rate changed: re-plan
+                    continue
+                except asyncio.TimeoutError:
+                    pass
+            while self._max_inflight is not None and len(self._tasks) >= self._max_inflight:
+                self._slot_freed.clear()  # due already: the wait for a slot will count
+                await self._slot_freed.wait()
+                if self._stopping:
+                    return
+            coro = self._launch(due)
+            if coro is None:
+                break
+            task = asyncio.get_running_loop().create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._on_done)
+            due += self._gap_ns()
+        while self._tasks and not self._stopping:  # a request budget is spent: let them end
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._slot_freed.set()
+        self._changed.set()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

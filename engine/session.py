@@ -35,7 +35,7 @@ from engine.events import (
     SessionStart,
     TokensArrived,
 )
-from engine.load import ClosedLoop
+from engine.load import ClosedLoop, OpenLoop
 from engine.prompts import PromptSet
 from engine.record import RecordWriter
 from engine.telemetry import Sampler, Source, build_sources
@@ -211,6 +211,26 @@ class Session:
         return self._resume_to is not None
 
     @property
+    def rate(self) -> float | None:
+        """Requests a second in an open loop (0 while paused); None in a closed loop."""
+        return self._phase.rate if self._phase else self.config.rate
+
+    def set_rate(self, rate: float, reason: str = "command") -> None:
+        """A new arrival rate (open loop only), in a new phase, from now on."""
+        if self.config.rate is None:
+            raise ConfigError("this run keeps a concurrency, not a rate (--rate starts one)")
+        if rate <= 0:
+            raise ConfigError(f"a rate must be above 0 requests/s (got {rate:g})")
+        if self._phase is None or rate == self._phase.rate:
+            return
+        if self.paused:
+            self._resume_to = rate
+            return
+        self._new_phase(reason, rate=rate)
+        if self._loop is not None:
+            self._loop.set_target(rate)
+
+    @property
     def target_concurrency(self) -> int:
         """The concurrency the load runs at, or returns to when paused."""
         return self._resume_to if self._resume_to is not None else self.concurrency
@@ -219,8 +239,12 @@ class Session:
         """Send nothing new (a phase at concurrency 0); requests in flight finish."""
         if self._phase is None or self.paused:
             return
-        self._resume_to = self._phase.concurrency
-        self._new_phase(reason, concurrency=0)
+        if self.config.rate is not None:  # open loop: pause the arrivals
+            self._resume_to = self._phase.rate
+            self._new_phase(reason, rate=0.0)
+        else:
+            self._resume_to = self._phase.concurrency
+            self._new_phase(reason, concurrency=0)
         if self._loop is not None:
             self._loop.set_target(0)
 
@@ -228,10 +252,13 @@ class Session:
         """Load again at the concurrency before the pause (or the one set while paused)."""
         if not self.paused:
             return
-        concurrency, self._resume_to = self._resume_to, None
-        self._new_phase(reason, concurrency=concurrency)
+        level, self._resume_to = self._resume_to, None
+        if self.config.rate is not None:
+            self._new_phase(reason, rate=level)
+        else:
+            self._new_phase(reason, concurrency=level)
         if self._loop is not None:
-            self._loop.set_target(concurrency)
+            self._loop.set_target(level)
 
     def mark(self, note: str) -> None:
         self._emit(Mark(t_ns=self.now_ns(), note=note))
@@ -243,8 +270,11 @@ class Session:
             self._stopped.set()
 
     # -- the run ---------------------------------------------------------------------------
-    def _new_phase(self, reason: str, concurrency: int | None = None) -> None:
+    def _new_phase(self, reason: str, concurrency: int | None = None,
+                   rate: float | None = None) -> None:
         previous = self._phase
+        if rate is None:
+            rate = previous.rate if previous is not None else self.config.rate
         self._phase = Phase(
             t_ns=self.now_ns(),
             phase_id=0 if previous is None else previous.phase_id + 1,
@@ -254,6 +284,7 @@ class Session:
             backend=self.config.backend,
             reason=reason,
             warmup=self._started < self.config.warmup,
+            rate=rate,
         )
         self._emit(self._phase)
 
@@ -279,7 +310,9 @@ class Session:
             self.failure = f"every request was refused ({count} so far): {done.error_message}"
             self.stop("failed")
 
-    def _launch(self):
+    def _launch(self, due_ns: int | None = None):
+        """The next request's coroutine (None when the request budget is spent); ``due_ns``
+        is its planned time in an open loop."""
         cfg = self.config
         if cfg.max_requests is not None and self._started >= cfg.warmup + cfg.max_requests:
             return None
@@ -288,12 +321,15 @@ class Session:
             self._new_phase("warm-up done")
         request_id = self._started
         self._started += 1
+        open_loop = due_ns is not None
         return self._request(request_id, self._phase.phase_id, self.model, warmup,
-                             due_ns=self.now_ns())
+                             due_ns=due_ns if open_loop else self.now_ns(), open_loop=open_loop)
 
     async def _request(self, request_id: int, phase_id: int, model: str, warmup: bool,
-                       due_ns: int = 0) -> None:
-        """One request; ``due_ns`` is when it should have gone out (its slot freed)."""
+                       due_ns: int = 0, open_loop: bool = False) -> None:
+        """One request; ``due_ns`` is when it should have gone out (its slot freed, or its
+        planned time). In an open loop its latency runs from ``due_ns``: a late send counts,
+        and how late is kept apart too (``queued_us``)."""
         cfg = self.config
         prompt = self.prompts.prompt(request_id)
         request = GenerationRequest(request_id, prompt, cfg.output_tokens, model)
@@ -303,7 +339,8 @@ class Session:
                 await asyncio.sleep(wait_ns / 1e9)
             except asyncio.CancelledError:
                 return  # the run ended before this request was ever sent
-            due_ns = self._not_before_ns  # held on purpose (Retry-After): due from then
+            if not open_loop:
+                due_ns = self._not_before_ns  # held on purpose (Retry-After): due from then
         sent_ns = self.now_ns()
         lateness_noted = False
         arrivals: list[int] = []
@@ -330,7 +367,7 @@ class Session:
                 if not lateness_noted:  # a backend with no send stamp: it went out when asked
                     self._health.sent(due_ns, sent_ns)
                     lateness_noted = True
-                arrivals.append((t_ns - sent_ns) // 1000)
+                arrivals.append((t_ns - (due_ns if open_loop else sent_ns)) // 1000)
                 tokens.append(item.tokens)
                 self._tokens_received += item.tokens
                 self._emit(TokensArrived(t_ns, 0, request_id, item.tokens, len(arrivals) == 1))
@@ -346,6 +383,9 @@ class Session:
             finish, error_class = "error", "unexpected"
             error_message = f"{type(exc).__name__}: {exc}"
         end_ns = self.now_ns()
+        queued_us = max(0, sent_ns - due_ns) // 1000 if open_loop else 0
+        if open_loop:
+            sent_ns = due_ns  # the clock of every latency below starts at the planned time
         done = RequestDone(
             t_ns=end_ns,
             worker_id=0,
@@ -363,6 +403,7 @@ class Session:
             error_class=error_class,
             error_message=error_message,
             server_reported=server,
+            queued_us=queued_us,
         )
         self._emit(done)
         self._give_up_on_refusals(done, refused)
@@ -405,10 +446,17 @@ class Session:
                     workload=self.prompts.describe(),
                 )
             )
-            self._new_phase("start", concurrency=self.config.concurrency)
+            open_loop = self.config.rate is not None
+            self._new_phase("start", concurrency=(self.config.max_inflight or 0) if open_loop
+                            else self.config.concurrency)
             self._start_telemetry()
             self.started.set()
-            self._loop = ClosedLoop(self.config.concurrency, self._launch)
+            if self.config.rate is not None:
+                self._loop = OpenLoop(self.config.rate, self._launch, self.now_ns,
+                                      self.config.arrival, self.config.max_inflight,
+                                      seed=self.config.seed)
+            else:
+                self._loop = ClosedLoop(self.config.concurrency, self._launch)
             load = asyncio.ensure_future(self._loop.run())
             stopped = asyncio.ensure_future(self._stopped.wait())
             heartbeat = asyncio.ensure_future(self._client_samples())

@@ -72,7 +72,7 @@ class _Column:
         return self._data[: self._size]
 
 
-_METRICS = ("ttft_us", "tpot_us", "e2e_us", "speed_tps", "server_speed_tps")
+_METRICS = ("ttft_us", "tpot_us", "e2e_us", "speed_tps", "server_speed_tps", "queued_us")
 
 
 def _server_speed_tps(reported: dict | None) -> float | None:
@@ -196,9 +196,11 @@ class SessionSummary:
             )
             values = {"ttft_us": m.ttft_us, "tpot_us": m.tpot_us, "e2e_us": m.e2e_us,
                       "speed_tps": m.speed_tps,
+                      "queued_us": done.queued_us if stats.phase.rate is not None else None,
                       "server_speed_tps": _server_speed_tps(done.server_reported)}
             for name, value in values.items():
-                stats.columns[name].append(value)
+                if value is not None:  # a metric a run does not have costs nothing
+                    stats.columns[name].append(value)
             stats.itl.add(m.itl_us)
 
     def _add_sample(self, sample: GpuSample | HostSample | ServerSample) -> None:
@@ -318,4 +320,6 @@ def _figures(parts: list[tuple[_PhaseStats, int]]) -> dict[str, Any]:
         "output_speed_tps": distribution(column("speed_tps"), quantiles=SPEED_QUANTILES),
         # the server's own view, where it reports one (Ollama), beside the client's above
         "server_speed_tps": distribution(column("server_speed_tps")),
+        # open loop: planned time -> sent (already inside every latency above), apart
+        "queue_ms": distribution(column("queued_us"), 1e-3),
     }

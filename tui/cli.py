@@ -88,6 +88,7 @@ def _above_zero_up_to(highest: float):
 
 
 _hz = _above_zero_up_to(100)
+_positive_float = _above_zero_up_to(1e9)
 _fps = _above_zero_up_to(30)
 
 
@@ -155,6 +156,14 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="length of one ramp or SLO step (default 2m)")
     p.add_argument("--slo-max", type=_positive_int, default=1024, metavar="N",
                    help="the highest concurrency an SLO search tries (default 1024)")
+    p.add_argument("--rate", type=_positive_float, default=None, metavar="R",
+                   help="open loop: R requests a second (instead of a concurrency); latency "
+                   "counts from each request's planned time")
+    p.add_argument("--arrival", choices=("constant", "poisson"), default="constant",
+                   help="open loop: evenly spaced arrivals, or Poisson (seeded)")
+    p.add_argument("--max-inflight", type=_positive_int, default=None, metavar="N",
+                   help="open loop: at most N requests out; a due request waits for a slot, "
+                   "and the wait counts in its latency (reported apart as queue_ms)")
     p.add_argument("--duration", type=_duration, default=None,
                    help="run time, warm-up included (e.g. 20s, 30m); default: until Ctrl-C")
     p.add_argument("--requests", type=_positive_int, default=None,
@@ -336,6 +345,9 @@ async def _build_session(args: argparse.Namespace, listeners: tuple = (),
         slo=args.slo,
         phase_s=args.phase,
         shared_prefix=args.shared_prefix,
+        rate=args.rate,
+        arrival=args.arrival,
+        max_inflight=args.max_inflight,
     )
     sources = build_sources(args.telemetry, args.watch_pid, local_engine=args.backend == "local")
     return Session(config, backend, _record_path(args), listeners=listeners, sources=sources)
@@ -388,7 +400,7 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
         while True:  # on the session clock's multiples, where a replay prints them too
             await asyncio.sleep(max(0.0, (tick - session.now_ns()) / 1e9))
             print(status_line(live.snapshot(tick), session.in_flight, session.concurrency,
-                              live.client_bound),
+                              live.client_bound, session.rate),
                   file=out, flush=True)
             tick += every_ns
             say_recording_stopped()

@@ -80,7 +80,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     def status(t_ns: int) -> None:
         concurrency = live.phase.concurrency if live.phase else 0
         print(status_line(live.snapshot(t_ns), timeline.in_flight(t_ns), concurrency,
-                          live.client_bound),
+                          live.client_bound, live.phase.rate if live.phase else None),
               file=out, flush=True)
 
     def reset() -> None:  # a seek back: the record is fed again from the start
@@ -141,8 +141,8 @@ async def attach(args: argparse.Namespace) -> dict[str, Any]:
             snap = live.client_snapshot(latest_ns)
             in_flight = live.client.in_flight if live.client else 0
             concurrency = live.phase.concurrency if live.phase else 0
-            print(status_line(snap, in_flight, concurrency, live.client_bound), file=out,
-                  flush=True)
+            print(status_line(snap, in_flight, concurrency, live.client_bound,
+                              live.phase.rate if live.phase else None), file=out, flush=True)
             if latest_ns != seen_ns:
                 seen_ns, seen_at, stale_said = latest_ns, loop.time(), False
             elif loop.time() - seen_at > STALE_S and not stale_said:
@@ -167,6 +167,7 @@ _RERUN_FLAGS = (  # RunConfig field -> the `run` flag that sets it
     ("first_token_timeout_s", "--first-token-timeout"),
     ("token_timeout_s", "--token-timeout"), ("telemetry_hz", "--telemetry-hz"),
     ("slo", "--slo"), ("phase_s", "--phase"), ("shared_prefix", "--shared-prefix"),
+    ("rate", "--rate"), ("arrival", "--arrival"), ("max_inflight", "--max-inflight"),
 )
 PLAN_REASONS = ("start", "warm-up done", "ramp", "slo search")  # phases a rerun re-creates
 

@@ -1,6 +1,6 @@
 """The soak verdict against runs whose drift the test makes: stable, degrading, throttled."""
 
-from engine.drift import Drift
+from engine.drift import RECENT_REQUESTS, Drift
 from engine.events import GpuSample, Phase, RequestDone, SessionEnd
 
 S = 10**9
@@ -78,6 +78,6 @@ def test_memory_is_bounded_by_two_windows_not_by_the_run():
     drift = Drift(window_s=60)
     drift.add(Phase(0, 0, 4, "m", "f", "start"))
     requests(drift, 0, 3600, every_s=0.1)
-    assert len(drift._first) == 600  # the first window's requests
-    assert len(drift._recent) <= 2 * 600 + 10  # the latest two windows'
+    assert drift._first_n == 600 and drift._first_t.size <= 2 * 600  # the first window's
+    assert drift._ring_t.size == RECENT_REQUESTS  # the latest ones: a fixed ring
     assert drift._tokens.size <= 2 * 3601  # a count per second, not per token

@@ -156,7 +156,9 @@ def test_drill_server_killed_mid_run_and_restarted(tmp_path):
     assert set(errors) <= {"connection_reset", "connect_refused"}, errors
     assert errors.get("connection_reset", 0) >= 1  # in flight when it died
     assert errors.get("connect_refused", 0) >= 1  # sent while nothing listened
-    assert errors["connect_refused"] < 4 * 8  # backed off: 2 s of a hot loop is thousands
+    # backed off: each of the 4 streams tries once per hold (50 ms doubling to 2 s), about 6
+    # times in the 2.5 s outage (24 here); a hot loop would be thousands
+    assert errors["connect_refused"] <= 4 * 10
     assert live["requests_failed"] == sum(errors.values())
     done = done_of(events)
     killed_ns = session_s(events, killed) * 1e9
@@ -224,8 +226,9 @@ def test_drill_bursts_of_500_and_429(tmp_path, fault, every, requests):
     assert live["requests_ok"] == requests - len(faulted)
     done = done_of(events)
     failed = [d for d in done if d.error_class is not None]
-    for earlier, later in zip(failed, failed[1:]):  # successes went on between failures
-        assert any(d.ok and earlier.t_ns < d.t_ns < later.t_ns for d in done)
+    # successes went on among the failures, not only before the first
+    between = [d for d in done if d.ok and failed[0].t_ns < d.t_ns < failed[-1].t_ns]
+    assert len(between) >= len(failed)
     if fault == "http_429":
         for refusal in failed:  # nothing new went out in the second the server asked for
             held = [d.request_id for d in done
@@ -314,9 +317,10 @@ _WHOLE_GPU_UNREADABLE = (
     [
         (pynvml.NVML_ERROR_GPU_IS_LOST, "GPU is lost"),
         pytest.param(pynvml.NVML_ERROR_UNKNOWN, "Unknown Error", marks=pytest.mark.xfail(
-            strict=True, reason=_WHOLE_GPU_UNREADABLE)),
+            strict=True, raises=AssertionError, reason=_WHOLE_GPU_UNREADABLE)),
         pytest.param(pynvml.NVML_ERROR_DRIVER_NOT_LOADED, "driver is not loaded",
-                     marks=pytest.mark.xfail(strict=True, reason=_WHOLE_GPU_UNREADABLE)),
+                     marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                             reason=_WHOLE_GPU_UNREADABLE)),
     ],
     ids=["gpu_lost", "unknown_error", "driver_gone"],
 )
@@ -338,8 +342,9 @@ async def test_drill_nvml_failing_mid_run(tmp_path, code, reason):
     async def fail_later() -> int:
         await session.started.wait()
         await asyncio.sleep(1.0)
+        failed_ns = session.now_ns()
         nvml.failing = code
-        return session.now_ns()
+        return failed_ns
 
     end, failed_ns = await asyncio.gather(session.run(), fail_later())
     assert end.reason == "completed"

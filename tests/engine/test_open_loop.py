@@ -1,0 +1,86 @@
+"""Open-loop arrivals (--rate): requests at planned times, latency from the planned time (no
+coordinated omission), a slot cap whose wait counts and is reported apart."""
+
+import asyncio
+
+import numpy as np
+
+from engine.backends.fake import FakeBackend
+from engine.events import Phase, RequestDone
+from engine.summary import SessionSummary
+
+
+async def _run(make_session, backend, **config):
+    config = {"output_tokens": 10, "warmup_requests": 0, **config}
+    session, events = make_session(backend, **config)
+    summary = SessionSummary()
+    session.add_listener(summary.add)
+    return session, events, summary
+
+
+async def test_constant_arrivals_go_out_on_schedule(make_session):
+    session, events, _ = await _run(make_session, FakeBackend(ttft_s=0.005, itl_s=0.002),
+                                    rate=50.0, duration_s=2.0)
+    await session.run()
+    sent = sorted(e.sent_ns for e in events.of(RequestDone))
+    assert 95 <= len(sent) <= 101
+    gaps = np.diff(sent)
+    assert np.all(gaps == 20_000_000)  # planned times: exactly 1/rate apart
+    phase = events.of(Phase)[0]
+    assert phase.rate == 50.0 and phase.concurrency == 0
+
+
+async def test_poisson_arrivals_have_exponential_gaps(make_session):
+    session, events, _ = await _run(make_session, FakeBackend(ttft_s=0.002, itl_s=0.001),
+                                    rate=200.0, arrival="poisson", duration_s=2.0)
+    await session.run()
+    gaps = np.diff(sorted(e.sent_ns for e in events.of(RequestDone))) / 1e9
+    assert abs(gaps.mean() - 1 / 200) < 0.001
+    assert 0.8 < gaps.std() / gaps.mean() < 1.2  # exponential: coefficient of variation ~1
+
+
+async def test_an_overloaded_server_shows_in_latency_not_hidden_by_the_client(make_session):
+    """The server runs one request at a time (~30 ms each); requests arrive every 20 ms. A
+    closed loop would slow down and report ~30 ms; the open loop keeps the schedule, so the
+    queue grows and TTFT measured from each planned time grows with it."""
+    backend = FakeBackend(ttft_s=0.010, itl_s=0.002, max_concurrent=1)
+    session, events, summary = await _run(make_session, backend, rate=50.0, duration_s=1.5)
+    await session.run()
+    done = sorted((e for e in events.of(RequestDone) if e.ok), key=lambda e: e.sent_ns)
+    ttft = [e.arrivals_us[0] / 1e3 for e in done]
+    assert ttft[-1] > 10 * ttft[0] and ttft[-1] > 200  # the backlog, counted
+    assert summary.result()["queue_ms"]["p50"] is not None
+
+
+async def test_a_slot_cap_makes_requests_wait_and_the_wait_counts(make_session):
+    backend = FakeBackend(ttft_s=0.030, itl_s=0.002)
+    session, events, summary = await _run(make_session, backend, rate=100.0, max_inflight=2,
+                                          duration_s=1.5)
+    await session.run()
+    done = [e for e in events.of(RequestDone) if e.ok]
+    queued = [e for e in done if e.queued_us > 20_000]
+    assert queued  # requests waited for one of the 2 slots
+    for e in queued:  # their TTFT counts from the planned time: the wait is inside it
+        assert e.arrivals_us[0] >= e.queued_us + 29_000
+    # never more than 2 out at once: count overlaps of [actual send, end]
+    edges = sorted([(e.sent_ns + e.queued_us * 1000, 1) for e in done]
+                   + [(e.t_ns, -1) for e in done])
+    assert max(np.cumsum([step for _, step in edges])) <= 2
+    result = summary.result()
+    assert result["queue_ms"]["p99"] > 20
+
+
+async def test_the_rate_changes_live_in_a_new_phase(make_session):
+    session, events, _ = await _run(make_session, FakeBackend(ttft_s=0.002, itl_s=0.001),
+                                    rate=20.0, duration_s=2.0)
+
+    async def faster():
+        await session.started.wait()
+        await asyncio.sleep(1.0)
+        session.set_rate(80.0, reason="key")
+
+    await asyncio.gather(session.run(), faster())
+    phases = events.of(Phase)
+    assert [(p.rate, p.reason) for p in phases] == [(20.0, "start"), (80.0, "key")]
+    late = sorted(e.sent_ns for e in events.of(RequestDone) if e.sent_ns > phases[1].t_ns)
+    assert np.median(np.diff(late)) == 12_500_000
