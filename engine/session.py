@@ -211,6 +211,13 @@ class Session:
         return self._resume_to is not None
 
     @property
+    def target_rate(self) -> float | None:
+        """The open loop's rate, or the one it returns to when paused; None: closed loop."""
+        if self.config.rate is None:
+            return None
+        return self._resume_to if self.paused else self.rate
+
+    @property
     def rate(self) -> float | None:
         """Requests a second in an open loop (0 while paused); None in a closed loop."""
         return self._phase.rate if self._phase else self.config.rate

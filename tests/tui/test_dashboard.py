@@ -229,3 +229,29 @@ def test_no_color_picks_the_monochrome_theme():
     assert [next_theme(n) for n in THEMES] == ["light", "high-contrast", "monochrome", "dark"]
     mono = THEMES["monochrome"]
     assert {mono.primary, mono.warning, mono.error, mono.success} == {"#FFFFFF"}
+
+
+async def test_in_an_open_loop_plus_and_minus_step_the_rate():
+    from engine.backends.fake import FakeBackend
+    from engine.config import RunConfig
+    from engine.session import Session
+    from tui.app import SoaktopApp
+    from tui.feeds import LiveFeed
+
+    session = Session(RunConfig(backend="fake", model="fake", rate=8.0, duration_s=30,
+                                output_tokens=8, warmup_requests=0),
+                      FakeBackend(ttft_s=0.01, itl_s=0.005))
+
+    async def start():
+        return session
+
+    app = SoaktopApp(LiveFeed(start), fps=10, theme="dark")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await started(app, pilot)
+        await pilot.press("+")
+        assert session.rate == 10.0 and session.concurrency == 0
+        await pilot.pause(0.2)
+        assert "rate 10 req/s" in text_of(app.screen.query_one(HeaderBar))
+        await pilot.press("minus")
+        assert session.rate == 8.0
+        app.exit()

@@ -85,6 +85,7 @@ class DashboardScreen(Screen):
             model=phase.model if phase else str(config.get("model", "?")),
             target=str(backend.get("device") or backend.get("url") or "?"),
             concurrency=feed.concurrency(), in_flight=feed.in_flight(),
+            rate=phase.rate if phase else None,
             elapsed_s=feed.now_ns() / 1e9, duration_s=feed.duration_s,
             record=str(feed.record_path) if feed.record_path else None,
             state=self.header_state())
@@ -131,6 +132,11 @@ class LiveScreen(DashboardScreen):
     def action_concurrency(self, step: int) -> None:
         session = self.running_session()
         if session is None:
+            return
+        if session.config.rate is not None:  # open loop: the keys step the rate by 25%
+            rate = session.target_rate or 1.0
+            session.set_rate(round(rate * 1.25 if step > 0 else rate / 1.25, 2), reason="key")
+            self.refresh_frame()
             return
         target = session.target_concurrency + step
         if target < 1:

@@ -15,9 +15,10 @@ class HeaderBar(Widget):
 
     def show(self, *, kind: str, backend: str, model: str, target: str, concurrency: int,
              in_flight: int, elapsed_s: float, duration_s: float | None, record: str | None,
-             state: str = "") -> None:
-        left = (f" soaktop {kind} · {model} on {target} ({backend}) · concurrency "
-                f"{concurrency}, {in_flight} in flight")
+             state: str = "", rate: float | None = None) -> None:
+        load = (f"concurrency {concurrency}" if rate is None else f"rate {rate:g} req/s")
+        left = (f" soaktop {kind} · {model} on {target} ({backend}) · {load}, "
+                f"{in_flight} in flight")
         when = f" {clock(elapsed_s)}"
         if duration_s:
             when += f" / {clock(duration_s)} ({clock(duration_s - elapsed_s)} left)"
