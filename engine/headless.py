@@ -139,6 +139,11 @@ def summary_table(summary: dict[str, Any]) -> str:
         lines.append(
             "errors: " + ", ".join(f"{k} {v}" for k, v in summary["errors"].items())
         )
+    attained = summary.get("output_length_attained")
+    if attained is not None and attained < 0.95:
+        lines.append(f"warning: only {attained * 100:.0f}% of requests reached the output "
+                     f"length asked for: the server stopped early (EOS), so per-token figures "
+                     f"cover shorter outputs than configured")
     if summary.get("client_bound_s"):
         lines.append(f"client-bound for {summary['client_bound_s']:.0f} s of the "
                      f"{_num(summary['duration_s'], 0)} s measured (event-loop lag p99 over "

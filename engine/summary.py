@@ -118,6 +118,8 @@ class _PhaseStats:
     phase: Phase
     columns: dict[str, _Column] = field(default_factory=lambda: {m: _Column() for m in _METRICS})
     itl: LogHistogram = field(default_factory=LogHistogram)
+    chunk_gaps: LogHistogram = field(default_factory=LogHistogram)  # arrival to arrival
+    attained: int = 0  # measured requests that produced the output length asked for
     ok: int = 0
     failed: int = 0
     cancelled: int = 0
@@ -202,6 +204,11 @@ class SessionSummary:
                 if value is not None:  # a metric a run does not have costs nothing
                     stats.columns[name].append(value)
             stats.itl.add(m.itl_us)
+            if len(done.arrivals_us) > 1:
+                stats.chunk_gaps.add(np.diff(np.asarray(done.arrivals_us, dtype=np.float64)))
+            if self.header is None or m.output_tokens >= self.header.config.get(
+                    "output_tokens", 0):
+                stats.attained += 1
 
     def _add_sample(self, sample: GpuSample | HostSample | ServerSample) -> None:
         slot = int(np.searchsorted(self._starts, sample.t_ns, side="right")) - 1
@@ -294,10 +301,11 @@ def _figures(parts: list[tuple[_PhaseStats, int]]) -> dict[str, Any]:
     tokens = sum(s.tokens_in_window for s, _ in parts)
     duration_s = sum(w for _, w in parts) / 1e9
     errors: Counter = Counter()
-    itl = LogHistogram()
+    itl, chunk_gaps = LogHistogram(), LogHistogram()
     for s, _ in parts:
         errors.update(s.errors)
         itl.merge(s.itl)
+        chunk_gaps.merge(s.chunk_gaps)
 
     def column(name: str) -> np.ndarray:
         arrays = [s.columns[name].values() for s, _ in parts]
@@ -313,8 +321,14 @@ def _figures(parts: list[tuple[_PhaseStats, int]]) -> dict[str, Any]:
         "duration_s": duration_s,
         "output_tokens_per_s": rate(tokens, duration_s),
         "requests_per_s": rate(ok, duration_s),
+        # the share of successful requests that produced the output length asked for: a
+        # server stopping early (EOS) makes every per-token figure look different
+        "output_length_attained": sum(s.attained for s, _ in parts) / ok if ok else None,
         "ttft_ms": distribution(column("ttft_us"), 1e-3),
         "itl_ms": histogram_distribution(itl, 1e-3),
+        # gaps between arrivals, however many tokens each carried (what a chunked stream's
+        # reader waits); equal to itl_ms when every arrival is one token
+        "inter_chunk_ms": histogram_distribution(chunk_gaps, 1e-3),
         "tpot_ms": distribution(column("tpot_us"), 1e-3),
         "e2e_ms": distribution(column("e2e_us"), 1e-3),
         "output_speed_tps": distribution(column("speed_tps"), quantiles=SPEED_QUANTILES),

@@ -115,3 +115,21 @@ def test_the_servers_own_speed_sits_beside_the_clients():
     empty.add(phase(0, 0))
     empty.add(done(0, 0, 0, [1000, 2000]))
     assert empty.result()["server_speed_tps"]["p50"] is None
+
+
+def test_chunked_streams_keep_itl_token_weighted_beside_the_gaps_between_chunks():
+    from engine.events import SessionStart
+
+    s = SessionSummary()
+    s.add(SessionStart(0, 1, "2026-11-23T00:00:00+00:00", {"output_tokens": 6}, {}, {}))
+    s.add(phase(0, 0))
+    # 6 tokens in three chunks of 1, 3 and 2, 90 ms apart; then one that stopped at 4 tokens
+    s.add(done(0, 0, 0, [10_000, 100_000, 190_000], arrival_tokens=(1, 3, 2)))
+    s.add(done(1, 0, 1 * MS, [10_000, 100_000], arrival_tokens=(1, 3)))
+    r = s.result()
+    assert r["inter_chunk_ms"]["p50"] == pytest.approx(90.0, rel=0.002)
+    # the 90 ms gap before a 3-token chunk is 30 ms a token, before a 2-token chunk 45 ms
+    assert r["itl_ms"]["p50"] == pytest.approx(30.0, rel=0.002)
+    assert r["itl_ms"]["p99"] == pytest.approx(45.0, rel=0.002)
+    assert r["output_length_attained"] == 0.5  # 6 of 6 asked for, then 4 of 6
+    assert r["tpot_ms"]["p50"] == pytest.approx((36.0 + 30.0) / 2, rel=0.01)
