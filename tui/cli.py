@@ -173,6 +173,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-tokens", type=_positive_int, default=128)
     p.add_argument("--output-tokens", type=_positive_int, default=128)
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompts and weights")
+    p.add_argument("--prometheus-port", type=_positive_int, default=None, metavar="PORT",
+                   help="serve live metrics (TTFT/ITL/E2E histograms, tokens/s, in flight, "
+                   "errors by class, GPU figures) for Prometheus on this port, all interfaces")
     p.add_argument("--shared-prefix", type=_non_negative_int, default=0, metavar="TOKENS",
                    help="words every prompt starts with (a system prompt); default 0: every "
                    "prompt unique from its first word, so no prefix cache serves it")
@@ -365,9 +368,11 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
         _say(f"telemetry: {terminal_safe(describe_status(status))}")
 
     live.telemetry.on_status = say_telemetry
+    exporter = _exporter(args)
     if args.backend == "local":
         _say(f"loading local model {args.model or 'tiny'} ...")
-    session = await _build_session(args, (summary.add, live.add), _say)
+    session = await _build_session(
+        args, (summary.add, live.add, *((exporter.add,) if exporter else ())), _say)
     backend = session.backend
     out = sys.stderr if args.json else sys.stdout
     loop = asyncio.get_running_loop()
@@ -421,11 +426,25 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
     finally:
         for helper in helpers:
             helper.cancel()
+    if exporter is not None:
+        exporter.close()
     say_recording_stopped()
     if session.failure:
         print_summary(summary.result(), args.json)  # what it saw, then the reason, and exit 2
         raise SoaktopError(session.failure)
     return summary
+
+
+def _exporter(args: argparse.Namespace):
+    """The Prometheus exporter ``--prometheus-port`` asks for, serving; or None."""
+    if args.prometheus_port is None:
+        return None
+    from engine.exporter import PrometheusExporter
+
+    exporter = PrometheusExporter()
+    exporter.serve(args.prometheus_port)
+    _say(f"Prometheus metrics on http://0.0.0.0:{args.prometheus_port}/metrics")
+    return exporter
 
 
 def _use_dashboard(args: argparse.Namespace) -> bool:
@@ -447,12 +466,18 @@ def _dashboard(feed, args: argparse.Namespace, models=None):
 def _run_dashboard(args: argparse.Namespace) -> SessionSummary:
     from tui.feeds import LiveFeed
 
-    feed = LiveFeed(lambda: _build_session(args), plan_limit=args.slo_max)
+    exporter = _exporter(args)
+    extra = (exporter.add,) if exporter is not None else ()
+    feed = LiveFeed(lambda: _build_session(args, extra), plan_limit=args.slo_max)
 
     async def models() -> list[str]:
         return await feed.session.backend.models()
 
-    _dashboard(feed, args, models)
+    try:
+        _dashboard(feed, args, models)
+    finally:
+        if exporter is not None:
+            exporter.close()
     session = feed.session
     if session is not None and session.recorder is not None and session.recorder.error:
         _say(session.recorder.error)
