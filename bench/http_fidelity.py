@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from engine.fidelity import QUANTILES, measure  # noqa: E402
+from engine.fidelity import measure, table, trusted_rate  # noqa: E402
 
 
 def main() -> None:
@@ -29,21 +29,13 @@ def main() -> None:
                    help="total tokens/s the server is paced for")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
     args = p.parse_args()
-    head = " ".join(f"{m} p{q:<2}" for m in ("TTFT", "ITL") for q in QUANTILES)
     print(f"{args.concurrency} streams, {args.duration:g} s per rate; error = soaktop - wire, ms")
-    print(f"{'target':>7} {'got tok/s':>9} {'reqs':>5}  {head}")
-    best = None
-    for rate in (float(r) for r in args.rates.split(",")):
-        f = measure(args.concurrency, rate, duration_s=args.duration)
-        errors = [f.error_ms(m, q) for m in ("ttft_ms", "itl_ms") for q in QUANTILES]
-        print(f"{rate:>7.0f} {f.tokens_per_s:>9.0f} {f.requests:>5}  "
-              + " ".join(f"{e:>+8.3f}" for e in errors))
-        if max(abs(f.error_ms(m, 99)) for m in ("ttft_ms", "itl_ms")) < 1.0:
-            best = max(best or 0.0, f.tokens_per_s)
-    if best is None:
-        print("p99 error stayed under 1 ms at none of these rates")
-    else:
-        print(f"highest rate with p99 error under 1 ms: {best:,.0f} tokens/s")
+    results = [measure(args.concurrency, float(rate), duration_s=args.duration)
+               for rate in args.rates.split(",")]
+    print("\n".join(table(results)))
+    best = trusted_rate(results)
+    print("p99 error stayed under 1 ms at none of these rates" if best is None
+          else f"highest rate with p99 error under 1 ms: {best:,.0f} tokens/s")
 
 
 if __name__ == "__main__":

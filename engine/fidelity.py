@@ -19,13 +19,13 @@ on a small machine soaktop is then CPU-bound for tens of milliseconds, long enou
 chunks of a stream to wait in the socket and be read together, stamped with the arrival of
 the last. That is a client-bound window (to be flagged by the client's self-check), not the
 steady state the error is about.
-Used by the fidelity test, ``bench/http_fidelity.py`` and (later) ``soaktop calibrate``.
+Used by the fidelity test, ``bench/http_fidelity.py`` and ``soaktop calibrate``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 import numpy as np
@@ -33,7 +33,7 @@ import numpy as np
 from engine.backends.http import Timeouts, request_uuid
 from engine.backends.openai import OpenAIBackend
 from engine.config import RunConfig
-from engine.events import RequestDone
+from engine.events import ClientSample, RequestDone
 from engine.loopback import Emission, Schedule, spawn
 from engine.session import Session
 from engine.stats import itl_gaps
@@ -48,6 +48,7 @@ class Fidelity:
     tokens_per_s: float  # content tokens the client received per second of the run
     ttft_ms: dict[int, tuple[float, float]]  # quantile -> (soaktop, wire)
     itl_ms: dict[int, tuple[float, float]]
+    client_bound_s: float = 0.0  # seconds soaktop flagged itself client-bound (after warm-up)
 
     def error_ms(self, metric: str, q: int) -> float:
         client, wire = getattr(self, metric)[q]
@@ -82,12 +83,15 @@ def compare(done: list[RequestDone], emissions: list[Emission], origin_ns: int, 
 
 
 async def _drive(url: str, concurrency: int, duration_s: float, tokens: int
-                 ) -> tuple[list[RequestDone], int, str]:
+                 ) -> tuple[list[RequestDone], int, str, float]:
     done: list[RequestDone] = []
+    bound = [0.0]
 
     def keep(event) -> None:
         if isinstance(event, RequestDone):
             done.append(event)
+        elif isinstance(event, ClientSample) and event.client_bound and event.t_ns > 2e9:
+            bound[0] += event.interval_ns / 1e9  # the first two seconds are the warm-up waves
 
     config = RunConfig(backend="openai", model="loopback", concurrency=concurrency,
                        duration_s=duration_s, warmup_requests=2 * concurrency,
@@ -96,7 +100,7 @@ async def _drive(url: str, concurrency: int, duration_s: float, tokens: int
     backend = OpenAIBackend(url, model="loopback", timeouts=Timeouts(first_token_s=30))
     session = Session(config, backend, listeners=(keep,))
     await session.run()
-    return done, session.origin_ns, backend.run_id
+    return done, session.origin_ns, backend.run_id, bound[0]
 
 
 async def _emissions(url: str) -> list[Emission]:
@@ -117,9 +121,30 @@ def measure(concurrency: int, tokens_per_s: float, duration_s: float = 10.0,
                         tokens=tokens, model="loopback")
 
     async def run(url: str) -> Fidelity:
-        done, origin_ns, run_id = await _drive(url, concurrency, duration_s, tokens)
-        return compare(done, await _emissions(url), origin_ns, run_id, tokens, concurrency,
-                       duration_s)
+        done, origin_ns, run_id, bound_s = await _drive(url, concurrency, duration_s, tokens)
+        result = compare(done, await _emissions(url), origin_ns, run_id, tokens, concurrency,
+                         duration_s)
+        return replace(result, client_bound_s=bound_s)
 
     with spawn(schedule) as url:
         return asyncio.run(run(url))
+
+
+def trusted_rate(results: list[Fidelity], limit_ms: float = 1.0) -> float | None:
+    """The highest tokens/s among ``results`` whose TTFT and ITL p99 errors both stayed under
+    ``limit_ms``: how fast this machine can drive a server before its own error matters."""
+    good = [f.tokens_per_s for f in results
+            if max(abs(f.error_ms(m, 99)) for m in ("ttft_ms", "itl_ms")) < limit_ms]
+    return max(good) if good else None
+
+
+def table(results: list[Fidelity]) -> list[str]:
+    """The calibration table: soaktop's error against the wire at each rate, in ms."""
+    head = " ".join(f"{m} p{q:<2}" for m in ("TTFT", "ITL") for q in QUANTILES)
+    lines = [f"{'got tok/s':>9} {'reqs':>5}  {head}  client-bound"]
+    for f in results:
+        errors = [f.error_ms(m, q) for m in ("ttft_ms", "itl_ms") for q in QUANTILES]
+        lines.append(f"{f.tokens_per_s:>9,.0f} {f.requests:>5}  "
+                     + " ".join(f"{e:>+8.3f}" for e in errors)
+                     + f"  {f.client_bound_s:>5.0f} s")
+    return lines

@@ -260,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("a", type=Path)
     compare.add_argument("b", type=Path)
     compare.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    calibrate = sub.add_parser(
+        "calibrate", help="how far to trust this machine as a client: soaktop's own TTFT/ITL "
+        "error against a loopback server with a known schedule, at rising token rates")
+    calibrate.add_argument("--concurrency", type=_positive_int, default=64)
+    calibrate.add_argument("--rates", default="1000,2000,3000,4000,6000,8000",
+                           help="total tokens/s to pace the server for (default "
+                           "1000,2000,3000,4000,6000,8000)")
+    calibrate.add_argument("--duration", type=_duration, default=10.0, metavar="DURATION",
+                           help="per rate (default 10s)")
     stop = sub.add_parser("stop", help="end a detached run cleanly (its record is closed)")
     stop.add_argument("path", type=Path, help="the record the detached run writes")
     _add_backend_arguments(sub.add_parser("models", help="models a backend can serve"))
@@ -557,6 +566,37 @@ def _stop(args: argparse.Namespace) -> None:
     record_commands.summary(argparse.Namespace(path=args.path, json=False, csv=False))
 
 
+def _calibrate(args: argparse.Namespace) -> None:
+    """soaktop against a loopback server that records when each chunk left: its error at
+    p50/p90/p99, rate by rate, then the highest rate it can be trusted to within 1 ms."""
+    from engine import fidelity
+
+    try:
+        rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    except ValueError:
+        raise SoaktopError(f"--rates: not numbers: {args.rates!r}") from None
+    if not rates or min(rates) <= 0:
+        raise SoaktopError("--rates needs token rates above 0, e.g. 1000,3000")
+    print(f"soaktop calibrate: {args.concurrency} streams against a loopback server, "
+          f"{args.duration:g} s per rate; error = soaktop - wire, in ms")
+    print(fidelity.table([])[0], flush=True)
+    results = []
+    for rate in rates:
+        try:
+            results.append(fidelity.measure(args.concurrency, rate, duration_s=args.duration))
+        except RuntimeError as exc:  # nothing complete to compare: too short for the rate
+            raise SoaktopError(f"at {rate:g} tokens/s: {exc}; give a longer --duration") from None
+        print(fidelity.table(results)[-1], flush=True)
+    best = fidelity.trusted_rate(results)
+    print("p99 error under 1 ms at none of these rates: this client adds more than 1 ms"
+          if best is None else
+          f"highest rate with TTFT and ITL p99 error under 1 ms: {best:,.0f} tokens/s")
+    flagged = [f for f in results if f.client_bound_s]
+    if flagged:
+        print("client-bound (its own check) at: " + ", ".join(
+            f"{f.tokens_per_s:,.0f} tokens/s ({f.client_bound_s:.0f} s)" for f in flagged))
+
+
 def _models(args: argparse.Namespace) -> None:
     for name in asyncio.run(_make_backend(args).models()):
         print(terminal_safe(name))
@@ -573,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
             _detach(args, argv)
         elif args.command == "stop":
             _stop(args)
+        elif args.command == "calibrate":
+            _calibrate(args)
         elif args.command == "run" and _use_dashboard(args):
             print_summary(_run_dashboard(args).result(), False)
         elif args.command == "run":

@@ -251,3 +251,18 @@ def test_compare_two_records(tmp_path):
     missing = soaktop("compare", str(a), str(tmp_path / "nope.jsonl"))
     assert missing.returncode == 2 and "no such record" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_calibrate_prints_its_error_table_and_the_rate_it_can_be_trusted_to():
+    out = soaktop("calibrate", "--concurrency", "8", "--rates", "400", "--duration", "5s",
+                  timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[1].split()[:4] == ["got", "tok/s", "reqs", "TTFT"]
+    row = lines[2].split()
+    assert 300 < float(row[0].replace(",", "")) < 420  # the rate it was paced for
+    errors = [float(x) for x in row[2:8]]
+    assert abs(errors[0]) < 2.0  # TTFT p50: soaktop and the wire agree within 2 ms
+    assert lines[3].startswith(("highest rate", "p99 error under 1 ms at none"))
+    bad = soaktop("calibrate", "--rates", "fast")
+    assert bad.returncode == 2 and "--rates: not numbers" in bad.stderr
