@@ -85,6 +85,12 @@ def _text(value: Any) -> Any:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
+#: The readings of a moment (not the limits read once): when none of them can be read, the
+#: GPU is unavailable rather than "available, with every field missing".
+_LIVE_FIELDS = frozenset({"temperature_c", "sm_clock_mhz", "power_w",
+                          "gpu_utilization_percent", "memory_used_bytes"})
+
+
 class _Gpu:
     """One GPU's handle, its static facts and what was last said about its missing fields."""
 
@@ -94,6 +100,7 @@ class _Gpu:
         self.limits = limits  # thresholds and maximum clocks, as query() results
         self.unavailable: dict[str, str] | None = None
         self.lost = False
+        self.unreadable = False  # every live reading failing (a driver gone, an unknown error)
 
 
 class NvmlSource:
@@ -186,6 +193,18 @@ class NvmlSource:
                 events.append(TelemetryStatus(clock(), self.name, False, f"GPU {gpu.index}: "
                                               f"{lost[0]}; no longer sampled", gpu_index=gpu.index))
                 continue
+            if _LIVE_FIELDS <= missing.keys():
+                # nothing of now could be read: a sample would hold only the limits read at
+                # the start and look live. Say so once; sample again when reads come back.
+                if not gpu.unreadable:
+                    gpu.unreadable = True
+                    events.append(TelemetryStatus(
+                        clock(), self.name, False,
+                        f"GPU {gpu.index}: {missing['temperature_c']}; no readings",
+                        gpu_index=gpu.index))
+                continue
+            if gpu.unreadable:  # back: say it is available again, with what it lacks
+                gpu.unreadable, gpu.unavailable = False, None
             if missing != gpu.unavailable:
                 gpu.unavailable = missing
                 events.append(TelemetryStatus(clock(), self.name, True, gpu_index=gpu.index,

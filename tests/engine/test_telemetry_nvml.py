@@ -178,3 +178,28 @@ def test_describe_for_the_header_lists_each_gpu_and_the_versions():
     none = NvmlSource(nvml=FakeNvml(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)).describe()
     assert none == {"available": False,
                     "reason": "no NVIDIA GPU found: the NVIDIA driver is not loaded"}
+
+
+def test_a_gpu_that_cannot_be_read_at_all_is_unavailable_until_reads_come_back():
+    import pynvml
+
+    from engine.events import GpuSample, TelemetryStatus
+    from engine.telemetry.nvml import NvmlSource
+    from tests.tui.test_drills import FailingNvml
+
+    nvml = FailingNvml()
+    source = NvmlSource(nvml=nvml)
+    clock = iter(range(10**9, 10**12, 10**6)).__next__
+    source.open(clock)
+    first = source.sample(clock)
+    assert any(isinstance(e, GpuSample) for e in first)
+    nvml.failing = pynvml.NVML_ERROR_UNKNOWN
+    down = source.sample(clock)
+    assert not any(isinstance(e, GpuSample) for e in down)  # no sample pretending to be live
+    statuses = [e for e in down if isinstance(e, TelemetryStatus)]
+    assert statuses and not statuses[0].available and "Unknown Error" in statuses[0].reason
+    assert source.sample(clock) == []  # said once
+    nvml.failing = None
+    back = source.sample(clock)
+    assert [type(e) for e in back] == [TelemetryStatus, GpuSample]
+    assert back[0].available
