@@ -85,6 +85,11 @@ class RequestDone:
     #: Open loop: how long after its planned time it went out (a busy client, or a wait for
     #: a slot under --max-inflight). Its latencies count from the planned time (sent_ns).
     queued_us: int = 0
+    #: Of the tokens above, how many were reasoning (thinking deltas), streamed before the
+    #: answer; and when the first answer token came (from sent_ns, µs): TTFO. Both stay at
+    #: their defaults for a model that does not reason (TTFO is then TTFT).
+    reasoning_tokens: int = 0
+    first_output_us: int | None = None
 
     @property
     def output_tokens(self) -> int:

@@ -352,6 +352,7 @@ class Session:
         lateness_noted = False
         arrivals: list[int] = []
         tokens: list[int] = []
+        thinking: list[bool] = []  # per arrival: reasoning, not answer
         finish, error_class, error_message = "length", None, None
         server, refused = None, False
         try:
@@ -376,6 +377,7 @@ class Session:
                     lateness_noted = True
                 arrivals.append((t_ns - (due_ns if open_loop else sent_ns)) // 1000)
                 tokens.append(item.tokens)
+                thinking.append(item.reasoning)
                 self._tokens_received += item.tokens
                 self._emit(TokensArrived(t_ns, 0, request_id, item.tokens, len(arrivals) == 1))
         except asyncio.CancelledError:
@@ -391,6 +393,9 @@ class Session:
             error_message = f"{type(exc).__name__}: {exc}"
         end_ns = self.now_ns()
         queued_us = max(0, sent_ns - due_ns) // 1000 if open_loop else 0
+        reasoning = sum(k for k, r in zip(tokens, thinking) if r)
+        first_output = (next((a for a, r in zip(arrivals, thinking) if not r), None)
+                        if reasoning else None)
         if open_loop:
             sent_ns = due_ns  # the clock of every latency below starts at the planned time
         done = RequestDone(
@@ -411,6 +416,8 @@ class Session:
             error_message=error_message,
             server_reported=server,
             queued_us=queued_us,
+            reasoning_tokens=reasoning,
+            first_output_us=first_output,
         )
         self._emit(done)
         self._give_up_on_refusals(done, refused)

@@ -72,7 +72,8 @@ class _Column:
         return self._data[: self._size]
 
 
-_METRICS = ("ttft_us", "tpot_us", "e2e_us", "speed_tps", "server_speed_tps", "queued_us")
+_METRICS = ("ttft_us", "ttfo_us", "tpot_us", "e2e_us", "speed_tps", "server_speed_tps",
+            "queued_us")
 
 
 def _server_speed_tps(reported: dict | None) -> float | None:
@@ -120,6 +121,7 @@ class _PhaseStats:
     itl: LogHistogram = field(default_factory=LogHistogram)
     chunk_gaps: LogHistogram = field(default_factory=LogHistogram)  # arrival to arrival
     attained: int = 0  # measured requests that produced the output length asked for
+    reasoning_tokens: int = 0
     ok: int = 0
     failed: int = 0
     cancelled: int = 0
@@ -178,6 +180,9 @@ class SessionSummary:
             arrived_ns = done.sent_ns + np.asarray(done.arrivals_us, dtype=np.int64) * 1000
             slot = np.searchsorted(self._starts, arrived_ns, side="right") - 1
             weights = np.asarray(done.arrival_tokens) if done.arrival_tokens else None
+            if done.reasoning_tokens:  # thinking is not output: it streams first, count past it
+                w = weights if weights is not None else np.ones(len(done.arrivals_us))
+                weights = np.clip(np.cumsum(w) - done.reasoning_tokens, 0, w)
             per_phase = np.bincount(np.maximum(slot, 0), weights=weights)
             for i in np.flatnonzero(per_phase):
                 self._order[i].tokens_in_window += int(per_phase[i])
@@ -196,7 +201,10 @@ class SessionSummary:
             m = request_metrics(
                 done.arrivals_us, done.end_us, done.arrival_tokens if done.arrival_tokens else None
             )
-            values = {"ttft_us": m.ttft_us, "tpot_us": m.tpot_us, "e2e_us": m.e2e_us,
+            stats.reasoning_tokens += done.reasoning_tokens
+            ttfo = done.first_output_us if done.reasoning_tokens else m.ttft_us
+            values = {"ttft_us": m.ttft_us, "ttfo_us": ttfo, "tpot_us": m.tpot_us,
+                      "e2e_us": m.e2e_us,
                       "speed_tps": m.speed_tps,
                       "queued_us": done.queued_us if stats.phase.rate is not None else None,
                       "server_speed_tps": _server_speed_tps(done.server_reported)}
@@ -325,6 +333,9 @@ def _figures(parts: list[tuple[_PhaseStats, int]]) -> dict[str, Any]:
         # server stopping early (EOS) makes every per-token figure look different
         "output_length_attained": sum(s.attained for s, _ in parts) / ok if ok else None,
         "ttft_ms": distribution(column("ttft_us"), 1e-3),
+        # time to first *output* token: the answer, after any reasoning (= TTFT without it)
+        "ttfo_ms": distribution(column("ttfo_us"), 1e-3),
+        "reasoning_tokens": sum(s.reasoning_tokens for s, _ in parts),
         "itl_ms": histogram_distribution(itl, 1e-3),
         # gaps between arrivals, however many tokens each carried (what a chunked stream's
         # reader waits); equal to itl_ms when every arrival is one token

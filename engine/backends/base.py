@@ -42,6 +42,7 @@ class Arrival:
     t_ns: int
     tokens: int = 1
     text: str = ""
+    reasoning: bool = False  # thinking (reasoning_content), not the answer
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,13 +91,15 @@ class OllamaBackend(HttpBackend):
                 raise BackendError(f"unexpected line: {line[:60]!r}", "malformed_json")
             if "error" in chunk:
                 raise BackendError(f"error inside the stream: {chunk['error']}", "stream_error")
-            text = chunk.get("response") or ""
+            text, reasoning = chunk.get("response") or "", False
             message = chunk.get("message")
             if isinstance(message, dict):
-                text = message.get("content") or message.get("thinking") or ""
+                text = message.get("content") or ""
+                if not text and message.get("thinking"):
+                    text, reasoning = message["thinking"], True  # a thinking model's thoughts
             if text:
                 watchdog.token()
-                yield Arrival(t_ns=t_ns, tokens=1, text=text)
+                yield Arrival(t_ns=t_ns, tokens=1, text=text, reasoning=reasoning)
             if chunk.get("done"):
                 end = StreamEnd(finish_reason=str(chunk.get("done_reason") or "stop"),
                                 server={k: chunk[k] for k in SERVER_FIELDS if k in chunk} or None)

@@ -42,9 +42,11 @@ class OpenAIBackend(HttpBackend):
     def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(url.rstrip("/").removesuffix("/v1"), *args, **kwargs)
         self._usage_supported = True
+        self._length_options = True  # ignore_eos / min_tokens, until a server refuses them
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "usage_reported": self._usage_supported}
+        return {**super().describe(), "usage_reported": self._usage_supported,
+                "length_options": self._length_options}
 
     def _model_names(self, listing: Any) -> list[str] | None:
         data = listing.get("data") if isinstance(listing, dict) else None
@@ -83,12 +85,24 @@ class OpenAIBackend(HttpBackend):
             body["prompt"] = request.prompt.text
         if self._usage_supported:
             body["stream_options"] = {"include_usage": True}
+        if self._length_options:
+            # the asked length, not one cut short by EOS (vLLM, SGLang and llama.cpp take these)
+            body["ignore_eos"] = True
+            body["min_tokens"] = request.max_tokens
         return body
 
     async def _retry_without(self, response: httpx.Response) -> bool:
-        if self._usage_supported and response.status_code in (400, 422):
-            await response.aread()
-            self._usage_supported = False  # asked once; never again in this run
+        """A 400/422 to an option some servers do not know: drop it and ask again, once per
+        option (the length options first, then usage in the stream)."""
+        if response.status_code not in (400, 422):
+            return False
+        said = (await response.aread()).decode("utf-8", errors="replace")
+        usage_named = "stream_options" in said or "include_usage" in said
+        if self._length_options and not usage_named:
+            self._length_options = False  # asked once; never again in this run
+            return True
+        if self._usage_supported:
+            self._usage_supported = False
             return True
         return False
 
@@ -115,13 +129,16 @@ class OpenAIBackend(HttpBackend):
             if isinstance(chunk.get("usage"), dict):
                 usage = chunk["usage"]
             for choice in chunk.get("choices") or ():
-                text = _choice_text(choice)
+                text, reasoning = _choice_text(choice)
                 if choice.get("finish_reason"):
                     finish = str(choice["finish_reason"])
                 if text:
                     watchdog.token()
                     texts.append(text)
-                    yield Arrival(t_ns=t_ns, tokens=1, text=text)
+                    yield Arrival(t_ns=t_ns, tokens=1, text=text, reasoning=reasoning)
+                if finish in FAILED_FINISH:  # a failure inside a 200: never a success
+                    raise BackendError(f"the server ended the stream with finish_reason "
+                                       f"{finish!r}", f"finish_{finish}")
         if not done:
             raise BackendError("stream ended without [DONE]", "incomplete_stream")
         reported = usage.get("completion_tokens")
@@ -131,9 +148,17 @@ class OpenAIBackend(HttpBackend):
         yield StreamEnd(finish_reason=finish, arrival_tokens=shares, server=usage or None)
 
 
-def _choice_text(choice: dict[str, Any]) -> str:
+#: Finish reasons that mean the request failed, though the stream was a 200.
+FAILED_FINISH = ("error", "abort")
+
+
+def _choice_text(choice: dict[str, Any]) -> tuple[str, bool]:
+    """A streamed choice's text, and whether it is reasoning (``reasoning_content`` as vLLM
+    and SGLang send it, ``reasoning`` as some others do) rather than the answer."""
     delta = choice.get("delta")
     if isinstance(delta, dict):
-        return (delta.get("content") or delta.get("reasoning_content")
-                or delta.get("reasoning") or "")
-    return choice.get("text") or ""
+        if delta.get("content"):
+            return delta["content"], False
+        thinking = delta.get("reasoning_content") or delta.get("reasoning") or ""
+        return (thinking, True) if isinstance(thinking, str) else ("", False)
+    return choice.get("text") or "", False

@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="do not open chat streams with an empty role delta")
     parser.add_argument("--model", default=default.model)
     parser.add_argument("--seed", type=int, default=default.seed)
+    parser.add_argument("--reasoning-tokens", type=int, default=0,
+                        help="the first N tokens are thinking (reasoning_content deltas)")
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="stop by itself (EOS) after N tokens, whatever was asked")
     parser.add_argument("--fault", choices=FAULTS)
     parser.add_argument("--fault-every", type=int, default=1,
                         help="every N-th generation request gets the fault (default: all)")
@@ -62,8 +66,10 @@ def argv(schedule: Schedule, fault: str | None = None, fault_every: int = 1) -> 
         "--ttft-ms", repr(schedule.ttft_ms), "--itl-ms", repr(schedule.itl_ms),
         "--jitter-ms", repr(schedule.jitter_ms), "--chunk-tokens", str(schedule.chunk_tokens),
         "--tokens", str(schedule.tokens), "--model", schedule.model, "--seed", str(schedule.seed),
-        "--fault-every", str(fault_every),
+        "--fault-every", str(fault_every), "--reasoning-tokens", str(schedule.reasoning_tokens),
     ]
+    if schedule.stop_after is not None:
+        args += ["--stop-after", str(schedule.stop_after)]
     if not schedule.role_chunk:
         args.append("--no-role-chunk")
     if fault is not None:
@@ -90,6 +96,7 @@ def main(args: list[str] | None = None) -> int:
             ttft_ms=options.ttft_ms, itl_ms=options.itl_ms, jitter_ms=options.jitter_ms,
             chunk_tokens=options.chunk_tokens, tokens=options.tokens,
             role_chunk=not options.no_role_chunk, model=options.model, seed=options.seed,
+            reasoning_tokens=options.reasoning_tokens, stop_after=options.stop_after,
         )
         server = LoopbackServer(
             schedule, options.fault, options.fault_every, options.host, options.port

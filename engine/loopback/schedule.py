@@ -25,6 +25,7 @@ FAULTS = (
     "non_utf8",
     "error_in_stream",
     "refuse_usage",
+    "finish_error",  # the last chunk's finish_reason is "error": a failure inside a 200
 )
 
 
@@ -49,6 +50,12 @@ class Schedule:
     role_chunk: bool = True
     model: str = "loopback"
     seed: int = 0
+    #: The first ``reasoning_tokens`` tokens are thinking (``reasoning_content`` deltas, or
+    #: Ollama chat's ``thinking``), as reasoning models stream them before the answer.
+    reasoning_tokens: int = 0
+    #: The "model" stops by itself (EOS, finish reason ``stop``) after this many tokens,
+    #: however many were asked for: outputs shorter than the asked length.
+    stop_after: int | None = None
 
     def __post_init__(self) -> None:
         if self.ttft_ms < 0 or self.itl_ms < 0 or self.jitter_ms < 0:

@@ -320,6 +320,8 @@ class LoopbackServer:
             )
             return keep_alive
 
+        if self.schedule.stop_after is not None and wire.tokens > self.schedule.stop_after:
+            wire.tokens, wire.finish = self.schedule.stop_after, "stop"  # EOS before the limit
         plan = self.schedule.plan(wire.tokens, trace.request)
         if not wire.stream:
             return await self._respond_whole(wire, plan, trace, writer, keep_alive)
@@ -342,7 +344,11 @@ class LoopbackServer:
             await _sleep_until(request.received_ns + offset_ns)
             if index == strike_at and not await self._strike(fault, wire, trace, writer):
                 return False
-            payload = wire.content(words(sent, tokens), last=index == len(plan) - 1)
+            last = index == len(plan) - 1
+            if last and fault == "finish_error":
+                trace.fault, wire.finish = fault, "error"
+            payload = wire.content(words(sent, tokens), last=last,
+                                   reasoning=sent < self.schedule.reasoning_tokens)
             trace.chunks_ns.append(await _send_chunk(writer, wire.frame(payload)))
             trace.chunk_tokens.append(tokens)
             sent += tokens

@@ -90,8 +90,9 @@ class Wire(abc.ABC):
         return []
 
     @abc.abstractmethod
-    def content(self, text: str, last: bool) -> bytes:
-        """The payload of one content chunk (``last``: it ends the output)."""
+    def content(self, text: str, last: bool, reasoning: bool = False) -> bytes:
+        """The payload of one content chunk (``last``: it ends the output; ``reasoning``: it
+        is thinking, sent in the field reasoning models use, where the endpoint has one)."""
 
     @abc.abstractmethod
     def closing(self, timing: tuple[int, int, int]) -> list[bytes]:
@@ -171,9 +172,13 @@ class _OpenAI(Wire):
     def _whole(self, text: str) -> dict[str, Any]:
         """A non-streamed choice's text, in this endpoint's field."""
 
-    def content(self, text: str, last: bool) -> bytes:
-        return self._chunk([{"index": 0, **self._piece(text), "logprobs": None,
+    def content(self, text: str, last: bool, reasoning: bool = False) -> bytes:
+        piece = self._thinking(text) if reasoning else self._piece(text)
+        return self._chunk([{"index": 0, **piece, "logprobs": None,
                              "finish_reason": self.finish if last else None}])
+
+    def _thinking(self, text: str) -> dict[str, Any]:
+        return self._piece(text)  # an endpoint with no reasoning field sends it as text
 
     def response(self, text: str, timing: tuple[int, int, int]) -> dict[str, Any]:
         return {
@@ -210,6 +215,9 @@ class OpenAIChat(_OpenAI):
 
     def _piece(self, text: str) -> dict[str, Any]:
         return {"delta": {"content": text}}
+
+    def _thinking(self, text: str) -> dict[str, Any]:
+        return {"delta": {"reasoning_content": text}}  # as vLLM and SGLang send it
 
     def _whole(self, text: str) -> dict[str, Any]:
         return {"message": {"role": "assistant", "content": text}}
@@ -248,7 +256,7 @@ class _Ollama(Wire):
         return payload + b"\n"
 
     @abc.abstractmethod
-    def _line(self, text: str, done: bool) -> dict[str, Any]:
+    def _line(self, text: str, done: bool, reasoning: bool = False) -> dict[str, Any]:
         """One line of the stream, with the text in this endpoint's field."""
 
     def _head(self) -> dict[str, Any]:
@@ -258,8 +266,8 @@ class _Ollama(Wire):
             self._created_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return {"model": self.model, "created_at": self._created_at}
 
-    def content(self, text: str, last: bool) -> bytes:
-        return _dumps(self._line(text, False))
+    def content(self, text: str, last: bool, reasoning: bool = False) -> bytes:
+        return _dumps(self._line(text, False, reasoning))
 
     def _done(self, text: str, timing: tuple[int, int, int]) -> dict[str, Any]:
         """The last line; durations from this server's clock (the first token counts as the
@@ -295,7 +303,7 @@ class OllamaGenerate(_Ollama):
 
     prompt_field = "prompt"
 
-    def _line(self, text: str, done: bool) -> dict[str, Any]:
+    def _line(self, text: str, done: bool, reasoning: bool = False) -> dict[str, Any]:
         return {**self._head(), "response": text, "done": done}
 
 
@@ -304,8 +312,9 @@ class OllamaChat(_Ollama):
 
     prompt_field = "messages"
 
-    def _line(self, text: str, done: bool) -> dict[str, Any]:
-        return {**self._head(), "message": {"role": "assistant", "content": text}, "done": done}
+    def _line(self, text: str, done: bool, reasoning: bool = False) -> dict[str, Any]:
+        field = "thinking" if reasoning else "content"  # Ollama's field for thinking models
+        return {**self._head(), "message": {"role": "assistant", field: text}, "done": done}
 
 
 #: Generation endpoints: path -> wire format.
