@@ -104,6 +104,11 @@ def _facts(summary: SessionSummary) -> dict[str, Any]:
     return {
         "backend": config.get("backend"), "url": config.get("url"), "model": config.get("model"),
         "server version": (backend.get("server") or {}).get("version"),
+        "server": (backend.get("server") or {}).get("header"),
+        "prompts": (header.workload or {}).get("prompts_sha256"),
+        # keys newer than some records: their defaults, so an older record compares fairly
+        "shared prefix": config.get("shared_prefix", 0),
+        "rate": config.get("rate"), "arrival": config.get("arrival", "constant"),
         "device": backend.get("device"), "concurrency": config.get("concurrency"),
         "input tokens": config.get("input_tokens"), "output tokens": config.get("output_tokens"),
         "seed": config.get("seed"), "soaktop": env.get("soaktop_version"),

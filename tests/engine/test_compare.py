@@ -69,3 +69,13 @@ def test_differences_name_a_different_server_version():
     b.header = dataclasses.replace(b.header, backend={"server": {"version": "0.7.0"}})
     assert differences(a, b) == ["server version: '0.6.3' vs '0.7.0'"]
 
+
+
+def test_differences_name_other_prompts_and_another_load_shape():
+    import dataclasses
+
+    a, b = session([50] * 10), session([50] * 10)
+    a.header = dataclasses.replace(a.header, workload={"prompts_sha256": "aa"})
+    b.header = dataclasses.replace(b.header, workload={"prompts_sha256": "bb"},
+                                   config={**b.header.config, "rate": 5.0})
+    assert differences(a, b) == ["prompts: 'aa' vs 'bb'", "rate: None vs 5.0"]
