@@ -217,13 +217,14 @@ class ClientSample:
     loop_lag_p99_us: int | None = None
     cpu_percent: float | None = None  # of one core
     send_lateness_p99_us: int | None = None  # due -> sent, over the second's requests
+    loop_cpu_percent: float | None = None  # the event loop's thread: the client's own work
 
     @property
     def client_bound(self) -> bool:
         """The client was the bottleneck this second: its latencies are upper bounds."""
         from engine.client_health import is_client_bound
 
-        return is_client_bound(self.loop_lag_p99_us, self.cpu_percent)
+        return is_client_bound(self.loop_lag_p99_us, self.loop_cpu_percent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,10 +138,11 @@ class Session:
             while True:
                 await asyncio.sleep(max(0.0, (tick - self.now_ns()) / 1e9))
                 now, tokens = self.now_ns(), self._tokens_received
-                lag, late, cpu = self._health.take()
+                lag, late, cpu, loop_cpu = self._health.take()
                 self._emit(ClientSample(now, self.in_flight, tokens - last_tokens, now - last_t,
                                         loop_lag_p99_us=lag, cpu_percent=round(cpu, 1),
-                                        send_lateness_p99_us=late))
+                                        send_lateness_p99_us=late,
+                                        loop_cpu_percent=round(loop_cpu, 1)))
                 last_t, last_tokens = now, tokens
                 tick = (now // every_ns + 1) * every_ns
         finally:
