@@ -69,13 +69,13 @@ class SoaktopApp(App):
         self.theme = THEMES[self._theme_name].name
         self._worker = self.run_worker(self._run_feed(), name="feed", exclusive=True)
         self.set_interval(1 / self.fps, self._frame)
-        if isinstance(self.feed, LiveFeed):
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGHUP):
-                try:
-                    loop.add_signal_handler(signum, self._stop_run)
-                except (NotImplementedError, RuntimeError):  # not the main thread (tests)
-                    pass
+        # on every screen, a terminal that goes away (SIGHUP) or a SIGTERM ends it cleanly
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                loop.add_signal_handler(signum, self._stop_run)
+            except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+                pass
 
     async def _run_feed(self) -> None:
         try:
@@ -104,9 +104,11 @@ class SoaktopApp(App):
         return self._worker is not None and self._worker.state == WorkerState.RUNNING
 
     def _stop_run(self) -> None:
+        """End the run (its record closed), then the app; at once when nothing runs any more
+        (a SIGHUP after the run ended must not leave an app with no terminal behind)."""
         self._quitting = True
         session = getattr(self.feed, "session", None)
-        if session is not None:
+        if session is not None and self.running:
             session.stop("interrupted")
         else:
             self.exit(self.feed)

@@ -427,3 +427,36 @@ def test_a_detached_run_outlives_its_terminal_and_stops_cleanly(tmp_path):
     assert "record:" in Path(f"{record}.log").read_text()  # its status lines went to the log
     again = soaktop("stop", str(record))
     assert again.returncode == 2 and "no detached run is writing" in again.stderr
+
+
+def test_a_dashboard_whose_run_ended_exits_when_its_terminal_goes_away(tmp_path):
+    """SIGHUP after the run ended (the SSH session closed on a finished soak) must end the
+    app, not leave it spinning with no terminal."""
+    import os
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*SOAKTOP, "run", "--duration", "2s", "--concurrency", "1",
+                             "--no-record", "--telemetry", "none"],
+                            stdin=slave, stdout=slave, stderr=slave,
+                            env={**ENV, "TERM": "xterm-256color"}, cwd=tmp_path)
+    os.close(slave)
+    seen, deadline = b"", time.monotonic() + 60
+    try:
+        while b"ENDED" not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                seen += os.read(master, 65536)
+        assert b"ENDED" in seen
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while proc.poll() is None and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    os.read(master, 65536)
+                except OSError:
+                    break
+        assert proc.wait(timeout=5) == 0
+    finally:
+        proc.kill()
+        os.close(master)
