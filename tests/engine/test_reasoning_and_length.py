@@ -98,3 +98,31 @@ async def test_the_length_asked_for_is_requested_and_dropped_only_if_refused():
     assert summary.result()["requests_ok"] == 2
     assert backend.describe()["length_options"] is False
     assert backend.describe()["usage_reported"] is True  # usage was not what it refused
+
+
+async def test_chunks_of_several_tokens_keep_itl_per_token_beside_inter_chunk_latency():
+    """4 tokens a chunk, a chunk every 20 ms: inter-chunk latency ~20 ms, ITL ~5 ms a token
+    (the gap shared among the chunk's tokens; usage gives the true count)."""
+    schedule = Schedule(ttft_ms=10, itl_ms=20, tokens=32, chunk_tokens=4, model="m")
+    async with LoopbackServer(schedule) as server:
+        result, _ = await run(server.url, tokens=32)
+    assert result["output_tokens"] == 12 * 32
+    assert result["inter_chunk_ms"]["p50"] == pytest.approx(20, abs=2)
+    assert result["itl_ms"]["p50"] == pytest.approx(5, abs=0.6)
+    assert result["tpot_ms"]["p50"] == pytest.approx(20 * 7 / 31, abs=0.6)
+
+
+async def test_an_open_loop_against_a_server_keeps_its_schedule():
+    summary = SessionSummary()
+    async with LoopbackServer(Schedule(ttft_ms=10, itl_ms=2, tokens=8, model="m")) as server:
+        config = RunConfig(backend="openai", model="m", rate=40.0, duration_s=1.5,
+                           warmup_requests=0, output_tokens=8, input_tokens=8, url=server.url)
+        events = []
+        await Session(config, OpenAIBackend(server.url, model="m", timeouts=SHORT),
+                      listeners=(summary.add, events.append)).run()
+    from engine.events import RequestDone
+
+    sent = sorted(e.sent_ns for e in events if isinstance(e, RequestDone))
+    assert 55 <= len(sent) <= 61
+    assert set(__import__("numpy").diff(sent).tolist()) == {25_000_000}
+    assert 9 <= summary.result()["ttft_ms"]["p50"] <= 20  # from the planned time
