@@ -4,7 +4,7 @@ For tokens/s, TTFT p95, SM clock and GPU temperature, the first ``window`` of th
 run (after warm-up) is compared with the last (``min(5 min, a third of the run)``), and the
 run is called:
 
-- ``degrading`` when tokens/s fell more than 5% or TTFT p95 rose more than 10%;
+- ``degrading`` when tokens/s fell more than 5% or TTFT p95 rose more than 25%;
 - ``throttled`` when it degraded and the GPUs were held back: the SM clock fell more than 3%,
   or a throttling clock-event reason (thermal, power cap, HW slowdown...) was active in 5% or
   more of the last window's samples; the reasons active then are named;
@@ -32,7 +32,7 @@ MIN_WINDOW_S = 10.0  # shorter runs get no verdict: too little to compare
 #: 65,536 requests, still thousands of samples.
 RECENT_REQUESTS = 65_536
 TPS_DROP = 0.05
-TTFT_RISE = 0.10
+TTFT_RISE = 0.25  # a p95 is noisy: +15% came and went in a steady 7-minute run here
 CLOCK_DROP = 0.03
 REASON_SHARE = 0.05
 
