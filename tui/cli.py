@@ -57,18 +57,27 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except SoaktopError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _argument(parse):
+    """An argparse type from an engine parser: its SoaktopError is argparse's one line."""
+
+    def wrapped(text: str):
+        try:
+            return parse(text)
+        except SoaktopError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return wrapped
 
 
-def _telemetry(text: str) -> tuple[str, ...]:
-    try:
-        return parse_telemetry(text)
-    except SoaktopError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _checked_slo(text: str) -> str:
+    parse_slo(text)  # raises on a term it cannot read; the record keeps the text as given
+    return text
+
+
+_duration = _argument(parse_duration)
+_telemetry = _argument(parse_telemetry)
+_ramp = _argument(parse_ramp)
+_slo = _argument(_checked_slo)
 
 
 def _above_zero_up_to(highest: float):
@@ -90,21 +99,6 @@ def _above_zero_up_to(highest: float):
 _hz = _above_zero_up_to(100)
 _positive_float = _above_zero_up_to(1e9)
 _fps = _above_zero_up_to(30)
-
-
-def _ramp(text: str) -> tuple[int, ...]:
-    try:
-        return parse_ramp(text)
-    except SoaktopError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _slo(text: str) -> str:
-    try:
-        parse_slo(text)
-    except SoaktopError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def _speed(text: str) -> float:
