@@ -576,8 +576,12 @@ def _calibrate(args: argparse.Namespace) -> None:
     print(fidelity.table([])[0], flush=True)
     results = []
     for rate in rates:
+        # two waves of warm-up are left out, then enough requests to compare: at least two
+        # more request lifetimes (a request of 64 tokens lasts concurrency * 64 / rate s)
+        lifetime_s = args.concurrency * 64 / rate
+        duration = max(args.duration, 4.5 * lifetime_s)
         try:
-            results.append(fidelity.measure(args.concurrency, rate, duration_s=args.duration))
+            results.append(fidelity.measure(args.concurrency, rate, duration_s=duration))
         except RuntimeError as exc:  # nothing complete to compare: too short for the rate
             raise SoaktopError(f"at {rate:g} tokens/s: {exc}; give a longer --duration") from None
         print(fidelity.table(results)[-1], flush=True)
