@@ -22,9 +22,10 @@ How, in one run:
 
 Prints at the end: RSS at the end of warm-up and at the end, the growth in between (and the
 peak's), growth per million tokens, the least-squares slope of RSS over the post-warm-up
-samples in MiB/hour, the token rate after warm-up, and a verdict against the 20 MB (decimal,
-19.1 MiB) target, taken on the peak: RSS must never stand 20 MB above its warm-up level.
-Headless only: the dashboard's memory (Textual's) is not measured here.
+samples in MiB/hour and over their second half (whether the growth levels off), the token
+rate after warm-up, and a verdict against the 20 MB (decimal, 19.1 MiB) target, taken on the
+peak: RSS must never stand 20 MB above its warm-up level. Headless only: the dashboard's
+memory (Textual's) is not measured here.
 
 ``soak()`` does all of it and returns the samples and figures; the slow test
 (``tests/tui/test_soak_memory.py``) calls it, so the test and this bench cannot drift apart.
@@ -135,16 +136,26 @@ class SoakResult:
     @property
     def slope_mib_per_h(self) -> float:
         """Least-squares slope of RSS over the post-warm-up samples."""
+        return _slope(self.after)
+
+    @property
+    def late_slope_mib_per_h(self) -> float:
+        """The same over the second half of them: whether the growth levels off."""
         after = self.after
-        if len(after) < 2:
-            return float("nan")
-        fit = statistics.linear_regression([s.t_s / 3600 for s in after],
-                                           [s.rss / MIB for s in after])
-        return fit.slope
+        return _slope(after[len(after) // 2:])
 
     @property
     def flat(self) -> bool:
         return self.peak_growth < TARGET_BYTES
+
+
+def _slope(samples: list[MemorySample]) -> float:
+    """Least-squares slope of RSS against time, MiB/hour."""
+    if len(samples) < 2:
+        return float("nan")
+    fit = statistics.linear_regression([s.t_s / 3600 for s in samples],
+                                       [s.rss / MIB for s in samples])
+    return fit.slope
 
 
 def pace(concurrency: int, tokens_per_s: float, output_tokens: int) -> Schedule:
@@ -341,7 +352,7 @@ def verdict(result: SoakResult) -> list[str]:
         f"after warm-up: {r.tokens_after_warmup:,} tokens at {r.tokens_per_s:,.0f} tokens/s "
         f"(asked {r.tokens_per_s_asked:,.0f}); {r.mib_per_million_tokens:+.2f} MiB per "
         f"million tokens; slope {r.slope_mib_per_h:+.2f} MiB/hour (least squares, "
-        f"{len(r.after)} samples)",
+        f"{len(r.after)} samples; over their second half {r.late_slope_mib_per_h:+.2f})",
         f"requests: {r.requests_ok:,} ok, {r.requests_failed:,} failed; soaktop stopped by "
         f"{r.stopped_by} (exit {r.exit_code})",
     ]
