@@ -130,6 +130,8 @@ class RunConfig:
             raise ConfigError(f"--arrival is constant or poisson (got {self.arrival!r})")
         if self.max_inflight is not None and self.max_inflight < 1:
             raise ConfigError("--max-inflight must be at least 1")
+        if self.rate is None and (self.max_inflight is not None or self.arrival != "constant"):
+            raise ConfigError("--max-inflight and --arrival shape an open loop: give --rate too")
         if self.rate is not None and (self.ramp or self.slo):
             raise ConfigError("--rate is an open loop; --ramp and --slo step a concurrency")
         if not 0 <= self.shared_prefix < self.input_tokens:

@@ -185,6 +185,8 @@ class Session:
             raise ConfigError("a model name is needed")
         if self._phase is None:
             return
+        if concurrency is not None and self.config.rate is not None:
+            raise ConfigError("this run keeps a rate, not a concurrency: use set_rate")
         if self._resume_to is not None and concurrency is not None:
             self._resume_to = concurrency  # paused: the new level applies on resume
             concurrency = None

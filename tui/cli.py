@@ -38,23 +38,30 @@ DEFAULT_SESSIONS_DIR = Path("sessions")
 THEME_NAMES = ("dark", "light", "high-contrast", "monochrome")  # themes/; no Textual import
 
 
-def _int_at_least(lowest: int):
-    """An argparse type: a whole number no smaller than ``lowest``, or a one-line error."""
+def _number(kind: type, lowest: float, highest: float = float("inf"),
+            above: bool = False):
+    """An argparse type: an ``int`` or ``float`` of at least ``lowest`` (above it, with
+    ``above``) and at most ``highest``, or a one-line error saying which bound it broke."""
 
-    def parse(text: str) -> int:
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if value < lowest:
-            raise argparse.ArgumentTypeError(f"must be at least {lowest} (got {value})")
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        too_low = value <= lowest if above else value < lowest
+        if too_low or value > highest:
+            bound = f"above {lowest:g}" if above else f"at least {lowest:g}"
+            if highest != float("inf"):
+                bound += f" and at most {highest:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound} (got {text})")
         return value
 
     return parse
 
 
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
+_positive_int = _number(int, 1)
+_non_negative_int = _number(int, 0)
 
 
 def _argument(parse):
@@ -80,25 +87,9 @@ _ramp = _argument(parse_ramp)
 _slo = _argument(_checked_slo)
 
 
-def _above_zero_up_to(highest: float):
-    """An argparse type: a number above 0 and at most ``highest``, or a one-line error."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not 0 < value <= highest:
-            raise argparse.ArgumentTypeError(
-                f"must be above 0 and at most {highest:g} (got {text})")
-        return value
-
-    return parse
-
-
-_hz = _above_zero_up_to(100)
-_positive_float = _above_zero_up_to(1e9)
-_fps = _above_zero_up_to(30)
+_hz = _number(float, 0, 100, above=True)
+_fps = _number(float, 0, 30, above=True)
+_positive_float = _number(float, 0, above=True)
 
 
 def _speed(text: str) -> float:
