@@ -1,5 +1,7 @@
 """The soak verdict against runs whose drift the test makes: stable, degrading, throttled."""
 
+import pytest
+
 from engine.drift import RECENT_REQUESTS, Drift
 from engine.events import GpuSample, Phase, RequestDone, SessionEnd
 
@@ -48,8 +50,17 @@ def test_a_steady_run_is_stable():
 def test_throughput_that_falls_without_gpu_data_is_degrading_and_says_why_not_more():
     result = run([(30, 900, {}, None), (900, 1230, {"itl_ms": 30.0, "ttft_ms": 80.0}, None)])
     assert result["verdict"] == "degrading"
-    assert result["change"]["ttft_p95_ms"] > 0.5
+    assert result["change"]["ttft_p95_ms"] == pytest.approx(80 / 50 - 1, abs=0.01)
+    assert abs(result["change"]["tokens_per_s"]) < 0.02  # the same sends: TTFT decided it
     assert "no GPU telemetry" in result["explanation"]
+
+
+def test_fewer_tokens_a_second_alone_is_degrading():
+    result = run([(30, 900, {}, None), (900, 1230, {"every_s": 0.125}, None)])
+    assert result["first"]["tokens_per_s"] == pytest.approx(200, rel=0.01)
+    assert result["change"]["tokens_per_s"] == pytest.approx(-0.2, abs=0.02)
+    assert abs(result["change"]["ttft_p95_ms"]) < 0.01
+    assert result["verdict"] == "degrading"
 
 
 def test_a_gpu_that_heats_and_slows_while_throughput_falls_is_throttled_with_its_reason():

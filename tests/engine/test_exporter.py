@@ -4,10 +4,12 @@ run's own summary."""
 import socket
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.backends.fake import FakeBackend
 from engine.errors import ConfigError
+from engine.events import ClientSample, RequestDone
 from engine.exporter import PrometheusExporter
 from engine.summary import SessionSummary
 
@@ -34,7 +36,7 @@ async def test_the_scraped_metrics_agree_with_the_summary(make_session):
     exporter, port = PrometheusExporter(), free_port()
     exporter.serve(port, host="127.0.0.1")
     try:
-        session, _ = make_session(FakeBackend(ttft_s=0.01, itl_s=0.002, fail_every=5),
+        session, events = make_session(FakeBackend(ttft_s=0.01, itl_s=0.002, fail_every=5),
                                   concurrency=3, output_tokens=12, duration_s=1.6,
                                   warmup_requests=0)
         summary = SessionSummary()
@@ -53,7 +55,15 @@ async def test_the_scraped_metrics_agree_with_the_summary(make_session):
     assert abs(mean_ttft_ms - result["ttft_ms"]["mean"]) < 0.01
     assert got["soaktop_itl_seconds_count"] == result["requests_ok"] * 11  # 11 gaps a request
     assert got["soaktop_concurrency"] == 3 and got["soaktop_requests_in_flight"] == 3
-    assert got["soaktop_output_tokens_per_second"] > 0
+    last = events.of(ClientSample)[-1]  # the gauge is the client's last second, exactly
+    assert got["soaktop_output_tokens_per_second"] == pytest.approx(
+        last.tokens / (last.interval_ns / 1e9))
+    # by hand: a slot runs 4 requests of 10 + 11 x 2 ms and a failing one of 10 ms: 48
+    # tokens in 138 ms, so 3 slots make about 1,040 tokens/s
+    assert got["soaktop_output_tokens_per_second"] == pytest.approx(1040, rel=0.2)
+    assert got["soaktop_output_tokens_total"] == sum(d.output_tokens
+                                                     for d in events.of(RequestDone))
+    assert got["soaktop_requests_total{outcome=cancelled}"] == result["requests_cancelled"]
 
 
 def test_a_port_in_use_is_a_one_line_error():

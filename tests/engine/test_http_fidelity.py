@@ -59,9 +59,22 @@ def test_compare_pairs_by_request_id_and_measures_against_the_wire():
     emissions.append(Emission(9, "/v1/chat/completions", 0, None, (1, 2, 3, 4), (1,) * 4, 200,
                               None, request_uuid("other", 0)))
     f = compare(done, emissions, origin_ns, run_id, tokens, concurrency=3, duration_s=1.0)
-    assert f.requests == 3
+    assert f.requests == 3 and f.concurrency == 3
+    assert f.tokens_per_s == pytest.approx(3 * tokens / 1.0)  # received over the 1 s run
     for q in QUANTILES:
         assert f.error_ms("ttft_ms", q) == pytest.approx(0.2)
         assert f.ttft_ms[q][1] == pytest.approx(20.0)  # the wire's TTFT: 20 ms for each
         assert f.error_ms("itl_ms", q) == pytest.approx(0.0, abs=1e-9)
     assert f.itl_ms[50][1] == pytest.approx(11.0)  # gaps of 10, 11 and 12 ms
+
+
+def test_the_trusted_rate_is_the_highest_whose_p99_errors_stay_under_1_ms():
+    from engine.fidelity import Fidelity, trusted_rate
+
+    def row(rate, ttft_p99, itl_p99):
+        quantiles = {50: (1.0, 1.0), 90: (1.0, 1.0)}
+        return Fidelity(64, 100, rate, {**quantiles, 99: (ttft_p99, 0.0)},
+                        {**quantiles, 99: (itl_p99, 0.0)})
+
+    assert trusted_rate([row(400, 0.5, 0.2), row(3000, 0.3, 1.5), row(900, -0.9, 0.1)]) == 900
+    assert trusted_rate([row(400, 1.2, 0.0)]) is None

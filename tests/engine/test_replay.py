@@ -145,7 +145,8 @@ def test_next_and_previous_stop_go_through_phases_and_marks():
     assert replay.next_stop() == 700_000_000  # the mark
     assert replay.next_stop() == 800_000_000  # the phase
     assert replay.next_stop() is None
-    clock.now += 0  # paused: position stays
+    clock.now += 1.0  # paused: a second of wall clock moves nothing
+    assert replay.position_ns == 800_000_000
     replay.seek(1_900_000_000)
     assert replay.previous_stop() == 800_000_000
     assert replay.previous_stop() == 0  # less than a second past 700 ms: back to the start

@@ -44,19 +44,22 @@ def gpu(t_s, **kw):
 
 def test_thermal_ratios_margin_and_energy_from_the_counter():
     w = GpuWindow()
-    # 3 s at 350 W by the energy counter; instantaneous power readings disagree on purpose
-    for t, temp, clock, power, energy in [(0, 60, 2000, 300, 10_000), (1, 70, 1800, 400, 10_350),
-                                          (2, 80, 1600, 300, 10_700), (3, 75, 1800, 400, 11_050)]:
+    # 3 s at 350 W by the energy counter (mJ); the instantaneous readings (mean 400 W)
+    # disagree on purpose: energy and mean power must come from the counter
+    for t, temp, clock, power, energy in [(0, 60, 2000, 300, 10_000_000),
+                                          (1, 70, 1800, 500, 10_350_000),
+                                          (2, 80, 1600, 300, 10_700_000),
+                                          (3, 75, 1800, 500, 11_050_000)]:
         w.add(gpu(t, temperature_c=temp, sm_clock_mhz=clock, power_w=power, energy_mj=energy))
     r = w.result()
     assert r["temperature_c"] == {"mean": 71.25, "max": 80}
     assert r["temperature_margin_c"]["min"] == 7  # 87 - 80
     assert r["sm_clock_ratio"]["mean"] == pytest.approx(0.9)
     assert r["sm_clock_ratio"]["min"] == pytest.approx(0.8)
-    assert r["energy_j"] == pytest.approx(1.05)
+    assert r["energy_j"] == pytest.approx(1050.0)
     assert r["energy_from"] == "counter"
-    assert r["power_w"]["mean"] == pytest.approx(0.35)  # 1.05 J over 3 s
-    assert r["power_ratio"]["mean"] == pytest.approx(350 / 700)
+    assert r["power_w"]["mean"] == pytest.approx(350.0)  # 1,050 J over 3 s, not 400
+    assert r["power_ratio"]["mean"] == pytest.approx(400 / 700)  # the readings over the limit
 
 
 def test_without_an_energy_counter_mean_power_is_the_sampled_mean():
