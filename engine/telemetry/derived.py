@@ -120,11 +120,17 @@ class GpuWindow:
 
     def energy_counted(self) -> bool:
         """Whether the energy counter measured this window: it was read across some time, and
-        it moved, or the power samples agree that nothing was drawn (a counter stuck while the
-        power readings say hundreds of watts is not believed)."""
+        the power it implies is within a factor of 3 of the power readings' mean, where there
+        are readings of more than 1 W. A counter that disagrees more (stuck while the readings
+        say hundreds of watts, or a unit a thousand times off) is not believed; sampling at a
+        few Hz under bursty load moves the readings' mean by tens of percent, not threefold."""
         if self.energy_ns <= 0:
             return False
-        return self.energy_mj > 0 or not (self.power.n and self.power.total / self.power.n > 1)
+        if not (self.power.n and self.power.total / self.power.n > 1):
+            return True
+        counted_w = self.energy_mj / 1e3 / (self.energy_ns / 1e9)
+        sampled_w = self.power.total / self.power.n
+        return sampled_w / 3 <= counted_w <= sampled_w * 3
 
     def mean_power_w(self) -> float | None:
         """From the energy counter where it measured, else the mean of the power samples."""

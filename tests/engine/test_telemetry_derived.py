@@ -195,3 +195,13 @@ def test_the_summary_table_says_what_the_figures_are():
         "host: CPU 40% mean; soaktop 90% of a core, RSS 1024 MiB max;"
         " watched process 150% of a core, RSS 3072 MiB max",
     ]
+
+
+def test_a_counter_a_thousand_times_off_the_readings_is_not_believed():
+    w = GpuWindow()
+    for t, energy in [(0, 10_000), (1, 10_350), (2, 10_700), (3, 11_050)]:  # "0.35 W"
+        w.add(gpu(t, power_w=350.0, energy_mj=energy))
+    r = w.result()
+    assert r["energy_from"] == "power samples"
+    assert r["power_w"]["mean"] == pytest.approx(350.0)
+    assert r["energy_j"] is None  # energy is measured by a counter or not at all
