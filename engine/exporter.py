@@ -15,7 +15,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from engine.errors import ConfigError
-from engine.events import ClientSample, GpuSample, Phase, RequestDone
+from engine.events import ClientSample, GpuSample, Phase, RequestDone, TokensArrived
 from engine.stats import itl_gaps
 from engine.telemetry.derived import gpu_key
 
@@ -69,6 +69,8 @@ class PrometheusExporter:
             self._server = None
 
     def add(self, event: Any) -> None:
+        if type(event) is TokensArrived:  # most of the stream, and nothing to do: one check
+            return
         if isinstance(event, RequestDone):
             self._add_request(event)
         elif isinstance(event, ClientSample):

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from engine.events import ClientSample, RequestDone, SessionStart
+from engine.events import ClientSample, RequestDone, SessionStart, TokensArrived
 from engine.history import History
 from engine.live import LiveSnapshot, LiveStats
 from engine.plans import plan_for, run_with_plan
@@ -42,6 +42,8 @@ class Feed:
         return [self.live.add, self.history.add, self.summary.add, self._note]
 
     def _note(self, event: Any) -> None:
+        if type(event) is TokensArrived:  # most of the stream: one check, then out
+            return
         if isinstance(event, RequestDone) and event.error_class is not None:
             self.errors.append(event)
         elif isinstance(event, SessionStart):

@@ -52,6 +52,12 @@ class DashboardScreen(Screen):
     def compose_extra(self) -> ComposeResult:
         yield from ()
 
+    def _panels(self) -> list[SeriesPanel]:
+        """The curves, found once (not a DOM query every frame)."""
+        if not getattr(self, "_curve_panels", None):
+            self._curve_panels = list(self.query(SeriesPanel))
+        return self._curve_panels
+
     def on_mount(self) -> None:
         self.call_after_refresh(self.refresh_frame)  # the first frame now, not a tick later
 
@@ -65,7 +71,7 @@ class DashboardScreen(Screen):
         feed = self.feed
         feed.tick()
         snap = feed.snapshot()
-        panels = list(self.query(SeriesPanel))
+        panels = self._panels()
         width = panels[0].spark_width if panels else 60
         window = feed.history.window(max(width, 1))
         values = {"ttft_p50_ms": snap.ttft_p50_ms, "ttft_p95_ms": snap.ttft_p95_ms,
