@@ -131,6 +131,12 @@ def test_attach_follows_a_run_to_its_end_and_agrees_with_the_record(tmp_path):
     tokens_per_s = [float(re.search(r"\| ([\d,]+) tok/s", line).group(1).replace(",", ""))
                     for line in lines]
     assert max(tokens_per_s) > 0  # from the run's own once-a-second count, not zero
+    # each figure is the run's own: the tokens of the record's last client_sample by then
+    from engine.events import ClientSample
+
+    samples = [e for e in RecordReader(record).events() if isinstance(e, ClientSample)]
+    rates = {round(s.tokens / (s.interval_ns / 1e9)) for s in samples}
+    assert all(round(value) in rates for value in tokens_per_s if value)
     whole = json.loads(soaktop("summary", str(record), "--json").stdout)
     assert json.loads(attach.stdout) == whole and whole["ended"] == "completed"
 
