@@ -99,6 +99,7 @@ class LiveStats:
         self.telemetry = LiveTelemetry(window_s)
         self.phase: Phase | None = None  # the load's shape now
         self.client: ClientSample | None = None  # the client's latest once-a-second view
+        self._client_before: ClientSample | None = None  # the one before it
 
     def _advance(self, bucket: int) -> None:
         if bucket <= self._bucket_now:
@@ -119,7 +120,7 @@ class LiveStats:
         elif isinstance(event, Phase):
             self.phase = event
         elif isinstance(event, ClientSample):
-            self.client = event
+            self._client_before, self.client = self.client, event
         elif isinstance(event, RequestDone) and event.finish_reason != "cancelled":
             if event.error_class is not None:
                 self.failed += 1
@@ -149,6 +150,15 @@ class LiveStats:
     def client_bound(self) -> bool:
         """The client's latest second was client-bound (engine.client_health)."""
         return self.client is not None and self.client.client_bound
+
+    def client_bound_at(self, t_ns: int) -> bool:
+        """Whether the last client sample taken at or before ``t_ns`` was client-bound. A
+        status line at a tick asks this: the live run may already hold the sample of that
+        very second (taken a moment after the tick), a replay at the tick never does."""
+        sample = self.client
+        if sample is not None and sample.t_ns > t_ns:
+            sample = self._client_before
+        return sample is not None and sample.t_ns <= t_ns and sample.client_bound
 
     def client_snapshot(self, now_ns: int) -> LiveSnapshot:
         """The snapshot of a run seen through its record (``attach``): tokens/s from the run's

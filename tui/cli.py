@@ -399,7 +399,7 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
         while True:  # on the session clock's multiples, where a replay prints them too
             await asyncio.sleep(max(0.0, (tick - session.now_ns()) / 1e9))
             print(status_line(live.snapshot(tick), session.in_flight, session.concurrency,
-                              live.client_bound, session.rate),
+                              live.client_bound_at(tick), session.rate),
                   file=out, flush=True)
             tick += every_ns
             say_recording_stopped()

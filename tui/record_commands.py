@@ -80,7 +80,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     def status(t_ns: int) -> None:
         concurrency = live.phase.concurrency if live.phase else 0
         print(status_line(live.snapshot(t_ns), timeline.in_flight(t_ns), concurrency,
-                          live.client_bound, live.phase.rate if live.phase else None),
+                          live.client_bound_at(t_ns), live.phase.rate if live.phase else None),
               file=out, flush=True)
 
     def reset() -> None:  # a seek back: the record is fed again from the start
