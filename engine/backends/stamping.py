@@ -27,6 +27,8 @@ from typing import Any
 import httpcore
 import httpx
 
+from engine.backends.pool import LinearPool
+
 SO_TIMESTAMPNS = 35  # Linux (asm-generic/socket.h); SCM_TIMESTAMPNS has the same value
 _TIMESPEC = struct.Struct("@qq")
 _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
@@ -210,13 +212,14 @@ def _enable_kernel_stamps(sock: socket.socket) -> bool:
 class StampingTransport(httpx.AsyncHTTPTransport):
     """httpx's transport with its connection pool on :class:`StampingBackend`.
 
-    httpx does not take a network backend, so the pool it built is replaced by an equal one
-    on ours; the rest (request and response mapping, errors) stays httpx's.
+    httpx does not take a network backend, so the pool it built is replaced by one on ours
+    (httpcore's, with a linear bookkeeping pass: :mod:`engine.backends.pool`); the rest
+    (request and response mapping, errors) stays httpx's.
     """
 
     def __init__(self, limits: httpx.Limits) -> None:
         super().__init__(limits=limits)
-        self._pool = httpcore.AsyncConnectionPool(
+        self._pool = LinearPool(
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
