@@ -39,6 +39,7 @@ from engine.load import ClosedLoop, OpenLoop
 from engine.prompts import PromptSet
 from engine.record import RecordWriter
 from engine.telemetry import Sampler, Source, build_sources
+from engine.turnstile import Turnstile
 
 Listener = Callable[[Any], None]
 
@@ -84,6 +85,7 @@ class Session:
         self._tokens_received = 0  # content tokens so far, for the once-a-second ClientSample
         self._resume_to: int | None = None  # the concurrency to go back to, while paused
         self._health = ClientHealth()
+        self._turnstile = Turnstile()
 
     # -- clock and events ------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -341,16 +343,17 @@ class Session:
         planned time). In an open loop its latency runs from ``due_ns``: a late send counts,
         and how late is kept apart too (``queued_us``)."""
         cfg = self.config
+        wait_ns = self._not_before_ns - self.now_ns()
+        try:
+            if wait_ns > 0:  # not sent yet: the wait is not the server's latency
+                await asyncio.sleep(wait_ns / 1e9)
+                if not open_loop:
+                    due_ns = self._not_before_ns  # held on purpose (Retry-After): due from then
+            await self._turnstile.turn()  # a wave of sends goes out one per loop iteration
+        except asyncio.CancelledError:
+            return  # the run ended before this request was ever sent
         prompt = self.prompts.prompt(request_id)
         request = GenerationRequest(request_id, prompt, cfg.output_tokens, model)
-        wait_ns = self._not_before_ns - self.now_ns()
-        if wait_ns > 0:  # not sent yet: the wait is not the server's latency
-            try:
-                await asyncio.sleep(wait_ns / 1e9)
-            except asyncio.CancelledError:
-                return  # the run ended before this request was ever sent
-            if not open_loop:
-                due_ns = self._not_before_ns  # held on purpose (Retry-After): due from then
         sent_ns = self.now_ns()
         lateness_noted = False
         arrivals: list[int] = []
@@ -358,6 +361,7 @@ class Session:
         thinking: list[bool] = []  # per arrival: reasoning, not answer
         finish, error_class, error_message = "length", None, None
         server, refused = None, False
+        end_ns: int | None = None
         try:
             async for item in self.backend.stream(request):
                 if isinstance(item, RequestSent):  # the true send time, before any arrival
@@ -366,6 +370,10 @@ class Session:
                     lateness_noted = True
                     continue
                 if isinstance(item, StreamEnd):
+                    # The stream is over now; winding it down (the connection back to the
+                    # pool) and the bookkeeping below wait for their turn, as sends do.
+                    end_ns = self.now_ns()
+                    await self._turnstile.turn()
                     finish, server = item.finish_reason, item.server
                     if item.arrival_tokens and len(item.arrival_tokens) == len(tokens):
                         extra = sum(item.arrival_tokens) - sum(tokens)
@@ -394,7 +402,8 @@ class Session:
         except Exception as exc:  # a backend bug must cost one request, not the soak
             finish, error_class = "error", "unexpected"
             error_message = f"{type(exc).__name__}: {exc}"
-        end_ns = self.now_ns()
+        if end_ns is None:
+            end_ns = self.now_ns()
         queued_us = max(0, sent_ns - due_ns) // 1000 if open_loop else 0
         reasoning = sum(k for k, r in zip(tokens, thinking) if r)
         first_output = (next((a for a, r in zip(arrivals, thinking) if not r), None)
