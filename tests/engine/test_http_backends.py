@@ -233,3 +233,58 @@ async def test_http_responses_come_through_soaktops_stamping_stream():
     # server's last content chunk went out (kernel stamps precede its post-write stamp by µs)
     assert stream.last_write_ns <= wire.received_ns
     assert wire.chunks_ns[-1] - 1_000_000 < stream.last_read_ns <= time.perf_counter_ns()
+
+
+async def test_a_finished_stream_leaves_nothing_for_the_cyclic_collector():
+    """httpx's response and its stream point at each other; the backend cuts that when the
+    stream ends, or every request would leave ~45 objects for a collector pass that stalls
+    the loop for milliseconds."""
+    import gc
+
+    async with LoopbackServer(FAST) as server:
+        backend = OpenAIBackend(server.url, timeouts=SHORT)
+        await backend.start()
+        try:
+            [i async for i in backend.stream(REQUEST)]  # pool and connection warm
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                items = [i async for i in backend.stream(REQUEST)]
+                gc.collect()
+                left = [type(o).__name__ for o in gc.garbage]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+        finally:
+            await backend.close()
+    assert isinstance(items[-1], StreamEnd)
+    assert left == []
+
+
+async def test_a_compressed_stream_is_decoded_and_a_plain_one_read_raw():
+    """Only an identity body skips httpx's decoding layer: a gzip one still parses."""
+    import gzip
+
+    events = b"".join(
+        b'data: {"choices":[{"delta":{"content":"t%d"}}]}\n\n' % i for i in range(3)
+    ) + b"data: [DONE]\n\n"
+
+    async def serve(reader, writer, body, encoding):
+        await reader.readuntil(b"\r\n\r\n")
+        head = (f"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                f"content-length: {len(body)}\r\n{encoding}connection: close\r\n\r\n")
+        writer.write(head.encode() + body)
+        await writer.drain()
+        writer.close()
+
+    for body, encoding in ((gzip.compress(events), "content-encoding: gzip\r\n"),
+                           (events, "")):
+        server = await asyncio.start_server(
+            lambda r, w, b=body, e=encoding: serve(r, w, b, e), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            items = await collect(OpenAIBackend(f"http://127.0.0.1:{port}", timeouts=SHORT))
+        finally:
+            server.close()
+        texts = [i.text for i in items if isinstance(i, Arrival)]
+        assert texts == ["t0", "t1", "t2"], encoding
