@@ -33,7 +33,7 @@ import numpy as np
 from engine.backends.http import Timeouts, request_uuid
 from engine.backends.openai import OpenAIBackend
 from engine.config import RunConfig
-from engine.events import ClientSample, RequestDone
+from engine.events import ClientSample, Phase, RequestDone
 from engine.loopback import Emission, Schedule, spawn
 from engine.session import Session
 from engine.stats import itl_gaps
@@ -86,12 +86,17 @@ async def _drive(url: str, concurrency: int, duration_s: float, tokens: int
                  ) -> tuple[list[RequestDone], int, str, float]:
     done: list[RequestDone] = []
     bound = [0.0]
+    measured_from = [None]  # when the warm-up ended: the error is about what comes after
 
     def keep(event) -> None:
         if isinstance(event, RequestDone):
             done.append(event)
-        elif isinstance(event, ClientSample) and event.client_bound and event.t_ns > 2e9:
-            bound[0] += event.interval_ns / 1e9  # the first two seconds are the warm-up waves
+        elif isinstance(event, Phase) and not event.warmup and measured_from[0] is None:
+            measured_from[0] = event.t_ns
+        elif (isinstance(event, ClientSample) and event.client_bound
+              and measured_from[0] is not None
+              and event.t_ns - event.interval_ns >= measured_from[0]):
+            bound[0] += event.interval_ns / 1e9  # a second wholly after the warm-up
 
     config = RunConfig(backend="openai", model="loopback", concurrency=concurrency,
                        duration_s=duration_s, warmup_requests=2 * concurrency,
