@@ -16,26 +16,81 @@ httpcore's pass counts wrongly, as all connections, see the issue above), then g
 request an idle connection to its origin, else a new connection while under
 ``max_connections``, else close an idle one to another origin and open one. Unlike httpcore's
 pass, one idle connection goes to one queued request per pass, not to every one of them (the
-losers would only fail with ``ConnectionNotAvailable`` and queue again), and a response that
-closes while nobody waits for a connection skips the walk (the tidying it would do happens at
-the next request's pass, before a connection is picked). Everything else is httpcore's.
+losers would only fail with ``ConnectionNotAvailable`` and queue again); a response that
+closes while nobody waits for a connection skips the pass, and the tidying walk (closed,
+expired and surplus connections) runs at most ten times a second, while a connection about to
+be reused is always checked for expiry first (a server that closed an idle connection must not
+get a request on it). Everything else is httpcore's.
 Measured on the same run: the pass went from p50 260 us / p90 715 us a call to 95 / 143, and
 then half the calls were gone.
 """
 
 from __future__ import annotations
 
+import time
+
 import httpcore
 
 
 class LinearPool(httpcore.AsyncConnectionPool):
-    """An ``httpcore.AsyncConnectionPool`` for HTTP/1.1 whose assignment pass is O(n)."""
+    """An ``httpcore.AsyncConnectionPool`` for HTTP/1.1 whose assignment pass is O(n), and
+    usually less: the tidying walk runs at most every ``TIDY_S``, and a request takes the
+    first idle connection to its origin that has not expired."""
+
+    TIDY_S = 0.1  # keep-alive expiry is counted in seconds: tidying 10 times a second is ample
+    _tidy_at = 0.0
 
     def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
         if not any(request.is_queued() for request in self._requests):
-            # A response closed and nobody waits for a connection: the walk below would
-            # only tidy up, which the next request's pass does before it picks one.
+            # A response closed and nobody waits for a connection: nothing to hand out, and
+            # the tidying can wait for the next request's pass.
             return []
+        now = time.monotonic()
+        closing: list[httpcore.AsyncConnectionInterface] = []
+        if now >= self._tidy_at:
+            self._tidy_at = now + self.TIDY_S
+            closing = self._tidy()
+        taken: set[int] = set()
+        for pool_request in [r for r in self._requests if r.is_queued()]:
+            origin = pool_request.request.url.origin
+            reuse = self._idle_to(origin, taken, closing)
+            if reuse is not None:
+                taken.add(id(reuse))  # one request per idle connection
+                pool_request.assign_to_connection(reuse)
+                continue
+            if len(self._connections) >= self._max_connections:
+                # full: close an idle connection to another origin to make room, if any
+                spare = next((c for c in self._connections
+                              if id(c) not in taken and c.is_available()), None)
+                if spare is None:
+                    break  # nothing to give: the rest wait for a connection to free up
+                self._connections.remove(spare)
+                closing.append(spare)
+            fresh = self.create_connection(origin)
+            self._connections.append(fresh)
+            pool_request.assign_to_connection(fresh)
+        return closing
+
+    def _idle_to(self, origin: httpcore.Origin, taken: set[int],
+                 closing: list[httpcore.AsyncConnectionInterface]
+                 ) -> httpcore.AsyncConnectionInterface | None:
+        """The oldest idle connection to ``origin`` not yet handed out in this pass; expired
+        ones met on the way (the server closed them) are closed, never handed out."""
+        for connection in self._connections:
+            if id(connection) in taken or not connection.is_available():
+                continue
+            if not connection.can_handle_request(origin):
+                continue
+            if connection.has_expired():
+                self._connections.remove(connection)
+                closing.append(connection)
+                return self._idle_to(origin, taken, closing)
+            return connection
+        return None
+
+    def _tidy(self) -> list[httpcore.AsyncConnectionInterface]:
+        """Drop closed connections; close expired ones and idle ones beyond the keep-alive
+        limit (oldest kept, as httpcore keeps them). Returns those to close."""
         closing: list[httpcore.AsyncConnectionInterface] = []
         kept: list[httpcore.AsyncConnectionInterface] = []
         idle = 0
@@ -52,26 +107,4 @@ class LinearPool(httpcore.AsyncConnectionPool):
                 idle += 1
             kept.append(connection)
         self._connections[:] = kept
-
-        queued = [request for request in self._requests if request.is_queued()]
-        available = [c for c in kept if c.is_available()]  # for HTTP/1.1: the idle ones
-        for pool_request in queued:
-            origin = pool_request.request.url.origin
-            reuse = next((c for c in available if c.can_handle_request(origin)), None)
-            if reuse is not None:
-                available.remove(reuse)  # one request per idle connection
-                pool_request.assign_to_connection(reuse)
-            elif len(self._connections) < self._max_connections:
-                fresh = self.create_connection(origin)
-                self._connections.append(fresh)
-                pool_request.assign_to_connection(fresh)
-            elif available:  # full, with idle connections to other origins: make room
-                spare = available.pop(0)
-                self._connections.remove(spare)
-                closing.append(spare)
-                fresh = self.create_connection(origin)
-                self._connections.append(fresh)
-                pool_request.assign_to_connection(fresh)
-            else:
-                break  # nothing to give: the rest wait for a connection to free up
         return closing

@@ -150,3 +150,15 @@ def _prompt():
     from engine.prompts import PromptSet
 
     return PromptSet(0, 4, 8, 0).prompt(0)
+
+
+async def test_between_tidyings_an_expired_idle_connection_is_closed_not_handed_out():
+    pool = Pool([Connection(A)], max_connections=None)
+    pool.queue()
+    pool._assign_requests_to_connections()  # tidied now: the next walk is 0.1 s away
+    server_closed, fresh_idle = Connection(A, expired=True), Connection(A)
+    pool._connections[:] = [server_closed, fresh_idle]
+    waiting = pool.queue()
+    assert pool._assign_requests_to_connections() == [server_closed]
+    assert waiting.connection is fresh_idle
+    assert pool._connections == [fresh_idle]
