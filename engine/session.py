@@ -13,6 +13,7 @@ one ordered stream. Samples that arrive after the session ended are dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from collections.abc import Callable, Sequence
@@ -363,34 +364,39 @@ class Session:
         server, refused = None, False
         end_ns: int | None = None
         try:
-            async for item in self.backend.stream(request):
-                if isinstance(item, RequestSent):  # the true send time, before any arrival
-                    sent_ns = item.t_ns - self._origin_ns
-                    self._health.sent(due_ns, sent_ns)
-                    lateness_noted = True
-                    continue
-                if isinstance(item, StreamEnd):
-                    # The stream is over now; winding it down (the connection back to the
-                    # pool) and the bookkeeping below wait for their turn, as sends do.
-                    end_ns = self.now_ns()
-                    await self._turnstile.turn()
-                    finish, server = item.finish_reason, item.server
-                    if item.arrival_tokens and len(item.arrival_tokens) == len(tokens):
-                        extra = sum(item.arrival_tokens) - sum(tokens)
-                        tokens = list(item.arrival_tokens)
-                        if extra > 0:  # the live count catches up with the server's
-                            self._tokens_received += extra
-                            self._emit(TokensArrived(self.now_ns(), 0, request_id, extra, False))
-                    continue
-                t_ns = item.t_ns - self._origin_ns
-                if not lateness_noted:  # a backend with no send stamp: it went out when asked
-                    self._health.sent(due_ns, sent_ns)
-                    lateness_noted = True
-                arrivals.append((t_ns - (due_ns if open_loop else sent_ns)) // 1000)
-                tokens.append(item.tokens)
-                thinking.append(item.reasoning)
-                self._tokens_received += item.tokens
-                self._emit(TokensArrived(t_ns, 0, request_id, item.tokens, len(arrivals) == 1))
+            async with contextlib.aclosing(self.backend.stream(request)) as stream:
+                async for item in stream:
+                    if isinstance(item, RequestSent):  # the true send time, before any arrival
+                        sent_ns = item.t_ns - self._origin_ns
+                        self._health.sent(due_ns, sent_ns)
+                        lateness_noted = True
+                        continue
+                    if isinstance(item, StreamEnd):
+                        end_ns = self.now_ns()
+                        finish, server = item.finish_reason, item.server
+                        if item.arrival_tokens and len(item.arrival_tokens) == len(tokens):
+                            extra = sum(item.arrival_tokens) - sum(tokens)
+                            tokens = list(item.arrival_tokens)
+                            if extra > 0:  # the live count catches up with the server's
+                                self._tokens_received += extra
+                                self._emit(TokensArrived(self.now_ns(), 0, request_id, extra,
+                                                         False))
+                        # The stream is over; winding it down (the connection back to the pool)
+                        # and the bookkeeping below wait for their turn, as sends do.
+                        try:
+                            await self._turnstile.turn()
+                        except asyncio.CancelledError:
+                            break  # the run ends now, but this request had ended: kept as it was
+                        continue
+                    t_ns = item.t_ns - self._origin_ns
+                    if not lateness_noted:  # a backend with no send stamp: it went out when asked
+                        self._health.sent(due_ns, sent_ns)
+                        lateness_noted = True
+                    arrivals.append((t_ns - (due_ns if open_loop else sent_ns)) // 1000)
+                    tokens.append(item.tokens)
+                    thinking.append(item.reasoning)
+                    self._tokens_received += item.tokens
+                    self._emit(TokensArrived(t_ns, 0, request_id, item.tokens, len(arrivals) == 1))
         except asyncio.CancelledError:
             finish = "cancelled"  # the run ended under it; recorded, then the task ends
         except BackendError as exc:

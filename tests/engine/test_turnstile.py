@@ -5,6 +5,7 @@ import asyncio
 import time
 
 from engine.backends.fake import FakeBackend
+from engine.events import RequestDone
 from engine.turnstile import Turnstile
 
 
@@ -83,3 +84,31 @@ async def test_a_wave_of_sends_goes_out_one_per_iteration(make_session):
     await run
     iterations.stop()
     assert iterations.longest_s < 0.02, f"the loop stood still {iterations.longest_s * 1e3:.0f} ms"
+
+
+class EndsNeverGetTheirTurn(Turnstile):
+    """Sends pass at once; a stream's end waits in line until the run is stopped."""
+
+    def __init__(self):
+        super().__init__()
+        self.ends_waiting = asyncio.Event()
+
+    async def turn(self):
+        task = asyncio.current_task()
+        if getattr(task, "sent", False):
+            self.ends_waiting.set()
+            await asyncio.Event().wait()
+        task.sent = True
+
+
+async def test_a_request_that_ended_in_line_when_the_run_stops_is_kept_as_it_ended(make_session):
+    session, events = make_session(FakeBackend(ttft_s=0.001, itl_s=0.001), concurrency=1,
+                                   output_tokens=3, warmup_requests=0)
+    session._turnstile = turnstile = EndsNeverGetTheirTurn()
+    run = asyncio.ensure_future(session.run())
+    await asyncio.wait_for(turnstile.ends_waiting.wait(), 5)
+    session.stop()
+    await asyncio.wait_for(run, 5)
+    [done] = events.of(RequestDone)
+    assert done.finish_reason == "length" and done.ok
+    assert len(done.arrivals_us) == 3
