@@ -22,6 +22,7 @@ Attribution:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -300,6 +301,14 @@ class SessionSummary:
                 out["slo"] = slo_report(parse_slo(str(config["slo"])), out)
             except SoaktopError as exc:  # a record with an SLO this soaktop cannot read
                 out["slo"] = {"slo": config["slo"], "error": str(exc)}
+
+
+def summarise(events: Iterable[Any]) -> SessionSummary:
+    """The summary of a whole stream of events (a record read back, a run's collected events)."""
+    summary = SessionSummary()
+    for event in events:
+        summary.add(event)
+    return summary
 
 
 def _figures(parts: list[tuple[_PhaseStats, int]]) -> dict[str, Any]:

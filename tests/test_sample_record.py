@@ -15,7 +15,7 @@ from engine.events import (
 )
 from engine.record import RecordReader
 from engine.replay import Replay, Timeline
-from engine.summary import SessionSummary
+from engine.summary import SessionSummary, summarise
 from tui.cli import build_parser
 from tui.record_commands import rerun_arguments
 
@@ -44,9 +44,7 @@ def test_the_sample_is_a_whole_record_of_a_real_run():
 
 def test_the_sample_summarises_replays_and_reruns():
     events = _events()
-    summary = SessionSummary()
-    for event in events:
-        summary.add(event)
+    summary = summarise(events)
     replayed = SessionSummary()
     timeline = Timeline(events)
     Replay(timeline, [replayed.add]).advance_to(timeline.end_ns)

@@ -28,7 +28,7 @@ from engine.live import LiveStats
 from engine.plans import parse_ramp, parse_slo, plan_for, run_with_plan
 from engine.record import default_path
 from engine.session import Session
-from engine.summary import SessionSummary
+from engine.summary import SessionSummary, summarise
 from engine.telemetry import build_sources
 from engine.telemetry.live import describe_status
 from tui import record_commands
@@ -491,7 +491,7 @@ def _replay_dashboard(args: argparse.Namespace) -> SessionSummary:
     if args.start is not None:
         feed.replay.seek(int(args.start * 1e9))
     _dashboard(feed, args)
-    return record_commands.summarise(events)  # the whole record's, wherever q was pressed
+    return summarise(events)  # the whole record's, wherever q was pressed
 
 
 def _detach(args: argparse.Namespace, argv: list[str]) -> None:

@@ -25,7 +25,7 @@ from engine.headless import status_line, summary_csv, summary_table, terminal_sa
 from engine.live import LiveStats
 from engine.record import RecordReader
 from engine.replay import Replay, Timeline
-from engine.summary import SessionSummary
+from engine.summary import SessionSummary, summarise
 from tui.replay_keys import key_control
 
 
@@ -43,13 +43,6 @@ def read_events(path: Path) -> list[Any]:
     for warning in reader.warnings:
         print(f"soaktop: warning: {path}: {warning}", file=sys.stderr)
     return events
-
-
-def summarise(events: list[Any]) -> SessionSummary:
-    summary = SessionSummary()
-    for event in events:
-        summary.add(event)
-    return summary
 
 
 def summary(args: argparse.Namespace) -> None:

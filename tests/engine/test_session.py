@@ -7,7 +7,7 @@ import pytest
 
 from engine.backends.fake import FakeBackend
 from engine.events import Phase, RequestDone, SessionEnd, SessionStart, TokensArrived
-from engine.summary import SessionSummary
+from engine.summary import summarise
 
 MS = 1_000_000
 
@@ -99,9 +99,7 @@ async def test_warmup_requests_are_counted_apart(make_session):
     session, events = make_session(concurrency=1, max_requests=5, warmup_requests=3,
                                    output_tokens=3)
     await session.run()
-    summary = SessionSummary()
-    for e in events:
-        summary.add(e)
+    summary = summarise(events)
     r = summary.result()
     assert r["requests_warmup"] == 3 and r["requests_ok"] == 5
     phases = events.of(Phase)

@@ -12,7 +12,7 @@ import pytest
 
 from engine.events import GpuSample, HostSample, SessionEnd, TelemetryStatus
 from engine.record import RecordReader
-from engine.summary import SessionSummary
+from engine.summary import summarise
 from engine.telemetry.host import HostSource
 from engine.telemetry.sampler import Sampler
 
@@ -183,13 +183,8 @@ async def test_session_records_telemetry_in_order_and_nothing_after_the_end(make
     reader = RecordReader(tmp_path / "run.jsonl")
     recorded = list(reader.events())
     assert [e for e in recorded if isinstance(e, GpuSample)] == samples
-    live, replayed = SessionSummary(), SessionSummary()
-    for e in events:
-        live.add(e)
-    for e in recorded:
-        replayed.add(e)
-    assert live.result() == replayed.result()
-    run = live.result()
+    run = summarise(events).result()
+    assert run == summarise(recorded).result()
     assert run["gpus"]["0"]["clock_event_fraction"] == {"sw_power_cap": 1.0}
     assert run["gpus"]["0"]["power_w"]["mean"] == pytest.approx(50 * 20, rel=0.15)
 

@@ -43,7 +43,7 @@ from engine.events import TYPE_TAGS, GpuSample, RequestDone, SessionEnd, Telemet
 from engine.loopback import Schedule, spawn, spawn_process
 from engine.record import RecordReader
 from engine.session import Session
-from engine.summary import SessionSummary
+from engine.summary import summarise
 from engine.telemetry.nvml import NvmlSource
 from tests.engine.fake_nvml import FakeNvml
 from tests.tui.test_cli import ENV, SOAKTOP
@@ -99,9 +99,7 @@ def lost_nothing(record: Path, live: dict[str, Any]) -> list[Any]:
     events = list(reader.events())
     assert reader.warnings == []
     assert isinstance(events[-1], SessionEnd)
-    summary = SessionSummary()
-    for event in events:
-        summary.add(event)
+    summary = summarise(events)
     assert json.loads(json.dumps(summary.result())) == live
     return events
 
@@ -352,9 +350,4 @@ async def test_drill_nvml_failing_mid_run(tmp_path, code, reason):
     recorded = list(reader.events())
     assert reader.warnings == []
     assert recorded == [e for e in events if type(e) in TYPE_TAGS]
-    live, replayed = SessionSummary(), SessionSummary()
-    for e in events:
-        live.add(e)
-    for e in recorded:
-        replayed.add(e)
-    assert live.result() == replayed.result()
+    assert summarise(events).result() == summarise(recorded).result()

@@ -17,7 +17,7 @@ from engine.events import Phase, SessionEnd, SessionStart
 from engine.loopback.process import spawn
 from engine.loopback.schedule import Schedule
 from engine.record import RecordReader
-from engine.summary import SessionSummary
+from engine.summary import summarise
 from tests.tui.test_cli import ENV, SOAKTOP, soaktop
 from tui.cli import build_parser
 from tui.record_commands import rerun_arguments
@@ -81,9 +81,7 @@ def test_replay_keeps_its_pace_and_starts_where_asked(recorded):
 def _measured_ok(record) -> int:
     if not record.exists() or record.stat().st_size == 0:
         return 0
-    summary = SessionSummary()
-    for event in RecordReader(record).events():
-        summary.add(event)
+    summary = summarise(RecordReader(record).events())
     return summary.result()["requests_ok"]
 
 
