@@ -8,6 +8,8 @@ its clock late. Three signs, each second:
   the loop took to run it: how long anything else (a chunk to read, a request to send) could
   have waited. p99 over the second: some 500 samples, so that the p99 is a percentile and not
   the second-largest of 100 (one collector pause or one burst decided a second at 10 ms).
+  What it costs, measured on an idle loop (each probe wakes it): 3.0% of a core for the loop's
+  thread at 2 ms, 1.2% at 10 ms; a busy loop is awake anyway and pays less.
   (A timer on the loop itself would not do: the loop sleeps in epoll, whose timeout has a
   resolution of 1 ms, so an idle loop's timers already run up to 1 ms late; measured here,
   p50 0.33 ms on an idle machine. A callback handed over from a thread wakes the loop at

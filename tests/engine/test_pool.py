@@ -13,6 +13,7 @@ from engine.backends.base import GenerationRequest
 from engine.backends.openai import OpenAIBackend
 from engine.backends.pool import LinearPool
 from engine.loopback import LoopbackServer, Schedule
+from engine.prompts import PromptSet
 
 A = httpcore.URL("http://a:1/").origin
 B = httpcore.URL("http://b:1/").origin
@@ -147,8 +148,6 @@ async def _drain(backend, request):
 
 
 def _prompt():
-    from engine.prompts import PromptSet
-
     return PromptSet(0, 4, 8, 0).prompt(0)
 
 
