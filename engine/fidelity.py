@@ -33,10 +33,11 @@ import numpy as np
 from engine.backends.http import Timeouts, request_uuid
 from engine.backends.openai import OpenAIBackend
 from engine.config import RunConfig
-from engine.events import ClientSample, Phase, RequestDone
+from engine.events import RequestDone
 from engine.loopback import Emission, Schedule, spawn
 from engine.session import Session
 from engine.stats import itl_gaps
+from engine.summary import SessionSummary
 
 QUANTILES = (50, 90, 99)
 
@@ -85,18 +86,12 @@ def compare(done: list[RequestDone], emissions: list[Emission], origin_ns: int, 
 async def _drive(url: str, concurrency: int, duration_s: float, tokens: int
                  ) -> tuple[list[RequestDone], int, str, float]:
     done: list[RequestDone] = []
-    bound = [0.0]
-    measured_from = [None]  # when the warm-up ended: the error is about what comes after
+    summary = SessionSummary()  # counts the client-bound seconds after warm-up, as run does
 
     def keep(event) -> None:
         if isinstance(event, RequestDone):
             done.append(event)
-        elif isinstance(event, Phase) and not event.warmup and measured_from[0] is None:
-            measured_from[0] = event.t_ns
-        elif (isinstance(event, ClientSample) and event.client_bound
-              and measured_from[0] is not None
-              and event.t_ns - event.interval_ns >= measured_from[0]):
-            bound[0] += event.interval_ns / 1e9  # a second wholly after the warm-up
+        summary.add(event)
 
     config = RunConfig(backend="openai", model="loopback", concurrency=concurrency,
                        duration_s=duration_s, warmup_requests=2 * concurrency,
@@ -105,7 +100,7 @@ async def _drive(url: str, concurrency: int, duration_s: float, tokens: int
     backend = OpenAIBackend(url, model="loopback", timeouts=Timeouts(first_token_s=30))
     session = Session(config, backend, listeners=(keep,))
     await session.run()
-    return done, session.origin_ns, backend.run_id, bound[0]
+    return done, session.origin_ns, backend.run_id, summary.result()["client_bound_s"]
 
 
 async def _emissions(url: str) -> list[Emission]:

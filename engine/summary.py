@@ -146,6 +146,7 @@ class SessionSummary:
         self._status: dict[tuple, TelemetryStatus] = {}
         self._drift = Drift()  # the soak verdict: the last minutes against the first
         self._client_bound_ns = 0  # measured time the client itself was the bottleneck
+        self._measured_from_ns: int | None = None  # when the warm-up ended
 
     def add(self, event: Any) -> None:
         if type(event) is TokensArrived:
@@ -161,6 +162,9 @@ class SessionSummary:
             self._add_request(event)
         elif isinstance(event, Phase):
             stats = _PhaseStats(event)
+            if not event.warmup and self._measured_from_ns is None:
+                # the warm-up ended here; a run without one is measured from its start
+                self._measured_from_ns = event.t_ns if self._order else 0
             self._phases[event.phase_id] = stats
             self._order.append(stats)
             self._starts = np.append(self._starts, event.t_ns)
@@ -173,7 +177,10 @@ class SessionSummary:
         elif isinstance(event, SessionEnd):
             self.end = event
         elif isinstance(event, ClientSample):
-            if event.client_bound and self._order and not self._order[-1].phase.warmup:
+            # a second counts when all of it was measured: the one the warm-up ended in
+            # holds the warm-up's start-of-run turbulence too
+            start = self._measured_from_ns
+            if event.client_bound and start is not None and event.t_ns - event.interval_ns >= start:
                 self._client_bound_ns += event.interval_ns
 
     def _add_request(self, done: RequestDone) -> None:

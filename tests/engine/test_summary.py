@@ -2,8 +2,8 @@
 
 import pytest
 
-from engine.events import Phase, RequestDone, SessionEnd
-from engine.summary import SessionSummary
+from engine.events import ClientSample, Phase, RequestDone, SessionEnd
+from engine.summary import SessionSummary, summarise
 
 MS = 1_000_000  # ns
 
@@ -133,3 +133,26 @@ def test_chunked_streams_keep_itl_token_weighted_beside_the_gaps_between_chunks(
     assert r["itl_ms"]["p99"] == pytest.approx(45.0, rel=0.002)
     assert r["output_length_attained"] == 0.5  # 6 of 6 asked for, then 4 of 6
     assert r["tpot_ms"]["p50"] == pytest.approx((36.0 + 30.0) / 2, rel=0.01)
+
+
+def test_client_bound_seconds_count_only_seconds_wholly_after_the_warm_up():
+    S = 1000 * MS
+
+    def second(end_s, bound):  # a one-second client sample ending at end_s
+        return ClientSample(end_s * S, 4, 100, S, loop_lag_p99_us=5000 if bound else 200,
+                            loop_cpu_percent=20.0)
+
+    summary = summarise([
+        phase(0, 0, warmup=True),
+        second(1, bound=True),  # warm-up: not counted
+        phase(1, int(1.5 * S), reason="warm-up done"),
+        second(2, bound=True),  # half warm-up: not counted
+        second(3, bound=True),
+        second(4, bound=False),
+        second(5, bound=True),
+        SessionEnd(5 * S, "completed"),
+    ])
+    assert summary.result()["client_bound_s"] == 2.0
+    # without a warm-up, the run is measured from its start: the first second counts
+    no_warmup = summarise([phase(0, 20_000), second(1, bound=True), second(2, bound=True)])
+    assert no_warmup.result()["client_bound_s"] == 2.0
