@@ -18,18 +18,17 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from soaktop.engine.backends import create
+from soaktop.engine.config import RunConfig
+from soaktop.engine.events import GpuSample, TelemetryStatus
+from soaktop.engine.metrics.summary import SessionSummary
+from soaktop.engine.session import Session
+from soaktop.engine.telemetry.derived import GpuWindow
+from soaktop.engine.telemetry.nvml import NvmlSource
+from soaktop.engine.telemetry.sampler import Sampler
+from soaktop.tui.text import telemetry_lines
 
-from engine.backends import create  # noqa: E402
-from engine.config import RunConfig  # noqa: E402
-from engine.events import GpuSample, TelemetryStatus  # noqa: E402
-from engine.headless import telemetry_lines  # noqa: E402
-from engine.session import Session  # noqa: E402
-from engine.summary import SessionSummary  # noqa: E402
-from engine.telemetry.derived import GpuWindow  # noqa: E402
-from engine.telemetry.nvml import NvmlSource  # noqa: E402
-from engine.telemetry.sampler import Sampler  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def idle_window(seconds: float, hz: float) -> list:

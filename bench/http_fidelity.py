@@ -2,10 +2,10 @@
 
 A loopback server in its own process emits tokens on a schedule and records when each chunk
 left; soaktop drives it at ``--concurrency`` and records when each arrived (see
-:mod:`engine.fidelity`). For each total rate this prints soaktop's error at p50/p90/p99 (its
-quantile minus the wire's, in ms), then the highest rate at which the p99 error stayed under
-1 ms. The closed loop's first two waves are warm-up and not compared (see engine/fidelity.py).
-Run it on a quiet machine: anything else on the cores is measured too.
+:mod:`soaktop.engine.metrics.fidelity`). For each total rate this prints soaktop's error at
+p50/p90/p99 (its quantile minus the wire's, in ms), then the highest rate at which the p99 error
+stayed under 1 ms. The closed loop's first two waves are warm-up and not compared (see
+engine/fidelity.py). Run it on a quiet machine: anything else on the cores is measured too.
 
     python bench/http_fidelity.py                       # 64 streams, 1,000 .. 8,000 tokens/s
     python bench/http_fidelity.py --rates 3000,6000 --duration 15
@@ -14,12 +14,8 @@ Run it on a quiet machine: anything else on the cores is measured too.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from engine.fidelity import measure, table, trusted_rate  # noqa: E402
+from soaktop.engine.metrics.fidelity import measure, table, trusted_rate
 
 
 def main() -> None:

@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from engine.backends import create  # noqa: E402
-from engine.config import RunConfig  # noqa: E402
-from engine.events import Phase  # noqa: E402
-from engine.session import Session  # noqa: E402
-from engine.summary import SessionSummary  # noqa: E402
+from soaktop.engine.backends import create
+from soaktop.engine.config import RunConfig
+from soaktop.engine.events import Phase
+from soaktop.engine.metrics.summary import SessionSummary
+from soaktop.engine.session import Session
 
 
 async def measure(args: argparse.Namespace) -> dict:

@@ -23,27 +23,25 @@ import argparse
 import asyncio
 import gzip
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from soaktop.engine.backends.http import Timeouts
+from soaktop.engine.backends.openai import OpenAIBackend
+from soaktop.engine.config import RunConfig
+from soaktop.engine.events import Phase, RequestDone, SessionEnd, SessionStart
+from soaktop.engine.loopback.process import spawn
+from soaktop.engine.loopback.schedule import Schedule
+from soaktop.engine.metrics.live import LiveStats
+from soaktop.engine.metrics.summary import SessionSummary
+from soaktop.engine.records.format import RecordReader, RecordWriter
+from soaktop.engine.records.replay import Replay, Timeline
+from soaktop.engine.session import Session
 
-from engine.backends.http import Timeouts  # noqa: E402
-from engine.backends.openai import OpenAIBackend  # noqa: E402
-from engine.config import RunConfig  # noqa: E402
-from engine.events import Phase, RequestDone, SessionEnd, SessionStart  # noqa: E402
-from engine.live import LiveStats  # noqa: E402
-from engine.loopback.process import spawn  # noqa: E402
-from engine.loopback.schedule import Schedule  # noqa: E402
-from engine.record import RecordReader, RecordWriter  # noqa: E402
-from engine.replay import Replay, Timeline  # noqa: E402
-from engine.session import Session  # noqa: E402
-from engine.summary import SessionSummary  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def real_record(path: Path, concurrency: int, seconds: float) -> tuple[int, list[RequestDone]]:

@@ -2,7 +2,7 @@
 less than 20 MB after warm-up over 10 minutes; nothing may grow per token without bound).
 
 How, in one run:
-- A loopback server in its own process (see :mod:`engine.loopback`) is paced so that
+- A loopback server in its own process (see :mod:`soaktop.engine.loopback`) is paced so that
   ``--concurrency`` (64) closed-loop streams of ``--output-tokens`` (128) come to
   ``--tokens-per-s`` (3,000) in total: each stream's ITL makes one request (TTFT, then a token
   per ITL) last ``concurrency * tokens / tokens_per_s`` seconds, with a few ms of jitter so the
@@ -54,13 +54,12 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from soaktop.engine.events import ClientSample, RequestDone, SessionStart
+from soaktop.engine.loopback.process import spawn
+from soaktop.engine.loopback.schedule import Schedule
+from soaktop.engine.records.format import RecordReader
 
-from engine.events import ClientSample, RequestDone, SessionStart  # noqa: E402
-from engine.loopback.process import spawn  # noqa: E402
-from engine.loopback.schedule import Schedule  # noqa: E402
-from engine.record import RecordReader  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TARGET_BYTES = 20e6  # issue 7: "less than 20 MB"
 MIB = 2**20
@@ -170,7 +169,7 @@ def pace(concurrency: int, tokens_per_s: float, output_tokens: int) -> Schedule:
 
 def command(url: str, concurrency: int, output_tokens: int, run_for_s: float, record: Path,
             status_every_s: float) -> list[str]:
-    return [sys.executable, "-m", "tui.cli", "run", "--headless", "--backend", "openai",
+    return [sys.executable, "-m", "soaktop.tui.cli", "run", "--headless", "--backend", "openai",
             "--url", url, "--model", "loopback", "--concurrency", str(concurrency),
             "--duration", f"{run_for_s:g}s", "--output-tokens", str(output_tokens),
             "--record", str(record), "--telemetry", "host",
@@ -179,7 +178,6 @@ def command(url: str, concurrency: int, output_tokens: int, run_for_s: float, re
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -30,13 +30,12 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from soaktop.engine.telemetry.host import HostSource
+from soaktop.engine.telemetry.nvml import NvmlSource
+from soaktop.engine.telemetry.prometheus import parse_metrics
+from soaktop.engine.telemetry.sampler import Sampler
 
-from engine.telemetry.host import HostSource  # noqa: E402
-from engine.telemetry.nvml import NvmlSource  # noqa: E402
-from engine.telemetry.prometheus import parse_metrics  # noqa: E402
-from engine.telemetry.sampler import Sampler  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def clock() -> int:

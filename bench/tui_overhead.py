@@ -2,7 +2,7 @@
 TUI may cost at most 25% of one core more than ``--headless``).
 
 Measured side by side in one run, against one loopback server process:
-- The loopback server (its own process, see :mod:`engine.loopback`) is paced so that
+- The loopback server (its own process, see :mod:`soaktop.engine.loopback`) is paced so that
   ``--concurrency`` closed-loop streams of ``--output-tokens`` tokens come to ``--tokens-per-s``
   in total: each stream's ITL is what makes one request (TTFT, then a token per ITL) last
   ``concurrency * tokens / tokens_per_s`` seconds, with a few ms of jitter so streams drift apart.
@@ -56,13 +56,12 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from soaktop.engine.events import ClientSample, SessionStart
+from soaktop.engine.loopback.process import spawn
+from soaktop.engine.loopback.schedule import Schedule
+from soaktop.engine.records.format import RecordReader
 
-from engine.events import ClientSample, SessionStart  # noqa: E402
-from engine.loopback.process import spawn  # noqa: E402
-from engine.loopback.schedule import Schedule  # noqa: E402
-from engine.record import RecordReader  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 ROWS, COLUMNS = 40, 120
 TTFT_MS = 20.0
@@ -183,7 +182,7 @@ class Measured:
 
 def command(args: argparse.Namespace, mode: str, url: str, record: Path) -> list[str]:
     run_for = args.warmup + args.seconds + 120  # it is stopped by a signal long before
-    cmd = [sys.executable, "-m", "tui.cli", "run", "--backend", "openai", "--url", url,
+    cmd = [sys.executable, "-m", "soaktop.tui.cli", "run", "--backend", "openai", "--url", url,
            "--model", "loopback", "--concurrency", str(args.concurrency),
            "--duration", f"{run_for:g}s", "--output-tokens", str(args.output_tokens),
            "--record", str(record), "--telemetry", "host"]
@@ -194,7 +193,6 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["TERM"] = "xterm-256color"
     env["COLUMNS"], env["LINES"] = str(COLUMNS), str(ROWS)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     for name in ("NO_COLOR", "TEXTUAL"):  # as a user's shell would have it, no dev tooling
         env.pop(name, None)
     return env
@@ -236,7 +234,7 @@ def stop(proc: subprocess.Popen, terminal: Terminal, mode: str) -> str:
 
 
 def summary_json(record: Path) -> dict:
-    cmd = [sys.executable, "-m", "tui.cli", "summary", str(record), "--json"]
+    cmd = [sys.executable, "-m", "soaktop.tui.cli", "summary", str(record), "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT,
                           env=child_env())
     if done.returncode != 0:
@@ -319,7 +317,7 @@ def server_process(url: str) -> psutil.Process:
     port = url.rsplit(":", 1)[-1].strip("/")
     for child in psutil.Process().children():
         try:
-            if "engine.loopback" in child.cmdline():
+            if "soaktop.engine.loopback" in child.cmdline():
                 return child
         except psutil.NoSuchProcess:
             continue

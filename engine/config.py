@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from engine.errors import ConfigError
+from soaktop.engine.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -92,7 +92,7 @@ class RunConfig:
     slo: str | None = None
     phase_s: float = 120.0  # one step of a ramp or an SLO search
     #: Words every prompt starts with (a system prompt's worth); 0: none, every prompt unique
-    #: from its first word (engine.prompts).
+    #: from its first word (soaktop.engine.load.prompts).
     shared_prefix: int = 0
     #: Open loop (``--rate``): requests a second, instead of a concurrency kept in flight.
     rate: float | None = None

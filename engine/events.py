@@ -110,7 +110,7 @@ class GpuSample:
     a difference of two samples: measured, not integrated from power readings.
     ``clock_event_counters_ns`` holds the driver's cumulative time (ns) spent under each
     clock-event reason where it keeps such counters; ``clock_event_reasons`` the reasons active
-    at this moment, decoded into names (see :mod:`engine.telemetry.reasons`).
+    at this moment, decoded into names (see :mod:`soaktop.engine.telemetry.reasons`).
     ``process_memory_bytes`` is the GPU memory of the watched process(es), where known.
     """
 
@@ -206,8 +206,8 @@ class ClientSample:
     what a reader of a record still being written (``soaktop attach``) cannot derive from
     finished requests alone: a request's tokens reach the record only when it ends.
     ``loop_lag_p99_us``, ``cpu_percent`` and ``send_lateness_p99_us`` are soaktop's own health
-    (see :mod:`engine.client_health`), to flag seconds where the client was the bottleneck;
-    ``None`` where not measured.
+    (see :mod:`soaktop.engine.metrics.client_health`), to flag seconds where the client was the
+    bottleneck; ``None`` where not measured.
     """
 
     t_ns: int
@@ -222,7 +222,7 @@ class ClientSample:
     @property
     def client_bound(self) -> bool:
         """The client was the bottleneck this second: its latencies are upper bounds."""
-        from engine.client_health import is_client_bound
+        from soaktop.engine.metrics.client_health import is_client_bound
 
         return is_client_bound(self.loop_lag_p99_us, self.loop_cpu_percent)
 

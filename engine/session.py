@@ -21,12 +21,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from engine import environment
-from engine.backends.base import Backend, GenerationRequest, RequestSent, StreamEnd
-from engine.client_health import ClientHealth
-from engine.config import RunConfig
-from engine.errors import BackendError, ConfigError
-from engine.events import (
+from soaktop.engine.backends.base import Backend, GenerationRequest, RequestSent, StreamEnd
+from soaktop.engine.config import RunConfig
+from soaktop.engine.errors import BackendError, ConfigError
+from soaktop.engine.events import (
     SCHEMA_VERSION,
     ClientSample,
     Mark,
@@ -36,11 +34,13 @@ from engine.events import (
     SessionStart,
     TokensArrived,
 )
-from engine.load import ClosedLoop, OpenLoop
-from engine.prompts import PromptSet
-from engine.record import RecordWriter
-from engine.telemetry import Sampler, Source, build_sources
-from engine.turnstile import Turnstile
+from soaktop.engine.load.loops import ClosedLoop, OpenLoop
+from soaktop.engine.load.prompts import PromptSet
+from soaktop.engine.load.turnstile import Turnstile
+from soaktop.engine.metrics.client_health import ClientHealth
+from soaktop.engine.records import environment
+from soaktop.engine.records.format import RecordWriter
+from soaktop.engine.telemetry import Sampler, Source, build_sources
 
 Listener = Callable[[Any], None]
 
@@ -133,7 +133,8 @@ class Session:
 
     async def _client_samples(self, every_ns: int = 10**9) -> None:
         """A :class:`ClientSample` each second, on the second of the session clock: what the
-        client saw (in flight, tokens) and how healthy it was (engine.client_health)."""
+        client saw (in flight, tokens) and how healthy it was
+        (soaktop.engine.metrics.client_health)."""
         last_t, last_tokens = 0, 0
         tick = every_ns
         probe = asyncio.ensure_future(self._health.probe())

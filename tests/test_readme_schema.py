@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from engine import environment
-from engine.backends.ollama import OllamaBackend
-from engine.backends.openai import OpenAIBackend
-from engine.config import RunConfig
-from engine.events import TYPE_TAGS, RequestDone, TokensArrived
-from engine.record import encode
+from soaktop.engine.backends.ollama import OllamaBackend
+from soaktop.engine.backends.openai import OpenAIBackend
+from soaktop.engine.config import RunConfig
+from soaktop.engine.events import TYPE_TAGS, RequestDone, TokensArrived
+from soaktop.engine.records import environment
+from soaktop.engine.records.format import encode
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
-#: Event fields the record writes under another name (see engine.record.encode).
+#: Event fields the record writes under another name (see soaktop.engine.records.format.encode).
 RECORD_NAMES = {"arrivals_us": "arrivals_dus"}
 
 
@@ -107,7 +107,7 @@ def test_the_environment_table_lists_exactly_the_keys_collect_returns():
 
 
 def test_the_backend_paragraph_names_every_key_of_each_backend_description():
-    from engine.backends.local import LocalBackend  # torch: imported only here
+    from soaktop.engine.backends.local import LocalBackend  # torch: imported only here
 
     text = _paragraph("`backend` is")
     described = {

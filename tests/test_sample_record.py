@@ -3,8 +3,8 @@ every command that reads records (a schema change that breaks old records fails 
 
 from pathlib import Path
 
-from engine.config import RunConfig
-from engine.events import (
+from soaktop.engine.config import RunConfig
+from soaktop.engine.events import (
     SCHEMA_VERSION,
     ClientSample,
     HostSample,
@@ -13,11 +13,11 @@ from engine.events import (
     SessionStart,
     TelemetryStatus,
 )
-from engine.record import RecordReader
-from engine.replay import Replay, Timeline
-from engine.summary import SessionSummary, summarise
-from tui.cli import build_parser
-from tui.record_commands import rerun_arguments
+from soaktop.engine.metrics.summary import SessionSummary, summarise
+from soaktop.engine.records.format import RecordReader
+from soaktop.engine.records.replay import Replay, Timeline
+from soaktop.tui.cli import build_parser
+from soaktop.tui.record_commands import rerun_arguments
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sessions" / "sample.jsonl"
 

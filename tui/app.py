@@ -17,11 +17,11 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from engine.errors import SoaktopError
-from themes import STYLESHEET, THEMES, default_theme, next_theme
-from tui.feeds import Feed, LiveFeed, ReplayFeed
-from tui.screens.dashboard import AttachScreen, DashboardScreen, LiveScreen, ReplayScreen
-from tui.screens.modals import ConfirmQuit, HelpScreen, ModelPicker
+from soaktop.engine.errors import SoaktopError
+from soaktop.themes import STYLESHEET, THEMES, default_theme, next_theme
+from soaktop.tui.feeds import Feed, LiveFeed, ReplayFeed
+from soaktop.tui.screens.dashboard import AttachScreen, DashboardScreen, LiveScreen, ReplayScreen
+from soaktop.tui.screens.modals import ConfirmQuit, HelpScreen, ModelPicker
 
 HELP = """soaktop: top for LLM inference soak tests
 

@@ -17,22 +17,22 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from engine import __version__, backends
-from engine.backends.http import Timeouts, strip_credentials
-from engine.backends.ollama import DEFAULT_URL as OLLAMA_URL
-from engine.config import RunConfig, parse_duration, parse_telemetry
-from engine.errors import SoaktopError
-from engine.events import TelemetryStatus
-from engine.headless import status_line, terminal_safe
-from engine.live import LiveStats
-from engine.plans import parse_ramp, parse_slo, plan_for, run_with_plan
-from engine.record import default_path
-from engine.session import Session
-from engine.summary import SessionSummary, summarise
-from engine.telemetry import build_sources
-from engine.telemetry.live import describe_status
-from tui import record_commands
-from tui.record_commands import print_summary
+from soaktop.engine import __version__, backends
+from soaktop.engine.backends.http import Timeouts, strip_credentials
+from soaktop.engine.backends.ollama import DEFAULT_URL as OLLAMA_URL
+from soaktop.engine.config import RunConfig, parse_duration, parse_telemetry
+from soaktop.engine.errors import SoaktopError
+from soaktop.engine.events import TelemetryStatus
+from soaktop.engine.load.plans import parse_ramp, parse_slo, plan_for, run_with_plan
+from soaktop.engine.metrics.live import LiveStats
+from soaktop.engine.metrics.summary import SessionSummary, summarise
+from soaktop.engine.records.format import default_path
+from soaktop.engine.session import Session
+from soaktop.engine.telemetry import build_sources
+from soaktop.engine.telemetry.live import describe_status
+from soaktop.tui import record_commands
+from soaktop.tui.record_commands import print_summary
+from soaktop.tui.text import status_line, terminal_safe
 
 DEFAULT_SESSIONS_DIR = Path("sessions")
 THEME_NAMES = ("dark", "light", "high-contrast", "monochrome")  # themes/; no Textual import
@@ -433,7 +433,7 @@ def _exporter(args: argparse.Namespace):
     """The Prometheus exporter ``--prometheus-port`` asks for, serving; or None."""
     if args.prometheus_port is None:
         return None
-    from engine.exporter import PrometheusExporter
+    from soaktop.engine.metrics.exporter import PrometheusExporter
 
     exporter = PrometheusExporter()
     exporter.serve(args.prometheus_port)
@@ -448,7 +448,7 @@ def _use_dashboard(args: argparse.Namespace) -> bool:
 
 def _dashboard(feed, args: argparse.Namespace, models=None):
     """Run ``feed`` on the dashboard until quit; Textual is imported only here."""
-    from tui.app import SoaktopApp
+    from soaktop.tui.app import SoaktopApp
 
     app = SoaktopApp(feed, fps=args.fps, theme=args.theme, models=models)
     app.run()
@@ -458,7 +458,7 @@ def _dashboard(feed, args: argparse.Namespace, models=None):
 
 
 def _run_dashboard(args: argparse.Namespace) -> SessionSummary:
-    from tui.feeds import LiveFeed
+    from soaktop.tui.feeds import LiveFeed
 
     exporter = _exporter(args)
     extra = (exporter.add,) if exporter is not None else ()
@@ -484,7 +484,7 @@ def _run_dashboard(args: argparse.Namespace) -> SessionSummary:
 
 
 def _replay_dashboard(args: argparse.Namespace) -> SessionSummary:
-    from tui.feeds import ReplayFeed
+    from soaktop.tui.feeds import ReplayFeed
 
     events = record_commands.read_events(args.path)
     feed = ReplayFeed(events, speed=min(args.speed, 1000.0), path=args.path)
@@ -510,7 +510,7 @@ def _detach(args: argparse.Namespace, argv: list[str]) -> None:
         raise SoaktopError(f"record {path} already exists; choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
     log = Path(f"{path}.log")
-    child = [sys.executable, "-m", "tui.cli", *[a for a in argv if a != "--detach"],
+    child = [sys.executable, "-m", "soaktop.tui.cli", *[a for a in argv if a != "--detach"],
              "--headless", "--record", str(path)]
     with open(log, "ab") as out:
         proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -554,7 +554,7 @@ def _stop(args: argparse.Namespace) -> None:
 def _calibrate(args: argparse.Namespace) -> None:
     """soaktop against a loopback server that records when each chunk left: its error at
     p50/p90/p99, rate by rate, then the highest rate it can be trusted to within 1 ms."""
-    from engine import fidelity
+    from soaktop.engine.metrics import fidelity
 
     try:
         rates = [float(r) for r in args.rates.split(",") if r.strip()]
@@ -615,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "replay":
             print_summary(record_commands.replay(args), args.json)
         elif args.command == "attach" and _use_dashboard(args):
-            from tui.feeds import AttachFeed
+            from soaktop.tui.feeds import AttachFeed
 
             print_summary(_dashboard(AttachFeed(args.path), args).summary.result(), False)
         elif args.command == "attach":

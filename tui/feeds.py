@@ -14,14 +14,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from engine.events import ClientSample, RequestDone, SessionStart, TokensArrived
-from engine.history import History
-from engine.live import LiveSnapshot, LiveStats
-from engine.plans import plan_for, run_with_plan
-from engine.record import RecordReader
-from engine.replay import Replay, Timeline
-from engine.session import Session
-from engine.summary import SessionSummary
+from soaktop.engine.events import ClientSample, RequestDone, SessionStart, TokensArrived
+from soaktop.engine.load.plans import plan_for, run_with_plan
+from soaktop.engine.metrics.history import History
+from soaktop.engine.metrics.live import LiveSnapshot, LiveStats
+from soaktop.engine.metrics.summary import SessionSummary
+from soaktop.engine.records.format import RecordReader
+from soaktop.engine.records.replay import Replay, Timeline
+from soaktop.engine.session import Session
 
 CATCH_UP_S = 5  # a screen that stalled longer leaves the older seconds empty, not invented
 

@@ -1,9 +1,10 @@
 """The commands that read records: summary, replay, attach, compare and rerun.
 
-Each reads a record with :class:`~engine.record.RecordReader` and feeds the same statistics
-a live run feeds (:class:`~engine.summary.SessionSummary`, :class:`~engine.live.LiveStats`),
-so a replayed or followed run shows the numbers and status lines the live one showed.
-Unusable lines are warnings on stderr, one line each; the rest of the record is still used.
+Each reads a record with :class:`~soaktop.engine.records.format.RecordReader` and feeds the same
+statistics a live run feeds (:class:`~soaktop.engine.metrics.summary.SessionSummary`,
+:class:`~soaktop.engine.metrics.live.LiveStats`), so a replayed or followed run shows the numbers
+and status lines the live one showed. Unusable lines are warnings on stderr, one line each; the rest
+of the record is still used.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from engine import backends
-from engine.errors import SoaktopError
-from engine.events import Phase, SessionEnd, SessionStart
-from engine.headless import status_line, summary_csv, summary_table, terminal_safe
-from engine.live import LiveStats
-from engine.record import RecordReader
-from engine.replay import Replay, Timeline
-from engine.summary import SessionSummary, summarise
-from tui.replay_keys import key_control
+from soaktop.engine import backends
+from soaktop.engine.errors import SoaktopError
+from soaktop.engine.events import Phase, SessionEnd, SessionStart
+from soaktop.engine.metrics.live import LiveStats
+from soaktop.engine.metrics.summary import SessionSummary, summarise
+from soaktop.engine.records.format import RecordReader
+from soaktop.engine.records.replay import Replay, Timeline
+from soaktop.tui.replay_keys import key_control
+from soaktop.tui.text import status_line, summary_csv, summary_table, terminal_safe
 
 
 def print_summary(result: dict[str, Any], as_json: bool) -> None:
@@ -204,7 +205,7 @@ def rerun_arguments(events: list[Any]) -> tuple[list[str], list[tuple[int, int, 
 def rerun(args: argparse.Namespace, parser: argparse.ArgumentParser,
           run: Callable[[argparse.Namespace], Awaitable[SessionSummary]]) -> None:
     """Runs the recorded workload with ``run`` (the `run` command's own code) and compares."""
-    from engine.compare import compare, differences
+    from soaktop.engine.metrics.compare import compare, differences
 
     events = read_events(args.path)
     argv, schedule = rerun_arguments(events)
@@ -247,7 +248,7 @@ def print_comparison(a_name: str, b_name: str, rows: list, diffs: list[str],
 
 
 def compare_records(args: argparse.Namespace) -> None:
-    from engine.compare import compare, differences
+    from soaktop.engine.metrics.compare import compare, differences
 
     a, b = summarise(read_events(args.a)), summarise(read_events(args.b))
     print_comparison(str(args.a), str(args.b), compare(a, b), differences(a, b), args.json)

@@ -16,7 +16,7 @@ import termios
 import tty
 from collections.abc import Callable, Iterator
 
-from engine.replay import Replay
+from soaktop.engine.records.replay import Replay
 
 SEEK_NS = 10 * 10**9
 HELP = ("keys: space pause/resume, left/right 10 s back/on, n/p next/previous phase or mark, "

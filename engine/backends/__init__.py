@@ -1,8 +1,8 @@
 """Backends, created by kind from one registry.
 
 Each backend module registers its class under its ``kind``; :func:`create` imports the module
-only when that kind is asked for, so ``import engine`` does not pay for torch unless the local
-engine is used.
+only when that kind is asked for, so ``import soaktop.engine`` does not pay for torch unless the
+local engine is used.
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from engine.backends.base import Arrival, Backend, GenerationRequest, Prompt, StreamEnd
-from engine.errors import ConfigError
+from soaktop.engine.backends.base import Arrival, Backend, GenerationRequest, Prompt, StreamEnd
+from soaktop.engine.errors import ConfigError
 
 # kind -> "module:Class", imported lazily.
 _REGISTRY: dict[str, str] = {
-    "local": "engine.backends.local:LocalBackend",
-    "openai": "engine.backends.openai:OpenAIBackend",
-    "ollama": "engine.backends.ollama:OllamaBackend",
-    "fake": "engine.backends.fake:FakeBackend",
+    "local": "soaktop.engine.backends.local:LocalBackend",
+    "openai": "soaktop.engine.backends.openai:OpenAIBackend",
+    "ollama": "soaktop.engine.backends.ollama:OllamaBackend",
+    "fake": "soaktop.engine.backends.fake:FakeBackend",
 }
 
 #: Kinds a user may pick on the command line ("fake" is for tests and dry runs of the UI).

@@ -4,7 +4,8 @@ A backend turns a :class:`GenerationRequest` into a stream of :class:`Arrival` s
 content reached the client, each stamped with ``time.perf_counter_ns()`` where the backend
 observed it (after device synchronisation for the local engine, when bytes were parsed for
 HTTP). A backend knows nothing of load, statistics, records or the UI; failures are raised as
-:class:`engine.errors.BackendError` with an ``error_class`` and the load controller counts them.
+:class:`soaktop.engine.errors.BackendError` with an ``error_class`` and the load controller counts
+them.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class StreamEnd:
 
 
 class Backend(abc.ABC):
-    """A source of generated tokens. Created by kind through :func:`engine.backends.create`."""
+    """A source of generated tokens. Created by kind through
+    :func:`soaktop.engine.backends.create`."""
 
     kind: ClassVar[str]
 

@@ -13,8 +13,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-from engine.backends.base import Arrival, Backend, GenerationRequest, StreamEnd
-from engine.errors import BackendError
+from soaktop.engine.backends.base import Arrival, Backend, GenerationRequest, StreamEnd
+from soaktop.engine.errors import BackendError
 
 
 class FakeBackend(Backend):

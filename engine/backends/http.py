@@ -2,8 +2,8 @@
 
 Token times are taken when the bytes that carry them arrive: on Linux over ``http://`` each
 read is a ``recvmsg`` that carries the kernel's receive time (``SO_TIMESTAMPNS``, see
-:mod:`engine.backends.stamping`); elsewhere the read is stamped as it returns. Every line (and
-so every token) completed by those bytes gets that time. Parsing happens after the stamp,
+:mod:`soaktop.engine.backends.stamping`); elsewhere the read is stamped as it returns. Every line
+(and so every token) completed by those bytes gets that time. Parsing happens after the stamp,
 so its cost never shifts a timestamp, only the moment the next read starts.
 
 Lines are split on raw bytes and decoded as strict UTF-8, then handed to httpx-sse's
@@ -33,8 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from httpx_sse._decoders import SSEDecoder  # see the module docstring for why not aiter_sse
 
-from engine.backends.stamping import StampingTransport, arrival_ns
-from engine.errors import BackendError, BackendUnavailable
+from soaktop.engine.backends.stamping import StampingTransport, arrival_ns
+from soaktop.engine.errors import BackendError, BackendUnavailable
 
 _SSE_FIELDS = ("data", "event", "id", "retry")
 BODY_EXCERPT = 200
@@ -70,7 +70,7 @@ def make_client(
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     if transport is None and base_url.startswith("http://"):
-        transport = StampingTransport(limits)  # see engine.backends.stamping for why
+        transport = StampingTransport(limits)  # see soaktop.engine.backends.stamping for why
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
         headers=headers,
@@ -316,7 +316,7 @@ async def probe(client: httpx.AsyncClient, path: str) -> httpx.Response:
 
     Any HTTP answer, even an error status, proves a server is there; only a transport failure
     stops the run before it starts. The answer is returned: its headers and body say what
-    the server is (see :mod:`engine.backends.identity`).
+    the server is (see :mod:`soaktop.engine.backends.identity`).
     """
     return await _get(client, path)
 

@@ -1,10 +1,10 @@
 """The shared body of the HTTP backends: connection, probe, model list and the stream loop.
 
-:mod:`engine.backends.openai` and :mod:`engine.backends.ollama` differ only in their wire
-format (path, request body, how a response is read, how the model list looks); everything
+:mod:`soaktop.engine.backends.openai` and :mod:`soaktop.engine.backends.ollama` differ only in their
+wire format (path, request body, how a response is read, how the model list looks); everything
 else, the send stamp, the connect back-off, the timeout watchdog and the error mapping, is
 here once, and so is asking the server what it is (:meth:`HttpBackend.describe`). The plumbing
-it uses lives in :mod:`engine.backends.http` and :mod:`engine.backends.identity`.
+it uses lives in :mod:`soaktop.engine.backends.http` and :mod:`soaktop.engine.backends.identity`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from engine.backends import identity
-from engine.backends.base import Arrival, Backend, GenerationRequest, RequestSent, StreamEnd
-from engine.backends.http import (
+from soaktop.engine.backends import identity
+from soaktop.engine.backends.base import Arrival, Backend, GenerationRequest, RequestSent, StreamEnd
+from soaktop.engine.backends.http import (
     ConnectBackoff,
     SendClock,
     Timeouts,
@@ -31,9 +31,9 @@ from engine.backends.http import (
     strip_credentials,
     transport_error,
 )
-from engine.backends.stamping import sent_ns
-from engine.config import check_url
-from engine.errors import BackendUnavailable, ConfigError
+from soaktop.engine.backends.stamping import sent_ns
+from soaktop.engine.config import check_url
+from soaktop.engine.errors import BackendUnavailable, ConfigError
 
 
 class HttpBackend(Backend):
@@ -119,7 +119,7 @@ class HttpBackend(Backend):
         """What the server says about itself: the probe's ``Server`` header and model list,
         and the answers to :meth:`_identity_calls`, asked all at once so that start-up waits
         one round trip, for at most ``min(connect timeout, identity.TIMEOUT_S)``. Never
-        raises: what fails to answer is left out (see :mod:`engine.backends.identity`).
+        raises: what fails to answer is left out (see :mod:`soaktop.engine.backends.identity`).
 
         The model is the one named, or else the only one the server lists: with several and
         none named, which one the run will use is not known here.

@@ -14,12 +14,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from engine.backends.base import Arrival, Backend, GenerationRequest, StreamEnd
-from engine.errors import ConfigError, DeviceError
-from engine.local.batcher import ContinuousBatcher, StepOutput, is_out_of_memory
-from engine.local.model import Transformer, build_model, default_dtype
-from engine.local.presets import PRESETS, ModelConfig, param_count, preset
-from engine.prompts import word
+from soaktop.engine.backends.base import Arrival, Backend, GenerationRequest, StreamEnd
+from soaktop.engine.errors import ConfigError, DeviceError
+from soaktop.engine.load.prompts import word
+from soaktop.engine.local.batcher import ContinuousBatcher, StepOutput, is_out_of_memory
+from soaktop.engine.local.model import Transformer, build_model, default_dtype
+from soaktop.engine.local.presets import PRESETS, ModelConfig, param_count, preset
 
 
 def resolve_device(device: str) -> torch.device:

@@ -18,11 +18,11 @@ from typing import Any, ClassVar
 
 import httpx
 
-from engine.backends import identity
-from engine.backends.base import Arrival, GenerationRequest, StreamEnd
-from engine.backends.http import Watchdog, parse_json, stamped_lines
-from engine.backends.http_backend import HttpBackend
-from engine.errors import BackendError
+from soaktop.engine.backends import identity
+from soaktop.engine.backends.base import Arrival, GenerationRequest, StreamEnd
+from soaktop.engine.backends.http import Watchdog, parse_json, stamped_lines
+from soaktop.engine.backends.http_backend import HttpBackend
+from soaktop.engine.errors import BackendError
 
 DEFAULT_URL = "http://127.0.0.1:11434"
 SERVER_FIELDS = ("eval_count", "eval_duration", "prompt_eval_count", "prompt_eval_duration",

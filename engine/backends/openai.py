@@ -4,8 +4,8 @@ Token truth: an arrival is a chunk whose delta carries text (``content``, or ``r
 / ``reasoning`` for reasoning models); an empty role chunk, a keep-alive comment, a usage-only
 chunk and ``[DONE]`` are not tokens, so a server that sends an empty role chunk first cannot
 shrink TTFT to zero. When the final ``usage`` says more tokens were generated than chunks
-arrived, the tokens are shared among the chunks (see :func:`~engine.backends.http.share_tokens`)
-and each arrival records how many it carried.
+arrived, the tokens are shared among the chunks (see
+:func:`~soaktop.engine.backends.http.share_tokens`) and each arrival records how many it carried.
 
 ``stream_options.include_usage`` is asked for; a server that answers 400/422 to it is asked
 again without it, once, and never again in this run.
@@ -22,16 +22,16 @@ from typing import Any, ClassVar
 
 import httpx
 
-from engine.backends import identity
-from engine.backends.base import Arrival, GenerationRequest, StreamEnd
-from engine.backends.http import (
+from soaktop.engine.backends import identity
+from soaktop.engine.backends.base import Arrival, GenerationRequest, StreamEnd
+from soaktop.engine.backends.http import (
     Watchdog,
     parse_json,
     share_tokens,
     sse_events,
 )
-from engine.backends.http_backend import HttpBackend
-from engine.errors import BackendError
+from soaktop.engine.backends.http_backend import HttpBackend
+from soaktop.engine.errors import BackendError
 
 
 class OpenAIBackend(HttpBackend):

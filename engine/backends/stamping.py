@@ -27,7 +27,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from engine.backends.pool import LinearPool
+from soaktop.engine.backends.pool import LinearPool
 
 SO_TIMESTAMPNS = 35  # Linux (asm-generic/socket.h); SCM_TIMESTAMPNS has the same value
 _TIMESPEC = struct.Struct("@qq")
@@ -213,7 +213,7 @@ class StampingTransport(httpx.AsyncHTTPTransport):
     """httpx's transport with its connection pool on :class:`StampingBackend`.
 
     httpx does not take a network backend, so the pool it built is replaced by one on ours
-    (httpcore's, with a linear bookkeeping pass: :mod:`engine.backends.pool`); the rest
+    (httpcore's, with a linear bookkeeping pass: :mod:`soaktop.engine.backends.pool`); the rest
     (request and response mapping, errors) stays httpx's.
     """
 

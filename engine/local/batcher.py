@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.errors import BackendError, EngineCrashed, OutOfMemory
-from engine.local.model import Transformer
+from soaktop.engine.errors import BackendError, EngineCrashed, OutOfMemory
+from soaktop.engine.local.model import Transformer
 
 _log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from engine.local.presets import ModelConfig
+from soaktop.engine.local.presets import ModelConfig
 
 INIT_STD = 0.02
 

@@ -1,8 +1,8 @@
 """Model shapes the embedded engine can build, by name.
 
-The weights are random (see :mod:`engine.local.model`): what a soak test needs from the local
-engine is the *cost* of a real model, which depends only on its shape, not on what it says. So a
-preset is just a shape. This module does not import torch, so the CLI can list presets and
+The weights are random (see :mod:`soaktop.engine.local.model`): what a soak test needs from the
+local engine is the *cost* of a real model, which depends only on its shape, not on what it says. So
+a preset is just a shape. This module does not import torch, so the CLI can list presets and
 validate ``--model`` without paying for it.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from engine.errors import ConfigError
+from soaktop.engine.errors import ConfigError
 
 Arch = Literal["gpt2", "llama"]
 
@@ -53,7 +53,7 @@ class ModelConfig:
 
 
 def param_count(config: ModelConfig) -> int:
-    """Number of parameters of the model :func:`engine.local.model.build_model` makes.
+    """Number of parameters of the model :func:`soaktop.engine.local.model.build_model` makes.
 
     Counted from the shape alone (no torch), so ``describe()`` and the CLI can state a preset's
     size before building it; a test checks it against the built model.

@@ -43,15 +43,16 @@ streaming ones. In-process::
 
 As a process (what timing tests use, so client and server do not share a GIL)::
 
-    python -m engine.loopback --port 0 --ttft-ms 50 --itl-ms 20 [--fault reset --fault-every 5]
+    python -m soaktop.engine.loopback --port 0 --ttft-ms 50 --itl-ms 20 [--fault reset --fault-every
+    5]
 
 or ``with spawn(Schedule(...)) as url: ...`` (``spawn_process`` when the test needs the process,
 to kill it; ``port=`` to start one again where a killed one listened).
 """
 
-from engine.loopback.process import READY, LoopbackProcess, spawn, spawn_process
-from engine.loopback.schedule import FAULTS, Emission, Schedule
-from engine.loopback.server import LoopbackServer
+from soaktop.engine.loopback.process import READY, LoopbackProcess, spawn, spawn_process
+from soaktop.engine.loopback.schedule import FAULTS, Emission, Schedule
+from soaktop.engine.loopback.server import LoopbackServer
 
 __all__ = [
     "FAULTS", "READY", "Emission", "LoopbackProcess", "LoopbackServer", "Schedule", "spawn",

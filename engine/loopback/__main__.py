@@ -1,7 +1,7 @@
-"""``python -m engine.loopback``: see :mod:`engine.loopback.process`."""
+"""``python -m soaktop.engine.loopback``: see :mod:`soaktop.engine.loopback.process`."""
 
 import sys
 
-from engine.loopback.process import main
+from soaktop.engine.loopback.process import main
 
 sys.exit(main())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import select
 import signal
 import subprocess
@@ -21,21 +20,19 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
-from engine.errors import SoaktopError
-from engine.loopback.schedule import FAULTS, Schedule
-from engine.loopback.server import LoopbackServer
+from soaktop.engine.errors import SoaktopError
+from soaktop.engine.loopback.schedule import FAULTS, Schedule
+from soaktop.engine.loopback.server import LoopbackServer
 
 READY = "soaktop-loopback listening on "
 # The directory that holds the ``engine`` package, so the child can import it from a checkout.
-_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _parser() -> argparse.ArgumentParser:
     default = Schedule()
     parser = argparse.ArgumentParser(
-        prog="python -m engine.loopback",
+        prog="python -m soaktop.engine.loopback",
         description="An OpenAI-compatible and Ollama server that emits tokens on a schedule.",
     )
     parser.add_argument("--host", default="127.0.0.1")
@@ -133,18 +130,15 @@ def spawn_process(
     """Run a loopback server in a child process for the ``with`` block.
 
     ``port``: the port to listen on; 0 (the default) lets the system pick a free one (then
-    read it from the result). Raises :class:`~engine.errors.SoaktopError` with the child's last
-    words if it does not say it is ready within ``timeout_s`` (a port in use, for one). On
+    read it from the result). Raises :class:`~soaktop.engine.errors.SoaktopError` with the child's
+    last words if it does not say it is ready within ``timeout_s`` (a port in use, for one). On
     leaving, the child gets SIGTERM (SIGKILL if it has not gone 5 s later); one that was
     killed inside the block is only reaped.
     """
-    command = [sys.executable, "-m", "engine.loopback",
+    command = [sys.executable, "-m", "soaktop.engine.loopback",
                *argv(schedule or Schedule(), fault, fault_every), "--port", str(port)]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
     with tempfile.TemporaryFile() as stderr:
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                 env=env)
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
         try:
             ready, _, _ = select.select([child.stdout], [], [], timeout_s)
             line = child.stdout.readline() if ready else ""

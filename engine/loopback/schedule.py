@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, fields
 from typing import Any
 
-#: Every way the server can misbehave on request (see :mod:`engine.loopback`).
+#: Every way the server can misbehave on request (see :mod:`soaktop.engine.loopback`).
 FAULTS = (
     "reset",
     "stall_first",

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from engine import __version__
-from engine.loopback.schedule import FAULTS, Emission, Schedule
-from engine.loopback.wire import (
+from soaktop.engine import __version__
+from soaktop.engine.loopback.schedule import FAULTS, Emission, Schedule
+from soaktop.engine.loopback.wire import (
     STATUS_FAULTS,
     WIRES,
     Wire,

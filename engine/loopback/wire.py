@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-from engine.loopback.schedule import Schedule
+from soaktop.engine.loopback.schedule import Schedule
 
 _WORDS = (
     "the", "soak", "test", "runs", "warm", "and", "steady", "while", "tokens", "flow", "out",

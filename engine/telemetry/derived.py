@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.events import GpuSample, HostSample, ServerSample
+from soaktop.engine.events import GpuSample, HostSample, ServerSample
 
 #: A counter that claims more than this share of the wall time is not trusted (field ids have
 #: been renumbered between NVML versions): the sampled bitmask is used instead.

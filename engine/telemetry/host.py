@@ -17,8 +17,8 @@ from typing import Any
 
 import psutil
 
-from engine.events import HostSample, TelemetryStatus
-from engine.telemetry.sampler import Clock
+from soaktop.engine.events import HostSample, TelemetryStatus
+from soaktop.engine.telemetry.sampler import Clock
 
 
 def _hottest_cpu_c() -> float | None:
@@ -38,7 +38,7 @@ def _hottest_cpu_c() -> float | None:
 
 
 class HostSource:
-    """The host telemetry :class:`~engine.telemetry.sampler.Source`."""
+    """The host telemetry :class:`~soaktop.engine.telemetry.sampler.Source`."""
 
     name = "host"
     max_hz = 100.0

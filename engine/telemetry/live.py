@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.events import GpuSample, HostSample, ServerSample, TelemetryStatus
-from engine.telemetry.derived import GpuWindow, gpu_key
+from soaktop.engine.events import GpuSample, HostSample, ServerSample, TelemetryStatus
+from soaktop.engine.telemetry.derived import GpuWindow, gpu_key
 
 
 @dataclass(frozen=True, slots=True)

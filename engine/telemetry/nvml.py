@@ -23,9 +23,9 @@ from typing import Any
 
 import pynvml
 
-from engine.events import GpuSample, TelemetryStatus
-from engine.telemetry.reasons import decode
-from engine.telemetry.sampler import Clock
+from soaktop.engine.events import GpuSample, TelemetryStatus
+from soaktop.engine.telemetry.reasons import decode
+from soaktop.engine.telemetry.sampler import Clock
 
 _PLAIN = {
     pynvml.NVML_ERROR_NOT_SUPPORTED: "not supported on this GPU",
@@ -104,7 +104,8 @@ class _Gpu:
 
 
 class NvmlSource:
-    """The NVML telemetry :class:`~engine.telemetry.sampler.Source`: every GPU of this machine.
+    """The NVML telemetry :class:`~soaktop.engine.telemetry.sampler.Source`: every GPU of this
+    machine.
 
     ``watch_pids``: processes whose GPU memory goes into ``process_memory_bytes`` (the
     server under test; for the local engine, soaktop itself). ``nvml`` stands in for the

@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.backends.http import strip_credentials
-from engine.events import GpuSample, ServerSample, TelemetryStatus
-from engine.telemetry.reasons import decode
-from engine.telemetry.sampler import Clock
+from soaktop.engine.backends.http import strip_credentials
+from soaktop.engine.events import GpuSample, ServerSample, TelemetryStatus
+from soaktop.engine.telemetry.reasons import decode
+from soaktop.engine.telemetry.sampler import Clock
 
 MIB = 1 << 20
 KINDS = ("dcgm", "vllm", "sglang")

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from engine.events import TelemetryStatus
+from soaktop.engine.events import TelemetryStatus
 
 Clock = Callable[[], int]  # nanoseconds since the session started
 

@@ -1,8 +1,8 @@
 import pytest
 
-from engine.backends.fake import FakeBackend
-from engine.config import RunConfig
-from engine.session import Session
+from soaktop.engine.backends.fake import FakeBackend
+from soaktop.engine.config import RunConfig
+from soaktop.engine.session import Session
 
 
 class Collector(list):

@@ -1,6 +1,6 @@
 """Shared by the HTTP backend tests: one request through a backend, from start to close."""
 
-from engine.backends.base import GenerationRequest
+from soaktop.engine.backends.base import GenerationRequest
 
 
 async def collect(backend, request: GenerationRequest) -> list:

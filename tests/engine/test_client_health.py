@@ -4,10 +4,10 @@ starvation is not."""
 import threading
 import time
 
-from engine.backends.fake import FakeBackend
-from engine.client_health import ClientHealth, is_client_bound
-from engine.events import ClientSample
-from engine.summary import SessionSummary
+from soaktop.engine.backends.fake import FakeBackend
+from soaktop.engine.events import ClientSample
+from soaktop.engine.metrics.client_health import ClientHealth, is_client_bound
+from soaktop.engine.metrics.summary import SessionSummary
 
 
 def test_the_thresholds():

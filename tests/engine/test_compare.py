@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from engine.compare import compare, differences, mann_whitney_p
-from engine.events import Phase, RequestDone, SessionEnd, SessionStart
-from engine.summary import SessionSummary
+from soaktop.engine.events import Phase, RequestDone, SessionEnd, SessionStart
+from soaktop.engine.metrics.compare import compare, differences, mann_whitney_p
+from soaktop.engine.metrics.summary import SessionSummary
 
 
 def test_mann_whitney_matches_scipy():

@@ -2,8 +2,8 @@
 
 import pytest
 
-from engine.drift import RECENT_REQUESTS, Drift
-from engine.events import GpuSample, Phase, RequestDone, SessionEnd
+from soaktop.engine.events import GpuSample, Phase, RequestDone, SessionEnd
+from soaktop.engine.metrics.drift import RECENT_REQUESTS, Drift
 
 S = 10**9
 

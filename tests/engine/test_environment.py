@@ -7,10 +7,10 @@ def test_the_environment_names_the_torch_installed_without_importing_it():
 
     import torch
 
-    from engine import environment
+    from soaktop.engine.records import environment
 
     assert environment.collect()["torch"] == torch.__version__
-    code = ("import sys; from engine import environment; environment.collect(); "
+    code = ("import sys; from soaktop.engine.records import environment; environment.collect(); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

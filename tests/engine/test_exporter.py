@@ -7,11 +7,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.backends.fake import FakeBackend
-from engine.errors import ConfigError
-from engine.events import ClientSample, RequestDone
-from engine.exporter import PrometheusExporter
-from engine.summary import SessionSummary
+from soaktop.engine.backends.fake import FakeBackend
+from soaktop.engine.errors import ConfigError
+from soaktop.engine.events import ClientSample, RequestDone
+from soaktop.engine.metrics.exporter import PrometheusExporter
+from soaktop.engine.metrics.summary import SessionSummary
 
 
 def free_port() -> int:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from engine.histogram import N_BUCKETS, LogHistogram, bucket_index, bucket_value
+from soaktop.engine.metrics.histogram import N_BUCKETS, LogHistogram, bucket_index, bucket_value
 
 
 def test_buckets_are_contiguous_and_exact_below_1024us():

@@ -5,10 +5,10 @@ import math
 
 import numpy as np
 
-from engine.events import GpuSample, Mark, Phase
-from engine.history import History
-from engine.live import LiveSnapshot
-from engine.telemetry.live import GpuNow, TelemetrySnapshot
+from soaktop.engine.events import GpuSample, Mark, Phase
+from soaktop.engine.metrics.history import History
+from soaktop.engine.metrics.live import LiveSnapshot
+from soaktop.engine.telemetry.live import GpuNow, TelemetrySnapshot
 
 
 def snap(t_s, ttft=None, tokens=0.0, failed=0, gpu=None):

@@ -9,16 +9,16 @@ import json
 
 import pytest
 
-from engine.backends.base import Arrival, GenerationRequest, Prompt, StreamEnd
-from engine.backends.http import Timeouts
-from engine.backends.ollama import OllamaBackend
-from engine.backends.openai import OpenAIBackend
-from engine.config import RunConfig
-from engine.errors import BackendError, BackendUnavailable
-from engine.events import RequestDone
-from engine.loopback import LoopbackServer, Schedule
-from engine.session import Session
-from engine.summary import SessionSummary
+from soaktop.engine.backends.base import Arrival, GenerationRequest, Prompt, StreamEnd
+from soaktop.engine.backends.http import Timeouts
+from soaktop.engine.backends.ollama import OllamaBackend
+from soaktop.engine.backends.openai import OpenAIBackend
+from soaktop.engine.config import RunConfig
+from soaktop.engine.errors import BackendError, BackendUnavailable
+from soaktop.engine.events import RequestDone
+from soaktop.engine.loopback import LoopbackServer, Schedule
+from soaktop.engine.metrics.summary import SessionSummary
+from soaktop.engine.session import Session
 from tests.engine import streams
 
 FAST = Schedule(ttft_ms=5, itl_ms=2, tokens=8, model="m")
@@ -216,8 +216,8 @@ async def test_http_responses_come_through_soaktops_stamping_stream():
     import sys
     import time
 
-    from engine.backends.http import make_client
-    from engine.backends.stamping import StampedStream
+    from soaktop.engine.backends.http import make_client
+    from soaktop.engine.backends.stamping import StampedStream
 
     body = {"model": "m", "stream": True, "max_tokens": 4,
             "messages": [{"role": "user", "content": "hi"}]}

@@ -13,7 +13,7 @@ client starts 64 requests at once and is CPU-bound (see engine/fidelity.py).
 
 import pytest
 
-from engine.fidelity import QUANTILES, measure
+from soaktop.engine.metrics.fidelity import QUANTILES, measure
 
 
 def assert_within_1ms(f):
@@ -38,10 +38,10 @@ def test_ttft_and_itl_are_within_1ms_of_the_wire_at_8_streams():
 def test_compare_pairs_by_request_id_and_measures_against_the_wire():
     """The arithmetic the bar above rests on, on hand-made data with a known answer: each
     client arrival 0.2 ms after its chunk left the server, so every error is +0.2 ms."""
-    from engine.backends.http import request_uuid
-    from engine.events import RequestDone
-    from engine.fidelity import compare
-    from engine.loopback.schedule import Emission
+    from soaktop.engine.backends.http import request_uuid
+    from soaktop.engine.events import RequestDone
+    from soaktop.engine.loopback.schedule import Emission
+    from soaktop.engine.metrics.fidelity import compare
 
     origin_ns, run_id, tokens = 1_000_000_000, "r1", 4
     done, emissions = [], []
@@ -69,7 +69,7 @@ def test_compare_pairs_by_request_id_and_measures_against_the_wire():
 
 
 def test_the_trusted_rate_is_the_highest_whose_p99_errors_stay_under_1_ms():
-    from engine.fidelity import Fidelity, trusted_rate
+    from soaktop.engine.metrics.fidelity import Fidelity, trusted_rate
 
     def row(rate, ttft_p99, itl_p99):
         quantiles = {50: (1.0, 1.0), 90: (1.0, 1.0)}

@@ -9,11 +9,11 @@ import json
 import httpx
 import pytest
 
-from engine.backends.base import Arrival, GenerationRequest, Prompt, StreamEnd
-from engine.backends.http import share_tokens, strip_credentials
-from engine.backends.ollama import OllamaBackend
-from engine.backends.openai import OpenAIBackend
-from engine.errors import BackendError
+from soaktop.engine.backends.base import Arrival, GenerationRequest, Prompt, StreamEnd
+from soaktop.engine.backends.http import share_tokens, strip_credentials
+from soaktop.engine.backends.ollama import OllamaBackend
+from soaktop.engine.backends.openai import OpenAIBackend
+from soaktop.engine.errors import BackendError
 from tests.engine import streams
 
 REQUEST = GenerationRequest(7, Prompt(0, (1, 2), "hello there"), 16, "m")

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from engine.events import RequestDone, TokensArrived
-from engine.live import HISTORY_BUCKETS, LiveStats, Ring
+from soaktop.engine.events import RequestDone, TokensArrived
+from soaktop.engine.metrics.live import HISTORY_BUCKETS, LiveStats, Ring
 
 S = 1_000_000_000
 
@@ -40,7 +40,7 @@ def test_ring_is_fixed_size():
 
 
 def test_client_bound_at_a_tick_ignores_a_sample_taken_after_it():
-    from engine.events import ClientSample
+    from soaktop.engine.events import ClientSample
 
     live = LiveStats()
     live.add(ClientSample(1_000_500_000, 2, 100, 10**9, loop_lag_p99_us=5000))  # bound

@@ -13,12 +13,12 @@ import threading
 import pytest
 import torch
 
-from engine.backends import create
-from engine.backends import local as local_backend
-from engine.backends.base import Arrival, GenerationRequest, Prompt, StreamEnd
-from engine.backends.local import LocalBackend
-from engine.errors import BackendError, ConfigError, DeviceError, EngineCrashed, OutOfMemory
-from engine.prompts import make_prompts, word
+from soaktop.engine.backends import create
+from soaktop.engine.backends import local as local_backend
+from soaktop.engine.backends.base import Arrival, GenerationRequest, Prompt, StreamEnd
+from soaktop.engine.backends.local import LocalBackend
+from soaktop.engine.errors import BackendError, ConfigError, DeviceError, EngineCrashed, OutOfMemory
+from soaktop.engine.load.prompts import make_prompts, word
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -299,10 +299,10 @@ def test_unknown_preset_and_bad_options_are_config_errors() -> None:
 
 
 async def test_switching_preset_mid_run_serves_new_requests_on_the_new_model(monkeypatch):
-    from engine.config import RunConfig
-    from engine.events import Phase, RequestDone
-    from engine.local import presets
-    from engine.session import Session
+    from soaktop.engine.config import RunConfig
+    from soaktop.engine.events import Phase, RequestDone
+    from soaktop.engine.local import presets
+    from soaktop.engine.session import Session
 
     small = presets.ModelConfig(arch="gpt2", vocab_size=1024, n_layers=2, d_model=128,
                                 n_heads=4, n_kv_heads=4, d_ff=256, max_positions=512)

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.local.model import Transformer, build_model
-from engine.local.presets import PRESETS, ModelConfig, param_count
+from soaktop.engine.local.model import Transformer, build_model
+from soaktop.engine.local.presets import PRESETS, ModelConfig, param_count
 
 pytestmark = pytest.mark.timeout(60)
 

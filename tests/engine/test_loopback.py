@@ -15,9 +15,9 @@ import time
 import httpx
 import pytest
 
-import engine
-from engine.errors import SoaktopError
-from engine.loopback import FAULTS, READY, Emission, LoopbackServer, Schedule, spawn
+import soaktop.engine
+from soaktop.engine.errors import SoaktopError
+from soaktop.engine.loopback import FAULTS, READY, Emission, LoopbackServer, Schedule, spawn
 
 FAST = Schedule(ttft_ms=2, itl_ms=1, tokens=6)
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "say five words"}], "stream": True}
@@ -176,7 +176,7 @@ async def test_model_listings_and_version():
     assert models["object"] == "list"
     assert models["data"][0]["id"] == "tiny" and models["data"][0]["max_model_len"] == 4096
     assert tags["models"][0]["name"] == tags["models"][0]["model"] == "tiny"
-    assert version == ollama_version == {"version": f"loopback-{engine.__version__}"}
+    assert version == ollama_version == {"version": f"loopback-{soaktop.engine.__version__}"}
     assert show.status_code == 200 and show.json()["modelfile"] == "FROM other\n"
     assert show.json()["details"] == tags["models"][0]["details"]
     assert show_get.status_code == 405 and show_bad.status_code == 400
@@ -428,7 +428,7 @@ def test_unknown_fault_is_refused():
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_process_announces_itself_on_one_line_and_exits_cleanly(signum):
     child = subprocess.Popen(
-        [sys.executable, "-m", "engine.loopback", "--port", "0", "--ttft-ms", "1",
+        [sys.executable, "-m", "soaktop.engine.loopback", "--port", "0", "--ttft-ms", "1",
          "--itl-ms", "1", "--model", "proc"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -452,7 +452,7 @@ def test_spawn_reports_a_child_that_cannot_start():
 
 
 def test_a_port_out_of_range_is_one_line():
-    out = subprocess.run([sys.executable, "-m", "engine.loopback", "--port", "99999"],
+    out = subprocess.run([sys.executable, "-m", "soaktop.engine.loopback", "--port", "99999"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert out.stderr.startswith("soaktop-loopback: ") and "Traceback" not in out.stderr

@@ -3,9 +3,9 @@ neither grows per token. Measured with tracemalloc on synthetic events (no timin
 
 import tracemalloc
 
-from engine.events import Phase, RequestDone, TokensArrived
-from engine.live import LiveStats
-from engine.summary import SessionSummary
+from soaktop.engine.events import Phase, RequestDone, TokensArrived
+from soaktop.engine.metrics.live import LiveStats
+from soaktop.engine.metrics.summary import SessionSummary
 
 TOKENS_PER_REQUEST = 500
 

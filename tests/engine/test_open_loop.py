@@ -6,9 +6,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from engine.backends.fake import FakeBackend
-from engine.events import Phase, RequestDone
-from engine.summary import SessionSummary
+from soaktop.engine.backends.fake import FakeBackend
+from soaktop.engine.events import Phase, RequestDone
+from soaktop.engine.metrics.summary import SessionSummary
 
 
 async def _run(make_session, backend, **config):
@@ -98,7 +98,7 @@ async def test_the_rate_changes_live_in_a_new_phase(make_session):
 async def test_a_concurrency_change_is_refused_in_an_open_loop(make_session):
     import pytest
 
-    from engine.errors import ConfigError
+    from soaktop.engine.errors import ConfigError
 
     session, events, _ = await _run(make_session, FakeBackend(ttft_s=0.002, itl_s=0.001),
                                     rate=20.0, duration_s=0.5)

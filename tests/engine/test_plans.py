@@ -3,10 +3,10 @@ finds the concurrency a server can take, against a fake server whose limit the t
 
 import pytest
 
-from engine.backends.fake import FakeBackend
-from engine.config import RunConfig
-from engine.errors import ConfigError
-from engine.plans import (
+from soaktop.engine.backends.fake import FakeBackend
+from soaktop.engine.config import RunConfig
+from soaktop.engine.errors import ConfigError
+from soaktop.engine.load.plans import (
     Ramp,
     SloSearch,
     parse_ramp,
@@ -15,8 +15,8 @@ from engine.plans import (
     run_with_plan,
     slo_report,
 )
-from engine.session import Session
-from engine.summary import SessionSummary
+from soaktop.engine.metrics.summary import SessionSummary
+from soaktop.engine.session import Session
 
 
 def test_slo_terms_are_read_in_the_summary_units():

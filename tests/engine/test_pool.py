@@ -9,11 +9,11 @@ import asyncio
 
 import httpcore
 
-from engine.backends.base import GenerationRequest
-from engine.backends.openai import OpenAIBackend
-from engine.backends.pool import LinearPool
-from engine.loopback import LoopbackServer, Schedule
-from engine.prompts import PromptSet
+from soaktop.engine.backends.base import GenerationRequest
+from soaktop.engine.backends.openai import OpenAIBackend
+from soaktop.engine.backends.pool import LinearPool
+from soaktop.engine.load.prompts import PromptSet
+from soaktop.engine.loopback import LoopbackServer, Schedule
 
 A = httpcore.URL("http://a:1/").origin
 B = httpcore.URL("http://b:1/").origin

@@ -1,6 +1,6 @@
 """Prompts: unique per request (no prefix-cache hits) unless a shared prefix is asked for."""
 
-from engine.prompts import UNIQUE_PREFIX_TOKENS, PromptSet
+from soaktop.engine.load.prompts import UNIQUE_PREFIX_TOKENS, PromptSet
 
 
 def test_every_request_starts_differently_and_the_length_is_exact():
@@ -34,7 +34,7 @@ def test_the_header_names_the_workload_and_its_hash():
 
 
 async def test_a_session_header_keeps_the_workload(make_session):
-    from engine.events import SessionStart
+    from soaktop.engine.events import SessionStart
 
     session, events = make_session(concurrency=1, max_requests=2, warmup_requests=0)
     await session.run()

@@ -7,13 +7,13 @@ import json
 import httpx
 import pytest
 
-from engine.backends.http import Timeouts
-from engine.backends.ollama import OllamaBackend
-from engine.backends.openai import OpenAIBackend
-from engine.config import RunConfig
-from engine.loopback import LoopbackServer, Schedule
-from engine.session import Session
-from engine.summary import SessionSummary
+from soaktop.engine.backends.http import Timeouts
+from soaktop.engine.backends.ollama import OllamaBackend
+from soaktop.engine.backends.openai import OpenAIBackend
+from soaktop.engine.config import RunConfig
+from soaktop.engine.loopback import LoopbackServer, Schedule
+from soaktop.engine.metrics.summary import SessionSummary
+from soaktop.engine.session import Session
 
 SHORT = Timeouts(connect_s=2, first_token_s=5, between_tokens_s=5)
 
@@ -120,7 +120,7 @@ async def test_an_open_loop_against_a_server_keeps_its_schedule():
         events = []
         await Session(config, OpenAIBackend(server.url, model="m", timeouts=SHORT),
                       listeners=(summary.add, events.append)).run()
-    from engine.events import RequestDone
+    from soaktop.engine.events import RequestDone
 
     sent = sorted(e.sent_ns for e in events if isinstance(e, RequestDone))
     assert 55 <= len(sent) <= 61

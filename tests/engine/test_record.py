@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.backends.fake import FakeBackend
-from engine.errors import RecordError
-from engine.events import (
+from soaktop.engine.backends.fake import FakeBackend
+from soaktop.engine.errors import RecordError
+from soaktop.engine.events import (
     GpuSample,
     HostSample,
     Mark,
@@ -22,7 +22,7 @@ from engine.events import (
     SessionStart,
     TokensArrived,
 )
-from engine.record import (
+from soaktop.engine.records.format import (
     FLUSH_INTERVAL_S,
     RecordReader,
     RecordWriter,

@@ -5,12 +5,12 @@ import time
 
 import pytest
 
-from engine.backends.fake import FakeBackend
-from engine.events import Mark, Phase, RequestDone, SessionEnd, SessionStart, TokensArrived
-from engine.live import LiveStats
-from engine.record import RecordReader
-from engine.replay import Replay, Timeline
-from engine.summary import SessionSummary
+from soaktop.engine.backends.fake import FakeBackend
+from soaktop.engine.events import Mark, Phase, RequestDone, SessionEnd, SessionStart, TokensArrived
+from soaktop.engine.metrics.live import LiveStats
+from soaktop.engine.metrics.summary import SessionSummary
+from soaktop.engine.records.format import RecordReader
+from soaktop.engine.records.replay import Replay, Timeline
 
 
 class FakeClock:

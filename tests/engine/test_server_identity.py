@@ -12,14 +12,14 @@ import time
 import httpx
 import pytest
 
-from engine.backends import identity
-from engine.backends.http import Timeouts
-from engine.backends.ollama import OllamaBackend
-from engine.backends.openai import OpenAIBackend
-from engine.config import RunConfig
-from engine.loopback import LoopbackServer, Schedule
-from engine.loopback.server import VERSION
-from engine.session import Session
+from soaktop.engine.backends import identity
+from soaktop.engine.backends.http import Timeouts
+from soaktop.engine.backends.ollama import OllamaBackend
+from soaktop.engine.backends.openai import OpenAIBackend
+from soaktop.engine.config import RunConfig
+from soaktop.engine.loopback import LoopbackServer, Schedule
+from soaktop.engine.loopback.server import VERSION
+from soaktop.engine.session import Session
 
 FAST = Schedule(ttft_ms=5, itl_ms=2, tokens=4, model="m")
 SHORT = Timeouts(connect_s=2, first_token_s=0.5, between_tokens_s=0.3)

@@ -5,9 +5,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from engine.backends.fake import FakeBackend
-from engine.events import Phase, RequestDone, SessionEnd, SessionStart, TokensArrived
-from engine.summary import summarise
+from soaktop.engine.backends.fake import FakeBackend
+from soaktop.engine.events import Phase, RequestDone, SessionEnd, SessionStart, TokensArrived
+from soaktop.engine.metrics.summary import summarise
 
 MS = 1_000_000
 
@@ -161,7 +161,7 @@ async def test_token_events_match_the_request_records(make_session):
 
 
 async def test_concurrency_below_one_is_refused(make_session):
-    from engine.errors import ConfigError
+    from soaktop.engine.errors import ConfigError
 
     session, _ = make_session(concurrency=1, max_requests=1)
     with pytest.raises(ConfigError):
@@ -191,7 +191,7 @@ class RateLimited(FakeBackend):
     """Answers the first request with a 429 asking for 0.3 s, then serves normally."""
 
     async def stream(self, request):
-        from engine.errors import BackendError
+        from soaktop.engine.errors import BackendError
 
         if request.request_id == 0:
             raise BackendError("HTTP 429: slow down", "http_429", retry_after_s=0.3)
@@ -211,7 +211,7 @@ async def test_retry_after_holds_new_sends_without_counting_the_wait(make_sessio
 
 
 async def test_a_client_sample_each_second_counts_tokens_and_requests_in_flight(make_session):
-    from engine.events import ClientSample
+    from soaktop.engine.events import ClientSample
 
     session, events = make_session(FakeBackend(ttft_s=0.01, itl_s=0.004), concurrency=3,
                                    output_tokens=20, duration_s=2.6)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from engine.stats import distribution, itl_gaps, request_metrics
+from soaktop.engine.metrics.stats import distribution, itl_gaps, request_metrics
 
 
 def test_single_token_per_arrival():

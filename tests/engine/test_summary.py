@@ -2,8 +2,8 @@
 
 import pytest
 
-from engine.events import ClientSample, Phase, RequestDone, SessionEnd
-from engine.summary import SessionSummary, summarise
+from soaktop.engine.events import ClientSample, Phase, RequestDone, SessionEnd
+from soaktop.engine.metrics.summary import SessionSummary, summarise
 
 MS = 1_000_000  # ns
 
@@ -118,7 +118,7 @@ def test_the_servers_own_speed_sits_beside_the_clients():
 
 
 def test_chunked_streams_keep_itl_token_weighted_beside_the_gaps_between_chunks():
-    from engine.events import SessionStart
+    from soaktop.engine.events import SessionStart
 
     s = SessionSummary()
     s.add(SessionStart(0, 1, "2026-11-23T00:00:00+00:00", {"output_tokens": 6}, {}, {}))

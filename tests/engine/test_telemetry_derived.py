@@ -3,10 +3,17 @@
 import pynvml
 import pytest
 
-from engine.events import GpuSample, HostSample, Phase, RequestDone, ServerSample, SessionEnd
-from engine.summary import SessionSummary
-from engine.telemetry.derived import GpuWindow, ServerWindow, energy_figures
-from engine.telemetry.reasons import BITS, THROTTLING, decode
+from soaktop.engine.events import (
+    GpuSample,
+    HostSample,
+    Phase,
+    RequestDone,
+    ServerSample,
+    SessionEnd,
+)
+from soaktop.engine.metrics.summary import SessionSummary
+from soaktop.engine.telemetry.derived import GpuWindow, ServerWindow, energy_figures
+from soaktop.engine.telemetry.reasons import BITS, THROTTLING, decode
 
 S = 1_000_000_000
 
@@ -167,7 +174,7 @@ def test_a_stuck_energy_counter_is_not_believed_against_the_power_readings():
 
 
 def test_the_summary_table_says_what_the_figures_are():
-    from engine.headless import telemetry_lines
+    from soaktop.tui.text import telemetry_lines
 
     summary = SessionSummary()
     summary.add(Phase(0, 0, 2, "m", "fake", "start"))

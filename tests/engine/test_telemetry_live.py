@@ -2,9 +2,9 @@
 
 import pytest
 
-from engine.events import GpuSample, HostSample, TelemetryStatus
-from engine.headless import telemetry_part
-from engine.telemetry.live import LiveTelemetry, describe_status
+from soaktop.engine.events import GpuSample, HostSample, TelemetryStatus
+from soaktop.engine.telemetry.live import LiveTelemetry, describe_status
+from soaktop.tui.text import telemetry_part
 
 S = 1_000_000_000
 

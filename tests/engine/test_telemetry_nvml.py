@@ -10,8 +10,8 @@ import os
 import pynvml
 import pytest
 
-from engine.events import GpuSample, TelemetryStatus
-from engine.telemetry.nvml import NvmlSource, query
+from soaktop.engine.events import GpuSample, TelemetryStatus
+from soaktop.engine.telemetry.nvml import NvmlSource, query
 from tests.engine.fake_nvml import FakeGpu, FakeNvml
 
 
@@ -183,8 +183,8 @@ def test_describe_for_the_header_lists_each_gpu_and_the_versions():
 def test_a_gpu_that_cannot_be_read_at_all_is_unavailable_until_reads_come_back():
     import pynvml
 
-    from engine.events import GpuSample, TelemetryStatus
-    from engine.telemetry.nvml import NvmlSource
+    from soaktop.engine.events import GpuSample, TelemetryStatus
+    from soaktop.engine.telemetry.nvml import NvmlSource
     from tests.tui.test_drills import FailingNvml
 
     nvml = FailingNvml()

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.events import GpuSample, ServerSample, TelemetryStatus
-from engine.telemetry.prometheus import PrometheusSource, parse_metrics
-from engine.telemetry.sampler import Sampler
+from soaktop.engine.events import GpuSample, ServerSample, TelemetryStatus
+from soaktop.engine.telemetry.prometheus import PrometheusSource, parse_metrics
+from soaktop.engine.telemetry.sampler import Sampler
 
 DATA = Path(__file__).parent / "data"
 DCGM = (DATA / "dcgm_exporter.txt").read_text()
@@ -367,7 +367,7 @@ def test_the_prefilter_keeps_exactly_what_parsing_everything_gives():
     """Filtering lines by metric name before parsing (for speed) must not change a value."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from engine.telemetry import prometheus
+    from soaktop.engine.telemetry import prometheus
 
     for text in (DCGM, VLLM, SGLANG):
         fast = parse_metrics(text, 7, URL, "h")

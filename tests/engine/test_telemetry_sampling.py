@@ -10,11 +10,11 @@ import numpy as np
 import psutil
 import pytest
 
-from engine.events import GpuSample, HostSample, SessionEnd, TelemetryStatus
-from engine.record import RecordReader
-from engine.summary import summarise
-from engine.telemetry.host import HostSource
-from engine.telemetry.sampler import Sampler
+from soaktop.engine.events import GpuSample, HostSample, SessionEnd, TelemetryStatus
+from soaktop.engine.metrics.summary import summarise
+from soaktop.engine.records.format import RecordReader
+from soaktop.engine.telemetry.host import HostSource
+from soaktop.engine.telemetry.sampler import Sampler
 
 
 def now_ns():

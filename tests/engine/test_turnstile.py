@@ -4,9 +4,9 @@ expensive sends through a session no longer stalls the loop for the whole wave."
 import asyncio
 import time
 
-from engine.backends.fake import FakeBackend
-from engine.events import RequestDone
-from engine.turnstile import Turnstile
+from soaktop.engine.backends.fake import FakeBackend
+from soaktop.engine.events import RequestDone
+from soaktop.engine.load.turnstile import Turnstile
 
 
 class Iterations:

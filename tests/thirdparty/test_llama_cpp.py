@@ -129,7 +129,7 @@ def test_server_streams_chat_completions_sse(llama_cpp_server):
 
 def _soaktop(*args: str, timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tui.cli", *args],
+        [sys.executable, "-m", "soaktop.tui.cli", *args],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -140,7 +140,7 @@ def _failure(proc: subprocess.CompletedProcess, server) -> str:
 
 
 async def test_soaktop_records_what_the_server_says_about_itself(llama_cpp_server):
-    from engine.backends.openai import OpenAIBackend
+    from soaktop.engine.backends.openai import OpenAIBackend
 
     backend = OpenAIBackend(llama_cpp_server.url, model=llama_cpp_server.model)
     await backend.start()

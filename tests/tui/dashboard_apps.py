@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.backends.fake import FakeBackend
-from engine.config import RunConfig
-from engine.record import RecordReader
-from engine.session import Session
-from tui.app import SoaktopApp
-from tui.feeds import LiveFeed, ReplayFeed
+from soaktop.engine.backends.fake import FakeBackend
+from soaktop.engine.config import RunConfig
+from soaktop.engine.records.format import RecordReader
+from soaktop.engine.session import Session
+from soaktop.tui.app import SoaktopApp
+from soaktop.tui.feeds import LiveFeed, ReplayFeed
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sessions" / "sample.jsonl"
 

@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from engine.events import HostSample, TelemetryStatus
-from engine.record import RecordReader
+from soaktop.engine.events import HostSample, TelemetryStatus
+from soaktop.engine.records.format import RecordReader
 
-SOAKTOP = [sys.executable, "-m", "tui.cli"]
+SOAKTOP = [sys.executable, "-m", "soaktop.tui.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
@@ -109,7 +109,7 @@ def test_models_lists_the_presets():
 
 
 def test_a_wrong_model_on_a_server_is_one_line_and_exit_2():
-    from engine.loopback import Schedule, spawn
+    from soaktop.engine.loopback import Schedule, spawn
 
     with spawn(Schedule(ttft_ms=5, itl_ms=2, tokens=8), fault="http_404") as url:
         result = soaktop("run", "--backend", "openai", "--url", url, "--model", "nope",
@@ -221,8 +221,8 @@ def test_remote_gpus_and_a_serving_engine_through_prometheus(tmp_path):
 
 def write_record(path, ttft_ms, model):
     """A record of requests with the given TTFTs (20 tokens each, 10 ms apart)."""
-    from engine.events import Phase, RequestDone, SessionEnd, SessionStart
-    from engine.record import RecordWriter
+    from soaktop.engine.events import Phase, RequestDone, SessionEnd, SessionStart
+    from soaktop.engine.records.format import RecordWriter
 
     writer = RecordWriter(path)
     writer.write(SessionStart(0, 1, "2026-11-23T00:00:00+00:00",

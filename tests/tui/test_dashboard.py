@@ -3,12 +3,12 @@ and on the screen."""
 
 import asyncio
 
-from engine.events import Mark, Phase, RequestDone, SessionEnd
-from engine.record import RecordReader
+from soaktop.engine.events import Mark, Phase, RequestDone, SessionEnd
+from soaktop.engine.records.format import RecordReader
+from soaktop.tui.screens.modals import ConfirmQuit, HelpScreen, ModelPicker
+from soaktop.tui.widgets.header_bar import HeaderBar
+from soaktop.tui.widgets.requests_panel import RequestsPanel
 from tests.tui.dashboard_apps import live_app, replay_app
-from tui.screens.modals import ConfirmQuit, HelpScreen, ModelPicker
-from tui.widgets.header_bar import HeaderBar
-from tui.widgets.requests_panel import RequestsPanel
 
 
 def text_of(widget) -> str:
@@ -191,10 +191,10 @@ async def test_the_run_ending_keeps_the_screen_and_says_so():
 
 
 async def test_attach_follows_a_record_being_written_on_the_same_screen(tmp_path):
-    from engine.summary import SessionSummary
+    from soaktop.engine.metrics.summary import SessionSummary
+    from soaktop.tui.app import SoaktopApp
+    from soaktop.tui.feeds import AttachFeed
     from tests.tui.dashboard_apps import SAMPLE, sample_events
-    from tui.app import SoaktopApp
-    from tui.feeds import AttachFeed
 
     record = tmp_path / "growing.jsonl"
     lines = SAMPLE.read_text().splitlines(keepends=True)
@@ -222,7 +222,7 @@ async def test_attach_follows_a_record_being_written_on_the_same_screen(tmp_path
 
 
 def test_no_color_picks_the_monochrome_theme():
-    from themes import THEMES, default_theme, next_theme
+    from soaktop.themes import THEMES, default_theme, next_theme
 
     assert default_theme({"NO_COLOR": "1"}) == "monochrome"
     assert default_theme({}) == "dark"
@@ -232,11 +232,11 @@ def test_no_color_picks_the_monochrome_theme():
 
 
 async def test_in_an_open_loop_plus_and_minus_step_the_rate():
-    from engine.backends.fake import FakeBackend
-    from engine.config import RunConfig
-    from engine.session import Session
-    from tui.app import SoaktopApp
-    from tui.feeds import LiveFeed
+    from soaktop.engine.backends.fake import FakeBackend
+    from soaktop.engine.config import RunConfig
+    from soaktop.engine.session import Session
+    from soaktop.tui.app import SoaktopApp
+    from soaktop.tui.feeds import LiveFeed
 
     session = Session(RunConfig(backend="fake", model="fake", rate=8.0, duration_s=30,
                                 output_tokens=8, warmup_requests=0),

@@ -37,14 +37,14 @@ import httpx
 import pynvml
 import pytest
 
-from engine.backends.fake import FakeBackend
-from engine.config import RunConfig
-from engine.events import TYPE_TAGS, GpuSample, RequestDone, SessionEnd, TelemetryStatus
-from engine.loopback import Schedule, spawn, spawn_process
-from engine.record import RecordReader
-from engine.session import Session
-from engine.summary import summarise
-from engine.telemetry.nvml import NvmlSource
+from soaktop.engine.backends.fake import FakeBackend
+from soaktop.engine.config import RunConfig
+from soaktop.engine.events import TYPE_TAGS, GpuSample, RequestDone, SessionEnd, TelemetryStatus
+from soaktop.engine.loopback import Schedule, spawn, spawn_process
+from soaktop.engine.metrics.summary import summarise
+from soaktop.engine.records.format import RecordReader
+from soaktop.engine.session import Session
+from soaktop.engine.telemetry.nvml import NvmlSource
 from tests.engine.fake_nvml import FakeNvml
 from tests.tui.test_cli import ENV, SOAKTOP
 

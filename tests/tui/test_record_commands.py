@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.events import Phase, SessionEnd, SessionStart
-from engine.loopback.process import spawn
-from engine.loopback.schedule import Schedule
-from engine.record import RecordReader
-from engine.summary import summarise
+from soaktop.engine.events import Phase, SessionEnd, SessionStart
+from soaktop.engine.loopback.process import spawn
+from soaktop.engine.loopback.schedule import Schedule
+from soaktop.engine.metrics.summary import summarise
+from soaktop.engine.records.format import RecordReader
+from soaktop.tui.cli import build_parser
+from soaktop.tui.record_commands import rerun_arguments
 from tests.tui.test_cli import ENV, SOAKTOP, soaktop
-from tui.cli import build_parser
-from tui.record_commands import rerun_arguments
 
 STATUS = re.compile(r"^\[\s*\d+\.\ds\] in flight")
 
@@ -130,7 +130,7 @@ def test_attach_follows_a_run_to_its_end_and_agrees_with_the_record(tmp_path):
                     for line in lines]
     assert max(tokens_per_s) > 0  # from the run's own once-a-second count, not zero
     # each figure is the run's own: the tokens of the record's last client_sample by then
-    from engine.events import ClientSample
+    from soaktop.engine.events import ClientSample
 
     samples = [e for e in RecordReader(record).events() if isinstance(e, ClientSample)]
     rates = {round(s.tokens / (s.interval_ns / 1e9)) for s in samples}
@@ -242,8 +242,8 @@ def test_a_corrupt_compressed_block_loses_only_its_own_lines(tmp_path):
 
 
 def test_strings_from_a_record_never_reach_the_terminal_as_control_codes(tmp_path):
-    from engine.events import RequestDone
-    from engine.record import RecordWriter
+    from soaktop.engine.events import RequestDone
+    from soaktop.engine.records.format import RecordWriter
 
     evil = "m\x1b]0;pwned\x07\x1b[2J"
     record = tmp_path / "evil.jsonl.gz"

@@ -14,13 +14,13 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
-from tui.feeds import Feed, LiveFeed, ReplayFeed
-from tui.widgets.draw import fmt
-from tui.widgets.gpu_panel import GpuPanel
-from tui.widgets.header_bar import HeaderBar
-from tui.widgets.requests_panel import RequestsPanel
-from tui.widgets.series import AxisRow, SeriesPanel
-from tui.widgets.timeline import Timeline
+from soaktop.tui.feeds import Feed, LiveFeed, ReplayFeed
+from soaktop.tui.widgets.draw import fmt
+from soaktop.tui.widgets.gpu_panel import GpuPanel
+from soaktop.tui.widgets.header_bar import HeaderBar
+from soaktop.tui.widgets.requests_panel import RequestsPanel
+from soaktop.tui.widgets.series import AxisRow, SeriesPanel
+from soaktop.tui.widgets.timeline import Timeline
 
 CURVES = (  # label, History series, unit, digits, scale from 0, colour
     ("TTFT p50", "ttft_p50_ms", " ms", 1, False, "$primary"),

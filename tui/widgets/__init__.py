@@ -1,2 +1,2 @@
 """The dashboard's widgets: each a thin Textual widget over a pure drawing function in
-:mod:`tui.widgets.draw`, which tests check without an app."""
+:mod:`soaktop.tui.widgets.draw`, which tests check without an app."""

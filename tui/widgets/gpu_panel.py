@@ -7,11 +7,11 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widget import Widget
 
-from engine.headless import gpu_label
-from engine.history import Window
-from engine.telemetry.live import TelemetrySnapshot
-from engine.telemetry.reasons import THROTTLING
-from tui.widgets.draw import STRIP_LEGEND, fmt, throttle_strip
+from soaktop.engine.metrics.history import Window
+from soaktop.engine.telemetry.live import TelemetrySnapshot
+from soaktop.engine.telemetry.reasons import THROTTLING
+from soaktop.tui.text import gpu_label
+from soaktop.tui.widgets.draw import STRIP_LEGEND, fmt, throttle_strip
 
 
 class GpuPanel(Widget):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widget import Widget
 
-from tui.widgets.draw import clock
+from soaktop.tui.widgets.draw import clock
 
 
 class HeaderBar(Widget):

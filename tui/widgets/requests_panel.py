@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from textual.content import Content
 from textual.widget import Widget
 
-from engine.events import RequestDone
-from engine.live import LiveSnapshot
+from soaktop.engine.events import RequestDone
+from soaktop.engine.metrics.live import LiveSnapshot
 
 
 class RequestsPanel(Widget):

@@ -7,15 +7,16 @@ import numpy as np
 from textual.content import Content
 from textual.widget import Widget
 
-from engine.history import Window
-from tui.widgets.draw import axis, fmt, sparkline
+from soaktop.engine.metrics.history import Window
+from soaktop.tui.widgets.draw import axis, fmt, sparkline
 
 LABEL_WIDTH = 26
 
 
 class SeriesPanel(Widget):
-    """``series`` names a :data:`engine.history.SERIES` entry; ``floor`` starts the scale at 0
-    (rates, counts) rather than at the window's minimum (latencies: their drift matters)."""
+    """``series`` names a :data:`soaktop.engine.metrics.history.SERIES` entry; ``floor`` starts the
+    scale at 0 (rates, counts) rather than at the window's minimum (latencies: their drift
+    matters)."""
 
     def __init__(self, label: str, series: str, unit: str = "", digits: int = 0,
                  floor: bool = False, style: str = "$primary", **kwargs) -> None:

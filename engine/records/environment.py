@@ -19,8 +19,8 @@ from typing import Any
 
 import psutil
 
-from engine import __version__
-from engine.telemetry.nvml import NvmlSource
+from soaktop.engine import __version__
+from soaktop.engine.telemetry.nvml import NvmlSource
 
 
 def _git_commit() -> str | None:

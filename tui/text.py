@@ -1,7 +1,7 @@
 """Text output for runs without a screen: the periodic status line and the final table.
 
-Pure formatting over :class:`~engine.live.LiveSnapshot` and the summary dictionary, so the
-same lines come from a live run and (later) a headless replay.
+Pure formatting over :class:`~soaktop.engine.metrics.live.LiveSnapshot` and the summary dictionary,
+so the same lines come from a live run and (later) a headless replay.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import io
 import re
 from typing import Any
 
-from engine.live import LiveSnapshot
-from engine.telemetry.live import TelemetrySnapshot
-from engine.telemetry.reasons import THROTTLING
+from soaktop.engine.metrics.live import LiveSnapshot
+from soaktop.engine.telemetry.live import TelemetrySnapshot
+from soaktop.engine.telemetry.reasons import THROTTLING
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 

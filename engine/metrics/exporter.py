@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from engine.errors import ConfigError
-from engine.events import ClientSample, GpuSample, Phase, RequestDone, TokensArrived
-from engine.stats import itl_gaps
-from engine.telemetry.derived import gpu_key
+from soaktop.engine.errors import ConfigError
+from soaktop.engine.events import ClientSample, GpuSample, Phase, RequestDone, TokensArrived
+from soaktop.engine.metrics.stats import itl_gaps
+from soaktop.engine.telemetry.derived import gpu_key
 
 # latency buckets: 1 ms to 60 s, roughly x2 apart (plus the defaults' +Inf)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28,

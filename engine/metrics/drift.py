@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.events import GpuSample, Phase, RequestDone, SessionEnd
-from engine.telemetry.reasons import THROTTLING
+from soaktop.engine.events import GpuSample, Phase, RequestDone, SessionEnd
+from soaktop.engine.telemetry.reasons import THROTTLING
 
 WINDOW_S = 300.0
 MIN_WINDOW_S = 10.0  # shorter runs get no verdict: too little to compare

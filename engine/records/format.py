@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import RecordError
-from engine.events import (
+from soaktop.engine.errors import RecordError
+from soaktop.engine.events import (
     SCHEMA_VERSION,
     TYPE_TAGS,
     RequestDone,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.events import (
+from soaktop.engine.events import (
     ClientSample,
     GpuSample,
     HostSample,
@@ -23,8 +23,8 @@ from engine.events import (
     TelemetryStatus,
     TokensArrived,
 )
-from engine.stats import request_metrics
-from engine.telemetry.live import LiveTelemetry, TelemetrySnapshot
+from soaktop.engine.metrics.stats import request_metrics
+from soaktop.engine.telemetry.live import LiveTelemetry, TelemetrySnapshot
 
 _TELEMETRY = (GpuSample, HostSample, ServerSample, TelemetryStatus)
 
@@ -148,7 +148,7 @@ class LiveStats:
 
     @property
     def client_bound(self) -> bool:
-        """The client's latest second was client-bound (engine.client_health)."""
+        """The client's latest second was client-bound (soaktop.engine.metrics.client_health)."""
         return self.client is not None and self.client.client_bound
 
     def client_bound_at(self, t_ns: int) -> bool:

@@ -12,7 +12,7 @@ Times are integer microseconds from the moment a request was sent (its ``sent_ns
 - E2E: send -> end of the response.
 
 Quantiles of per-request values use numpy's default (linear interpolation); ITL over a whole
-run comes from :class:`engine.histogram.LogHistogram` (nearest rank, within 0.1%).
+run comes from :class:`soaktop.engine.metrics.histogram.LogHistogram` (nearest rank, within 0.1%).
 """
 
 from __future__ import annotations

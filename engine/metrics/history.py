@@ -1,7 +1,7 @@
 """What the dashboard draws: one point a second of the session clock, for the last minutes.
 
-:class:`~engine.live.LiveStats` answers "now"; sparklines need "now and the last few minutes",
-one column a second, and where the phases changed. :class:`History` keeps that in fixed
+:class:`~soaktop.engine.metrics.live.LiveStats` answers "now"; sparklines need "now and the last few
+minutes", one column a second, and where the phases changed. :class:`History` keeps that in fixed
 memory (rings of ``seconds`` points), and is fed once per second of the session clock: by the
 live dashboard's timer, or by a replay's ticks, so a replay draws the same curves the live run
 drew. Seconds with no point (a seek, a stall of the screen) stay empty (NaN), never zero.
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.events import Mark, Phase
-from engine.live import LiveSnapshot
+from soaktop.engine.events import Mark, Phase
+from soaktop.engine.metrics.live import LiveSnapshot
 
 #: The request series, each from the live snapshot of that second.
 SERIES = ("ttft_p50_ms", "ttft_p95_ms", "tokens_per_s", "speed_p50_tps", "itl_p50_ms",

@@ -3,7 +3,7 @@
 Live runs and replays feed one stream (DESIGN.md), so every consumer, the statistics, the
 status line and the dashboard, works on both with no replay-specific code. A record keeps
 tokens inside ``request_done`` (arrival offsets), not one event each; :class:`Replay` derives
-the live-only :class:`~engine.events.TokensArrived` events back from them and merges them
+the live-only :class:`~soaktop.engine.events.TokensArrived` events back from them and merges them
 into the record's events by time, so a replayed token reaches a listener at the moment it
 reached the live client (to the microsecond the record keeps), before its ``request_done``.
 
@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from engine.events import Mark, Phase, RequestDone, TokensArrived
+from soaktop.engine.events import Mark, Phase, RequestDone, TokensArrived
 
 Listener = Callable[[Any], None]
 
 #: On a seek, tokens older than this before the target are not re-emitted: the live window
-#: (two minutes of token counts, see engine.live) has no place for them, and a long record
-#: would otherwise cost seconds of per-token work for every seek.
+#: (two minutes of token counts, see soaktop.engine.metrics.live) has no place for them, and a long
+#: record would otherwise cost seconds of per-token work for every seek.
 TOKEN_CATCHUP_NS = 120 * 10**9
 
 

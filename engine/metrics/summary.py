@@ -4,7 +4,7 @@ The live run feeds its events here as they happen; ``soaktop summary`` feeds the
 read back from the record. One code path, so the two give the same numbers.
 
 Memory grows per request (a handful of floats each), never per token: ITL goes into a
-fixed-size :class:`~engine.histogram.LogHistogram` per phase.
+fixed-size :class:`~soaktop.engine.metrics.histogram.LogHistogram` per phase.
 
 Attribution:
 - Latencies (TTFT, ITL, TPOT, E2E, output speed) and request counts belong to the phase in
@@ -16,7 +16,7 @@ Attribution:
   ended still count, and a run cut mid-request keeps the tokens it saw.
 - Telemetry samples (GPU, host, serving engine) belong to the phase in whose time window they
   were taken; the whole-run figures cover the samples of the non-warm-up phases. What they
-  mean is defined in :mod:`engine.telemetry.derived`.
+  mean is defined in :mod:`soaktop.engine.telemetry.derived`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.drift import Drift
-from engine.errors import SoaktopError
-from engine.events import (
+from soaktop.engine.errors import SoaktopError
+from soaktop.engine.events import (
     ClientSample,
     GpuSample,
     HostSample,
@@ -42,16 +41,23 @@ from engine.events import (
     TelemetryStatus,
     TokensArrived,
 )
-from engine.histogram import LogHistogram
-from engine.plans import parse_slo, ramp_table, slo_report
-from engine.stats import (
+from soaktop.engine.load.plans import parse_slo, ramp_table, slo_report
+from soaktop.engine.metrics.drift import Drift
+from soaktop.engine.metrics.histogram import LogHistogram
+from soaktop.engine.metrics.stats import (
     SPEED_QUANTILES,
     distribution,
     histogram_distribution,
     rate,
     request_metrics,
 )
-from engine.telemetry.derived import GpuWindow, HostWindow, ServerWindow, energy_figures, gpu_key
+from soaktop.engine.telemetry.derived import (
+    GpuWindow,
+    HostWindow,
+    ServerWindow,
+    energy_figures,
+    gpu_key,
+)
 
 
 class _Column:
@@ -299,7 +305,8 @@ class SessionSummary:
         return out
 
     def _add_plans(self, out: dict[str, Any]) -> None:
-        """What a ramp or an SLO search concluded, from the phases (see engine.plans)."""
+        """What a ramp or an SLO search concluded, from the phases (see
+        soaktop.engine.load.plans)."""
         config = self.header.config if self.header is not None else {}
         if config.get("ramp"):
             out["ramp"] = ramp_table(out)

@@ -1,7 +1,7 @@
 """Load plans: a ramp over concurrency levels, and the search for the highest concurrency that
 meets an SLO.
 
-A plan steers a running :class:`~engine.session.Session` with the commands a user has (a new
+A plan steers a running :class:`~soaktop.engine.session.Session` with the commands a user has (a new
 phase per level, reason ``ramp`` or ``slo search``), so what it did is in the record as phases
 and needs no events of its own. What a plan *concludes* is computed from those phases by the
 summary (:func:`ramp_table`, :func:`slo_report`), so ``soaktop summary`` of the record says the
@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import ConfigError
-from engine.events import Phase
+from soaktop.engine.errors import ConfigError
+from soaktop.engine.events import Phase
 
 PLATEAU_GAIN = 0.05  # a ramp step that adds less than 5% tokens/s has reached a plateau
 

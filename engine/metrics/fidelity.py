@@ -1,14 +1,14 @@
 """How far soaktop's own timing can be trusted: its numbers against what went over the wire.
 
-A loopback server (:mod:`engine.loopback`, in a process of its own) emits tokens on a schedule
-and records when it handed each content chunk to the socket. soaktop drives it like any server
-and records when each chunk arrived. Both read ``CLOCK_MONOTONIC`` (``perf_counter_ns`` on
+A loopback server (:mod:`soaktop.engine.loopback`, in a process of its own) emits tokens on a
+schedule and records when it handed each content chunk to the socket. soaktop drives it like any
+server and records when each chunk arrived. Both read ``CLOCK_MONOTONIC`` (``perf_counter_ns`` on
 Linux), so the two views are directly comparable:
 
 - wire TTFT: the client's request left its socket -> the server sent the first content chunk
   (requests are paired by their ``X-Request-Id``);
 - wire ITL: gaps between the content chunks the server sent;
-- soaktop's TTFT and ITL: as defined in :mod:`engine.stats`, from its arrival times.
+- soaktop's TTFT and ITL: as defined in :mod:`soaktop.engine.metrics.stats`, from its arrival times.
 
 The error at a quantile is soaktop's quantile minus the wire's. It includes everything the
 client adds: sending the request, the kernel's loopback hop, event-loop delays and parsing.
@@ -30,14 +30,14 @@ from dataclasses import dataclass, replace
 import httpx
 import numpy as np
 
-from engine.backends.http import Timeouts, request_uuid
-from engine.backends.openai import OpenAIBackend
-from engine.config import RunConfig
-from engine.events import RequestDone
-from engine.loopback import Emission, Schedule, spawn
-from engine.session import Session
-from engine.stats import itl_gaps
-from engine.summary import SessionSummary
+from soaktop.engine.backends.http import Timeouts, request_uuid
+from soaktop.engine.backends.openai import OpenAIBackend
+from soaktop.engine.config import RunConfig
+from soaktop.engine.events import RequestDone
+from soaktop.engine.loopback import Emission, Schedule, spawn
+from soaktop.engine.metrics.stats import itl_gaps
+from soaktop.engine.metrics.summary import SessionSummary
+from soaktop.engine.session import Session
 
 QUANTILES = (50, 90, 99)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends.base import Prompt
+from soaktop.engine.backends.base import Prompt
 
 VOCABULARY_SIZE = 4096
 _SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "do", "fe", "gu", "hi",

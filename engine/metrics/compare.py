@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.summary import SessionSummary
+from soaktop.engine.metrics.summary import SessionSummary
 
 ALPHA = 0.01
 
