@@ -1,4 +1,4 @@
-"""How big records are and how fast they are read, measured (issue 5's targets: at most 8 bytes
+"""How big records are and how fast they are read, measured (the targets: at most 8 bytes
 per output token at concurrency 64, and a record of 1 million tokens summarised in under 2 s).
 
 Two records, in one run:

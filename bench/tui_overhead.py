@@ -1,5 +1,5 @@
-"""What the dashboard costs over a headless run (issue 6: with 64 streams at 3,000 tokens/s the
-TUI may cost at most 25% of one core more than ``--headless``).
+"""What the dashboard costs over a headless run (the target: with 64 streams at 3,000 tokens/s
+the TUI may cost at most 25% of one core more than ``--headless``).
 
 Measured side by side in one run, against one loopback server process:
 - The loopback server (its own process, see :mod:`soaktop.engine.loopback`) is paced so that

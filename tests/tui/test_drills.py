@@ -1,4 +1,4 @@
-"""Fault drills (issue 7): what a soak meets in its thirty minutes, each bounded in time and on
+"""Fault drills: what a soak meets in its thirty minutes, each bounded in time and on
 this machine only, each asserting that the run survives and that the record loses nothing it
 had.
 

@@ -1,4 +1,4 @@
-"""Issue 7: a long run holds flat memory. Ten minutes (after a minute of warm-up) of
+"""A long run holds flat memory. Ten minutes (after a minute of warm-up) of
 ``soaktop run --headless`` at 64 streams and 3,000 tokens/s against a loopback server process,
 recording with host telemetry; soaktop's RSS may not stand 20 MB above its warm-up level at any
 sample. The measurement is bench/soak_memory.py's own ``soak()``, so the bench and this test
