@@ -1,0 +1,56 @@
+"""The README's Layout section is the map of the tree: every module of engine/, tui/ and themes/
+is in it, at its path, and nothing in it is gone from the tree.
+
+The map is an indented tree in the first code block under ``## Layout``: a line whose first
+word ends in ``/`` opens a folder, one ending in ``.py`` or ``.tcss`` names a file in the
+folder it is indented under. ``__init__.py`` and ``__main__.py`` need not be listed.
+"""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("engine", "tui", "themes")
+ENTRY = re.compile(r"^(\s*)(\S+/|\S+\.py|\S+\.tcss)(\s|$)")
+
+
+def layout_paths(readme: str) -> set[str]:
+    section = readme.split("\n## Layout\n", 1)[1]
+    block = section.split("```", 2)[1]
+    paths: set[str] = set()
+    stack: list[tuple[int, str]] = []  # (indent, folder)
+    for line in block.splitlines():
+        match = ENTRY.match(line)
+        if not match:
+            continue
+        indent, name = len(match.group(1)), match.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = "/".join([folder for _, folder in stack] + [name.rstrip("/")])
+        if name.endswith("/"):
+            stack.append((indent, name.rstrip("/")))
+        elif path.split("/")[0] in PACKAGES:
+            paths.add(path)
+    return paths
+
+
+def tree_paths() -> set[str]:
+    return {p.relative_to(ROOT).as_posix() for pkg in PACKAGES for p in (ROOT / pkg).rglob("*")
+            if p.suffix in (".py", ".tcss") and p.name not in ("__init__.py", "__main__.py")
+            and "__pycache__" not in p.parts}
+
+
+def test_the_layout_names_every_module_at_its_path():
+    listed = layout_paths((ROOT / "README.md").read_text())
+    actual = tree_paths()
+    assert actual - listed == set(), "in the tree, missing from the README's Layout"
+    assert listed - actual == set(), "in the README's Layout, gone from the tree"
+
+
+def test_the_layout_parser_reads_nesting():
+    """The check above can fail: a file is placed under the folder it is indented under."""
+    readme = ("intro\n## Layout\n\n```\nengine/     the engine\n  events.py  events\n"
+              "  load/\n    loops.py  loops\n  session.py  the session\ntui/\n  cli.py\n"
+              "tests/\n  test_x.py\n```\n")
+    assert layout_paths(readme) == {"engine/events.py", "engine/load/loops.py",
+                                    "engine/session.py", "tui/cli.py"}
