@@ -33,6 +33,7 @@ Faults (every ``fault_every``-th generation request, counted from 1):
 ``non_utf8``        a chunk whose JSON string holds the bytes ``\\xff\\xfe``, then the rest
 ``error_in_stream`` HTTP 200, two content chunks, an error event, end of stream and connection
 ``refuse_usage``    400 for a request with ``stream_options``; others are served normally
+``finish_error``    the last content chunk's finish reason is ``error``: a failure inside a 200
 ==================  ===========================================================================
 
 Status faults (``http_*``, ``refuse_usage``) apply to any generation request; the others to
@@ -51,8 +52,8 @@ to kill it; ``port=`` to start one again where a killed one listened).
 """
 
 from soaktop.engine.loopback.process import READY, LoopbackProcess, spawn, spawn_process
-from soaktop.engine.loopback.schedule import FAULTS, Emission, Schedule
-from soaktop.engine.loopback.server import LoopbackServer
+from soaktop.engine.loopback.schedule import Emission, Schedule
+from soaktop.engine.loopback.server import FAULTS, LoopbackServer
 
 __all__ = [
     "FAULTS", "READY", "Emission", "LoopbackProcess", "LoopbackServer", "Schedule", "spawn",

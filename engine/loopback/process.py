@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from soaktop.engine.errors import SoaktopError
-from soaktop.engine.loopback.schedule import FAULTS, Schedule
-from soaktop.engine.loopback.server import LoopbackServer
+from soaktop.engine.loopback.schedule import Schedule
+from soaktop.engine.loopback.server import FAULTS, LoopbackServer
 
 READY = "soaktop-loopback listening on "
 # The directory that holds the ``engine`` package, so the child can import it from a checkout.

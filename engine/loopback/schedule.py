@@ -11,23 +11,6 @@ import random
 from dataclasses import dataclass, fields
 from typing import Any
 
-#: Every way the server can misbehave on request (see :mod:`soaktop.engine.loopback`).
-FAULTS = (
-    "reset",
-    "stall_first",
-    "stall_mid",
-    "http_500",
-    "http_404",
-    "http_429",
-    "malformed_json",
-    "malformed_sse",
-    "no_done",
-    "non_utf8",
-    "error_in_stream",
-    "refuse_usage",
-    "finish_error",  # the last chunk's finish_reason is "error": a failure inside a 200
-)
-
 
 @dataclass(frozen=True, slots=True)
 class Schedule:

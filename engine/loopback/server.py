@@ -11,19 +11,19 @@ HTTP chunk per SSE event or NDJSON line.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
 from soaktop.engine import __version__
-from soaktop.engine.loopback.schedule import FAULTS, Emission, Schedule
+from soaktop.engine.loopback.schedule import Emission, Schedule
 from soaktop.engine.loopback.wire import (
-    STATUS_FAULTS,
     WIRES,
     Wire,
     ollama_show,
@@ -35,13 +35,6 @@ from soaktop.engine.loopback.wire import (
 #: What ``/version`` and ``/api/version`` answer, as vLLM and Ollama tell theirs.
 VERSION = f"loopback-{__version__}"
 _STALL_S = 3600.0
-# Mid-stream faults strike when this many content chunks have gone out, at the moment the next
-# one is due (so the client has had time to read the ones before), or at the end of a shorter
-# response.
-_STRIKE_AFTER = {
-    "reset": 3, "stall_mid": 3, "malformed_json": 3, "malformed_sse": 3, "non_utf8": 3,
-    "error_in_stream": 2,
-}
 _MALFORMED_JSON = b"{not json"
 # No colon, so not ``field: value``; then a blank line, as if it ended an event.
 _GARBAGE = b"%%% loopback garbage, not a field %%%\n\n"
@@ -148,6 +141,155 @@ async def _sleep_until(deadline_ns: int) -> None:
     delay_ns = deadline_ns - time.perf_counter_ns()
     if delay_ns > 0:
         await asyncio.sleep(delay_ns / 1e9)
+
+
+# -- faults -------------------------------------------------------------------------------------
+
+
+class _At(enum.Enum):
+    """Where in a response a fault strikes. A response that is not streamed meets only the
+    first: the others are points of a stream."""
+
+    BEFORE_HEADERS = enum.auto()  # instead of the response
+    BEFORE_FIRST_CHUNK = enum.auto()  # the headers are out, nothing of the body yet
+    # When ``after_chunks`` content chunks have gone out, at the moment the next one is due (so
+    # the client has had time to read the ones before), or after the last of fewer.
+    MID_STREAM = enum.auto()
+    LAST_CHUNK = enum.auto()  # the last content chunk is due and not yet made
+    TERMINATOR = enum.auto()  # the content is out; the closing payloads, end marker last, not
+
+
+@dataclass(frozen=True, slots=True)
+class _Fault:
+    """One way to misbehave: where it strikes, and what it does there. ``act`` returns whether
+    the response goes on; one that ends it leaves in ``keep_alive`` whether the connection may
+    carry another request."""
+
+    at: _At
+    act: Callable[[_Response], Awaitable[bool]]
+    after_chunks: int = 0  # MID_STREAM: content chunks sent before it strikes
+    #: The requests it applies to, by their JSON body (None: all); others are served normally.
+    only_if: Callable[[dict[str, Any]], bool] | None = None
+
+
+@dataclass(slots=True)
+class _Response:
+    """A generation response while it is written: what a fault acts on."""
+
+    writer: asyncio.StreamWriter
+    wire: Wire
+    trace: _Trace
+    keep_alive: bool  # the connection may carry another request after this response
+    fault: str | None  # the fault this response gets, if any
+    closing: list[bytes] = field(default_factory=list)  # the payloads after the content
+
+    def strikes_at(self, at: _At) -> bool:
+        return self.fault is not None and _FAULTS[self.fault].at is at
+
+    def chunk_to_strike_before(self, chunks: int) -> int | None:
+        """The content chunk (of ``chunks``) the fault strikes before, once it is due; ``chunks``
+        itself: after the last. None: it strikes at no chunk."""
+        if self.fault is None:
+            return None
+        fault = _FAULTS[self.fault]
+        if fault.at is _At.MID_STREAM:
+            return min(fault.after_chunks, chunks)
+        if fault.at is _At.LAST_CHUNK and chunks:
+            return chunks - 1
+        return None
+
+    async def strike(self) -> bool:
+        """The fault acts (and the trace says so); returns whether the response goes on."""
+        assert self.fault is not None
+        self.trace.fault = self.fault
+        return await _FAULTS[self.fault].act(self)
+
+
+def _answer(status: int, message: str, kind: str,
+            headers: tuple[tuple[str, str], ...] = ()) -> Callable[[_Response], Awaitable[bool]]:
+    """An error status and body in the API's shape (``message`` may name ``{model}``)."""
+
+    async def answer(response: _Response) -> bool:
+        wire, trace = response.wire, response.trace
+        trace.status = status
+        body = wire.error_body(message.format(model=wire.model), kind)
+        trace.first_byte_ns = await _send_json(
+            response.writer, status, body, response.keep_alive, list(headers))
+        return False
+
+    return answer
+
+
+def _inject(payload: Callable[[Wire], bytes]) -> Callable[[_Response], Awaitable[bool]]:
+    """One HTTP chunk of ``payload`` amid the content; the stream goes on after it."""
+
+    async def inject(response: _Response) -> bool:
+        await _send_chunk(response.writer, payload(response.wire))
+        return True
+
+    return inject
+
+
+async def _stall(response: _Response) -> bool:
+    response.keep_alive = False
+    await asyncio.sleep(_STALL_S)
+    return False
+
+
+async def _reset(response: _Response) -> bool:
+    # Linger 0 makes close() send RST instead of FIN: the client sees a reset, not EOF.
+    sock = response.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    response.writer.transport.abort()
+    response.keep_alive = False
+    return False
+
+
+async def _error_event(response: _Response) -> bool:
+    """An error event, then the body ends well and the server closes the connection."""
+    await _send_chunk(response.writer, response.wire.frame(response.wire.error_event()))
+    response.writer.write(_END)
+    await response.writer.drain()
+    response.keep_alive = False
+    return False
+
+
+async def _finish_with_error(response: _Response) -> bool:
+    response.wire.finish = "error"
+    return True
+
+
+async def _drop_end_marker(response: _Response) -> bool:
+    response.closing = response.closing[:-1]
+    return True
+
+
+#: Every way the server can misbehave on request (see :mod:`soaktop.engine.loopback`).
+_FAULTS: dict[str, _Fault] = {
+    "reset": _Fault(_At.MID_STREAM, _reset, after_chunks=3),
+    "stall_first": _Fault(_At.BEFORE_FIRST_CHUNK, _stall),
+    "stall_mid": _Fault(_At.MID_STREAM, _stall, after_chunks=3),
+    "http_500": _Fault(_At.BEFORE_HEADERS, _answer(
+        500, "loopback: internal error", "server_error")),
+    "http_404": _Fault(_At.BEFORE_HEADERS, _answer(
+        404, "The model `{model}` does not exist.", "invalid_request_error")),
+    "http_429": _Fault(_At.BEFORE_HEADERS, _answer(
+        429, "loopback: rate limit reached", "rate_limit_error", (("Retry-After", "1"),))),
+    "malformed_json": _Fault(_At.MID_STREAM, _inject(lambda wire: wire.frame(_MALFORMED_JSON)),
+                             after_chunks=3),
+    "malformed_sse": _Fault(_At.MID_STREAM, _inject(lambda wire: _GARBAGE), after_chunks=3),
+    "no_done": _Fault(_At.TERMINATOR, _drop_end_marker),
+    "non_utf8": _Fault(_At.MID_STREAM, _inject(lambda wire: wire.frame(wire.non_utf8())),
+                       after_chunks=3),
+    "error_in_stream": _Fault(_At.MID_STREAM, _error_event, after_chunks=2),
+    "refuse_usage": _Fault(_At.BEFORE_HEADERS, _answer(
+        400, "loopback: stream_options is not supported", "invalid_request_error"),
+        only_if=lambda body: "stream_options" in body),
+    # the last chunk's finish_reason is "error": a failure inside a 200
+    "finish_error": _Fault(_At.LAST_CHUNK, _finish_with_error),
+}
+#: The faults' names, in the table's order: what ``fault=`` and ``--fault`` accept.
+FAULTS = tuple(_FAULTS)
 
 
 class LoopbackServer:
@@ -309,61 +451,61 @@ class LoopbackServer:
             trace.first_byte_ns = await _send_json(writer, 400, error_body, keep_alive)
             return keep_alive
 
-        fault = self.fault if trace.request % self.fault_every == 0 else None
-        if fault in STATUS_FAULTS and (fault != "refuse_usage" or "stream_options" in body):
-            trace.status, message, kind = STATUS_FAULTS[fault]
-            trace.fault = fault
-            retry = [("Retry-After", "1")] if trace.status == 429 else []
-            error_body = wire.error_body(message.format(model=wire.model), kind)
-            trace.first_byte_ns = await _send_json(
-                writer, trace.status, error_body, keep_alive, retry
-            )
-            return keep_alive
-
+        response = _Response(writer, wire, trace, keep_alive, self._fault_for(trace, body))
+        if response.strikes_at(_At.BEFORE_HEADERS) and not await response.strike():
+            return response.keep_alive
         if self.schedule.stop_after is not None and wire.tokens > self.schedule.stop_after:
             wire.tokens, wire.finish = self.schedule.stop_after, "stop"  # EOS before the limit
         plan = self.schedule.plan(wire.tokens, trace.request)
         if not wire.stream:
             return await self._respond_whole(wire, plan, trace, writer, keep_alive)
+        return await self._stream(request, plan, response)
 
+    def _fault_for(self, trace: _Trace, body: dict[str, Any]) -> str | None:
+        """The fault this request gets: every ``fault_every``-th one, where the fault applies."""
+        if self.fault is None or trace.request % self.fault_every != 0:
+            return None
+        only_if = _FAULTS[self.fault].only_if
+        return self.fault if only_if is None or only_if(body) else None
+
+    async def _stream(
+        self, request: _Request, plan: list[tuple[int, int]], response: _Response
+    ) -> bool:
+        """A streamed answer: the headers, the opening, content chunks when the plan says, the
+        closing and the end of the body, with the response's fault where it strikes."""
+        wire, trace, writer = response.wire, response.trace, response.writer
         writer.write(_head(200, [
             ("Content-Type", wire.content_type), ("Cache-Control", "no-cache"),
             ("Transfer-Encoding", "chunked"),
-        ], keep_alive))
+        ], response.keep_alive))
         trace.first_byte_ns = time.perf_counter_ns()
-        if fault == "stall_first":
-            trace.fault = fault
-            await asyncio.sleep(_STALL_S)
-            return False
+        if response.strikes_at(_At.BEFORE_FIRST_CHUNK) and not await response.strike():
+            return response.keep_alive
         for payload in wire.opening():
             await _send_chunk(writer, wire.frame(payload))
 
-        strike_at = min(_STRIKE_AFTER[fault], len(plan)) if fault in _STRIKE_AFTER else -1
+        strike_at = response.chunk_to_strike_before(len(plan))
         sent = 0
         for index, (offset_ns, tokens) in enumerate(plan):
             await _sleep_until(request.received_ns + offset_ns)
-            if index == strike_at and not await self._strike(fault, wire, trace, writer):
-                return False
-            last = index == len(plan) - 1
-            if last and fault == "finish_error":
-                trace.fault, wire.finish = fault, "error"
-            payload = wire.content(words(sent, tokens), last=last,
+            if index == strike_at and not await response.strike():
+                return response.keep_alive
+            payload = wire.content(words(sent, tokens), last=index == len(plan) - 1,
                                    reasoning=sent < self.schedule.reasoning_tokens)
             trace.chunks_ns.append(await _send_chunk(writer, wire.frame(payload)))
             trace.chunk_tokens.append(tokens)
             sent += tokens
-        if strike_at == len(plan) and not await self._strike(fault, wire, trace, writer):
-            return False
+        if strike_at == len(plan) and not await response.strike():
+            return response.keep_alive
 
-        closing = wire.closing(self._timing(trace))
-        if fault == "no_done":
-            trace.fault = fault
-            closing = closing[:-1]
-        for payload in closing:
+        response.closing = wire.closing(self._timing(trace))
+        if response.strikes_at(_At.TERMINATOR) and not await response.strike():
+            return response.keep_alive
+        for payload in response.closing:
             await _send_chunk(writer, wire.frame(payload))
         writer.write(_END)
         await writer.drain()
-        return keep_alive
+        return response.keep_alive
 
     async def _respond_whole(
         self, wire: Wire, plan: list[tuple[int, int]], trace: _Trace,
@@ -388,30 +530,3 @@ class LoopbackServer:
         now = time.perf_counter_ns()
         chunks = trace.chunks_ns or [now]
         return trace.received_ns, chunks[0], chunks[-1]
-
-    async def _strike(
-        self, fault: str, wire: Wire, trace: _Trace, writer: asyncio.StreamWriter
-    ) -> bool:
-        """Misbehave mid-stream; returns whether the stream goes on afterwards."""
-        trace.fault = fault
-        if fault == "reset":
-            # Linger 0 makes close() send RST instead of FIN: the client sees a reset, not EOF.
-            sock = writer.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            writer.transport.abort()
-            return False
-        if fault == "stall_mid":
-            await asyncio.sleep(_STALL_S)
-            return False
-        if fault == "error_in_stream":
-            await _send_chunk(writer, wire.frame(wire.error_event()))
-            writer.write(_END)
-            await writer.drain()
-            return False
-        injected = {
-            "malformed_json": wire.frame(_MALFORMED_JSON),
-            "malformed_sse": _GARBAGE,
-            "non_utf8": wire.frame(wire.non_utf8()),
-        }[fault]
-        await _send_chunk(writer, injected)
-        return True

@@ -23,13 +23,6 @@ _WORDS = (
     "of", "a", "loopback", "server", "on", "time",
 )
 
-#: Faults answered with an error status instead of a stream: fault -> (status, message, type).
-STATUS_FAULTS: dict[str, tuple[int, str, str]] = {
-    "http_500": (500, "loopback: internal error", "server_error"),
-    "http_404": (404, "The model `{model}` does not exist.", "invalid_request_error"),
-    "http_429": (429, "loopback: rate limit reached", "rate_limit_error"),
-    "refuse_usage": (400, "loopback: stream_options is not supported", "invalid_request_error"),
-}
 GENERATION_FAILED = "loopback: generation failed"
 # A string value written as JSON and then swapped for raw invalid UTF-8 (fault ``non_utf8``).
 _SENTINEL = "\x00"
