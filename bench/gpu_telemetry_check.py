@@ -123,8 +123,8 @@ def main() -> int:
                         "gpu_idle)")
     result = summary.result()
     print("\n".join(telemetry_lines(result)))
-    print(f"load: {result['output_tokens_per_s']:.0f} tok/s, "
-          f"{result['energy_j_per_token']} J/token, {result['tokens_per_s_per_w']} tok/s/W")
+    print(f"load: {result.output_tokens_per_s:.0f} tok/s, "
+          f"{result.energy_j_per_token} J/token, {result.tokens_per_s_per_w} tok/s/W")
     for p in problems:
         print(f"PROBLEM: {p}")
     print("OK" if not problems else "FAILED")

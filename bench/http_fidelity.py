@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 
-from soaktop.engine.metrics.fidelity import measure, table, trusted_rate
+from soaktop.engine.metrics.fidelity import measure, trusted_rate
+from soaktop.tui.calibrate_text import calibration_table
+from soaktop.tui.cli import collector_frozen
 
 
 def main() -> None:
@@ -26,9 +28,10 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
     args = p.parse_args()
     print(f"{args.concurrency} streams, {args.duration:g} s per rate; error = soaktop - wire, ms")
-    results = [measure(args.concurrency, float(rate), duration_s=args.duration)
-               for rate in args.rates.split(",")]
-    print("\n".join(table(results)))
+    with collector_frozen():  # as `soaktop calibrate` measures: its session runs in here
+        results = [measure(args.concurrency, float(rate), duration_s=args.duration)
+                   for rate in args.rates.split(",")]
+    print("\n".join(calibration_table(results)))
     best = trusted_rate(results)
     print("p99 error stayed under 1 ms at none of these rates" if best is None
           else f"highest rate with p99 error under 1 ms: {best:,.0f} tokens/s")

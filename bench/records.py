@@ -36,6 +36,7 @@ from soaktop.engine.events import Phase, RequestDone, SessionEnd, SessionStart
 from soaktop.engine.loopback.process import spawn
 from soaktop.engine.loopback.schedule import Schedule
 from soaktop.engine.metrics.live import LiveStats
+from soaktop.engine.metrics.results import RunSummary
 from soaktop.engine.metrics.summary import SessionSummary
 from soaktop.engine.records.format import RecordReader, RecordWriter
 from soaktop.engine.records.replay import Replay, Timeline
@@ -91,7 +92,7 @@ def synthetic_record(path: Path, tokens: int, shapes: list[RequestDone]) -> int:
     return written
 
 
-def summarise(path: Path) -> dict:
+def summarise(path: Path) -> RunSummary:
     summary = SessionSummary()
     for event in RecordReader(path).events():
         summary.add(event)
@@ -155,7 +156,7 @@ def main() -> None:
             size = synthetic.stat().st_size
             floor_s = json_floor(synthetic)
             summary_s, result = timed(summarise, synthetic)
-            assert result["requests_ok"] > 0
+            assert result.requests_ok > 0
             replay_s, replayed = timed(replay_at_full_speed, synthetic, repeat=1)
             assert replayed == written
             print(f"synthetic {name}: {written:,} tokens, {size / 2**20:.1f} MiB "

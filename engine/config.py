@@ -1,10 +1,19 @@
-"""The run configuration: everything needed to run a session again, and its validation."""
+"""The run configuration: everything needed to run a session again, its defaults and its
+validation.
+
+A :class:`RunConfig` is built from what the user asked for: the command line's flags, or a
+record's header for a rerun. The defaults that depend on other fields are filled in when it is
+made (the concurrency a ramp or an SLO search starts at, the local engine's preset), so every
+reader sees one resolved value; the one default that needs a server's answer, the model it
+serves first, is filled in by :func:`soaktop.engine.factory.build_session`, which also strips
+credentials from URLs before a session, and so its record, sees them.
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,6 +24,8 @@ _UNIT_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 _TELEMETRY_KINDS = ("nvml", "host")
+LOCAL_MODEL = "tiny"  # the local engine's preset when none is named: it runs on any CPU
+CONCURRENCY = 4  # requests in flight when none is given (an SLO search starts at 1)
 
 
 def check_url(url: str, flag: str) -> None:
@@ -63,9 +74,13 @@ def parse_duration(text: str) -> float:
 @dataclass(frozen=True)
 class RunConfig:
     backend: str = "local"
-    model: str = "tiny"
+    #: None: the local engine's ``tiny`` preset (set when the config is made), or the first
+    #: model a server lists (set by :func:`soaktop.engine.factory.build_session`).
+    model: str | None = None
     device: str = "auto"
-    concurrency: int = 4
+    #: None: the first step of a ramp, 1 for an SLO search (it doubles from there), else 4;
+    #: always a number once the config is made.
+    concurrency: int | None = None
     duration_s: float | None = None  # None: until max_requests, or until stopped
     max_requests: int | None = None  # measured requests, warm-up not included
     warmup_requests: int | None = None  # None: as many as the starting concurrency
@@ -73,7 +88,9 @@ class RunConfig:
     output_tokens: int = 128
     seed: int = 0
     prompt_pool: int = 256
-    url: str | None = None  # credentials and query stripped before it gets here
+    #: The server's base URL. A session's config (and so its record) holds it without
+    #: credentials or query: :func:`soaktop.engine.factory.build_session` strips them.
+    url: str | None = None
     api: str | None = None
     connect_timeout_s: float = 10.0
     first_token_timeout_s: float = 120.0
@@ -100,6 +117,16 @@ class RunConfig:
     max_inflight: int | None = None  # open loop: at most this many out; the wait counts
 
     def __post_init__(self) -> None:
+        # a record's header gives lists: keep tuples, so a config is hashable and compares equal
+        object.__setattr__(self, "telemetry", tuple(self.telemetry))
+        object.__setattr__(self, "ramp", tuple(self.ramp))
+        if self.model is None and self.backend == "local":
+            object.__setattr__(self, "model", LOCAL_MODEL)
+        if self.concurrency is None:
+            start = self.ramp[0] if self.ramp else 1 if self.slo else CONCURRENCY
+            object.__setattr__(self, "concurrency", start)
+        elif self.ramp and self.concurrency != self.ramp[0]:
+            raise ConfigError(f"--ramp starts at {self.ramp[0]}: leave --concurrency out")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1 (got {self.concurrency})")
         if self.duration_s is not None and self.duration_s <= 0:
@@ -150,3 +177,14 @@ class RunConfig:
         """JSON-ready (lists, not tuples): the header a live run holds equals the one read back."""
         return {**asdict(self), "warmup_requests": self.warmup, "telemetry": list(self.telemetry),
                 "ramp": list(self.ramp)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """The config a record's header holds (:meth:`to_dict`), validated again. Keys this
+        version does not know are left out, and those a record lacks take their defaults, so
+        a record from another version still reads."""
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, ValueError) as exc:  # a value of the wrong type: a damaged header
+            raise ConfigError(f"the recorded config is not one soaktop can run: {exc}") from None

@@ -1,4 +1,4 @@
-"""The typed events every part of soaktop speaks: the spine of DESIGN.md.
+"""The typed events every part of soaktop speaks: the spine of docs/design.md.
 
 Each event is immutable and carries ``t_ns``: nanoseconds since the session started, read from
 ``time.perf_counter_ns()`` (monotonic). The wall clock appears once, in :class:`SessionStart`.
@@ -13,9 +13,40 @@ from which a replay derives the same ``TokensArrived`` stream.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 SCHEMA_VERSION = 1
+
+
+class PhaseReason(str, Enum):
+    """Why a phase began. The values are the strings records hold, so a record written with or
+    without this type reads the same; a reason this soaktop does not know (a newer record, a
+    benchmark's own) stays the plain string it was."""
+
+    START = "start"
+    WARMUP_DONE = "warm-up done"
+    KEY = "key"  # a key in the dashboard
+    COMMAND = "command"  # a change asked for through the session's API
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    RAMP = "ramp"
+    SLO_SEARCH = "slo search"
+    RERUN = "rerun: as recorded"  # a rerun repeating a recorded change
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def of(cls, text: str) -> PhaseReason | str:
+        """The member whose value is ``text``, or ``text`` itself when there is none."""
+        try:
+            return cls(text)
+        except ValueError:
+            return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +71,38 @@ class Phase:
     concurrency: int
     model: str
     backend: str
-    reason: str  # "start", "warm-up done", "key", "schedule", "command"
+    reason: PhaseReason | str  # a PhaseReason; a string only for one this soaktop does not know
     warmup: bool = False
     rate: float | None = None  # open loop: planned requests a second (None: closed loop)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reason, PhaseReason):  # a record's string, or a caller's
+            object.__setattr__(self, "reason", PhaseReason.of(self.reason))
+
+
+class EndReason(str, Enum):
+    """How a session ended: ``ended`` in the summary. The values are the strings records hold;
+    one this soaktop does not know stays the plain string it was."""
+
+    COMPLETED = "completed"  # its duration or request count was reached, or its plan ended
+    INTERRUPTED = "interrupted"  # stopped by the user: Ctrl-C, SIGTERM, q, ``soaktop stop``
+    FAILED = "failed"  # every request so far was refused for one reason: the request was wrong
+    CRASHED = "crashed"  # soaktop itself failed; the record is closed all the same
+    CUT_SHORT = "cut_short"  # never written: a record with no session_end (its writer died)
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def of(cls, text: str) -> EndReason | str:
+        """The member whose value is ``text``, or ``text`` itself when there is none."""
+        try:
+            return cls(text)
+        except ValueError:
+            return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,8 +296,12 @@ class Mark:
 @dataclass(frozen=True, slots=True)
 class SessionEnd:
     t_ns: int
-    reason: str  # "completed", "interrupted", "failed" (every request refused), "crashed"
+    reason: EndReason | str
     detail: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reason, EndReason):  # a record's string, or a caller's
+            object.__setattr__(self, "reason", EndReason.of(self.reason))
 
 
 Event = (

@@ -14,27 +14,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from soaktop.engine.backends.base import Backend, GenerationRequest, RequestSent, StreamEnd
+from soaktop.engine.backends.base import (
+    Arrival,
+    Backend,
+    GenerationRequest,
+    RequestSent,
+    StreamEnd,
+)
 from soaktop.engine.config import RunConfig
 from soaktop.engine.errors import BackendError, ConfigError
 from soaktop.engine.events import (
     SCHEMA_VERSION,
     ClientSample,
+    EndReason,
     Mark,
     Phase,
+    PhaseReason,
     RequestDone,
     SessionEnd,
     SessionStart,
     TokensArrived,
 )
-from soaktop.engine.load.loops import ClosedLoop, OpenLoop
+from soaktop.engine.load.loops import ClosedLoop, Load, OpenLoop
 from soaktop.engine.load.prompts import PromptSet
 from soaktop.engine.load.turnstile import Turnstile
 from soaktop.engine.metrics.client_health import ClientHealth
@@ -45,6 +54,44 @@ from soaktop.engine.telemetry import Sampler, Source, build_sources
 Listener = Callable[[Any], None]
 
 
+@dataclass(slots=True)
+class _RequestState:
+    """One request while it runs: when it was due and when it went out, what arrived, and how
+    it ended."""
+
+    request_id: int
+    #: When it should have gone out: its slot freed (closed loop; or the end of a Retry-After
+    #: hold), or its planned time (open loop).
+    due_ns: int
+    #: When it actually went out: the backend's stamp, else when the session asked for it.
+    sent_ns: int
+    open_loop: bool
+    send_noted: bool = False  # its lateness has gone to the client's health
+    arrivals: list[int] = field(default_factory=list)  # µs after latency_from_ns
+    tokens: list[int] = field(default_factory=list)
+    thinking: list[bool] = field(default_factory=list)  # per arrival: reasoning, not answer
+    finish: str = "length"
+    error_class: str | None = None
+    error_message: str | None = None
+    server: dict[str, Any] | None = None
+    refused: bool = False
+    end_ns: int | None = None
+
+    @property
+    def latency_from_ns(self) -> int:
+        """Where its latencies run from. In an open loop that is the planned time, so a late
+        send counts (no coordinated omission); in a closed loop, the send itself."""
+        return self.due_ns if self.open_loop else self.sent_ns
+
+    @property
+    def queued_us(self) -> int:
+        """How long after its planned time it went out (open loop; 0 in a closed loop)."""
+        return max(0, self.sent_ns - self.due_ns) // 1000 if self.open_loop else 0
+
+    def fail(self, error_class: str, message: str) -> None:
+        self.finish, self.error_class, self.error_message = "error", error_class, message
+
+
 class Session:
     def __init__(
         self,
@@ -53,9 +100,16 @@ class Session:
         record_path: Path | None = None,
         listeners: tuple[Listener, ...] = (),
         sources: Sequence[Source] | None = None,
+        while_running: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
         """``sources``: telemetry sources to sample; by default those ``config.telemetry``
-        names (pass them explicitly when a URL needs credentials the config must not keep)."""
+        names (pass them explicitly when a URL needs credentials the config must not keep).
+
+        ``while_running``: a context the session enters once its backend has started, just
+        before its clock starts, and leaves when the run has ended. It is where a caller
+        holds a process-wide setting for the run alone (the command line freezes the garbage
+        collector there); the session itself changes no process-wide state.
+        """
         self.config = config
         self.backend = backend
         self.record_path = record_path
@@ -66,8 +120,8 @@ class Session:
         self._origin_ns = 0
         self._phase: Phase | None = None
         self._started = 0  # requests launched, warm-up included
-        self._loop: ClosedLoop | None = None
-        self._end_reason = "completed"
+        self._loop: Load | None = None
+        self._end_reason = EndReason.COMPLETED
         self._stopped = asyncio.Event()
         #: Set once the header is out and the clock runs (after the backend has started).
         self.started = asyncio.Event()
@@ -75,7 +129,7 @@ class Session:
         self._not_before_ns = 0  # a server's Retry-After holds new sends until then
         self._succeeded = False
         self._refused = ("", 0)  # (error class, how many in a row) before any success
-        #: Why the run gave up, in one line, when ``SessionEnd.reason`` is ``"failed"``.
+        #: Why the run gave up, in one line, when ``SessionEnd.reason`` is ``EndReason.FAILED``.
         self.failure: str | None = None
         if sources is None:
             sources = build_sources(config.telemetry, config.watch_pid,
@@ -87,6 +141,8 @@ class Session:
         self._resume_to: int | None = None  # the concurrency to go back to, while paused
         self._health = ClientHealth()
         self._turnstile = Turnstile()
+        #: As passed to the constructor; may be set in its place until :meth:`run`.
+        self.while_running = while_running
 
     # -- clock and events ------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -161,15 +217,16 @@ class Session:
     def concurrency(self) -> int:
         return self._phase.concurrency if self._phase else self.config.concurrency
 
-    def set_concurrency(self, n: int, reason: str = "command") -> None:
+    def set_concurrency(self, n: int, reason: PhaseReason | str = PhaseReason.COMMAND) -> None:
         """Start a new phase at ``n`` requests in flight; takes effect at once when raising."""
         self.change(concurrency=n, reason=reason)
 
-    def switch_model(self, model: str, reason: str = "command") -> None:
+    def switch_model(self, model: str, reason: PhaseReason | str = PhaseReason.COMMAND) -> None:
         """Send new requests to ``model`` from now on, in a new phase; in-flight ones finish."""
         self.change(model=model, reason=reason)
 
-    async def load_and_switch(self, model: str, reason: str = "command") -> None:
+    async def load_and_switch(self, model: str,
+                              reason: PhaseReason | str = PhaseReason.COMMAND) -> None:
         """Have the backend ready ``model`` (the local engine builds it, seconds for a big
         preset, while the old one keeps serving), then switch to it."""
         if model != self.model:
@@ -177,7 +234,7 @@ class Session:
         self.switch_model(model, reason)
 
     def change(self, concurrency: int | None = None, model: str | None = None,
-               reason: str = "command") -> None:
+               reason: PhaseReason | str = PhaseReason.COMMAND) -> None:
         """Concurrency and/or model changed together: one new phase (none if nothing changes).
 
         Raising concurrency takes effect at once; lowering it lets requests finish; requests
@@ -229,7 +286,7 @@ class Session:
         """Requests a second in an open loop (0 while paused); None in a closed loop."""
         return self._phase.rate if self._phase else self.config.rate
 
-    def set_rate(self, rate: float, reason: str = "command") -> None:
+    def set_rate(self, rate: float, reason: PhaseReason | str = PhaseReason.COMMAND) -> None:
         """A new arrival rate (open loop only), in a new phase, from now on."""
         if self.config.rate is None:
             raise ConfigError("this run keeps a concurrency, not a rate (--rate starts one)")
@@ -249,7 +306,7 @@ class Session:
         """The concurrency the load runs at, or returns to when paused."""
         return self._resume_to if self._resume_to is not None else self.concurrency
 
-    def pause(self, reason: str = "paused") -> None:
+    def pause(self, reason: PhaseReason | str = PhaseReason.PAUSED) -> None:
         """Send nothing new (a phase at concurrency 0); requests in flight finish."""
         if self._phase is None or self.paused:
             return
@@ -262,7 +319,7 @@ class Session:
         if self._loop is not None:
             self._loop.set_target(0)
 
-    def resume(self, reason: str = "resumed") -> None:
+    def resume(self, reason: PhaseReason | str = PhaseReason.RESUMED) -> None:
         """Load again at the concurrency before the pause (or the one set while paused)."""
         if not self.paused:
             return
@@ -277,14 +334,14 @@ class Session:
     def mark(self, note: str) -> None:
         self._emit(Mark(t_ns=self.now_ns(), note=note))
 
-    def stop(self, reason: str = "interrupted") -> None:
+    def stop(self, reason: EndReason = EndReason.INTERRUPTED) -> None:
         """End the run: in-flight requests are cancelled and the record is closed."""
         if not self._stopped.is_set():
             self._end_reason = reason
             self._stopped.set()
 
     # -- the run ---------------------------------------------------------------------------
-    def _new_phase(self, reason: str, concurrency: int | None = None,
+    def _new_phase(self, reason: PhaseReason | str, concurrency: int | None = None,
                    rate: float | None = None) -> None:
         previous = self._phase
         if rate is None:
@@ -322,7 +379,7 @@ class Session:
         self._refused = (done.error_class or "", count)
         if count >= max(8, self.concurrency):
             self.failure = f"every request was refused ({count} so far): {done.error_message}"
-            self.stop("failed")
+            self.stop(EndReason.FAILED)
 
     def _launch(self, due_ns: int | None = None):
         """The next request's coroutine (None when the request budget is spent); ``due_ns``
@@ -332,7 +389,7 @@ class Session:
             return None
         warmup = self._started < cfg.warmup
         if not warmup and self._phase.warmup:
-            self._new_phase("warm-up done")
+            self._new_phase(PhaseReason.WARMUP_DONE)
         request_id = self._started
         self._started += 1
         open_loop = due_ns is not None
@@ -341,127 +398,149 @@ class Session:
 
     async def _request(self, request_id: int, phase_id: int, model: str, warmup: bool,
                        due_ns: int = 0, open_loop: bool = False) -> None:
-        """One request; ``due_ns`` is when it should have gone out (its slot freed, or its
-        planned time). In an open loop its latency runs from ``due_ns``: a late send counts,
-        and how late is kept apart too (``queued_us``)."""
-        cfg = self.config
-        wait_ns = self._not_before_ns - self.now_ns()
-        try:
-            if wait_ns > 0:  # not sent yet: the wait is not the server's latency
-                await asyncio.sleep(wait_ns / 1e9)
-                if not open_loop:
-                    due_ns = self._not_before_ns  # held on purpose (Retry-After): due from then
-            await self._turnstile.turn()  # a wave of sends goes out one per loop iteration
-        except asyncio.CancelledError:
+        """One request, from its wait to be sent to its ``RequestDone``; ``due_ns`` is when it
+        should have gone out (its slot freed, or its planned time in an open loop)."""
+        due_ns = await self._wait_to_send(due_ns, open_loop)
+        if due_ns is None:
             return  # the run ended before this request was ever sent
         prompt = self.prompts.prompt(request_id)
-        request = GenerationRequest(request_id, prompt, cfg.output_tokens, model)
-        sent_ns = self.now_ns()
-        lateness_noted = False
-        arrivals: list[int] = []
-        tokens: list[int] = []
-        thinking: list[bool] = []  # per arrival: reasoning, not answer
-        finish, error_class, error_message = "length", None, None
-        server, refused = None, False
-        end_ns: int | None = None
+        request = GenerationRequest(request_id, prompt, self.config.output_tokens, model)
+        state = _RequestState(request_id, due_ns, sent_ns=self.now_ns(), open_loop=open_loop)
         try:
             async with contextlib.aclosing(self.backend.stream(request)) as stream:
-                async for item in stream:
-                    if isinstance(item, RequestSent):  # the true send time, before any arrival
-                        sent_ns = item.t_ns - self._origin_ns
-                        self._health.sent(due_ns, sent_ns)
-                        lateness_noted = True
-                        continue
-                    if isinstance(item, StreamEnd):
-                        end_ns = self.now_ns()
-                        finish, server = item.finish_reason, item.server
-                        if item.arrival_tokens and len(item.arrival_tokens) == len(tokens):
-                            extra = sum(item.arrival_tokens) - sum(tokens)
-                            tokens = list(item.arrival_tokens)
-                            if extra > 0:  # the live count catches up with the server's
-                                self._tokens_received += extra
-                                self._emit(TokensArrived(self.now_ns(), 0, request_id, extra,
-                                                         False))
-                        # The stream is over; winding it down (the connection back to the pool)
-                        # and the bookkeeping below wait for their turn, as sends do.
-                        try:
-                            await self._turnstile.turn()
-                        except asyncio.CancelledError:
-                            break  # the run ends now, but this request had ended: kept as it was
-                        continue
-                    t_ns = item.t_ns - self._origin_ns
-                    if not lateness_noted:  # a backend with no send stamp: it went out when asked
-                        self._health.sent(due_ns, sent_ns)
-                        lateness_noted = True
-                    arrivals.append((t_ns - (due_ns if open_loop else sent_ns)) // 1000)
-                    tokens.append(item.tokens)
-                    thinking.append(item.reasoning)
-                    self._tokens_received += item.tokens
-                    self._emit(TokensArrived(t_ns, 0, request_id, item.tokens, len(arrivals) == 1))
+                await self._consume(stream, state)
         except asyncio.CancelledError:
-            finish = "cancelled"  # the run ended under it; recorded, then the task ends
+            state.finish = "cancelled"  # the run ended under it; recorded, then the task ends
         except BackendError as exc:
-            finish, error_class, error_message = "error", exc.error_class, str(exc)
-            refused = exc.refused
+            state.fail(exc.error_class, str(exc))
+            state.refused = exc.refused
             if exc.retry_after_s:
-                resume = self.now_ns() + int(exc.retry_after_s * 1e9)
-                self._not_before_ns = max(self._not_before_ns, resume)
+                self._hold_sends_for(exc.retry_after_s)
         except Exception as exc:  # a backend bug must cost one request, not the soak
-            finish, error_class = "error", "unexpected"
-            error_message = f"{type(exc).__name__}: {exc}"
-        if end_ns is None:
-            end_ns = self.now_ns()
-        queued_us = max(0, sent_ns - due_ns) // 1000 if open_loop else 0
-        reasoning = sum(k for k, r in zip(tokens, thinking) if r)
-        first_output = (next((a for a, r in zip(arrivals, thinking) if not r), None)
+            state.fail("unexpected", f"{type(exc).__name__}: {exc}")
+        if state.end_ns is None:
+            state.end_ns = self.now_ns()
+        done = self._request_done(state, phase_id, model, warmup, len(prompt.token_ids))
+        self._emit(done)
+        self._give_up_on_refusals(done, state.refused)
+
+    # -- a request's parts: its wait, its stream, its record ---------------------------------
+    async def _wait_to_send(self, due_ns: int, open_loop: bool) -> int | None:
+        """Wait out a server's Retry-After, then this request's turn to go out; returns when
+        it is due from, or None when the run ended while it waited."""
+        try:
+            due_ns = await self._back_off(due_ns, open_loop)
+            await self._turnstile.turn()  # a wave of sends goes out one per loop iteration
+        except asyncio.CancelledError:
+            return None
+        return due_ns
+
+    async def _back_off(self, due_ns: int, open_loop: bool) -> int:
+        """Hold a send until the last Retry-After has passed; returns when it is due from.
+
+        The wait is not the server's latency: in a closed loop the request was held on
+        purpose, so it is due from the end of the hold. In an open loop it stays due at its
+        planned time, and the hold counts as lateness, like any other late send.
+        """
+        wait_ns = self._not_before_ns - self.now_ns()
+        if wait_ns <= 0:
+            return due_ns
+        await asyncio.sleep(wait_ns / 1e9)
+        return due_ns if open_loop else self._not_before_ns
+
+    def _hold_sends_for(self, retry_after_s: float) -> None:
+        """A server asked for no new requests for ``retry_after_s``: none go out before then."""
+        resume = self.now_ns() + int(retry_after_s * 1e9)
+        self._not_before_ns = max(self._not_before_ns, resume)
+
+    async def _consume(self, stream: AsyncIterator[RequestSent | Arrival | StreamEnd],
+                       state: _RequestState) -> None:
+        """Read the backend's stream into ``state``, emitting tokens as they arrive."""
+        async for item in stream:
+            if isinstance(item, RequestSent):  # the true send time, before any arrival
+                self._note_send(state, item.t_ns - self._origin_ns)
+            elif isinstance(item, StreamEnd):
+                state.end_ns = self.now_ns()
+                state.finish, state.server = item.finish_reason, item.server
+                self._reconcile_tokens(state, item.arrival_tokens)
+                # The stream is over; winding it down (the connection back to the pool) and
+                # the bookkeeping after it wait for their turn, as sends do.
+                try:
+                    await self._turnstile.turn()
+                except asyncio.CancelledError:
+                    return  # the run ends now, but this request had ended: kept as it was
+            else:
+                self._arrived(state, item)
+
+    def _note_send(self, state: _RequestState, sent_ns: int) -> None:
+        """The request went out at ``sent_ns``: how late that was goes to the client's health."""
+        state.sent_ns = sent_ns
+        state.send_noted = True
+        self._health.sent(state.due_ns, sent_ns)
+
+    def _arrived(self, state: _RequestState, arrival: Arrival) -> None:
+        t_ns = arrival.t_ns - self._origin_ns
+        if not state.send_noted:  # a backend with no send stamp: it went out when asked
+            self._note_send(state, state.sent_ns)
+        state.arrivals.append((t_ns - state.latency_from_ns) // 1000)
+        state.tokens.append(arrival.tokens)
+        state.thinking.append(arrival.reasoning)
+        self._tokens_received += arrival.tokens
+        self._emit(TokensArrived(t_ns, 0, state.request_id, arrival.tokens,
+                                 len(state.arrivals) == 1))
+
+    def _reconcile_tokens(self, state: _RequestState, server_counts: tuple[int, ...] | None
+                          ) -> None:
+        """Take the server's token count per arrival (its usage, known at the end) over the
+        one each arrival was counted as live, when it covers the same arrivals; tokens the
+        live count missed are emitted now, so the live total catches up with the server's."""
+        if not server_counts or len(server_counts) != len(state.tokens):
+            return
+        missed = sum(server_counts) - sum(state.tokens)
+        state.tokens = list(server_counts)
+        if missed > 0:
+            self._tokens_received += missed
+            self._emit(TokensArrived(self.now_ns(), 0, state.request_id, missed, False))
+
+    def _request_done(self, state: _RequestState, phase_id: int, model: str, warmup: bool,
+                      prompt_tokens: int) -> RequestDone:
+        reasoning = sum(k for k, r in zip(state.tokens, state.thinking) if r)
+        first_output = (next((a for a, r in zip(state.arrivals, state.thinking) if not r), None)
                         if reasoning else None)
-        if open_loop:
-            sent_ns = due_ns  # the clock of every latency below starts at the planned time
-        done = RequestDone(
-            t_ns=end_ns,
+        latency_from_ns = state.latency_from_ns
+        return RequestDone(
+            t_ns=state.end_ns,
             worker_id=0,
-            request_id=request_id,
+            request_id=state.request_id,
             phase_id=phase_id,
-            backend=cfg.backend,
+            backend=self.config.backend,
             model=model,
-            sent_ns=sent_ns,
-            prompt_tokens=len(prompt.token_ids),
-            arrivals_us=tuple(arrivals),
-            arrival_tokens=tuple(tokens) if any(k != 1 for k in tokens) else (),
-            end_us=(end_ns - sent_ns) // 1000,
-            finish_reason=finish,
+            sent_ns=latency_from_ns,
+            prompt_tokens=prompt_tokens,
+            arrivals_us=tuple(state.arrivals),
+            arrival_tokens=tuple(state.tokens) if any(k != 1 for k in state.tokens) else (),
+            end_us=(state.end_ns - latency_from_ns) // 1000,
+            finish_reason=state.finish,
             warmup=warmup,
-            error_class=error_class,
-            error_message=error_message,
-            server_reported=server,
-            queued_us=queued_us,
+            error_class=state.error_class,
+            error_message=state.error_message,
+            server_reported=state.server,
+            queued_us=state.queued_us,
             reasoning_tokens=reasoning,
             first_output_us=first_output,
         )
-        self._emit(done)
-        self._give_up_on_refusals(done, refused)
 
+    # -- the run, start to end -------------------------------------------------------------
     async def run(self) -> SessionEnd:
         """Start the backend, run until an end condition, and always close the record."""
         await self.backend.start()
         try:
-            return await self._run_started()
+            with self.while_running():
+                return await self._run_started()
         finally:
             await self.backend.close()
 
     async def _run_started(self) -> SessionEnd:
-        # Everything alive now (a model, torch, the whole import graph) moves out of the
-        # collector's sight for the run: otherwise a full collection mid-run walks it all and
-        # stalls the loop for ~100 ms (measured: chunks then wait in the socket and are read
-        # together under the last one's stamp). Only objects made during the run are scanned.
-        gc.collect()
-        gc.freeze()
-        try:
-            return await self._run_frozen()
-        finally:
-            gc.unfreeze()
-
-    async def _run_frozen(self) -> SessionEnd:
         if self.record_path is not None:
             self.recorder = RecordWriter(self.record_path)
             self._listeners.insert(0, self.recorder.write)
@@ -480,8 +559,8 @@ class Session:
                 )
             )
             open_loop = self.config.rate is not None
-            self._new_phase("start", concurrency=(self.config.max_inflight or 0) if open_loop
-                            else self.config.concurrency)
+            first = (self.config.max_inflight or 0) if open_loop else self.config.concurrency
+            self._new_phase(PhaseReason.START, concurrency=first)
             self._start_telemetry()
             self.started.set()
             if self.config.rate is not None:
@@ -506,11 +585,11 @@ class Session:
             if stopped in done and load not in done:
                 reason = self._end_reason
             else:
-                reason = "completed"
+                reason = EndReason.COMPLETED
             detail = {"failure": self.failure} if self.failure else {}
             end = SessionEnd(t_ns=self.now_ns(), reason=reason, detail=detail)
         except BaseException:
-            end = SessionEnd(t_ns=self.now_ns(), reason="crashed")
+            end = SessionEnd(t_ns=self.now_ns(), reason=EndReason.CRASHED)
             raise
         finally:
             self._stop_telemetry()

@@ -54,3 +54,31 @@ def test_the_layout_parser_reads_nesting():
               "tests/\n  test_x.py\n```\n")
     assert layout_paths(readme) == {"engine/events.py", "engine/load/loops.py",
                                     "engine/session.py", "tui/cli.py"}
+
+
+def _sources() -> list[Path]:
+    folders = ("engine", "tui", "themes", "tests", "bench", "docs")
+    return [ROOT / "README.md", ROOT / "pyproject.toml"] + [
+        p for folder in folders for p in (ROOT / folder).rglob("*")
+        if p.suffix in (".py", ".md", ".toml") and "__pycache__" not in p.parts]
+
+
+def test_every_document_the_code_cites_is_in_the_repository():
+    cited = {(p.relative_to(ROOT).as_posix(), name) for p in _sources()
+             for name in re.findall(r"[\w./-]*\b[\w-]+\.md\b", p.read_text())}
+    missing = sorted((where, name) for where, name in cited
+                     if not (ROOT / name).is_file() and not (ROOT / "docs" / name).is_file())
+    assert missing == []
+
+
+NUMBERED = re.compile(r"\b[Ii]ssues? ?#?\d+|(?<![\w/])#\d{1,4}\b")
+
+
+def test_no_issue_numbers_a_reader_cannot_look_up():
+    """Upstream references name their project (``encode/httpcore#1035``); ours would not."""
+    found = sorted(f"{p.relative_to(ROOT)}:{n + 1}" for p in _sources()
+                   for n, line in enumerate(p.read_text().splitlines())
+                   if NUMBERED.search(line) and p.name != "test_readme_layout.py")
+    assert found == []
+    assert NUMBERED.search("as issue 7 says") and NUMBERED.search("see #12")
+    assert not NUMBERED.search("encode/httpcore#1035")

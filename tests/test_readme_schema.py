@@ -120,3 +120,37 @@ def test_the_backend_paragraph_names_every_key_of_each_backend_description():
         assert missing == [], f"README's backend paragraph does not name {kind}'s {missing}"
     for item in ("header", "version", "model_entry", "model_details"):  # backend.server
         assert f"`{item}`" in text
+
+
+def test_what_each_number_means_names_every_key_the_summary_json_holds():
+    """Every key of ``--json`` (the run, a phase, a telemetry status, the soak verdict, an SLO
+    report) is named in README's "What each number means"; a new one without a word fails."""
+    from soaktop.engine.metrics.results import (
+        DriftChange,
+        DriftWindow,
+        PhaseSummary,
+        RunSummary,
+        SloReport,
+        SoakVerdict,
+        SourceStatus,
+        Verdict,
+    )
+    from soaktop.tui.text import summary_document
+
+    match = re.search(r"^## What each number means\n(.*?)(?=^## )", README.read_text(),
+                      re.MULTILINE | re.DOTALL)
+    assert match, "README has no '## What each number means' section"
+    text = match.group(1)
+    window = DriftWindow(1.0, 2.0, 3.0, 4.0)
+    run = RunSummary(
+        telemetry=(SourceStatus("nvml", False, gpu_index=0, host="h", reason="r",
+                                unavailable_fields={"power_w": "n/a"}),),
+        phases=(PhaseSummary(phase_id=0, concurrency=1),), ramp=(),
+        slo=SloReport(slo="ttft_p95<=2s"),
+        soak=SoakVerdict(10.0, window, window, DriftChange(0.0, 0.0, 0.0, 0.0), Verdict.STABLE,
+                         {}))
+    document = summary_document(run)
+    keys = {*document, *document["phases"][0], *document["telemetry"][0], *document["soak"],
+            *document["slo"], *SloReport("x", error="e").to_dict()}
+    missing = sorted(k for k in keys if f"`{k}`" not in text)
+    assert missing == [], f"README's 'What each number means' does not name {missing}"

@@ -13,11 +13,10 @@ from soaktop.engine.events import (
     SessionStart,
     TelemetryStatus,
 )
+from soaktop.engine.load.rerun import rerun_config
 from soaktop.engine.metrics.summary import SessionSummary, summarise
 from soaktop.engine.records.format import RecordReader
 from soaktop.engine.records.replay import Replay, Timeline
-from soaktop.tui.cli import build_parser
-from soaktop.tui.record_commands import rerun_arguments
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sessions" / "sample.jsonl"
 
@@ -49,8 +48,7 @@ def test_the_sample_summarises_replays_and_reruns():
     timeline = Timeline(events)
     Replay(timeline, [replayed.add]).advance_to(timeline.end_ns)
     assert replayed.result() == summary.result()
-    assert summary.result()["requests_ok"] >= 20
-    argv, schedule = rerun_arguments(events)
-    args = build_parser().parse_args(argv)
-    assert (args.model, args.concurrency, args.output_tokens, args.duration) == (
+    assert summary.result().requests_ok >= 20
+    config = rerun_config(events)
+    assert (config.model, config.concurrency, config.output_tokens, config.duration_s) == (
         "tiny", 2, 48, 8.0)

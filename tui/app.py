@@ -18,6 +18,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from soaktop.engine.errors import SoaktopError
+from soaktop.engine.events import EndReason, PhaseReason
 from soaktop.themes import STYLESHEET, THEMES, default_theme, next_theme
 from soaktop.tui.feeds import Feed, LiveFeed, ReplayFeed
 from soaktop.tui.screens.dashboard import AttachScreen, DashboardScreen, LiveScreen, ReplayScreen
@@ -109,7 +110,7 @@ class SoaktopApp(App):
         self._quitting = True
         session = getattr(self.feed, "session", None)
         if session is not None and self.running:
-            session.stop("interrupted")
+            session.stop(EndReason.INTERRUPTED)
         else:
             self.exit(self.feed)
 
@@ -157,7 +158,7 @@ class SoaktopApp(App):
 
     async def _switch(self, session, name: str) -> None:
         try:
-            await session.load_and_switch(name, reason="key")
+            await session.load_and_switch(name, reason=PhaseReason.KEY)
         except SoaktopError as exc:  # an unknown preset, not enough memory: the run goes on
             self.notify(f"cannot switch to {name}: {exc}", severity="error", markup=False)
             return

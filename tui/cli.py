@@ -1,5 +1,10 @@
 """The ``soaktop`` command: argument parsing and the edge where errors become one line.
 
+The command line decides nothing about a run: the `run` flags become a RunConfig
+(:mod:`soaktop.tui.run_flags`), and :mod:`soaktop.engine.factory` makes the session from it
+(defaults, credentials kept out of the record, the record's name), so a headless run, the
+dashboard and a rerun start a run the same way.
+
 Textual is imported only when a screen is opened, so headless runs start fast and work where
 textual is not installed (a GPU box that only has the engine's dependencies).
 """
@@ -8,31 +13,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import contextlib
+import gc
 import signal
-import socket
 import subprocess
 import sys
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Iterator
 from pathlib import Path
 
 from soaktop.engine import __version__, backends
-from soaktop.engine.backends.http import Timeouts, strip_credentials
-from soaktop.engine.backends.ollama import DEFAULT_URL as OLLAMA_URL
 from soaktop.engine.config import RunConfig, parse_duration, parse_telemetry
 from soaktop.engine.errors import SoaktopError
-from soaktop.engine.events import TelemetryStatus
+from soaktop.engine.events import EndReason, Phase, TelemetryStatus
+from soaktop.engine.factory import build_session, make_backend, record_file
 from soaktop.engine.load.plans import parse_ramp, parse_slo, plan_for, run_with_plan
+from soaktop.engine.load.rerun import AsRecorded
 from soaktop.engine.metrics.live import LiveStats
 from soaktop.engine.metrics.summary import SessionSummary, summarise
-from soaktop.engine.records.format import default_path
 from soaktop.engine.session import Session
-from soaktop.engine.telemetry import build_sources
-from soaktop.engine.telemetry.live import describe_status
 from soaktop.tui import record_commands
 from soaktop.tui.record_commands import print_summary
-from soaktop.tui.text import status_line, terminal_safe
+from soaktop.tui.run_flags import config_from_args
+from soaktop.tui.telemetry_text import describe_status
+from soaktop.tui.text import terminal_safe
+from soaktop.tui.ticker import StatusTicker
 
 DEFAULT_SESSIONS_DIR = Path("sessions")
 THEME_NAMES = ("dark", "light", "high-contrast", "monochrome")  # themes/; no Textual import
@@ -105,14 +109,15 @@ def _speed(text: str) -> float:
 
 
 def _add_backend_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=backends.USER_KINDS, default="local",
-                   help="local: the embedded PyTorch engine; openai: any OpenAI-compatible "
-                   "server (vLLM, SGLang, TGI, llama.cpp, LM Studio); ollama")
+    p.add_argument("--backend", choices=backends.USER_KINDS, default=None,
+                   help="local (default): the embedded PyTorch engine; openai: any "
+                   "OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp, LM Studio); ollama")
     p.add_argument("--url", help="server base URL, e.g. http://127.0.0.1:8000 (ollama default: "
                    "http://127.0.0.1:11434)")
     p.add_argument("--api-key", help="bearer token for --backend openai (default: the "
                    "OPENAI_API_KEY environment variable); never recorded or shown")
-    p.add_argument("--connect-timeout", type=_duration, default=10.0, metavar="DURATION")
+    p.add_argument("--connect-timeout", type=_duration, default=None, metavar="DURATION",
+                   help="default 10s")
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -122,11 +127,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    "the server lists)")
     p.add_argument("--api", default=None, help="openai: chat (default) or completions; "
                    "ollama: generate (default) or chat")
-    p.add_argument("--first-token-timeout", type=_duration, default=120.0, metavar="DURATION")
-    p.add_argument("--token-timeout", type=_duration, default=60.0, metavar="DURATION",
-                   help="longest silence allowed between two tokens")
-    p.add_argument("--device", default="auto", help="local engine device: auto, cpu, cuda, "
-                   "cuda:N (auto: CUDA when present)")
+    p.add_argument("--first-token-timeout", type=_duration, default=None, metavar="DURATION",
+                   help="default 2m")
+    p.add_argument("--token-timeout", type=_duration, default=None, metavar="DURATION",
+                   help="longest silence allowed between two tokens (default 1m)")
+    p.add_argument("--device", default=None, help="local engine device: auto (default: CUDA "
+                   "when present), cpu, cuda, cuda:N")
     p.add_argument("--concurrency", type=_positive_int, default=None,
                    help="requests kept in flight (closed loop; default 4; an SLO search "
                    "starts here, default 1)")
@@ -137,15 +143,15 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     plan.add_argument("--slo", type=_slo, default=None, metavar="SLO",
                       help="find the highest concurrency that meets it, e.g. "
                       "'ttft_p95<=2s,speed_p25>=30' (doubling, then bisecting; a phase a step)")
-    p.add_argument("--phase", type=_duration, default=120.0, metavar="DURATION",
+    p.add_argument("--phase", type=_duration, default=None, metavar="DURATION",
                    help="length of one ramp or SLO step (default 2m)")
     p.add_argument("--slo-max", type=_positive_int, default=1024, metavar="N",
                    help="the highest concurrency an SLO search tries (default 1024)")
     p.add_argument("--rate", type=_positive_float, default=None, metavar="R",
                    help="open loop: R requests a second (instead of a concurrency); latency "
                    "counts from each request's planned time")
-    p.add_argument("--arrival", choices=("constant", "poisson"), default="constant",
-                   help="open loop: evenly spaced arrivals, or Poisson (seeded)")
+    p.add_argument("--arrival", choices=("constant", "poisson"), default=None,
+                   help="open loop: evenly spaced arrivals (default), or Poisson (seeded)")
     p.add_argument("--max-inflight", type=_positive_int, default=None, metavar="N",
                    help="open loop: at most N requests out; a due request waits for a slot, "
                    "and the wait counts in its latency (reported apart as queue_ms)")
@@ -155,20 +161,21 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after this many measured requests")
     p.add_argument("--warmup", type=_non_negative_int, default=None,
                    help="warm-up requests left out of the statistics (default: concurrency)")
-    p.add_argument("--input-tokens", type=_positive_int, default=128)
-    p.add_argument("--output-tokens", type=_positive_int, default=128)
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompts and weights")
+    p.add_argument("--input-tokens", type=_positive_int, default=None, help="default 128")
+    p.add_argument("--output-tokens", type=_positive_int, default=None, help="default 128")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the synthetic prompts and weights (default 0)")
     p.add_argument("--prometheus-port", type=_positive_int, default=None, metavar="PORT",
                    help="serve live metrics (TTFT/ITL/E2E histograms, tokens/s, in flight, "
                    "errors by class, GPU figures) for Prometheus on this port, all interfaces")
-    p.add_argument("--shared-prefix", type=_non_negative_int, default=0, metavar="TOKENS",
+    p.add_argument("--shared-prefix", type=_non_negative_int, default=None, metavar="TOKENS",
                    help="words every prompt starts with (a system prompt); default 0: every "
                    "prompt unique from its first word, so no prefix cache serves it")
     p.add_argument("--telemetry", type=_telemetry, default=("nvml", "host"), metavar="SOURCES",
                    help="comma-separated: nvml (GPUs here), host (CPU, memory), prom=URL (a "
                    "DCGM exporter or a vLLM/SGLang /metrics, once per URL), or none "
                    "(default: nvml,host)")
-    p.add_argument("--telemetry-hz", type=_hz, default=4.0, metavar="HZ",
+    p.add_argument("--telemetry-hz", type=_hz, default=None, metavar="HZ",
                    help="samples per second of nvml and host (default 4; prom at most 1)")
     p.add_argument("--ambient-c", type=float, default=None, metavar="CELSIUS",
                    help="the room or inlet temperature, kept in the record (thermal results "
@@ -260,119 +267,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _make_backend(args: argparse.Namespace) -> backends.Backend:
-    """The backend the flags ask for. The API key goes to the backend and nowhere else."""
-    if args.backend == "local":
-        if args.url:
-            raise SoaktopError("--url is for --backend openai or ollama, not local")
-        model = getattr(args, "model", None) or "tiny"
-        return backends.create("local", model=model, device=getattr(args, "device", "auto"),
-                               seed=getattr(args, "seed", 0))
-    url = args.url or (OLLAMA_URL if args.backend == "ollama" else None)
-    if not url:
-        raise SoaktopError(f"--backend {args.backend} needs --url (the server's base URL)")
-    timeouts = Timeouts(
-        connect_s=args.connect_timeout,
-        first_token_s=getattr(args, "first_token_timeout", 120.0),
-        between_tokens_s=getattr(args, "token_timeout", 60.0),
-    )
-    options = {"url": url, "model": getattr(args, "model", None), "timeouts": timeouts}
-    if getattr(args, "api", None):
-        options["api"] = args.api
-    if args.backend == "openai":
-        options["api_key"] = args.api_key or os.environ.get("OPENAI_API_KEY") or None
-    return backends.create(args.backend, **options)
-
-
-def _record_path(args: argparse.Namespace) -> Path | None:
-    """The record file: ``--record`` itself when it names one, else a new name in that folder."""
-    if args.no_record:
-        return None
-    path: Path = args.record
-    if path.is_dir():
-        return default_path(path, datetime.now(), socket.gethostname(), args.model)
-    if path.name.endswith((".jsonl", ".jsonl.gz")):
-        return path
-    if path.suffix:
-        raise SoaktopError(f"--record {path}: a record ends in .jsonl.gz (compressed) or .jsonl "
-                           "(plain); give one of those, or a folder")
-    return default_path(path, datetime.now(), socket.gethostname(), args.model)
-
-
-async def _build_session(args: argparse.Namespace, listeners: tuple = (),
-                         say: Callable[[str], None] = lambda text: None) -> Session:
-    """The session the ``run`` flags ask for (asking a server for its first model if none is
-    named, hence async). ``say`` tells the user what was chosen for them."""
-    backend = _make_backend(args)
-    if args.backend != "local" and not args.model:
-        served = await backend.models()
-        if not served:
-            raise SoaktopError(f"{strip_credentials(args.url or '')} serves no model")
-        args.model = backend.model = served[0]  # the header then describes this one
-        say(f"model {args.model} (the first the server lists)")
-    args.model = args.model or "tiny"
-    if args.concurrency is None:
-        args.concurrency = args.ramp[0] if args.ramp else 1 if args.slo else 4
-    elif args.ramp and args.concurrency != args.ramp[0]:
-        raise SoaktopError(f"--ramp starts at {args.ramp[0]}: leave --concurrency out")
-    config = RunConfig(
-        backend=args.backend,
-        model=args.model,
-        device=args.device,
-        concurrency=args.concurrency,
-        duration_s=args.duration,
-        max_requests=args.requests,
-        warmup_requests=args.warmup,
-        input_tokens=args.input_tokens,
-        output_tokens=args.output_tokens,
-        seed=args.seed,
-        url=strip_credentials(backend.url) if args.backend != "local" else None,
-        api=getattr(backend, "api", None),
-        connect_timeout_s=args.connect_timeout,
-        first_token_timeout_s=args.first_token_timeout,
-        token_timeout_s=args.token_timeout,
-        telemetry=tuple(
-            f"prom={strip_credentials(e[5:])}" if e.startswith("prom=") else e
-            for e in args.telemetry
-        ),
-        telemetry_hz=args.telemetry_hz,
-        watch_pid=args.watch_pid,
-        ambient_c=args.ambient_c,
-        ramp=args.ramp or (),
-        slo=args.slo,
-        phase_s=args.phase,
-        shared_prefix=args.shared_prefix,
-        rate=args.rate,
-        arrival=args.arrival,
-        max_inflight=args.max_inflight,
-    )
-    sources = build_sources(args.telemetry, args.watch_pid, local_engine=args.backend == "local")
-    return Session(config, backend, _record_path(args), listeners=listeners, sources=sources)
+def _record_target(args: argparse.Namespace) -> Path | None:
+    """``--record``'s file or folder; None with ``--no-record``."""
+    return None if args.no_record else args.record
 
 
 def _say(text: str) -> None:
     print(f"soaktop: {text}", file=sys.stderr, flush=True)
 
 
-async def _run(args: argparse.Namespace) -> SessionSummary:
-    """The headless run: status lines every few seconds, then the summary."""
+@contextlib.contextmanager
+def collector_frozen() -> Iterator[None]:
+    """The garbage collector with everything alive now frozen, until the context is left: a
+    live run's ``Session(while_running=...)``, entered once the backend has started.
+
+    Everything alive then (a model, torch, the whole import graph) moves out of the
+    collector's sight for the run: otherwise a full collection mid-run walks it all and stalls
+    the loop for ~100 ms (measured: chunks then wait in the socket and are read together
+    under the last one's stamp). Only objects made during the run are scanned.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+async def _run(config: RunConfig, *, record: Path | None, api_key: str | None = None,
+               status_every: float = 5.0, as_json: bool = False, plan_limit: int = 1024,
+               prometheus_port: int | None = None,
+               changes: tuple[Phase, ...] = ()) -> SessionSummary:
+    """The headless run: status lines every ``status_every`` seconds, then the summary.
+    ``changes``: a rerun's recorded changes, made again at their times."""
     summary, live = SessionSummary(), LiveStats()
 
     def say_telemetry(status: TelemetryStatus) -> None:  # availability, as it changes
         _say(f"telemetry: {terminal_safe(describe_status(status))}")
 
     live.telemetry.on_status = say_telemetry
-    exporter = _exporter(args)
-    if args.backend == "local":
-        _say(f"loading local model {args.model or 'tiny'} ...")
-    session = await _build_session(
-        args, (summary.add, live.add, *((exporter.add,) if exporter else ())), _say)
-    backend = session.backend
-    out = sys.stderr if args.json else sys.stdout
+    exporter = _exporter(prometheus_port)
+    if config.backend == "local":
+        _say(f"loading local model {config.model} ...")
+    session = await build_session(
+        config, api_key=api_key, record=record, say=_say,
+        listeners=(summary.add, live.add, *((exporter.add,) if exporter else ())),
+        while_running=collector_frozen)
     loop = asyncio.get_running_loop()
 
     def interrupt(signum: int) -> None:
-        session.stop("interrupted")
+        session.stop(EndReason.INTERRUPTED)
         loop.remove_signal_handler(signum)  # a second Ctrl-C stops at once
 
     # SIGHUP: the terminal or SSH session went away; end as for Ctrl-C, the record closed
@@ -387,57 +331,43 @@ async def _run(args: argparse.Namespace) -> SessionSummary:
             print(f"soaktop: {session.recorder.error}", file=sys.stderr, flush=True)
             said.append(True)
 
+    ticker = StatusTicker.for_session(session, live, sys.stderr if as_json else sys.stdout,
+                                      status_every, after_each=say_recording_stopped)
+
     async def report() -> None:
         await session.started.wait()  # the model may take a while to load
         where = session.record_path if session.record_path else "not recorded"
-        facts = backend.describe()
-        target = facts.get("device") or facts.get("url") or args.backend
-        print(f"soaktop: running {args.model} on {target}; record: {where}",
-              file=sys.stderr, flush=True)
-        every_ns = int(args.status_every * 1e9)
-        tick = every_ns
-        while True:  # on the session clock's multiples, where a replay prints them too
-            await asyncio.sleep(max(0.0, (tick - session.now_ns()) / 1e9))
-            print(status_line(live.snapshot(tick), session.in_flight, session.concurrency,
-                              live.client_bound_at(tick), session.rate),
-                  file=out, flush=True)
-            tick += every_ns
-            say_recording_stopped()
+        facts = session.backend.describe()
+        target = facts.get("device") or facts.get("url") or config.backend
+        _say(terminal_safe(f"running {session.model} on {target}; record: {where}"))
+        await ticker.follow(session.now_ns)  # on the session clock, where a replay ticks too
 
-    async def follow_schedule() -> None:  # a rerun's recorded changes, at their times
-        await session.started.wait()
-        for t_ns, concurrency, model in getattr(args, "schedule", ()):
-            await asyncio.sleep(max(0.0, (t_ns - session.now_ns()) / 1e9))
-            if model != session.model:
-                await session.backend.prepare(model)  # the local engine loads it first
-            session.change(concurrency, model, reason="rerun: as recorded")
-
-    helpers = [asyncio.ensure_future(report()), asyncio.ensure_future(follow_schedule())]
+    plan = plan_for(session.config, summary.phase, limit=plan_limit)
+    if changes:
+        plan = AsRecorded(changes, alongside=plan)
+    reporting = asyncio.ensure_future(report())
     try:
-        await run_with_plan(session, plan_for(session.config,
-                                              lambda: summary.result()["phases"],
-                                              limit=args.slo_max))
+        await run_with_plan(session, plan)
     finally:
-        for helper in helpers:
-            helper.cancel()
+        reporting.cancel()
     if exporter is not None:
         exporter.close()
     say_recording_stopped()
     if session.failure:
-        print_summary(summary.result(), args.json)  # what it saw, then the reason, and exit 2
+        print_summary(summary.result(), as_json)  # what it saw, then the reason, and exit 2
         raise SoaktopError(session.failure)
     return summary
 
 
-def _exporter(args: argparse.Namespace):
+def _exporter(port: int | None):
     """The Prometheus exporter ``--prometheus-port`` asks for, serving; or None."""
-    if args.prometheus_port is None:
+    if port is None:
         return None
     from soaktop.engine.metrics.exporter import PrometheusExporter
 
     exporter = PrometheusExporter()
-    exporter.serve(args.prometheus_port)
-    _say(f"Prometheus metrics on http://0.0.0.0:{args.prometheus_port}/metrics")
+    exporter.serve(port)
+    _say(f"Prometheus metrics on http://0.0.0.0:{port}/metrics")
     return exporter
 
 
@@ -460,9 +390,14 @@ def _dashboard(feed, args: argparse.Namespace, models=None):
 def _run_dashboard(args: argparse.Namespace) -> SessionSummary:
     from soaktop.tui.feeds import LiveFeed
 
-    exporter = _exporter(args)
+    config = config_from_args(args)  # a mistake is one line here, before the screen opens
+    exporter = _exporter(args.prometheus_port)
     extra = (exporter.add,) if exporter is not None else ()
-    feed = LiveFeed(lambda: _build_session(args, extra), plan_limit=args.slo_max)
+    async def start_session() -> Session:
+        return await build_session(config, api_key=args.api_key, record=_record_target(args),
+                                   listeners=extra, while_running=collector_frozen)
+
+    feed = LiveFeed(start_session, plan_limit=args.slo_max)
 
     async def models() -> list[str]:
         return await feed.session.backend.models()
@@ -500,12 +435,8 @@ def _detach(args: argparse.Namespace, argv: list[str]) -> None:
     ``RECORD.pid`` for ``soaktop stop``; print where everything is and return at once."""
     if args.no_record:
         raise SoaktopError("a detached run needs a record (it is how you get back to it)")
-    model = args.model or ("tiny" if args.backend == "local" else args.backend)
-    path = args.record
-    if path.is_dir() or not path.name.endswith((".jsonl", ".jsonl.gz")):
-        if path.suffix:
-            _record_path(args)  # the one-line error for a wrong extension
-        path = default_path(path, datetime.now(), socket.gethostname(), model)
+    config = config_from_args(args)  # a mistake is one line here, not in the background log
+    path = record_file(args.record, config.model or config.backend)
     if path.exists():
         raise SoaktopError(f"record {path} already exists; choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -555,6 +486,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     """soaktop against a loopback server that records when each chunk left: its error at
     p50/p90/p99, rate by rate, then the highest rate it can be trusted to within 1 ms."""
     from soaktop.engine.metrics import fidelity
+    from soaktop.tui.calibrate_text import calibration_header, calibration_row
 
     try:
         rates = [float(r) for r in args.rates.split(",") if r.strip()]
@@ -564,7 +496,7 @@ def _calibrate(args: argparse.Namespace) -> None:
         raise SoaktopError("--rates needs token rates above 0, e.g. 1000,3000")
     print(f"soaktop calibrate: {args.concurrency} streams against a loopback server, "
           f"{args.duration:g} s per rate; error = soaktop - wire, in ms")
-    print(fidelity.table([])[0], flush=True)
+    print(calibration_header(), flush=True)
     results = []
     for rate in rates:
         # two waves of warm-up are left out, then enough requests to compare: at least two
@@ -572,10 +504,11 @@ def _calibrate(args: argparse.Namespace) -> None:
         lifetime_s = args.concurrency * 64 / rate
         duration = max(args.duration, 4.5 * lifetime_s)
         try:
-            results.append(fidelity.measure(args.concurrency, rate, duration_s=duration))
+            with collector_frozen():  # its session runs in this process, as a live run's does
+                results.append(fidelity.measure(args.concurrency, rate, duration_s=duration))
         except RuntimeError as exc:  # nothing complete to compare: too short for the rate
             raise SoaktopError(f"at {rate:g} tokens/s: {exc}; give a longer --duration") from None
-        print(fidelity.table(results)[-1], flush=True)
+        print(calibration_row(results[-1]), flush=True)
     best = fidelity.trusted_rate(results)
     print("p99 error under 1 ms at none of these rates: this client adds more than 1 ms"
           if best is None else
@@ -587,7 +520,7 @@ def _calibrate(args: argparse.Namespace) -> None:
 
 
 def _models(args: argparse.Namespace) -> None:
-    for name in asyncio.run(_make_backend(args).models()):
+    for name in asyncio.run(make_backend(config_from_args(args), args.api_key).models()):
         print(terminal_safe(name))
 
 
@@ -607,7 +540,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run" and _use_dashboard(args):
             print_summary(_run_dashboard(args).result(), False)
         elif args.command == "run":
-            print_summary(asyncio.run(_run(args)).result(), args.json)
+            print_summary(asyncio.run(_run(
+                config_from_args(args), record=_record_target(args), api_key=args.api_key,
+                status_every=args.status_every, as_json=args.json, plan_limit=args.slo_max,
+                prometheus_port=args.prometheus_port)).result(), args.json)
         elif args.command == "summary":
             record_commands.summary(args)
         elif args.command == "replay" and _use_dashboard(args):
@@ -621,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "attach":
             print_summary(asyncio.run(record_commands.attach(args)), args.json)
         elif args.command == "rerun":
-            record_commands.rerun(args, build_parser(), _run)
+            record_commands.rerun(args, _run)
         elif args.command == "compare":
             record_commands.compare_records(args)
         elif args.command == "models":

@@ -1,6 +1,6 @@
 """Where a dashboard's numbers come from: a live session, a record replayed, or a record
 another soaktop is writing. Each feed runs the same listeners, LiveStats, History and
-SessionSummary, so every screen works on all three (DESIGN.md: one event stream).
+SessionSummary, so every screen works on all three (docs/design.md, "One event stream").
 
 A screen reads a feed once a frame: ``now_ns()``, ``in_flight()``, ``concurrency()``, the live
 snapshot and the history window. The feed records one History point a second of its own
@@ -107,8 +107,7 @@ class LiveFeed(Feed):
         for listener in self.listeners():
             self.session.add_listener(listener)
         self.record_path = self.session.record_path
-        plan = plan_for(self.session.config, lambda: self.summary.result()["phases"],
-                        limit=self._plan_limit)
+        plan = plan_for(self.session.config, self.summary.phase, limit=self._plan_limit)
         await run_with_plan(self.session, plan)
 
 

@@ -19,20 +19,28 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from soaktop.engine import backends
-from soaktop.engine.errors import SoaktopError
-from soaktop.engine.events import Phase, SessionEnd, SessionStart
+from soaktop.engine.events import SessionStart
+from soaktop.engine.load.rerun import recorded_changes, rerun_config
 from soaktop.engine.metrics.live import LiveStats
+from soaktop.engine.metrics.results import RunSummary
 from soaktop.engine.metrics.summary import SessionSummary, summarise
 from soaktop.engine.records.format import RecordReader
 from soaktop.engine.records.replay import Replay, Timeline
 from soaktop.tui.replay_keys import key_control
-from soaktop.tui.text import status_line, summary_csv, summary_table, terminal_safe
+from soaktop.tui.run_flags import run_command, shell_line
+from soaktop.tui.text import (
+    difference_lines,
+    summary_csv,
+    summary_document,
+    summary_table,
+    terminal_safe,
+)
+from soaktop.tui.ticker import StatusTicker
 
 
-def print_summary(result: dict[str, Any], as_json: bool) -> None:
+def print_summary(result: RunSummary, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(summary_document(result), indent=2))
     else:
         print(summary_table(result))
 
@@ -48,8 +56,9 @@ def read_events(path: Path) -> list[Any]:
 
 def summary(args: argparse.Namespace) -> None:
     result = summarise(read_events(args.path)).result()
-    if args.csv:
-        print(summary_csv(result), end="")
+    if args.csv:  # data for a file; escaped only where it would reach a terminal
+        text = summary_csv(result)
+        print(terminal_safe(text) if sys.stdout.isatty() else text, end="")
     else:
         print_summary(result, args.json)
 
@@ -64,18 +73,13 @@ def describe_header(header: Any) -> str:
                          f"recorded {header.wall_start}")
 
 
-def replay(args: argparse.Namespace) -> dict[str, Any]:
+def replay(args: argparse.Namespace) -> RunSummary:
     """Plays the record to the statistics and status lines a live run feeds: same code."""
     events = read_events(args.path)
     timeline = Timeline(events)
     summary, live = SessionSummary(), LiveStats()
-    out = sys.stderr if args.json else sys.stdout
-
-    def status(t_ns: int) -> None:
-        concurrency = live.phase.concurrency if live.phase else 0
-        print(status_line(live.snapshot(t_ns), timeline.in_flight(t_ns), concurrency,
-                          live.client_bound_at(t_ns), live.phase.rate if live.phase else None),
-              file=out, flush=True)
+    ticker = StatusTicker.for_replay(lambda: live, timeline.in_flight,
+                                     sys.stderr if args.json else sys.stdout, args.status_every)
 
     def reset() -> None:  # a seek back: the record is fed again from the start
         nonlocal summary, live
@@ -87,7 +91,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
           f"{timeline.end_ns / 1e9:.1f} s at {'full speed' if full_speed else f'x{args.speed:g}'}",
           file=sys.stderr, flush=True)
     replay = Replay(timeline, [summary.add, live.add], speed=1.0 if full_speed else args.speed,
-                    on_reset=reset, ticks_ns=int(args.status_every * 1e9), on_tick=status)
+                    on_reset=reset, ticks_ns=ticker.every_ns, on_tick=ticker.tick)
     if args.start is not None:
         replay.seek(int(args.start * 1e9))
     if full_speed:
@@ -106,11 +110,10 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
 STALE_S = 10.0  # no new line for this long: say the writer may be gone
 
 
-async def attach(args: argparse.Namespace) -> dict[str, Any]:
+async def attach(args: argparse.Namespace) -> RunSummary:
     """Follows a record being written: status lines until its session_end, then the summary."""
     reader = RecordReader(args.path)
     summary, live = SessionSummary(), LiveStats()
-    out = sys.stderr if args.json else sys.stdout
     latest_ns = 0
 
     async def follow() -> None:
@@ -124,104 +127,59 @@ async def attach(args: argparse.Namespace) -> dict[str, Any]:
                       f"(Ctrl-C stops following, not the run)", file=sys.stderr, flush=True)
 
     loop = asyncio.get_running_loop()
+    seen_ns, seen_at, stale_said = -1, loop.time(), False
+
+    def say_if_stale() -> None:  # once per silence, after the status line that shows it
+        nonlocal seen_ns, seen_at, stale_said
+        if latest_ns != seen_ns:
+            seen_ns, seen_at, stale_said = latest_ns, loop.time(), False
+        elif loop.time() - seen_at > STALE_S and not stale_said:
+            print(f"soaktop: nothing new in {args.path} for {STALE_S:.0f} s: its writer "
+                  f"may have died (a killed run leaves no session_end)",
+                  file=sys.stderr, flush=True)
+            stale_said = True
+
+    ticker = StatusTicker.for_writer(live, lambda: latest_ns,
+                                     sys.stderr if args.json else sys.stdout,
+                                     args.status_every, after_each=say_if_stale)
     task = asyncio.ensure_future(follow())
     loop.add_signal_handler(signal.SIGINT, task.cancel)
-    seen_ns, seen_at, stale_said = -1, loop.time(), False
+    started = loop.time()
+    ticking = asyncio.ensure_future(ticker.follow(lambda: int((loop.time() - started) * 1e9)))
     try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=args.status_every)
-            if task.done():
-                break
-            snap = live.client_snapshot(latest_ns)
-            in_flight = live.client.in_flight if live.client else 0
-            concurrency = live.phase.concurrency if live.phase else 0
-            print(status_line(snap, in_flight, concurrency, live.client_bound,
-                              live.phase.rate if live.phase else None), file=out, flush=True)
-            if latest_ns != seen_ns:
-                seen_ns, seen_at, stale_said = latest_ns, loop.time(), False
-            elif loop.time() - seen_at > STALE_S and not stale_said:
-                print(f"soaktop: nothing new in {args.path} for {STALE_S:.0f} s: its writer "
-                      f"may have died (a killed run leaves no session_end)",
-                      file=sys.stderr, flush=True)
-                stale_said = True
         await task  # a RecordError (no such file, not a record) surfaces here
     except asyncio.CancelledError:
         print("soaktop: stopped following; the run goes on", file=sys.stderr)
+    finally:
+        ticking.cancel()
     for warning in reader.warnings:
         print(f"soaktop: warning: {args.path}: {warning}", file=sys.stderr)
     return summary.result()
 
 
-_RERUN_FLAGS = (  # RunConfig field -> the `run` flag that sets it
-    ("backend", "--backend"), ("url", "--url"), ("model", "--model"), ("api", "--api"),
-    ("device", "--device"), ("concurrency", "--concurrency"), ("max_requests", "--requests"),
-    ("warmup_requests", "--warmup"), ("input_tokens", "--input-tokens"),
-    ("output_tokens", "--output-tokens"), ("seed", "--seed"),
-    ("connect_timeout_s", "--connect-timeout"),
-    ("first_token_timeout_s", "--first-token-timeout"),
-    ("token_timeout_s", "--token-timeout"), ("telemetry_hz", "--telemetry-hz"),
-    ("slo", "--slo"), ("phase_s", "--phase"), ("shared_prefix", "--shared-prefix"),
-    ("rate", "--rate"), ("arrival", "--arrival"), ("max_inflight", "--max-inflight"),
-)
-PLAN_REASONS = ("start", "warm-up done", "ramp", "slo search")  # phases a rerun re-creates
+def rerun(args: argparse.Namespace, run: Callable[..., Awaitable[SessionSummary]]) -> None:
+    """Runs the recorded workload with ``run`` (the `run` command's own code) and compares.
 
-
-def rerun_arguments(events: list[Any]) -> tuple[list[str], list[tuple[int, int, str]]]:
-    """The ``run`` command line that repeats a recorded session, and its recorded changes.
-
-    The workload is the record's: backend, URL, model, lengths, seed (so the same prompts),
-    warm-up, timeouts, telemetry, and its length (the recorded duration, or how long it ran
-    when it was stopped by hand). Concurrency and model changes made during the run come back
-    as a schedule of (time, concurrency, model), applied at the same times, one phase each.
-    Not carried: the API key (never recorded), a watched PID and the ambient temperature
-    (facts of that day).
+    The config is the record's (:func:`~soaktop.engine.load.rerun.rerun_config`); from this
+    command come only where the new record goes, the API key (no record holds one) and how
+    the run is shown. The `run` command line it stands for is printed first.
     """
-    header = events[0] if events and isinstance(events[0], SessionStart) else None
-    if header is None:
-        raise SoaktopError("the record has no header to rerun from")
-    config = header.config
-    if config.get("backend") not in backends.USER_KINDS:
-        raise SoaktopError(f"a session on backend {config.get('backend')!r} cannot be rerun "
-                           "from the command line")
-    argv = ["run"]
-    for key, flag in _RERUN_FLAGS:
-        if config.get(key) is not None:
-            argv += [flag, str(config[key])]
-    argv += ["--telemetry", ",".join(config.get("telemetry") or []) or "none"]
-    if config.get("ramp"):
-        argv += ["--ramp", ",".join(str(level) for level in config["ramp"])]
-    duration = config.get("duration_s")
-    ran_s = max(getattr(e, "t_ns", 0) for e in events) / 1e9
-    stopped_by_hand = isinstance(events[-1], SessionEnd) and events[-1].reason == "interrupted"
-    if stopped_by_hand or (duration is None and config.get("max_requests") is None):
-        duration = ran_s  # as long as it actually ran
-    if duration is not None:
-        argv += ["--duration", f"{max(duration, 0.001):.3f}s"]
-    schedule = [(e.t_ns, e.concurrency, e.model) for e in events
-                if isinstance(e, Phase) and e.reason not in PLAN_REASONS]
-    return argv, schedule
-
-
-def rerun(args: argparse.Namespace, parser: argparse.ArgumentParser,
-          run: Callable[[argparse.Namespace], Awaitable[SessionSummary]]) -> None:
-    """Runs the recorded workload with ``run`` (the `run` command's own code) and compares."""
     from soaktop.engine.metrics.compare import compare, differences
 
     events = read_events(args.path)
-    argv, schedule = rerun_arguments(events)
-    argv += ["--no-record"] if args.no_record else ["--record", str(args.record)]
-    argv += ["--status-every", str(args.status_every), *(["--json"] if args.json else [])]
-    print(f"soaktop: rerunning {args.path} as: soaktop {' '.join(argv)}", file=sys.stderr,
-          flush=True)
-    if args.api_key:
-        argv += ["--api-key", args.api_key]
-    run_args = parser.parse_args(argv)
-    run_args.schedule = schedule
-    new = asyncio.run(run(run_args))
+    config, changes = rerun_config(events), recorded_changes(events)
+    record = None if args.no_record else args.record
+    argv = [*run_command(config), *(["--record", str(record)] if record else ["--no-record"]),
+            "--status-every", f"{args.status_every:g}s", *(["--json"] if args.json else [])]
+    also = f", then the changes made during it at their times ({len(changes)})" if changes else ""
+    print(terminal_safe(f"soaktop: rerunning {args.path} as: {shell_line(argv)}{also}"),
+          file=sys.stderr, flush=True)
+    new = asyncio.run(run(config, record=record, api_key=args.api_key,
+                          status_every=args.status_every, as_json=args.json, changes=changes))
     original = summarise(events)
-    rows, diffs = compare(original, new), differences(original, new)
+    rows, diffs = compare(original, new), difference_lines(differences(original, new))
     if args.json:
-        print(json.dumps({"run": new.result(), "ran_differently": diffs,
+        print(json.dumps({"run": summary_document(new.result()), "ran_differently": diffs,
                           "compare": [dataclasses.asdict(r) for r in rows]}, indent=2))
         return
     print(summary_table(new.result()))
@@ -251,4 +209,5 @@ def compare_records(args: argparse.Namespace) -> None:
     from soaktop.engine.metrics.compare import compare, differences
 
     a, b = summarise(read_events(args.a)), summarise(read_events(args.b))
-    print_comparison(str(args.a), str(args.b), compare(a, b), differences(a, b), args.json)
+    print_comparison(str(args.a), str(args.b), compare(a, b),
+                     difference_lines(differences(a, b)), args.json)

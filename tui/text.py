@@ -1,7 +1,10 @@
 """Text output for runs without a screen: the periodic status line and the final table.
 
-Pure formatting over :class:`~soaktop.engine.metrics.live.LiveSnapshot` and the summary dictionary,
-so the same lines come from a live run and (later) a headless replay.
+Pure formatting over :class:`~soaktop.engine.metrics.live.LiveSnapshot` and the typed summary
+(:class:`~soaktop.engine.metrics.results.RunSummary`), so the same lines come from a live run and
+a headless replay. The engine returns numbers and codes; the words are written here: how a run
+ended, the soak verdict's sentence, the JSON's ``soak.explanation``. Text for the screen goes
+through :func:`terminal_safe`; the CSV does not (it is data for a file).
 """
 
 from __future__ import annotations
@@ -9,9 +12,22 @@ from __future__ import annotations
 import csv
 import io
 import re
+import shutil
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from soaktop.engine.metrics.live import LiveSnapshot
+from soaktop.engine.metrics.results import (
+    CUT_SHORT,
+    Distribution,
+    Figures,
+    RunSummary,
+    SoakVerdict,
+    SpeedDistribution,
+)
 from soaktop.engine.telemetry.live import TelemetrySnapshot
 from soaktop.engine.telemetry.reasons import THROTTLING
 
@@ -104,81 +120,164 @@ def telemetry_part(t: TelemetrySnapshot) -> str:
     return out
 
 
-_COLUMNS = (
-    ("phase", 5), ("conc", 4), ("model", 12), ("ok", 6), ("fail", 5), ("tok/s", 9),
-    ("req/s", 7), ("TTFT p50", 9), ("TTFT p95", 9), ("ITL p50", 8), ("ITL p95", 8),
-    ("TPOT p50", 9), ("E2E p50", 9),
+@dataclass(frozen=True, slots=True)
+class _Column:
+    name: str
+    width: int  # at least: a wider cell widens it
+    cell: Callable[[Figures], str]
+
+
+# in the order shown
+_TABLE = (
+    _Column("ok", 6, lambda s: str(s.requests_ok)),
+    _Column("fail", 5, lambda s: str(s.requests_failed)),
+    _Column("tok/s", 9, lambda s: _num(s.output_tokens_per_s)),
+    _Column("req/s", 7, lambda s: _num(s.requests_per_s, 2)),
+    _Column("TTFT p50", 9, lambda s: _ms(s.ttft_ms.p50)),
+    _Column("TTFT p95", 9, lambda s: _ms(s.ttft_ms.p95)),
+    _Column("TTFT p99", 9, lambda s: _ms(s.ttft_ms.p99)),
+    _Column("ITL p50", 8, lambda s: _ms(s.itl_ms.p50)),
+    _Column("ITL p95", 8, lambda s: _ms(s.itl_ms.p95)),
+    _Column("ITL p99", 8, lambda s: _ms(s.itl_ms.p99)),
+    _Column("TPOT p50", 9, lambda s: _ms(s.tpot_ms.p50)),
+    _Column("E2E p50", 9, lambda s: _ms(s.e2e_ms.p50)),
+    _Column("speed p50", 9, lambda s: _num(s.output_speed_tps.p50)),
 )
+#: Which columns a narrow terminal keeps, most wanted first: phase, concurrency and model
+#: always (they say what a row is), then these while they fit.
+_PRIORITY = ("ok", "fail", "tok/s", "TTFT p50", "TTFT p95", "ITL p50", "E2E p50", "ITL p95",
+             "TPOT p50", "req/s", "speed p50", "TTFT p99", "ITL p99")
+_MODEL_CHARS = 12  # a model name is cut to this in the table
 
 
-def _row(label: str, concurrency: Any, model: str, s: dict[str, Any]) -> list[str]:
-    return [
-        label, str(concurrency), model[:12], str(s["requests_ok"]), str(s["requests_failed"]),
-        _num(s["output_tokens_per_s"]), _num(s["requests_per_s"], 2),
-        _ms(s["ttft_ms"]["p50"]), _ms(s["ttft_ms"]["p95"]), _ms(s["itl_ms"]["p50"]),
-        _ms(s["itl_ms"]["p95"]), _ms(s["tpot_ms"]["p50"]), _ms(s["e2e_ms"]["p50"]),
-    ]
+def table_width(width: int | None = None) -> int:
+    """``width``, or the terminal's (80 where there is none: a pipe, a file)."""
+    return width if width is not None else shutil.get_terminal_size().columns
 
 
-def summary_table(summary: dict[str, Any]) -> str:
-    """Per-phase table, then the whole run; latencies in ms."""
-    rows = []
-    for p in summary["phases"]:
-        label = f"{p['phase_id']}{'w' if p['warmup'] else ''}"
-        rows.append(_row(label, p["concurrency"], p["model"], p))
-    rows.append(_row("all", "", "", summary))
-    lines = [" ".join(name.rjust(width) for name, width in _COLUMNS)]
-    for row in rows:
-        lines.append(" ".join(cell.rjust(width) for cell, (_, width) in zip(row, _COLUMNS)))
-    lines.append(
-        f"{summary['requests_warmup']} warm-up requests not counted (phases marked w);"
-        f" {summary['requests_cancelled']} cut off by the end of the run;"
-        f" ended: {summary['ended']}"
-    )
-    if summary["errors"]:
-        lines.append(
-            "errors: " + ", ".join(f"{k} {v}" for k, v in summary["errors"].items())
-        )
-    attained = summary.get("output_length_attained")
+def _fit(line: str, width: int) -> list[str]:
+    """``line``, wrapped to ``width`` with an indent on the lines it continues on."""
+    if len(line) <= width:
+        return [line]
+    return textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False) or [""]
+
+
+def summary_table(summary: RunSummary, width: int | None = None) -> str:
+    """Per-phase table, then the whole run, latencies in ms; then what else the run says.
+
+    Every line fits ``width`` (the terminal's by default): the table keeps the columns that
+    fit, most wanted first (see ``_PRIORITY``), and longer lines wrap.
+    """
+    width = table_width(width)
+    labels = [(f"{p.phase_id}{'w' if p.warmup else ''}", str(p.concurrency),
+               terminal_safe(p.model)[:_MODEL_CHARS], p) for p in summary.phases]
+    labels.append(("all", "", "", summary))
+    fixed = [("phase", 5, [row[0] for row in labels]), ("conc", 4, [row[1] for row in labels]),
+             ("model", 5, [row[2] for row in labels])]
+    cells = {c.name: [c.cell(row[3]) for row in labels] for c in _TABLE}
+
+    def column_width(name: str, least: int, values: list[str]) -> int:
+        return max(least, len(name), *(len(v) for v in values))
+
+    used = sum(column_width(*c) + 1 for c in fixed) - 1
+    chosen = set()
+    by_name = {c.name: c for c in _TABLE}
+    for name in _PRIORITY:
+        extra = column_width(name, by_name[name].width, cells[name]) + 1
+        if used + extra <= width:
+            chosen.add(name)
+            used += extra
+    columns = [*fixed, *((c.name, c.width, cells[c.name]) for c in _TABLE if c.name in chosen)]
+    widths = [column_width(*c) for c in columns]
+    lines = [" ".join(name.rjust(w) for (name, _, _), w in zip(columns, widths))]
+    for i in range(len(labels)):
+        lines.append(" ".join(values[i].rjust(w) for (_, _, values), w in zip(columns, widths)))
+    lines.append(f"{summary.requests_warmup} warm-up requests not counted (phases marked w);"
+                 f" {summary.requests_cancelled} cut off at the end")
+    lines.append(f"ended: {ended_text(summary)}")
+    if summary.errors:
+        lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in summary.errors.items()))
+    attained = summary.output_length_attained
     if attained is not None and attained < 0.95:
         lines.append(f"warning: only {attained * 100:.0f}% of requests reached the output "
                      f"length asked for: the server stopped early (EOS), so per-token figures "
                      f"cover shorter outputs than configured")
-    if summary.get("client_bound_s"):
-        lines.append(f"client-bound for {summary['client_bound_s']:.0f} s of the "
-                     f"{_num(summary['duration_s'], 0)} s measured (event-loop lag p99 over "
+    if summary.client_bound_s:
+        lines.append(f"client-bound for {summary.client_bound_s:.0f} s of the "
+                     f"{_num(summary.duration_s, 0)} s measured (event-loop lag p99 over "
                      f"1 ms, or a whole core busy): latencies then are upper bounds")
     lines.extend(plan_lines(summary))
-    if summary.get("soak"):
-        lines.append(f"soak verdict: {summary['soak']['explanation']}")
+    if summary.soak is not None:
+        lines.append(f"soak verdict: {soak_explanation(summary.soak)}")
     lines.extend(telemetry_lines(summary))
-    return terminal_safe("\n".join(lines))
+    return "\n".join(part for line in lines for part in _fit(terminal_safe(line), width))
 
 
-def plan_lines(summary: dict[str, Any]) -> list[str]:
+def ended_text(summary: RunSummary) -> str:
+    """How the run ended, in words: the ``session_end`` reason, or why there was none."""
+    if summary.ended == CUT_SHORT:
+        return (f"cut short at {summary.ended_at_s:.1f} s: no session_end (the writer was "
+                f"killed, or recording stopped)")
+    return summary.ended
+
+
+def soak_explanation(soak: SoakVerdict) -> str:
+    """``throttled: the last 300 s against the first: tokens/s 2,980 -> 2,410 (-19.1%), ...``:
+    the verdict and the figures that decided it."""
+    first, last, change = soak.first, soak.last, soak.change
+    parts = []
+    if change.tokens_per_s is not None:
+        parts.append(f"tokens/s {first.tokens_per_s:,.0f} -> {last.tokens_per_s:,.0f} "
+                     f"({change.tokens_per_s * 100:+.1f}%)")
+    if change.ttft_p95_ms is not None:
+        parts.append(f"TTFT p95 {first.ttft_p95_ms:,.1f} -> {last.ttft_p95_ms:,.1f} ms "
+                     f"({change.ttft_p95_ms * 100:+.1f}%)")
+    if change.sm_clock_mhz is not None:
+        parts.append(f"SM clock {first.sm_clock_mhz:,.0f} -> {last.sm_clock_mhz:,.0f} MHz "
+                     f"({change.sm_clock_mhz * 100:+.1f}%)")
+    if change.temperature_c is not None:
+        parts.append(f"GPU {first.temperature_c:.0f} -> {last.temperature_c:.0f} C")
+    text = f"{soak.verdict}: the last {soak.window_s:.0f} s against the first: " + ", ".join(parts)
+    if soak.throttle_reasons:
+        text += "; throttling then: " + ", ".join(
+            f"{r} {f * 100:.0f}% of samples" for r, f in soak.throttle_reasons.items())
+    elif first.sm_clock_mhz is None:
+        text += "; no GPU telemetry to tell throttling from other causes"
+    return text
+
+
+def summary_document(summary: RunSummary) -> dict[str, Any]:
+    """The summary as ``--json`` prints it: the engine's JSON form, and the soak verdict's
+    sentence beside its figures (``soak.explanation``)."""
+    out = summary.to_dict()
+    if summary.soak is not None:
+        out["soak"]["explanation"] = soak_explanation(summary.soak)
+    return out
+
+
+def plan_lines(summary: RunSummary) -> list[str]:
     """The ramp table, or the SLO search's steps and answer, where the run had one."""
     lines = []
-    if summary.get("ramp"):
+    if summary.ramp:
         lines.append("ramp:  conc     tok/s  speed p25  speed p50  TTFT p95  errors  gain")
-        for r in summary["ramp"]:
-            gain = "" if r["gain"] is None else f"{r['gain'] * 100:+.0f}%"
+        for r in summary.ramp:
+            gain = "" if r.gain is None else f"{r.gain * 100:+.0f}%"
             lines.append(
-                f"      {r['concurrency']:>5} {_num(r['tokens_per_s']):>9} "
-                f"{_num(r['speed_p25_tps']):>10} {_num(r['speed_p50_tps']):>10} "
-                f"{_ms(r['ttft_p95_ms']):>9} {r['error_rate'] * 100:>6.1f}% {gain:>5}"
-                + ("  plateau" if r["plateau"] else ""))
-    slo = summary.get("slo")
-    if slo and "error" in slo:
-        lines.append(f"SLO {slo['slo']}: {slo['error']}")
-    elif slo:
-        for step in slo["steps"]:
-            values = ", ".join(f"{k} {_num(v)}" for k, v in step["values"].items())
-            lines.append(f"SLO step: concurrency {step['concurrency']:>4} "
-                         f"{'met' if step['met'] else 'missed'} ({values})")
-        answer = slo["answer"]
-        lines.append(f"SLO {slo['slo']}: " + (
-            f"highest concurrency that meets it: {answer} (decided by phases "
-            f"{', '.join(map(str, slo['deciding_phases']))})" if answer is not None
+                f"      {r.concurrency:>5} {_num(r.tokens_per_s):>9} "
+                f"{_num(r.speed_p25_tps):>10} {_num(r.speed_p50_tps):>10} "
+                f"{_ms(r.ttft_p95_ms):>9} {r.error_rate * 100:>6.1f}% {gain:>5}"
+                + ("  plateau" if r.plateau else ""))
+    slo = summary.slo
+    if slo is not None and slo.error is not None:
+        lines.append(f"SLO {slo.slo}: {slo.error}")
+    elif slo is not None:
+        for step in slo.steps:
+            values = ", ".join(f"{k} {_num(v)}" for k, v in step.values.items())
+            lines.append(f"SLO step: concurrency {step.concurrency:>4} "
+                         f"{'met' if step.met else 'missed'} ({values})")
+        lines.append(f"SLO {slo.slo}: " + (
+            f"highest concurrency that meets it: {slo.answer} (decided by phases "
+            f"{', '.join(map(str, slo.deciding_phases))})" if slo.answer is not None
             else "not met at any concurrency tried"))
     return lines
 
@@ -202,25 +301,25 @@ def _gpu_line(label: str, key: str, g: dict[str, Any]) -> str:
     )
 
 
-def telemetry_lines(summary: dict[str, Any]) -> list[str]:
+def telemetry_lines(summary: RunSummary) -> list[str]:
     """Per phase and GPU: heat, clocks, power, throttling; energy per token; host; sources."""
     lines = []
-    for p in summary["phases"]:
-        label = f"phase {p['phase_id']}{'w' if p['warmup'] else ''}"
-        for key, g in p["gpus"].items():
+    for p in summary.phases:
+        label = f"phase {p.phase_id}{'w' if p.warmup else ''}"
+        for key, g in p.gpus.items():
             lines.append(_gpu_line(label, key, g))
-        if p["energy_j_per_token"] is not None:
-            lines.append(f"{label}: {_num(p['energy_j_per_token'], 3)} J/token,"
-                         f" {_num(p['tokens_per_s_per_w'], 2)} tok/s per W"
-                         f" ({_num(p['power_w'], 0)} W for all GPUs)")
-        for name, server in p["servers"].items():
+        if p.energy_j_per_token is not None:
+            lines.append(f"{label}: {_num(p.energy_j_per_token, 3)} J/token,"
+                         f" {_num(p.tokens_per_s_per_w, 2)} tok/s per W"
+                         f" ({_num(p.power_w, 0)} W for all GPUs)")
+        for name, server in p.servers.items():
             lines.append(
                 f"{label} server {name}: running {_num(server['requests_running']['mean'])},"
                 f" waiting {_num(server['requests_waiting']['mean'])},"
                 f" KV cache {_pct(server['kv_cache_usage']['mean'])} mean,"
                 f" {_num(server['generation_tokens_per_s'])} tok/s by its own count"
             )
-    host = summary.get("host")
+    host = summary.host
     if host:
         rss = host["soaktop_rss_bytes"]["max"]
         watched = host["watched_rss_bytes"]["max"]
@@ -232,10 +331,11 @@ def telemetry_lines(summary: dict[str, Any]) -> list[str]:
                f"; watched process {_num(host['watched_cpu_percent']['mean'], 0)}% of a core,"
                f" RSS {watched / 2**20:.0f} MiB max")
         )
-    for item in summary.get("telemetry", []):
-        if not item["available"]:
-            where = item["source"] + (f" GPU {item['gpu_index']}" if "gpu_index" in item else "")
-            lines.append(f"telemetry: {where} unavailable: {item.get('reason')}")
+    for item in summary.telemetry:
+        if not item.available:
+            where = item.source + (f" GPU {item.gpu_index}" if item.gpu_index is not None
+                                   else "")
+            lines.append(f"telemetry: {where} unavailable: {item.reason}")
     return lines
 
 
@@ -245,34 +345,42 @@ _CSV_COUNTS = ("requests_ok", "requests_failed", "requests_cancelled", "error_ra
                "output_tokens", "duration_s", "output_tokens_per_s", "requests_per_s")
 _CSV_DISTRIBUTIONS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "output_speed_tps",
                       "server_speed_tps")
-_CSV_QUANTILES = ("p50", "p90", "p95", "p99", "mean")
 _CSV_ENERGY = ("power_w", "energy_j_per_token", "tokens_per_s_per_w")
 
 
-def summary_csv(summary: dict[str, Any]) -> str:
+def summary_csv(summary: RunSummary) -> str:
     """The summary as CSV for a spreadsheet: one row for the run, one per phase.
 
     The same numbers as ``--json`` (``repr`` of each float, so nothing is rounded away),
-    flattened: ``ttft_ms_p95`` is ``ttft_ms.p95``; empty where there is no value.
+    flattened: ``ttft_ms_p95`` is ``ttft_ms.p95``; empty where there is no value. Text cells
+    (model names) are written as they are: the file is data, and a spreadsheet is no terminal.
     """
     def quantiles(d: str) -> tuple[str, ...]:  # output speed has a p25 too
-        return ("p25", *_CSV_QUANTILES) if d == "output_speed_tps" else _CSV_QUANTILES
+        kind = SpeedDistribution if d == "output_speed_tps" else Distribution
+        return (*(f"p{q}" for q in kind.QUANTILES), "mean")
 
     columns = [*_CSV_SCOPE, *_CSV_COUNTS,
                *(f"{d}_{q}" for d in _CSV_DISTRIBUTIONS for q in quantiles(d)), *_CSV_ENERGY]
 
-    def row(scope: str, s: dict[str, Any]) -> dict[str, Any]:
-        out = {"scope": scope, **{k: s.get(k) for k in (*_CSV_SCOPE[1:], *_CSV_COUNTS,
-                                                          *_CSV_ENERGY)}}
+    def row(scope: str, s: Figures) -> dict[str, Any]:
+        out = {"scope": scope, **{k: getattr(s, k, None) for k in (*_CSV_SCOPE[1:],
+                                                                   *_CSV_COUNTS, *_CSV_ENERGY)}}
         for d in _CSV_DISTRIBUTIONS:
+            values = getattr(s, d).to_dict()
             for q in quantiles(d):
-                out[f"{d}_{q}"] = s[d][q]
-        return {k: ("" if v is None else v) for k, v in out.items()}
+                out[f"{d}_{q}"] = values[q]
+        return {k: ("" if v is None else v.value if isinstance(v, Enum) else v)
+                for k, v in out.items()}
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerow(row("run", summary))
-    for phase in summary["phases"]:
+    for phase in summary.phases:
         writer.writerow(row("phase", phase))
-    return terminal_safe(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def difference_lines(differences: list) -> list[str]:
+    """How two runs ran differently, one line each (``compare``'s ``ran differently``)."""
+    return [f"{d.fact}: {d.a!r} vs {d.b!r}" for d in differences]

@@ -1,5 +1,6 @@
 """Load: closed loop (keep N requests in flight, replacing each finished one at once) or open
-loop (requests at planned times, ``rate`` a second: :class:`OpenLoop`).
+loop (requests at planned times, ``rate`` a second: :class:`OpenLoop`); a session drives
+either through :class:`Load`.
 
 This is the Artificial Analysis system-load-test discipline. Raising N starts the extra
 requests immediately; lowering it takes effect as requests complete (they are not replaced
@@ -10,9 +11,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+
+class Load(Protocol):
+    """What a session asks of its load, closed loop or open."""
+
+    @property
+    def in_flight(self) -> int:
+        """Requests started and not yet ended."""
+        ...
+
+    def set_target(self, target: float) -> None:
+        """The level to hold from now on: requests in flight (closed loop, a whole number) or
+        requests a second (open loop); 0 sends nothing new."""
+        ...
+
+    async def run(self) -> None:
+        """Start requests until the ``launch`` function says no more, then return once they
+        have ended; or return once :meth:`stop` was called."""
+        ...
+
+    async def stop(self) -> None:
+        """Start nothing more, cancel what is in flight and wait until it has wound down."""
+        ...
 
 
 class ClosedLoop:

@@ -2,10 +2,13 @@
 meets an SLO.
 
 A plan steers a running :class:`~soaktop.engine.session.Session` with the commands a user has (a new
-phase per level, reason ``ramp`` or ``slo search``), so what it did is in the record as phases
-and needs no events of its own. What a plan *concludes* is computed from those phases by the
-summary (:func:`ramp_table`, :func:`slo_report`), so ``soaktop summary`` of the record says the
-same as the live run.
+phase per level, reason :attr:`PhaseReason.RAMP` or :attr:`PhaseReason.SLO_SEARCH`), so what it
+did is in the record as phases and needs no events of its own. What a plan *concludes* is
+computed from those phases' typed figures
+(:class:`~soaktop.engine.metrics.results.PhaseSummary`) by the summary (:func:`ramp_table`,
+:func:`slo_report`), so ``soaktop summary`` of the record says the same as the live run. While
+it runs, the SLO search reads the figures of the one phase it judges, by its id, from the live
+summary: one code path with the final report, without recomputing the whole run at each step.
 
 Each step is one full phase of ``phase_s``. The SLO search judges a step when it ends, on the
 requests of that step finished by then (those still in flight finish during the next step and
@@ -19,17 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from soaktop.engine.errors import ConfigError
-from soaktop.engine.events import Phase
+from soaktop.engine.events import EndReason, Phase, PhaseReason
+from soaktop.engine.metrics.results import PhaseSummary, RampStep, SloReport, SloStep
 
 PLATEAU_GAIN = 0.05  # a ramp step that adds less than 5% tokens/s has reached a plateau
 
-# metric name -> (summary key, quantile key or None, unit kind)
-_LATENCIES = ("ttft", "itl", "tpot", "e2e")
+#: The figures of one phase by its id (None: no such phase yet): what a plan reads as it runs.
+PhaseLookup = Callable[[int], "PhaseSummary | None"]
+
+_LATENCIES = ("ttft", "itl", "tpot", "e2e")  # each a distribution in ms: ttft_ms, ...
 _CONDITION = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*([0-9.]+)\s*(ms|s|%)?\s*$")
 
 
@@ -42,20 +48,20 @@ class Condition:
     value: float  # in the summary's unit: ms for latencies, tokens/s, or a fraction
     text: str
 
-    def measure(self, phase: dict[str, Any]) -> float | None:
+    def measure(self, phase: PhaseSummary) -> float | None:
         """The phase's value of this metric, in the same unit as ``value``."""
         name, _, quantile = self.metric.rpartition("_p")
         if name in _LATENCIES:
-            return phase[f"{name}_ms"].get(f"p{quantile}")
+            return getattr(phase, f"{name}_ms").quantile(int(quantile))
         if name == "speed":
-            return phase["output_speed_tps"].get(f"p{quantile}")
+            return phase.output_speed_tps.quantile(int(quantile))
         if self.metric == "error_rate":
-            return phase["error_rate"]
+            return phase.error_rate
         if self.metric == "tokens_per_s":
-            return phase["output_tokens_per_s"]
+            return phase.output_tokens_per_s
         return None
 
-    def holds(self, phase: dict[str, Any]) -> bool | None:
+    def holds(self, phase: PhaseSummary) -> bool | None:
         """Whether the phase meets it; ``None`` when the phase has no value to judge."""
         v = self.measure(phase)
         if v is None:
@@ -111,63 +117,61 @@ def parse_ramp(text: str) -> tuple[int, ...]:
     return levels
 
 
-def _steps(summary: dict[str, Any], reasons: tuple[str, ...]) -> list[dict[str, Any]]:
+def _steps(phases: Sequence[PhaseSummary], reason: PhaseReason) -> list[PhaseSummary]:
     """The measured phases a plan made: the first after warm-up, then its own."""
-    phases = [p for p in summary["phases"] if not p["warmup"]]
-    return [p for i, p in enumerate(phases) if i == 0 or p["reason"] in reasons]
+    measured = [p for p in phases if not p.warmup]
+    return [p for i, p in enumerate(measured) if i == 0 or p.reason == reason]
 
 
-def ramp_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def ramp_table(phases: Sequence[PhaseSummary]) -> tuple[RampStep, ...]:
     """Per ramp step: system tokens/s, per-request speed p25/p50, TTFT p95, error rate, and a
     plateau flag where tokens/s gained less than 5% over the step before."""
     rows, previous = [], None
-    for p in _steps(summary, ("ramp",)):
-        tps = p["output_tokens_per_s"]
+    for p in _steps(phases, PhaseReason.RAMP):
+        tps = p.output_tokens_per_s
         gain = None if previous in (None, 0) or tps is None else tps / previous - 1
-        rows.append({
-            "phase_id": p["phase_id"], "concurrency": p["concurrency"], "tokens_per_s": tps,
-            "speed_p25_tps": p["output_speed_tps"]["p25"],
-            "speed_p50_tps": p["output_speed_tps"]["p50"],
-            "ttft_p95_ms": p["ttft_ms"]["p95"], "error_rate": p["error_rate"],
-            "gain": gain, "plateau": gain is not None and gain < PLATEAU_GAIN,
-        })
+        rows.append(RampStep(
+            phase_id=p.phase_id, concurrency=p.concurrency, tokens_per_s=tps,
+            speed_p25_tps=p.output_speed_tps.p25, speed_p50_tps=p.output_speed_tps.p50,
+            ttft_p95_ms=p.ttft_ms.p95, error_rate=p.error_rate,
+            gain=gain, plateau=gain is not None and gain < PLATEAU_GAIN,
+        ))
         previous = tps
-    return rows
+    return tuple(rows)
 
 
-def judge(conditions: tuple[Condition, ...], phase: dict[str, Any]) -> bool:
+def judge(conditions: tuple[Condition, ...], phase: PhaseSummary) -> bool:
     """The phase meets every condition (a condition with nothing to judge does not hold)."""
     return all(c.holds(phase) for c in conditions)
 
 
-def slo_report(conditions: tuple[Condition, ...], summary: dict[str, Any]) -> dict[str, Any]:
+def slo_report(conditions: tuple[Condition, ...], phases: Sequence[PhaseSummary]) -> SloReport:
     """Each search step with its values and whether it met the SLO; the answer (the highest
     concurrency that met it, with no lower level failing above it) and the phases that decided
     it: the answer's step and the first step above it that failed."""
-    steps = []
-    for p in _steps(summary, ("slo search",)):
-        steps.append({"phase_id": p["phase_id"], "concurrency": p["concurrency"],
-                      "met": judge(conditions, p),
-                      "values": {c.metric: c.measure(p) for c in conditions}})
-    passed = [s for s in steps if s["met"]]
-    failed = [s for s in steps if not s["met"]]
-    lowest_fail = min((s["concurrency"] for s in failed), default=None)
-    good = [s for s in passed if lowest_fail is None or s["concurrency"] < lowest_fail]
-    best = max(good, key=lambda s: s["concurrency"], default=None)
-    above = min((s for s in failed if best is None or s["concurrency"] > best["concurrency"]),
-                key=lambda s: s["concurrency"], default=None)
-    return {
-        "slo": ",".join(c.text for c in conditions),
-        "answer": best["concurrency"] if best else None,
-        "deciding_phases": [s["phase_id"] for s in (best, above) if s is not None],
-        "steps": steps,
-    }
+    steps = tuple(
+        SloStep(phase_id=p.phase_id, concurrency=p.concurrency, met=judge(conditions, p),
+                values={c.metric: c.measure(p) for c in conditions})
+        for p in _steps(phases, PhaseReason.SLO_SEARCH))
+    passed = [s for s in steps if s.met]
+    failed = [s for s in steps if not s.met]
+    lowest_fail = min((s.concurrency for s in failed), default=None)
+    good = [s for s in passed if lowest_fail is None or s.concurrency < lowest_fail]
+    best = max(good, key=lambda s: s.concurrency, default=None)
+    above = min((s for s in failed if best is None or s.concurrency > best.concurrency),
+                key=lambda s: s.concurrency, default=None)
+    return SloReport(
+        slo=",".join(c.text for c in conditions),
+        answer=best.concurrency if best else None,
+        deciding_phases=tuple(s.phase_id for s in (best, above) if s is not None),
+        steps=steps,
+    )
 
 
 class Ramp:
     """Steps through ``levels``, ``phase_s`` each, from the end of warm-up; then ends the run."""
 
-    reason = "ramp"
+    reason = PhaseReason.RAMP
 
     def __init__(self, levels: tuple[int, ...], phase_s: float) -> None:
         self.levels, self.phase_s = levels, phase_s
@@ -178,20 +182,20 @@ class Ramp:
             await _sleep_until(session, start + int(i * self.phase_s * 1e9))
             session.change(concurrency=level, reason=self.reason)
         await _sleep_until(session, start + int(len(self.levels) * self.phase_s * 1e9))
-        session.stop("completed")
+        session.stop(EndReason.COMPLETED)
 
 
 class SloSearch:
     """Doubles concurrency from ``start`` while the SLO holds, then bisects; ends the run when
-    the answer is known to one request (or at ``limit``). ``phases`` reads the summary's
-    phases so far (the session's own statistics: one code path with the final report)."""
+    the answer is known to one request (or at ``limit``). ``phase`` gives the figures of a
+    phase by its id from the session's own statistics (one code path with the final report);
+    a step is judged on the phase current when it ends."""
 
-    reason = "slo search"
+    reason = PhaseReason.SLO_SEARCH
 
     def __init__(self, conditions: tuple[Condition, ...], phase_s: float,
-                 phases: Callable[[], list[dict[str, Any]]], start: int = 1,
-                 limit: int = 1024) -> None:
-        self.conditions, self.phase_s, self.phases = conditions, phase_s, phases
+                 phase: PhaseLookup, start: int = 1, limit: int = 1024) -> None:
+        self.conditions, self.phase_s, self.phase = conditions, phase_s, phase
         self.start, self.limit = start, limit
         self.decisions: list[tuple[int, bool]] = []
 
@@ -218,15 +222,16 @@ class SloSearch:
         step_start = start
         while True:
             await _sleep_until(session, step_start + int(self.phase_s * 1e9))
-            phase = self.phases()[-1]
-            met = judge(self.conditions, phase)
+            current = session.current_phase
+            phase = self.phase(current.phase_id) if current is not None else None
+            met = phase is not None and judge(self.conditions, phase)
             self.decisions.append((level, met))
             level, lower, upper = self.next_level(level, met, lower, upper)
             if level is None:
                 break
             session.change(concurrency=level, reason=self.reason)
             step_start = session.now_ns()
-        session.stop("completed")
+        session.stop(EndReason.COMPLETED)
 
 
 async def _measured_start(session) -> int:
@@ -264,12 +269,12 @@ async def run_with_plan(session, plan: Ramp | SloSearch | None) -> None:
         await asyncio.gather(steer, return_exceptions=True)
 
 
-def plan_for(config, phases: Callable[[], list[dict[str, Any]]], limit: int = 1024
-             ) -> Ramp | SloSearch | None:
-    """The plan a RunConfig asks for (``phases`` reads the live summary's phases)."""
+def plan_for(config, phase: PhaseLookup, limit: int = 1024) -> Ramp | SloSearch | None:
+    """The plan a RunConfig asks for; ``phase`` gives a phase's figures by id from the live
+    summary (``SessionSummary.phase``)."""
     if config.ramp:
         return Ramp(tuple(config.ramp), config.phase_s)
     if config.slo:
-        return SloSearch(parse_slo(config.slo), config.phase_s, phases,
+        return SloSearch(parse_slo(config.slo), config.phase_s, phase,
                          start=config.concurrency, limit=limit)
     return None

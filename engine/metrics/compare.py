@@ -14,30 +14,32 @@ URL, model, device, concurrency, prompt or output length, soaktop version or GPU
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from soaktop.engine.metrics.results import RunSummary
 from soaktop.engine.metrics.summary import SessionSummary
 
 ALPHA = 0.01
 
-#: (label, summary key, quantile, per-request column, scale to the shown unit)
-_PER_REQUEST = (
-    ("TTFT p50 (ms)", "ttft_ms", "p50", "ttft_us", 1e-3),
-    ("TTFT p95 (ms)", "ttft_ms", "p95", "ttft_us", 1e-3),
-    ("TPOT p50 (ms)", "tpot_ms", "p50", "tpot_us", 1e-3),
-    ("E2E p50 (ms)", "e2e_ms", "p50", "e2e_us", 1e-3),
-    ("output speed p50 (tok/s)", "output_speed_tps", "p50", "speed_tps", 1.0),
+#: (label, the run's figure, per-request column, scale to the shown unit)
+_PER_REQUEST: tuple[tuple[str, Callable[[RunSummary], float | None], str, float], ...] = (
+    ("TTFT p50 (ms)", lambda r: r.ttft_ms.p50, "ttft_us", 1e-3),
+    ("TTFT p95 (ms)", lambda r: r.ttft_ms.p95, "ttft_us", 1e-3),
+    ("TPOT p50 (ms)", lambda r: r.tpot_ms.p50, "tpot_us", 1e-3),
+    ("E2E p50 (ms)", lambda r: r.e2e_ms.p50, "e2e_us", 1e-3),
+    ("output speed p50 (tok/s)", lambda r: r.output_speed_tps.p50, "speed_tps", 1.0),
 )
-#: (label, summary key, quantile or None for a plain number)
-_WHOLE_RUN = (
-    ("output tokens/s", "output_tokens_per_s", None),
-    ("requests/s", "requests_per_s", None),
-    ("error rate", "error_rate", None),
-    ("ITL p50 (ms)", "itl_ms", "p50"),  # from the run's histogram: no per-request values
-    ("ITL p99 (ms)", "itl_ms", "p99"),
+#: (label, the run's figure)
+_WHOLE_RUN: tuple[tuple[str, Callable[[RunSummary], float | None]], ...] = (
+    ("output tokens/s", lambda r: r.output_tokens_per_s),
+    ("requests/s", lambda r: r.requests_per_s),
+    ("error rate", lambda r: r.error_rate),
+    ("ITL p50 (ms)", lambda r: r.itl_ms.p50),  # from the run's histogram: no per-request values
+    ("ITL p99 (ms)", lambda r: r.itl_ms.p99),
 )
 
 
@@ -83,14 +85,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def compare(a: SessionSummary, b: SessionSummary) -> list[Row]:
     ra, rb = a.result(), b.result()
     rows = []
-    for label, key, q, column, scale in _PER_REQUEST:
-        va, vb = ra[key][q], rb[key][q]
+    for label, figure, column, scale in _PER_REQUEST:
+        va, vb = figure(ra), figure(rb)
         p = mann_whitney_p(a.request_values(column) * scale, b.request_values(column) * scale)
         verdict = ("too few to test" if p is None
                    else "beyond noise" if p < ALPHA else "within noise")
         rows.append(Row(label, va, vb, _ratio(va, vb), p, verdict))
-    for label, key, q in _WHOLE_RUN:
-        va, vb = (ra[key], rb[key]) if q is None else (ra[key][q], rb[key][q])
+    for label, figure in _WHOLE_RUN:
+        va, vb = figure(ra), figure(rb)
         rows.append(Row(label, va, vb, _ratio(va, vb), None, "one run each"))
     return rows
 
@@ -117,7 +119,16 @@ def _facts(summary: SessionSummary) -> dict[str, Any]:
     }
 
 
-def differences(a: SessionSummary, b: SessionSummary) -> list[str]:
-    """What differs between how the two sessions ran, one line each."""
+@dataclass(frozen=True)
+class Difference:
+    """One fact about how two sessions ran that is not the same in both."""
+
+    fact: str
+    a: Any
+    b: Any
+
+
+def differences(a: SessionSummary, b: SessionSummary) -> list[Difference]:
+    """What differs between how the two sessions ran, in the order of the facts."""
     fa, fb = _facts(a), _facts(b)
-    return [f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}" for k in fa if fa.get(k) != fb.get(k)]
+    return [Difference(k, fa.get(k), fb.get(k)) for k in fa if fa.get(k) != fb.get(k)]

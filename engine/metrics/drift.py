@@ -10,6 +10,9 @@ run is called:
   more of the last window's samples; the reasons active then are named;
 - ``stable`` otherwise.
 
+The result is data (:class:`~soaktop.engine.metrics.results.SoakVerdict`): the windows, the
+changes, the verdict and the reasons; ``soaktop.tui.text`` writes the sentence.
+
 Memory is bounded by the run's length in seconds and by the requests of the first window,
 never by tokens: tokens are counted per second, the first window's TTFTs take 8 bytes a
 request, the latest ones a fixed ring, and GPU samples those of two windows.
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from soaktop.engine.events import GpuSample, Phase, RequestDone, SessionEnd
+from soaktop.engine.metrics.results import DriftChange, DriftWindow, SoakVerdict, Verdict
 from soaktop.engine.telemetry.reasons import THROTTLING
 
 WINDOW_S = 300.0
@@ -111,7 +115,7 @@ class Drift:
         while recent and key(recent[0]) < now_ns - 2 * self.window_ns:
             recent.popleft()
 
-    def result(self) -> dict[str, Any] | None:
+    def result(self) -> SoakVerdict | None:
         """The comparison and the verdict; None when the measured run is too short."""
         if self.start_ns is None:
             return None
@@ -119,36 +123,29 @@ class Drift:
         window_ns = min(self.window_ns, measured_ns // 3)
         if window_ns < MIN_WINDOW_S * 1e9:
             return None
-        first = (self.start_ns, self.start_ns + window_ns)
-        last = (self.end_ns - window_ns, self.end_ns)
-        figures = {name: self._figures(*span) for name, span in
-                   (("first", first), ("last", last))}
-        change = {
-            "tokens_per_s": _relative(figures["first"]["tokens_per_s"],
-                                      figures["last"]["tokens_per_s"]),
-            "ttft_p95_ms": _relative(figures["first"]["ttft_p95_ms"],
-                                     figures["last"]["ttft_p95_ms"]),
-            "sm_clock_mhz": _relative(figures["first"]["sm_clock_mhz"],
-                                      figures["last"]["sm_clock_mhz"]),
-            "temperature_c": _difference(figures["first"]["temperature_c"],
-                                         figures["last"]["temperature_c"]),
-        }
-        reasons = figures["last"].pop("reasons")
-        figures["first"].pop("reasons")
+        first, _ = self._figures(self.start_ns, self.start_ns + window_ns)
+        # what held the GPUs back is judged in the last window only
+        last, reasons = self._figures(self.end_ns - window_ns, self.end_ns)
+        change = DriftChange(
+            tokens_per_s=_relative(first.tokens_per_s, last.tokens_per_s),
+            ttft_p95_ms=_relative(first.ttft_p95_ms, last.ttft_p95_ms),
+            sm_clock_mhz=_relative(first.sm_clock_mhz, last.sm_clock_mhz),
+            temperature_c=_difference(first.temperature_c, last.temperature_c),
+        )
         throttling = {r: f for r, f in reasons.items() if r in THROTTLING and f >= REASON_SHARE}
-        degrading = ((change["tokens_per_s"] or 0) < -TPS_DROP
-                     or (change["ttft_p95_ms"] or 0) > TTFT_RISE)
-        held_back = (change["sm_clock_mhz"] or 0) < -CLOCK_DROP or bool(throttling)
-        verdict = "throttled" if degrading and held_back else (
-            "degrading" if degrading else "stable")
-        return {
-            "window_s": window_ns / 1e9, "first": figures["first"], "last": figures["last"],
-            "change": change, "verdict": verdict,
-            "throttle_reasons": dict(sorted(throttling.items(), key=lambda kv: -kv[1])),
-            "explanation": _explain(verdict, change, figures, throttling, window_ns / 1e9),
-        }
+        degrading = ((change.tokens_per_s or 0) < -TPS_DROP
+                     or (change.ttft_p95_ms or 0) > TTFT_RISE)
+        held_back = (change.sm_clock_mhz or 0) < -CLOCK_DROP or bool(throttling)
+        verdict = Verdict.THROTTLED if degrading and held_back else (
+            Verdict.DEGRADING if degrading else Verdict.STABLE)
+        return SoakVerdict(
+            window_s=window_ns / 1e9, first=first, last=last, change=change, verdict=verdict,
+            throttle_reasons=dict(sorted(throttling.items(), key=lambda kv: -kv[1])),
+        )
 
-    def _figures(self, start: int, end: int) -> dict[str, Any]:
+    def _figures(self, start: int, end: int) -> tuple[DriftWindow, dict[str, float]]:
+        """The window's figures, and the share of its GPU samples each clock-event reason
+        was active in."""
         lo = max(0, (start - self.start_ns) // 10**9)
         hi = max(lo, (end - self.start_ns) // 10**9)
         seconds = self._tokens[lo:hi]
@@ -168,13 +165,13 @@ class Drift:
         for s in with_reasons:
             for reason in s.clock_event_reasons:
                 counted[reason] = counted.get(reason, 0) + 1
-        return {
-            "tokens_per_s": tps,
-            "ttft_p95_ms": float(np.percentile(ttfts, 95)) if ttfts.size else None,
-            "sm_clock_mhz": float(np.mean(clocks)) if clocks else None,
-            "temperature_c": float(np.max(temps)) if temps else None,
-            "reasons": {r: n / len(with_reasons) for r, n in counted.items()},
-        }
+        window = DriftWindow(
+            tokens_per_s=tps,
+            ttft_p95_ms=float(np.percentile(ttfts, 95)) if ttfts.size else None,
+            sm_clock_mhz=float(np.mean(clocks)) if clocks else None,
+            temperature_c=float(np.max(temps)) if temps else None,
+        )
+        return window, {r: n / len(with_reasons) for r, n in counted.items()}
 
 
 def _relative(a: float | None, b: float | None) -> float | None:
@@ -183,27 +180,3 @@ def _relative(a: float | None, b: float | None) -> float | None:
 
 def _difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else b - a
-
-
-def _explain(verdict: str, change: dict, figures: dict, throttling: dict,
-             window_s: float) -> str:
-    first, last = figures["first"], figures["last"]
-    parts = []
-    if change["tokens_per_s"] is not None:
-        parts.append(f"tokens/s {first['tokens_per_s']:,.0f} -> {last['tokens_per_s']:,.0f} "
-                     f"({change['tokens_per_s'] * 100:+.1f}%)")
-    if change["ttft_p95_ms"] is not None:
-        parts.append(f"TTFT p95 {first['ttft_p95_ms']:,.1f} -> {last['ttft_p95_ms']:,.1f} ms "
-                     f"({change['ttft_p95_ms'] * 100:+.1f}%)")
-    if change["sm_clock_mhz"] is not None:
-        parts.append(f"SM clock {first['sm_clock_mhz']:,.0f} -> {last['sm_clock_mhz']:,.0f} MHz "
-                     f"({change['sm_clock_mhz'] * 100:+.1f}%)")
-    if change["temperature_c"] is not None:
-        parts.append(f"GPU {first['temperature_c']:.0f} -> {last['temperature_c']:.0f} C")
-    text = f"{verdict}: the last {window_s:.0f} s against the first: " + ", ".join(parts)
-    if throttling:
-        text += "; throttling then: " + ", ".join(
-            f"{r} {f * 100:.0f}% of samples" for r, f in throttling.items())
-    elif first["sm_clock_mhz"] is None:
-        text += "; no GPU telemetry to tell throttling from other causes"
-    return text

@@ -19,7 +19,8 @@ on a small machine soaktop is then CPU-bound for tens of milliseconds, long enou
 chunks of a stream to wait in the socket and be read together, stamped with the arrival of
 the last. That is a client-bound window (to be flagged by the client's self-check), not the
 steady state the error is about.
-Used by the fidelity test, ``bench/http_fidelity.py`` and ``soaktop calibrate``.
+Used by the fidelity test, ``bench/http_fidelity.py`` and ``soaktop calibrate`` (whose table
+is :mod:`soaktop.tui.calibrate_text`).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ async def _drive(url: str, concurrency: int, duration_s: float, tokens: int
     backend = OpenAIBackend(url, model="loopback", timeouts=Timeouts(first_token_s=30))
     session = Session(config, backend, listeners=(keep,))
     await session.run()
-    return done, session.origin_ns, backend.run_id, summary.result()["client_bound_s"]
+    return done, session.origin_ns, backend.run_id, summary.result().client_bound_s
 
 
 async def _emissions(url: str) -> list[Emission]:
@@ -136,15 +137,3 @@ def trusted_rate(results: list[Fidelity], limit_ms: float = 1.0) -> float | None
     good = [f.tokens_per_s for f in results
             if max(abs(f.error_ms(m, 99)) for m in ("ttft_ms", "itl_ms")) < limit_ms]
     return max(good) if good else None
-
-
-def table(results: list[Fidelity]) -> list[str]:
-    """The calibration table: soaktop's error against the wire at each rate, in ms."""
-    head = " ".join(f"{m} p{q:<2}" for m in ("TTFT", "ITL") for q in QUANTILES)
-    lines = [f"{'got tok/s':>9} {'reqs':>5}  {head}  client-bound"]
-    for f in results:
-        errors = [f.error_ms(m, q) for m in ("ttft_ms", "itl_ms") for q in QUANTILES]
-        lines.append(f"{f.tokens_per_s:>9,.0f} {f.requests:>5}  "
-                     + " ".join(f"{e:>+8.3f}" for e in errors)
-                     + f"  {f.client_bound_s:>5.0f} s")
-    return lines

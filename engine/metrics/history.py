@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from soaktop.engine.events import Mark, Phase
+from soaktop.engine.events import Mark, Phase, PhaseReason
 from soaktop.engine.metrics.live import LiveSnapshot
 
 #: The request series, each from the live snapshot of that second.
@@ -112,6 +112,6 @@ class History:
             reasons={key: [reasons[s] if h else None for s, h in zip(slots, held)]
                      for key, reasons in self._reasons.items()},
             phases=[(column(p.t_ns), p) for p in self._phases
-                    if start_ns <= p.t_ns < end_ns and p.reason != "start"],
+                    if start_ns <= p.t_ns < end_ns and p.reason != PhaseReason.START],
             marks=[(column(m.t_ns), m) for m in self._marks if start_ns <= m.t_ns < end_ns],
         )

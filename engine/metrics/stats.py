@@ -21,9 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-QUANTILES = (50, 90, 95, 99)
+from soaktop.engine.metrics.results import Distribution, SpeedDistribution
+
+QUANTILES = Distribution.QUANTILES
 #: Output speed adds p25: the slow quarter of requests, what an SLO on speed bounds.
-SPEED_QUANTILES = (25, 50, 90, 95, 99)
+SPEED_QUANTILES = SpeedDistribution.QUANTILES
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,28 +76,26 @@ def request_metrics(
 
 
 def distribution(values: np.ndarray, scale: float = 1.0,
-                 quantiles: tuple[int, ...] = QUANTILES) -> dict[str, float | None]:
-    """``{p50, p90, p95, p99, mean}`` of ``values * scale`` (or other ``quantiles``); all
-    ``None`` when empty."""
+                 kind: type[Distribution] = Distribution) -> Distribution:
+    """The quantiles of ``kind`` (p50, p90, p95, p99; a :class:`SpeedDistribution` adds p25)
+    and the mean of ``values * scale``, NaNs (undefined values) left out; all ``None`` when
+    nothing is left."""
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
     if v.size == 0:
-        return {**{f"p{q}": None for q in quantiles}, "mean": None}
-    qs = np.percentile(v, quantiles) * scale
-    out: dict[str, float | None] = {f"p{q}": float(x) for q, x in zip(quantiles, qs)}
-    out["mean"] = float(v.mean() * scale)
-    return out
+        return kind()
+    qs = np.percentile(v, kind.QUANTILES) * scale
+    return kind(**{f"p{q}": float(x) for q, x in zip(kind.QUANTILES, qs)},
+                mean=float(v.mean() * scale))
 
 
-def histogram_distribution(hist, scale: float = 1.0) -> dict[str, float | None]:
-    """The same dictionary as :func:`distribution`, from a :class:`LogHistogram`."""
+def histogram_distribution(hist, scale: float = 1.0) -> Distribution:
+    """The same :class:`Distribution`, from a :class:`LogHistogram`."""
     qs = hist.quantiles(QUANTILES)
-    out: dict[str, float | None] = {
-        f"p{q}": (None if x is None else x * scale) for q, x in zip(QUANTILES, qs)
-    }
     mean = hist.mean()
-    out["mean"] = None if mean is None else mean * scale
-    return out
+    return Distribution(**{f"p{q}": (None if x is None else x * scale)
+                           for q, x in zip(QUANTILES, qs)},
+                        mean=None if mean is None else mean * scale)
 
 
 def rate(count: float, duration_s: float) -> float | None:

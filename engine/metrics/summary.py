@@ -17,6 +17,11 @@ Attribution:
 - Telemetry samples (GPU, host, serving engine) belong to the phase in whose time window they
   were taken; the whole-run figures cover the samples of the non-warm-up phases. What they
   mean is defined in :mod:`soaktop.engine.telemetry.derived`.
+
+:meth:`SessionSummary.result` gives the whole run as a
+:class:`~soaktop.engine.metrics.results.RunSummary`; :meth:`SessionSummary.phase` the figures
+of one phase alone, which is what a plan judging a step while the run goes on needs (the
+whole run, its drift analysis included, is not recomputed for it).
 """
 
 from __future__ import annotations
@@ -44,8 +49,15 @@ from soaktop.engine.events import (
 from soaktop.engine.load.plans import parse_slo, ramp_table, slo_report
 from soaktop.engine.metrics.drift import Drift
 from soaktop.engine.metrics.histogram import LogHistogram
+from soaktop.engine.metrics.results import (
+    CUT_SHORT,
+    PhaseSummary,
+    RunSummary,
+    SloReport,
+    SourceStatus,
+    SpeedDistribution,
+)
 from soaktop.engine.metrics.stats import (
-    SPEED_QUANTILES,
     distribution,
     histogram_distribution,
     rate,
@@ -113,6 +125,7 @@ class _Telemetry:
             self.servers.setdefault(key, ServerWindow()).add(sample)
 
     def figures(self, tokens: int, duration_s: float) -> dict[str, Any]:
+        """The telemetry fields of :class:`~soaktop.engine.metrics.results.Figures`."""
         return {
             "gpus": {key: w.result() for key, w in sorted(self.gpus.items())},
             **energy_figures(self.gpus, tokens, duration_s),
@@ -139,12 +152,13 @@ class _PhaseStats:
 
 
 class SessionSummary:
-    """Feed events with :meth:`add`; read numbers with :meth:`result` at any time."""
+    """Feed events with :meth:`add`; read the numbers at any time: the whole run with
+    :meth:`result`, one phase with :meth:`phase`, every phase with :meth:`phases`."""
 
     def __init__(self) -> None:
         self.header: SessionStart | None = None
         self.end: SessionEnd | None = None
-        self._phases: dict[int, _PhaseStats] = {}
+        self._phases: dict[int, int] = {}  # phase_id -> its index in _order
         self._order: list[_PhaseStats] = []
         self._starts = np.empty(0, dtype=np.int64)
         self._last_t_ns = 0
@@ -171,7 +185,7 @@ class SessionSummary:
             if not event.warmup and self._measured_from_ns is None:
                 # the warm-up ended here; a run without one is measured from its start
                 self._measured_from_ns = event.t_ns if self._order else 0
-            self._phases[event.phase_id] = stats
+            self._phases[event.phase_id] = len(self._order)
             self._order.append(stats)
             self._starts = np.append(self._starts, event.t_ns)
         elif isinstance(event, (GpuSample, HostSample, ServerSample)):
@@ -200,9 +214,10 @@ class SessionSummary:
             per_phase = np.bincount(np.maximum(slot, 0), weights=weights)
             for i in np.flatnonzero(per_phase):
                 self._order[i].tokens_in_window += int(per_phase[i])
-        stats = self._phases.get(done.phase_id)
-        if stats is None:
+        index = self._phases.get(done.phase_id)
+        if index is None:
             return  # a request from a phase this summary never saw (a cut record)
+        stats = self._order[index]
         if done.warmup:
             stats.warmup += 1
         elif done.finish_reason == "cancelled":
@@ -248,18 +263,13 @@ class SessionSummary:
         values = np.concatenate(arrays) if arrays else np.empty(0)
         return values[~np.isnan(values)]
 
-    def telemetry_status(self) -> list[dict[str, Any]]:
+    def telemetry_status(self) -> tuple[SourceStatus, ...]:
         """The last word on each source (and GPU): available or not, and what is missing."""
-        out = []
-        for status in self._status.values():
-            item: dict[str, Any] = {"source": status.source, "available": status.available}
-            for name in ("gpu_index", "host", "reason"):
-                if getattr(status, name) is not None:
-                    item[name] = getattr(status, name)
-            if status.unavailable_fields:
-                item["unavailable_fields"] = dict(status.unavailable_fields)
-            out.append(item)
-        return out
+        return tuple(
+            SourceStatus(source=status.source, available=status.available,
+                         gpu_index=status.gpu_index, host=status.host, reason=status.reason,
+                         unavailable_fields=dict(status.unavailable_fields))
+            for status in self._status.values())
 
     def _window_ns(self, index: int) -> int:
         start = self._order[index].phase.t_ns
@@ -268,53 +278,59 @@ class SessionSummary:
         end = self.end.t_ns if self.end is not None else self._last_t_ns
         return max(end - start, 0)
 
-    def result(self) -> dict[str, Any]:
-        """The summary dictionary (the keys of DESIGN.md and a few more), JSON-ready."""
-        phases = []
-        measured: list[tuple[_PhaseStats, int]] = []
-        for i, stats in enumerate(self._order):
-            window_ns = self._window_ns(i)
-            phases.append(
-                {
-                    "phase_id": stats.phase.phase_id,
-                    "concurrency": stats.phase.concurrency,
-                    "model": stats.phase.model,
-                    "backend": stats.phase.backend,
-                    "reason": stats.phase.reason,
-                    "warmup": stats.phase.warmup,
-                    "start_s": stats.phase.t_ns / 1e9,
-                    **_figures([(stats, window_ns)]),
-                }
-            )
-            phases[-1].update(
-                stats.telemetry.figures(stats.tokens_in_window, window_ns / 1e9)
-            )
-            if not stats.phase.warmup:
-                measured.append((stats, window_ns))
-        out: dict[str, Any] = _figures(measured)
-        out.update(self._run_telemetry.figures(out["output_tokens"], out["duration_s"]))
-        out["telemetry"] = self.telemetry_status()
-        out["requests_warmup"] = sum(s.warmup for s in self._order)
-        out["ended"] = self.end.reason if self.end is not None else (
-            f"cut short at {self._last_t_ns / 1e9:.1f} s: no session_end (the writer was "
-            f"killed, or recording stopped)")
-        out["phases"] = phases
-        self._add_plans(out)
-        out["soak"] = self._drift.result()
-        out["client_bound_s"] = self._client_bound_ns / 1e9
-        return out
+    def _phase_summary(self, index: int) -> PhaseSummary:
+        stats, window_ns = self._order[index], self._window_ns(index)
+        phase = stats.phase
+        return PhaseSummary(
+            phase_id=phase.phase_id, concurrency=phase.concurrency, model=phase.model,
+            backend=phase.backend, reason=phase.reason, warmup=phase.warmup,
+            start_s=phase.t_ns / 1e9, **_figures([(stats, window_ns)]),
+            **stats.telemetry.figures(stats.tokens_in_window, window_ns / 1e9),
+        )
 
-    def _add_plans(self, out: dict[str, Any]) -> None:
+    def phase(self, phase_id: int) -> PhaseSummary | None:
+        """The figures of one phase so far (``None`` for a phase not seen): the work of that
+        phase alone, for a plan that judges it while the run goes on."""
+        index = self._phases.get(phase_id)
+        return None if index is None else self._phase_summary(index)
+
+    def phases(self) -> list[PhaseSummary]:
+        """Every phase so far, in order, without the whole-run figures."""
+        return [self._phase_summary(i) for i in range(len(self._order))]
+
+    def result(self) -> RunSummary:
+        """The whole run and each phase so far (README: "What each number means")."""
+        phases = self.phases()
+        measured = [(stats, self._window_ns(i)) for i, stats in enumerate(self._order)
+                    if not stats.phase.warmup]
+        figures = _figures(measured)
+        ended_ns = self.end.t_ns if self.end is not None else self._last_t_ns
+        return RunSummary(
+            **figures,
+            **self._run_telemetry.figures(figures["output_tokens"], figures["duration_s"]),
+            telemetry=self.telemetry_status(),
+            requests_warmup=sum(s.warmup for s in self._order),
+            ended=self.end.reason if self.end is not None else CUT_SHORT,
+            ended_at_s=ended_ns / 1e9,
+            phases=tuple(phases),
+            **self._plans(phases),
+            soak=self._drift.result(),
+            client_bound_s=self._client_bound_ns / 1e9,
+        )
+
+    def _plans(self, phases: list[PhaseSummary]) -> dict[str, Any]:
         """What a ramp or an SLO search concluded, from the phases (see
         soaktop.engine.load.plans)."""
         config = self.header.config if self.header is not None else {}
+        out: dict[str, Any] = {}
         if config.get("ramp"):
-            out["ramp"] = ramp_table(out)
+            out["ramp"] = ramp_table(phases)
         if config.get("slo"):
             try:
-                out["slo"] = slo_report(parse_slo(str(config["slo"])), out)
+                out["slo"] = slo_report(parse_slo(str(config["slo"])), phases)
             except SoaktopError as exc:  # a record with an SLO this soaktop cannot read
-                out["slo"] = {"slo": config["slo"], "error": str(exc)}
+                out["slo"] = SloReport(slo=str(config["slo"]), error=str(exc))
+        return out
 
 
 def summarise(events: Iterable[Any]) -> SessionSummary:
@@ -326,7 +342,8 @@ def summarise(events: Iterable[Any]) -> SessionSummary:
 
 
 def _figures(parts: list[tuple[_PhaseStats, int]]) -> dict[str, Any]:
-    """The numbers of one phase, or of several phases taken together."""
+    """The numbers of one phase, or of several phases taken together: the request and latency
+    fields of :class:`~soaktop.engine.metrics.results.Figures`."""
     ok = sum(s.ok for s, _ in parts)
     failed = sum(s.failed for s, _ in parts)
     tokens = sum(s.tokens_in_window for s, _ in parts)
@@ -365,7 +382,7 @@ def _figures(parts: list[tuple[_PhaseStats, int]]) -> dict[str, Any]:
         "inter_chunk_ms": histogram_distribution(chunk_gaps, 1e-3),
         "tpot_ms": distribution(column("tpot_us"), 1e-3),
         "e2e_ms": distribution(column("e2e_us"), 1e-3),
-        "output_speed_tps": distribution(column("speed_tps"), quantiles=SPEED_QUANTILES),
+        "output_speed_tps": distribution(column("speed_tps"), kind=SpeedDistribution),
         # the server's own view, where it reports one (Ollama), beside the client's above
         "server_speed_tps": distribution(column("server_speed_tps")),
         # open loop: planned time -> sent (already inside every latency above), apart

@@ -1,6 +1,6 @@
 """Replaying a record: the live run's event stream again, on the record's clock, scaled.
 
-Live runs and replays feed one stream (DESIGN.md), so every consumer, the statistics, the
+Live runs and replays feed one stream (docs/design.md), so every consumer, the statistics, the
 status line and the dashboard, works on both with no replay-specific code. A record keeps
 tokens inside ``request_done`` (arrival offsets), not one event each; :class:`Replay` derives
 the live-only :class:`~soaktop.engine.events.TokensArrived` events back from them and merges them

@@ -28,21 +28,8 @@ class TelemetrySnapshot:
     gpus: dict[str, GpuNow] = field(default_factory=dict)
     host: HostSample | None = None
     servers: dict[str, ServerSample] = field(default_factory=dict)
-    #: One line per source or GPU that is unavailable now, with the reason.
-    unavailable: tuple[str, ...] = ()
-
-
-def describe_status(status: TelemetryStatus) -> str:
-    """``"nvml: no GPU telemetry: no NVIDIA driver ..."``, ``"nvml GPU 1: ..."``."""
-    where = status.source
-    if status.gpu_index is not None:
-        where += f" GPU {status.gpu_index}" + (f" on {status.host}" if status.host else "")
-    if status.available:
-        if status.info.get("name"):
-            where += f" ({status.info['name']})"
-        missing = ", ".join(f"{k} ({v})" for k, v in sorted(status.unavailable_fields.items()))
-        return f"{where}: available" + (f"; not available: {missing}" if missing else "")
-    return f"{where}: unavailable: {status.reason}"
+    #: The status of each source or GPU that is unavailable now (its ``reason`` says why).
+    unavailable: tuple[TelemetryStatus, ...] = ()
 
 
 class LiveTelemetry:
@@ -86,5 +73,5 @@ class LiveTelemetry:
                 if sample.t_ns >= since:
                     window.add(sample)
             gpus[key] = GpuNow(ring[-1], window.result())
-        unavailable = tuple(describe_status(s) for s in self.status.values() if not s.available)
+        unavailable = tuple(s for s in self.status.values() if not s.available)
         return TelemetrySnapshot(gpus, self.host, dict(self.servers), unavailable)

@@ -53,9 +53,9 @@ _REASONS = ("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", "DCGM_FI_DEV_CLOCK_THROTTLE_REAS
 # (dcgm_fields.cpp maps field 240 to NVML_FI_DEV_PERF_POLICY_POWER, 241 to ..._THERMAL, 242 to
 # ..._SYNC_BOOST). NVML counts them in NANOSECONDS (nvmlViolationTime_t.violationTime "in
 # Nanoseconds"); dcgm_fields.h said "usec" up to DCGM 4.0 and says "ns" since 4.1, and
-# dcgm-exporter's counter help changed "(in us)" to "(in ns)" in Dec 2025 (PR #589, a doc fix,
-# not a change of value), so the value is already ns and is not scaled. What each measures:
-# "how long <limiter> held the GPU below application clocks". nvml.h defines
+# dcgm-exporter's counter help changed "(in us)" to "(in ns)" in Dec 2025 (NVIDIA/dcgm-exporter#589,
+# a doc fix, not a change of value), so the value is already ns and is not scaled. What each
+# measures: "how long <limiter> held the GPU below application clocks". nvml.h defines
 # NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP and ..._SYNC_BOOST as aliases of the POWER and
 # SYNC_BOOST policy counters, so those two are exactly the reasons of the same name. THERMAL has
 # no such alias (NVML added separate SW/HW thermal-slowdown counters, fields 269/270, that DCGM

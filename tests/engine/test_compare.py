@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from soaktop.engine.events import Phase, RequestDone, SessionEnd, SessionStart
-from soaktop.engine.metrics.compare import compare, differences, mann_whitney_p
+from soaktop.engine.metrics.compare import Difference, compare, differences, mann_whitney_p
 from soaktop.engine.metrics.summary import SessionSummary
 
 
@@ -57,7 +57,7 @@ def test_a_real_shift_is_beyond_noise_and_the_same_thing_is_not():
 
 def test_differences_name_what_ran_differently():
     a, b = session([50] * 10), session([50] * 10, model="other")
-    assert differences(a, b) == ["model: 'm' vs 'other'"]
+    assert differences(a, b) == [Difference("model", "m", "other")]
     assert differences(a, session([50] * 10)) == []
 
 
@@ -67,7 +67,7 @@ def test_differences_name_a_different_server_version():
     a, b = session([50] * 10), session([50] * 10)
     a.header = dataclasses.replace(a.header, backend={"server": {"version": "0.6.3"}})
     b.header = dataclasses.replace(b.header, backend={"server": {"version": "0.7.0"}})
-    assert differences(a, b) == ["server version: '0.6.3' vs '0.7.0'"]
+    assert differences(a, b) == [Difference("server version", "0.6.3", "0.7.0")]
 
 
 
@@ -78,4 +78,4 @@ def test_differences_name_other_prompts_and_another_load_shape():
     a.header = dataclasses.replace(a.header, workload={"prompts_sha256": "aa"})
     b.header = dataclasses.replace(b.header, workload={"prompts_sha256": "bb"},
                                    config={**b.header.config, "rate": 5.0})
-    assert differences(a, b) == ["prompts: 'aa' vs 'bb'", "rate: None vs 5.0"]
+    assert differences(a, b) == [Difference("prompts", "aa", "bb"), Difference("rate", None, 5.0)]

@@ -1,4 +1,7 @@
-"""The soak verdict against runs whose drift the test makes: stable, degrading, throttled."""
+"""The soak verdict against runs whose drift the test makes: stable, degrading, throttled.
+
+The verdict is data; its sentence is written by soaktop.tui.text (tests/tui/test_summary_text.py).
+"""
 
 import pytest
 
@@ -41,48 +44,49 @@ def run(phases):
 
 def test_a_steady_run_is_stable():
     result = run([(30, 1230, {}, (1980.0, 65.0))])
-    assert result["verdict"] == "stable"
-    assert result["window_s"] == 300
-    assert abs(result["change"]["tokens_per_s"]) < 0.02
-    assert result["throttle_reasons"] == {}
+    assert result.verdict == "stable"
+    assert result.window_s == 300
+    assert abs(result.change.tokens_per_s) < 0.02
+    assert result.throttle_reasons == {}
 
 
 def test_throughput_that_falls_without_gpu_data_is_degrading_and_says_why_not_more():
     result = run([(30, 900, {}, None), (900, 1230, {"itl_ms": 30.0, "ttft_ms": 80.0}, None)])
-    assert result["verdict"] == "degrading"
-    assert result["change"]["ttft_p95_ms"] == pytest.approx(80 / 50 - 1, abs=0.01)
-    assert abs(result["change"]["tokens_per_s"]) < 0.02  # the same sends: TTFT decided it
-    assert "no GPU telemetry" in result["explanation"]
+    assert result.verdict == "degrading"
+    assert result.change.ttft_p95_ms == pytest.approx(80 / 50 - 1, abs=0.01)
+    assert abs(result.change.tokens_per_s) < 0.02  # the same sends: TTFT decided it
+    # no GPU figures, so nothing to tell throttling from another cause (the text says so)
+    assert result.first.sm_clock_mhz is None and result.last.sm_clock_mhz is None
+    assert result.change.sm_clock_mhz is None and result.throttle_reasons == {}
 
 
 def test_fewer_tokens_a_second_alone_is_degrading():
     result = run([(30, 900, {}, None), (900, 1230, {"every_s": 0.125}, None)])
-    assert result["first"]["tokens_per_s"] == pytest.approx(200, rel=0.01)
-    assert result["change"]["tokens_per_s"] == pytest.approx(-0.2, abs=0.02)
-    assert abs(result["change"]["ttft_p95_ms"]) < 0.01
-    assert result["verdict"] == "degrading"
+    assert result.first.tokens_per_s == pytest.approx(200, rel=0.01)
+    assert result.change.tokens_per_s == pytest.approx(-0.2, abs=0.02)
+    assert abs(result.change.ttft_p95_ms) < 0.01
+    assert result.verdict == "degrading"
 
 
 def test_a_gpu_that_heats_and_slows_while_throughput_falls_is_throttled_with_its_reason():
     result = run([(30, 900, {}, (1980.0, 70.0)),
                   (900, 1230, {"every_s": 0.125}, (1600.0, 87.0, ("sw_thermal",)))])
-    assert result["verdict"] == "throttled"
-    assert result["change"]["sm_clock_mhz"] < -0.15
-    assert -0.25 < result["change"]["tokens_per_s"] < -0.15  # one request every 125 ms, not 100
-    assert result["change"]["temperature_c"] == 17.0
-    assert result["throttle_reasons"] == {"sw_thermal": 1.0}
-    assert "sw_thermal 100% of samples" in result["explanation"]
+    assert result.verdict == "throttled"
+    assert result.change.sm_clock_mhz < -0.15
+    assert -0.25 < result.change.tokens_per_s < -0.15  # one request every 125 ms, not 100
+    assert result.change.temperature_c == 17.0
+    assert result.throttle_reasons == {"sw_thermal": 1.0}
 
 
 def test_slower_clocks_without_a_loss_of_throughput_stay_stable():
     result = run([(30, 900, {}, (1980.0, 70.0)),
                   (900, 1230, {}, (1700.0, 80.0, ("sw_power_cap",)))])
-    assert result["verdict"] == "stable"  # held back, but it cost nothing measurable
+    assert result.verdict == "stable"  # held back, but it cost nothing measurable
 
 
 def test_short_runs_get_no_verdict_and_windows_shrink_for_medium_ones():
     assert run([(30, 50, {}, None)]) is None  # 20 s measured: windows under 10 s
-    assert abs(run([(30, 120, {}, None)])["window_s"] - 30) < 0.5  # a third of 90 s
+    assert abs(run([(30, 120, {}, None)]).window_s - 30) < 0.5  # a third of 90 s
 
 
 def test_memory_is_bounded_by_two_windows_not_by_the_run():

@@ -47,13 +47,13 @@ async def test_the_scraped_metrics_agree_with_the_summary(make_session):
     finally:
         exporter.close()
     result = summary.result()
-    assert got["soaktop_requests_total{outcome=ok}"] == result["requests_ok"]
-    assert got["soaktop_requests_total{outcome=failed}"] == result["requests_failed"] > 0
-    assert got["soaktop_errors_total{error_class=fake_error}"] == result["requests_failed"]
-    assert got["soaktop_ttft_seconds_count"] == result["requests_ok"]
+    assert got["soaktop_requests_total{outcome=ok}"] == result.requests_ok
+    assert got["soaktop_requests_total{outcome=failed}"] == result.requests_failed > 0
+    assert got["soaktop_errors_total{error_class=fake_error}"] == result.requests_failed
+    assert got["soaktop_ttft_seconds_count"] == result.requests_ok
     mean_ttft_ms = got["soaktop_ttft_seconds_sum"] / got["soaktop_ttft_seconds_count"] * 1e3
-    assert abs(mean_ttft_ms - result["ttft_ms"]["mean"]) < 0.01
-    assert got["soaktop_itl_seconds_count"] == result["requests_ok"] * 11  # 11 gaps a request
+    assert abs(mean_ttft_ms - result.ttft_ms.mean) < 0.01
+    assert got["soaktop_itl_seconds_count"] == result.requests_ok * 11  # 11 gaps a request
     assert got["soaktop_concurrency"] == 3 and got["soaktop_requests_in_flight"] == 3
     last = events.of(ClientSample)[-1]  # the gauge is the client's last second, exactly
     assert got["soaktop_output_tokens_per_second"] == pytest.approx(
@@ -63,7 +63,7 @@ async def test_the_scraped_metrics_agree_with_the_summary(make_session):
     assert got["soaktop_output_tokens_per_second"] == pytest.approx(1040, rel=0.2)
     assert got["soaktop_output_tokens_total"] == sum(d.output_tokens
                                                      for d in events.of(RequestDone))
-    assert got["soaktop_requests_total{outcome=cancelled}"] == result["requests_cancelled"]
+    assert got["soaktop_requests_total{outcome=cancelled}"] == result.requests_cancelled
 
 
 def test_a_port_in_use_is_a_one_line_error():

@@ -130,8 +130,8 @@ async def test_a_run_against_a_flaky_server_goes_on_and_counts_by_class(tmp_path
                           record_path=tmp_path / "r.jsonl", listeners=(summary.add,))
         await session.run()
     result = summary.result()
-    assert result["requests_ok"] == 30 and result["requests_failed"] == 10
-    assert result["errors"] == {"http_500": 10}
+    assert result.requests_ok == 30 and result.requests_failed == 10
+    assert result.errors == {"http_500": 10}
     record = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     failed = [r for r in record if r.get("error_class") == "http_500"]
     assert len(failed) == 10 and "loopback: internal error" in failed[0]["error_message"]
@@ -197,7 +197,7 @@ async def run_against(fault, fault_every=1, duration_s=3.0, concurrency=4):
 async def test_a_run_whose_every_request_is_refused_gives_up_in_one_line():
     session, end, result = await run_against("http_404")
     assert end.reason == "failed" and end.t_ns < 1e9  # not three seconds of hammering
-    assert result["requests_failed"] < 3 * 8
+    assert result.requests_failed < 3 * 8
     assert session.failure.startswith("every request was refused")
     assert "does not exist" in session.failure and "\n" not in session.failure
     assert end.detail == {"failure": session.failure}  # the record keeps why
@@ -205,9 +205,9 @@ async def test_a_run_whose_every_request_is_refused_gives_up_in_one_line():
 
 async def test_rate_limits_and_partial_failures_do_not_give_up():
     _, end, result = await run_against("http_429", duration_s=1.5)
-    assert end.reason == "completed" and result["errors"].keys() == {"http_429"}
+    assert end.reason == "completed" and result.errors.keys() == {"http_429"}
     _, end, result = await run_against("http_404", fault_every=2, duration_s=1.0)
-    assert end.reason == "completed" and result["requests_ok"] > 0
+    assert end.reason == "completed" and result.requests_ok > 0
 
 
 async def test_http_responses_come_through_soaktops_stamping_stream():

@@ -78,3 +78,16 @@ def test_the_trusted_rate_is_the_highest_whose_p99_errors_stay_under_1_ms():
 
     assert trusted_rate([row(400, 0.5, 0.2), row(3000, 0.3, 1.5), row(900, -0.9, 0.1)]) == 900
     assert trusted_rate([row(400, 1.2, 0.0)]) is None
+
+
+def test_the_calibration_table_gives_each_rate_its_errors_in_ms():
+    from soaktop.engine.metrics.fidelity import Fidelity
+    from soaktop.tui.calibrate_text import calibration_table
+
+    f = Fidelity(64, 120, 3000.0, {50: (1.25, 1.0), 90: (2.0, 1.5), 99: (3.0, 2.0)},
+                 {50: (1.0, 1.0), 90: (0.75, 1.0), 99: (1.5, 1.0)}, client_bound_s=2.0)
+    header, row = calibration_table([f])
+    assert header.split() == ["got", "tok/s", "reqs", "TTFT", "p50", "TTFT", "p90", "TTFT",
+                              "p99", "ITL", "p50", "ITL", "p90", "ITL", "p99", "client-bound"]
+    assert row.split() == ["3,000", "120", "+0.250", "+0.500", "+1.000", "+0.000", "-0.250",
+                           "+0.500", "2", "s"]

@@ -41,7 +41,7 @@ def test_summary_grows_per_request_not_per_token():
     # four float64 columns with doubling headroom: < 100 B a request. Keeping every token
     # as even a 4-byte int would take 4 MB here.
     assert grown < 2000 * 100, grown
-    assert summary.result()["requests_ok"] == 2500
+    assert summary.result().requests_ok == 2500
 
 
 def test_live_view_does_not_grow_at_all():

@@ -51,7 +51,7 @@ async def test_an_overloaded_server_shows_in_latency_not_hidden_by_the_client(ma
     ttft = [e.arrivals_us[0] / 1e3 for e in done]
     assert ttft[-1] > 10 * ttft[0] and ttft[-1] > 200  # the backlog, counted
     # no slot cap: every request went out on time; the backlog is the server's, in TTFT
-    assert summary.result()["queue_ms"]["p99"] < 5
+    assert summary.result().queue_ms.p99 < 5
 
 
 async def test_a_slot_cap_makes_requests_wait_and_the_wait_counts(make_session):
@@ -76,7 +76,7 @@ async def test_a_slot_cap_makes_requests_wait_and_the_wait_counts(make_session):
     slope = np.polyfit(np.arange(len(waits)), waits, 1)[0]
     assert 13 < slope < 19
     result = summary.result()
-    assert result["queue_ms"]["p50"] == pytest.approx(np.median(waits), abs=0.01)
+    assert result.queue_ms.p50 == pytest.approx(np.median(waits), abs=0.01)
 
 
 async def test_the_rate_changes_live_in_a_new_phase(make_session):

@@ -36,37 +36,37 @@ async def test_reasoning_counts_apart_and_ttfo_waits_for_the_answer(backend_cls,
     schedule = Schedule(ttft_ms=20, itl_ms=10, tokens=20, reasoning_tokens=5, model="m")
     async with LoopbackServer(schedule) as server:
         result, _ = await run(server.url, backend_cls, api)
-    assert result["requests_ok"] == 12
-    assert result["reasoning_tokens"] == 12 * 5
-    assert result["output_tokens"] == 12 * 15
-    assert 18 <= result["ttft_ms"]["p50"] <= 30
-    assert 65 <= result["ttfo_ms"]["p50"] <= 80
-    assert result["ttfo_ms"]["p50"] - result["ttft_ms"]["p50"] == pytest.approx(50, abs=5)
+    assert result.requests_ok == 12
+    assert result.reasoning_tokens == 12 * 5
+    assert result.output_tokens == 12 * 15
+    assert 18 <= result.ttft_ms.p50 <= 30
+    assert 65 <= result.ttfo_ms.p50 <= 80
+    assert result.ttfo_ms.p50 - result.ttft_ms.p50 == pytest.approx(50, abs=5)
 
 
 async def test_without_reasoning_ttfo_is_ttft():
     async with LoopbackServer(Schedule(ttft_ms=10, itl_ms=5, tokens=10, model="m")) as server:
         result, _ = await run(server.url)
-    assert result["reasoning_tokens"] == 0
-    assert result["ttfo_ms"] == result["ttft_ms"]
+    assert result.reasoning_tokens == 0
+    assert result.ttfo_ms == result.ttft_ms
 
 
 async def test_outputs_cut_short_by_eos_are_reported_under_the_length_asked():
     schedule = Schedule(ttft_ms=5, itl_ms=2, tokens=20, stop_after=12, model="m")
     async with LoopbackServer(schedule) as server:
         result, _ = await run(server.url)
-    assert result["output_length_attained"] == 0.0
+    assert result.output_length_attained == 0.0
     async with LoopbackServer(Schedule(ttft_ms=5, itl_ms=2, model="m")) as server:
         result, _ = await run(server.url)
-    assert result["output_length_attained"] == 1.0
+    assert result.output_length_attained == 1.0
 
 
 async def test_a_finish_reason_of_error_is_a_failure_with_its_class():
     schedule = Schedule(ttft_ms=5, itl_ms=2, tokens=8, model="m")
     async with LoopbackServer(schedule, fault="finish_error", fault_every=3) as server:
         result, _ = await run(server.url)
-    assert result["errors"] == {"finish_error": 4}  # requests 0, 3, 6, 9 of 12
-    assert result["requests_ok"] == 8
+    assert result.errors == {"finish_error": 4}  # requests 0, 3, 6, 9 of 12
+    assert result.requests_ok == 8
 
 
 async def test_the_length_asked_for_is_requested_and_dropped_only_if_refused():
@@ -95,7 +95,7 @@ async def test_the_length_asked_for_is_requested_and_dropped_only_if_refused():
     assert generation[0]["ignore_eos"] is True and generation[0]["min_tokens"] == 7
     assert "ignore_eos" not in generation[1] and "stream_options" in generation[1]
     assert all("ignore_eos" not in b for b in generation[2:])  # dropped once, for the run
-    assert summary.result()["requests_ok"] == 2
+    assert summary.result().requests_ok == 2
     assert backend.describe()["length_options"] is False
     assert backend.describe()["usage_reported"] is True  # usage was not what it refused
 
@@ -106,10 +106,10 @@ async def test_chunks_of_several_tokens_keep_itl_per_token_beside_inter_chunk_la
     schedule = Schedule(ttft_ms=10, itl_ms=20, tokens=32, chunk_tokens=4, model="m")
     async with LoopbackServer(schedule) as server:
         result, _ = await run(server.url, tokens=32)
-    assert result["output_tokens"] == 12 * 32
-    assert result["inter_chunk_ms"]["p50"] == pytest.approx(20, abs=2)
-    assert result["itl_ms"]["p50"] == pytest.approx(5, abs=0.6)
-    assert result["tpot_ms"]["p50"] == pytest.approx(20 * 7 / 31, abs=0.6)
+    assert result.output_tokens == 12 * 32
+    assert result.inter_chunk_ms.p50 == pytest.approx(20, abs=2)
+    assert result.itl_ms.p50 == pytest.approx(5, abs=0.6)
+    assert result.tpot_ms.p50 == pytest.approx(20 * 7 / 31, abs=0.6)
 
 
 async def test_an_open_loop_against_a_server_keeps_its_schedule():
@@ -125,4 +125,4 @@ async def test_an_open_loop_against_a_server_keeps_its_schedule():
     sent = sorted(e.sent_ns for e in events if isinstance(e, RequestDone))
     assert 55 <= len(sent) <= 61
     assert set(__import__("numpy").diff(sent).tolist()) == {25_000_000}
-    assert 9 <= summary.result()["ttft_ms"]["p50"] <= 20  # from the planned time
+    assert 9 <= summary.result().ttft_ms.p50 <= 20  # from the planned time

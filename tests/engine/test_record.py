@@ -13,10 +13,12 @@ import pytest
 from soaktop.engine.backends.fake import FakeBackend
 from soaktop.engine.errors import RecordError
 from soaktop.engine.events import (
+    EndReason,
     GpuSample,
     HostSample,
     Mark,
     Phase,
+    PhaseReason,
     RequestDone,
     SessionEnd,
     SessionStart,
@@ -51,6 +53,23 @@ EVENTS = [
 def test_every_event_kind_round_trips_exactly():
     for event in EVENTS:
         assert decode(json.loads(json.dumps(encode(event)))) == event
+
+
+def test_phase_reasons_are_the_enum_and_written_as_the_same_strings():
+    line = '{"type":"phase","t_ns":5,"phase_id":1,"concurrency":4,"model":"m","backend":"f",'
+    old = decode(json.loads(line[:-1] + ',"reason":"slo search"}'))  # a record of any age
+    assert old.reason is PhaseReason.SLO_SEARCH
+    assert json.loads(json.dumps(encode(old)))["reason"] == "slo search"
+    unknown = decode(json.loads(line[:-1] + ',"reason":"bench"}'))  # one this soaktop lacks
+    assert unknown.reason == "bench" and type(unknown.reason) is str
+
+
+def test_end_reasons_are_the_enum_and_written_as_the_same_strings():
+    ended = decode(json.loads('{"type":"session_end","t_ns":9,"reason":"interrupted"}'))
+    assert ended.reason is EndReason.INTERRUPTED
+    assert json.loads(json.dumps(encode(ended)))["reason"] == "interrupted"
+    unknown = decode(json.loads('{"type":"session_end","t_ns":9,"reason":"drained"}'))
+    assert unknown.reason == "drained" and type(unknown.reason) is str
 
 
 def test_arrivals_are_delta_encoded_integers():

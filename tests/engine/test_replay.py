@@ -128,9 +128,9 @@ def test_seek_back_resets_and_refeeds_so_a_summary_comes_out_the_same():
 
     replay = Replay(Timeline(TIMELINE_EVENTS), [lambda e: summaries[-1].add(e)], on_reset=reset)
     replay.seek(1_000_000_000)
-    assert summaries[-1].result()["requests_ok"] == 2
+    assert summaries[-1].result().requests_ok == 2
     replay.seek(400_000_000)
-    assert resets == [1] and summaries[-1].result()["requests_ok"] == 1
+    assert resets == [1] and summaries[-1].result().requests_ok == 1
     replay.seek(replay.timeline.end_ns)
     whole = SessionSummary()
     for event in TIMELINE_EVENTS:

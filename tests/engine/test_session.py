@@ -101,7 +101,7 @@ async def test_warmup_requests_are_counted_apart(make_session):
     await session.run()
     summary = summarise(events)
     r = summary.result()
-    assert r["requests_warmup"] == 3 and r["requests_ok"] == 5
+    assert r.requests_warmup == 3 and r.requests_ok == 5
     phases = events.of(Phase)
     assert [(p.reason, p.warmup) for p in phases] == [("start", True), ("warm-up done", False)]
     assert [d.warmup for d in sorted(events.of(RequestDone), key=lambda d: d.request_id)] == [

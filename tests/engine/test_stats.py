@@ -43,11 +43,11 @@ def test_itl_gaps_without_chunk_counts_equals_diff():
 def test_distribution_by_hand():
     d = distribution(np.array([1.0, 2.0, 3.0, 4.0, np.nan]), scale=1e-3)
     # numpy linear interpolation on [1,2,3,4]: p50 = 2.5, p90 = 3.7; NaN (undefined) ignored
-    assert d["p50"] == pytest.approx(2.5e-3)
-    assert d["p90"] == pytest.approx(3.7e-3)
-    assert d["mean"] == pytest.approx(2.5e-3)
+    assert d.p50 == pytest.approx(2.5e-3)
+    assert d.p90 == pytest.approx(3.7e-3)
+    assert d.mean == pytest.approx(2.5e-3)
 
 
 def test_distribution_of_nothing_is_none_not_zero():
     d = distribution(np.array([]))
-    assert d == {"p50": None, "p90": None, "p95": None, "p99": None, "mean": None}
+    assert d.to_dict() == {"p50": None, "p90": None, "p95": None, "p99": None, "mean": None}

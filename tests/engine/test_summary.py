@@ -2,7 +2,8 @@
 
 import pytest
 
-from soaktop.engine.events import ClientSample, Phase, RequestDone, SessionEnd
+from soaktop.engine.events import ClientSample, Phase, PhaseReason, RequestDone, SessionEnd
+from soaktop.engine.metrics.results import CUT_SHORT
 from soaktop.engine.metrics.summary import SessionSummary, summarise
 
 MS = 1_000_000  # ns
@@ -35,22 +36,22 @@ def test_one_phase_by_hand():
     ]:
         s.add(e)
     r = s.result()
-    assert (r["requests_ok"], r["requests_failed"], r["requests_cancelled"]) == (2, 1, 1)
-    assert r["errors"] == {"oom": 1}
-    assert r["error_rate"] == pytest.approx(1 / 3)
+    assert (r.requests_ok, r.requests_failed, r.requests_cancelled) == (2, 1, 1)
+    assert r.errors == {"oom": 1}
+    assert r.error_rate == pytest.approx(1 / 3)
     # tokens arriving in the window count, the cancelled request's one included: 3 + 2 + 1
-    assert r["output_tokens"] == 6
-    assert r["duration_s"] == pytest.approx(0.010)
-    assert r["output_tokens_per_s"] == pytest.approx(600)
-    assert r["requests_per_s"] == pytest.approx(200)
-    assert r["ttft_ms"]["p50"] == pytest.approx(1.5)  # median of 1.0 and 2.0 ms
-    assert r["ttft_ms"]["p90"] == pytest.approx(1.9)
+    assert r.output_tokens == 6
+    assert r.duration_s == pytest.approx(0.010)
+    assert r.output_tokens_per_s == pytest.approx(600)
+    assert r.requests_per_s == pytest.approx(200)
+    assert r.ttft_ms.p50 == pytest.approx(1.5)  # median of 1.0 and 2.0 ms
+    assert r.ttft_ms.p90 == pytest.approx(1.9)
     # ITL gaps 1000, 1000, 500 µs; nearest rank p50 of [500, 1000, 1000] is 1000
-    assert r["itl_ms"]["p50"] == pytest.approx(1.0)
-    assert r["itl_ms"]["mean"] == pytest.approx(2500 / 3 / 1000)
-    assert r["tpot_ms"]["p50"] == pytest.approx(0.75)  # TPOTs 1000 and 500 µs
-    assert r["e2e_ms"]["p50"] == pytest.approx(2.75)  # E2E 3000 and 2500 µs
-    assert r["ended"] == "completed"
+    assert r.itl_ms.p50 == pytest.approx(1.0)
+    assert r.itl_ms.mean == pytest.approx(2500 / 3 / 1000)
+    assert r.tpot_ms.p50 == pytest.approx(0.75)  # TPOTs 1000 and 500 µs
+    assert r.e2e_ms.p50 == pytest.approx(2.75)  # E2E 3000 and 2500 µs
+    assert r.ended == "completed"
 
 
 def test_warmup_and_phases_attribute_tokens_by_arrival_and_latency_by_send():
@@ -66,17 +67,18 @@ def test_warmup_and_phases_attribute_tokens_by_arrival_and_latency_by_send():
     ]:
         s.add(e)
     r = s.result()
-    p = {x["phase_id"]: x for x in r["phases"]}
-    assert [p[i]["output_tokens"] for i in range(3)] == [1, 2, 2]
-    assert [p[i]["requests_ok"] for i in range(3)] == [0, 1, 1]
-    assert p[0]["warmup"] and not p[1]["warmup"]
-    assert p[2]["concurrency"] == 4 and p[2]["duration_s"] == pytest.approx(0.010)
-    assert r["requests_warmup"] == 1
+    p = {x.phase_id: x for x in r.phases}
+    assert [p[i].output_tokens for i in range(3)] == [1, 2, 2]
+    assert [p[i].requests_ok for i in range(3)] == [0, 1, 1]
+    assert p[0].warmup and not p[1].warmup
+    assert p[2].concurrency == 4 and p[2].duration_s == pytest.approx(0.010)
+    assert p[2].reason is PhaseReason.KEY  # the record's string, read as the enum
+    assert r.requests_warmup == 1
     # whole run = phases 1 and 2: 4 tokens over 15 ms; the warm-up request's latency excluded
-    assert r["output_tokens"] == 4 and r["duration_s"] == pytest.approx(0.015)
-    assert r["output_tokens_per_s"] == pytest.approx(4 / 0.015)
-    assert r["requests_ok"] == 2
-    assert r["ttft_ms"]["p50"] == pytest.approx(1.0)
+    assert r.output_tokens == 4 and r.duration_s == pytest.approx(0.015)
+    assert r.output_tokens_per_s == pytest.approx(4 / 0.015)
+    assert r.requests_ok == 2
+    assert r.ttft_ms.p50 == pytest.approx(1.0)
 
 
 def test_zero_successful_requests_gives_none_not_zero_or_crash():
@@ -85,9 +87,9 @@ def test_zero_successful_requests_gives_none_not_zero_or_crash():
     s.add(done(0, 0, 0, [], end_us=10, finish_reason="error", error_class="engine_crash"))
     s.add(SessionEnd(1 * MS, "completed"))
     r = s.result()
-    assert r["requests_ok"] == 0 and r["requests_failed"] == 1 and r["error_rate"] == 1.0
-    assert r["ttft_ms"]["p50"] is None and r["itl_ms"]["p99"] is None
-    assert r["output_tokens"] == 0 and r["output_tokens_per_s"] == 0.0
+    assert r.requests_ok == 0 and r.requests_failed == 1 and r.error_rate == 1.0
+    assert r.ttft_ms.p50 is None and r.itl_ms.p99 is None
+    assert r.output_tokens == 0 and r.output_tokens_per_s == 0.0
 
 
 def test_record_cut_before_session_end_uses_the_last_event_time():
@@ -95,9 +97,9 @@ def test_record_cut_before_session_end_uses_the_last_event_time():
     s.add(phase(0, 0))
     s.add(done(0, 0, 0, [1000, 2000]))
     r = s.result()
-    assert r["duration_s"] == pytest.approx(0.002)
-    assert r["ended"] == ("cut short at 0.0 s: no session_end (the writer was killed, or "
-                          "recording stopped)")
+    assert r.duration_s == pytest.approx(0.002)
+    assert r.ended == CUT_SHORT == "cut_short"  # a code; the sentence is soaktop.tui's
+    assert r.ended_at_s == pytest.approx(0.002)  # the last event: request 0 ended at 2 ms
 
 
 def test_the_servers_own_speed_sits_beside_the_clients():
@@ -109,12 +111,12 @@ def test_the_servers_own_speed_sits_beside_the_clients():
     s.add(done(1, 0, 0, [1000, 2000]))  # a server that reports nothing
     s.add(SessionEnd(5 * MS, "completed"))
     r = s.result()
-    assert r["server_speed_tps"]["p50"] == pytest.approx(4000)  # 4 tokens in 1 ms
-    assert r["output_speed_tps"]["p50"] == pytest.approx((3333.33 + 1000) / 2, rel=1e-3)
+    assert r.server_speed_tps.p50 == pytest.approx(4000)  # 4 tokens in 1 ms
+    assert r.output_speed_tps.p50 == pytest.approx((3333.33 + 1000) / 2, rel=1e-3)
     empty = SessionSummary()
     empty.add(phase(0, 0))
     empty.add(done(0, 0, 0, [1000, 2000]))
-    assert empty.result()["server_speed_tps"]["p50"] is None
+    assert empty.result().server_speed_tps.p50 is None
 
 
 def test_chunked_streams_keep_itl_token_weighted_beside_the_gaps_between_chunks():
@@ -127,12 +129,12 @@ def test_chunked_streams_keep_itl_token_weighted_beside_the_gaps_between_chunks(
     s.add(done(0, 0, 0, [10_000, 100_000, 190_000], arrival_tokens=(1, 3, 2)))
     s.add(done(1, 0, 1 * MS, [10_000, 100_000], arrival_tokens=(1, 3)))
     r = s.result()
-    assert r["inter_chunk_ms"]["p50"] == pytest.approx(90.0, rel=0.002)
+    assert r.inter_chunk_ms.p50 == pytest.approx(90.0, rel=0.002)
     # the 90 ms gap before a 3-token chunk is 30 ms a token, before a 2-token chunk 45 ms
-    assert r["itl_ms"]["p50"] == pytest.approx(30.0, rel=0.002)
-    assert r["itl_ms"]["p99"] == pytest.approx(45.0, rel=0.002)
-    assert r["output_length_attained"] == 0.5  # 6 of 6 asked for, then 4 of 6
-    assert r["tpot_ms"]["p50"] == pytest.approx((36.0 + 30.0) / 2, rel=0.01)
+    assert r.itl_ms.p50 == pytest.approx(30.0, rel=0.002)
+    assert r.itl_ms.p99 == pytest.approx(45.0, rel=0.002)
+    assert r.output_length_attained == 0.5  # 6 of 6 asked for, then 4 of 6
+    assert r.tpot_ms.p50 == pytest.approx((36.0 + 30.0) / 2, rel=0.01)
 
 
 def test_client_bound_seconds_count_only_seconds_wholly_after_the_warm_up():
@@ -152,7 +154,79 @@ def test_client_bound_seconds_count_only_seconds_wholly_after_the_warm_up():
         second(5, bound=True),
         SessionEnd(5 * S, "completed"),
     ])
-    assert summary.result()["client_bound_s"] == 2.0
+    assert summary.result().client_bound_s == 2.0
     # without a warm-up, the run is measured from its start: the first second counts
     no_warmup = summarise([phase(0, 20_000), second(1, bound=True), second(2, bound=True)])
-    assert no_warmup.result()["client_bound_s"] == 2.0
+    assert no_warmup.result().client_bound_s == 2.0
+
+
+def _three_phases_events() -> list:
+    return [
+        phase(0, 0, warmup=True),
+        phase(1, 5 * MS, reason="warm-up done"),
+        done(0, 0, 0, [4000, 6000], warmup=True),
+        phase(2, 10 * MS, concurrency=4, reason="key"),
+        done(1, 1, 5 * MS, [1000, 7000]),
+        done(2, 2, 12 * MS, [1000, 1500, 2500]),
+        SessionEnd(20 * MS, "completed"),
+    ]
+
+
+def _three_phases() -> SessionSummary:
+    return summarise(_three_phases_events())
+
+
+def test_one_phase_is_computed_alone_and_equals_that_phase_of_the_whole_run():
+    s = _three_phases()
+    whole = s.result()
+
+    def no_whole_run():
+        raise AssertionError("the whole run was computed for one phase")
+
+    s._drift.result = no_whole_run  # the run's drift analysis: not a phase's business
+    assert [s.phase(i) for i in range(3)] == list(whole.phases)
+    assert s.phase(2).ttft_ms.p50 == pytest.approx(1.0) and s.phase(2).requests_ok == 1
+    assert s.phase(7) is None  # a phase not seen (yet)
+    assert s.phases() == list(whole.phases)
+
+
+#: The JSON form, key for key and in order (README: "What each number means").
+FIGURE_KEYS = [
+    "requests_ok", "requests_failed", "requests_cancelled", "errors", "error_rate",
+    "output_tokens", "duration_s", "output_tokens_per_s", "requests_per_s",
+    "output_length_attained", "ttft_ms", "ttfo_ms", "reasoning_tokens", "itl_ms",
+    "inter_chunk_ms", "tpot_ms", "e2e_ms", "output_speed_tps", "server_speed_tps", "queue_ms",
+    "gpus", "power_w", "energy_j_per_token", "tokens_per_s_per_w", "host", "servers",
+]
+RUN_KEYS = [*FIGURE_KEYS, "telemetry", "requests_warmup", "ended", "ended_at_s", "phases",
+            "soak", "client_bound_s"]
+PHASE_KEYS = ["phase_id", "concurrency", "model", "backend", "reason", "warmup", "start_s",
+              *FIGURE_KEYS]
+
+
+def test_the_json_form_keeps_its_keys_their_order_and_plain_values():
+    import json
+
+    d = _three_phases().result().to_dict()
+    assert list(d) == RUN_KEYS
+    assert [list(p) for p in d["phases"]] == [PHASE_KEYS] * 3
+    assert list(d["ttft_ms"]) == ["p50", "p90", "p95", "p99", "mean"]
+    assert list(d["output_speed_tps"]) == ["p25", "p50", "p90", "p95", "p99", "mean"]
+    assert [p["reason"] for p in d["phases"]] == ["start", "warm-up done", "key"]
+    assert type(d["phases"][2]["reason"]) is str  # the value, not the enum
+    assert json.loads(json.dumps(d)) == d  # nothing JSON cannot hold as it is
+    assert d["ended"] == "completed" and d["ended_at_s"] == pytest.approx(0.020)
+
+
+def test_a_plan_adds_its_key_and_an_unreadable_slo_is_reported_not_raised():
+    from soaktop.engine.events import SessionStart
+
+    def run(config):
+        return summarise([SessionStart(0, 1, "2026-11-23T00:00:00+00:00", config, {}, {}),
+                          *_three_phases_events()]).result().to_dict()
+
+    assert list(run({"ramp": [2, 4]}))[-3:] == ["ramp", "soak", "client_bound_s"]
+    assert [r["concurrency"] for r in run({"ramp": [2, 4]})["ramp"]] == [2]  # "key" is no step
+    bad = run({"slo": "ttft_p42<=2"})["slo"]
+    assert bad["slo"] == "ttft_p42<=2" and "unknown SLO metric" in bad["error"]
+    assert list(bad) == ["slo", "error"]

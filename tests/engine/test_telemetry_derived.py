@@ -150,14 +150,14 @@ def test_summary_puts_samples_in_their_phase_and_leaves_warmup_out_of_the_run():
     summary.add(HostSample(int(1.5 * S), cpu_percent=50))
     summary.add(SessionEnd(4 * S, "completed"))
     result = summary.result()
-    warm, measured = result["phases"]
-    assert warm["gpus"]["0"]["temperature_c"]["mean"] == 40
-    assert measured["gpus"]["0"]["temperature_c"]["mean"] == 70
-    assert result["gpus"]["0"]["temperature_c"]["max"] == 80  # the run: measured phases only
-    assert result["gpus"]["0"]["energy_j"] == pytest.approx(1000)
-    assert result["power_w"] == pytest.approx(500)
-    assert result["host"]["cpu_percent"]["mean"] == 50
-    assert warm["host"]["cpu_percent"]["mean"] == 10
+    warm, measured = result.phases
+    assert warm.gpus["0"]["temperature_c"]["mean"] == 40
+    assert measured.gpus["0"]["temperature_c"]["mean"] == 70
+    assert result.gpus["0"]["temperature_c"]["max"] == 80  # the run: measured phases only
+    assert result.gpus["0"]["energy_j"] == pytest.approx(1000)
+    assert result.power_w == pytest.approx(500)
+    assert result.host["cpu_percent"]["mean"] == 50
+    assert warm.host["cpu_percent"]["mean"] == 10
 
 
 def test_a_stuck_energy_counter_is_not_believed_against_the_power_readings():

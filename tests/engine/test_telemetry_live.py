@@ -3,7 +3,8 @@
 import pytest
 
 from soaktop.engine.events import GpuSample, HostSample, TelemetryStatus
-from soaktop.engine.telemetry.live import LiveTelemetry, describe_status
+from soaktop.engine.telemetry.live import LiveTelemetry
+from soaktop.tui.telemetry_text import describe_status
 from soaktop.tui.text import telemetry_part
 
 S = 1_000_000_000
@@ -46,8 +47,9 @@ def test_a_lost_gpu_leaves_the_view_and_says_why():
     snap = live.snapshot(2 * S)
     assert list(snap.gpus) == ["0"]
     assert [(s.gpu_index, s.available) for s in said] == [(1, False)]
-    assert snap.unavailable == ("nvml GPU 1: unavailable: GPU 1: GPU is lost (fell off the "
-                                "bus); no longer sampled",)
+    assert snap.unavailable == (said[0],)  # the status itself: the words are the UI's
+    assert describe_status(snap.unavailable[0]) == (
+        "nvml GPU 1: unavailable: GPU 1: GPU is lost (fell off the bus); no longer sampled")
 
 
 def test_status_line_part_for_gpus_and_host():

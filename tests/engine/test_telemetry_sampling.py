@@ -185,8 +185,8 @@ async def test_session_records_telemetry_in_order_and_nothing_after_the_end(make
     assert [e for e in recorded if isinstance(e, GpuSample)] == samples
     run = summarise(events).result()
     assert run == summarise(recorded).result()
-    assert run["gpus"]["0"]["clock_event_fraction"] == {"sw_power_cap": 1.0}
-    assert run["gpus"]["0"]["power_w"]["mean"] == pytest.approx(50 * 20, rel=0.15)
+    assert run.gpus["0"]["clock_event_fraction"] == {"sw_power_cap": 1.0}
+    assert run.gpus["0"]["power_w"]["mean"] == pytest.approx(50 * 20, rel=0.15)
 
 
 async def test_telemetry_threads_end_with_the_session(make_session):

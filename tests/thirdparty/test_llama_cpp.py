@@ -164,7 +164,8 @@ OUTPUT_TOKENS = 32
 
 
 def test_soaktop_run_against_llama_cpp(llama_cpp_server):
-    """The first promise to a user: a headless soak against a real server completes with no failure."""
+    """The first promise to a user: a headless soak against a real server completes with no
+    failure."""
     proc = _soaktop(
         "run", "--headless", "--backend", "openai",
         "--url", llama_cpp_server.url, "--model", llama_cpp_server.model,

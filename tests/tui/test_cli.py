@@ -92,6 +92,10 @@ def test_ctrl_c_ends_the_run_and_closes_the_record(tmp_path):
         (["run", "--record", "run.json", "--duration", "1s"], "a record ends in .jsonl.gz"),
         (["run", "--max-inflight", "4", "--no-record"], "give --rate too"),
         (["run", "--arrival", "poisson", "--no-record"], "give --rate too"),
+        (["run", "--ramp", "2,4", "--concurrency", "3", "--no-record"], "--ramp starts at 2"),
+        (["run", "--backend", "openai", "--no-record"], "needs --url"),
+        (["run", "--url", "http://127.0.0.1:8000", "--no-record"], "--url is for --backend"),
+        (["run", "--detach", "--record", "run.json"], "a record ends in .jsonl.gz"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(args, message):

@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -13,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from soaktop.engine.config import RunConfig
 from soaktop.engine.events import Phase, SessionEnd, SessionStart
 from soaktop.engine.loopback.process import spawn
 from soaktop.engine.loopback.schedule import Schedule
 from soaktop.engine.metrics.summary import summarise
 from soaktop.engine.records.format import RecordReader
 from soaktop.tui.cli import build_parser
-from soaktop.tui.record_commands import rerun_arguments
+from soaktop.tui.run_flags import config_from_args, run_command, shell_line
 from tests.tui.test_cli import ENV, SOAKTOP, soaktop
 
 STATUS = re.compile(r"^\[\s*\d+\.\ds\] in flight")
@@ -82,7 +84,7 @@ def _measured_ok(record) -> int:
     if not record.exists() or record.stat().st_size == 0:
         return 0
     summary = summarise(RecordReader(record).events())
-    return summary.result()["requests_ok"]
+    return summary.result().requests_ok
 
 
 def test_a_record_cut_by_sigkill_at_concurrency_64_still_summarises(tmp_path):
@@ -104,8 +106,8 @@ def test_a_record_cut_by_sigkill_at_concurrency_64_still_summarises(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["requests_ok"] >= 100
-    assert result["ended"].startswith("cut short at ")
-    assert "no session_end" in result["ended"]
+    assert result["ended"] == "cut_short"  # a code, with the time apart; the table words it
+    assert 0 < result["ended_at_s"] < 60
     assert "Traceback" not in out.stderr
     replay = soaktop("replay", str(record), "--speed", "max")
     assert replay.returncode == 0 and "ended: cut short at" in replay.stdout
@@ -152,36 +154,22 @@ def test_attach_and_replay_refuse_bad_input_in_one_line(tmp_path):
     assert speed.returncode == 2 and "must be above 0" in speed.stderr
 
 
-def test_rerun_arguments_repeat_the_workload_and_its_changes():
-    config = {"backend": "openai", "url": "http://10.0.0.7:8000", "model": "llama",
-              "api": "chat", "device": "auto", "concurrency": 8, "duration_s": None,
-              "max_requests": None, "warmup_requests": 8, "input_tokens": 512,
-              "output_tokens": 256, "seed": 7, "prompt_pool": 256, "connect_timeout_s": 10.0,
-              "first_token_timeout_s": 120.0, "token_timeout_s": 60.0,
-              "telemetry": ["nvml", "prom=http://10.0.0.7:9400/metrics"], "telemetry_hz": 4.0,
-              "watch_pid": 4242, "ambient_c": 22.0}
-    events = [SessionStart(0, 1, "2026-11-23T00:00:00+00:00", config, {}, {}),
-              Phase(0, 0, 8, "llama", "openai", "start", True),
-              Phase(2 * 10**9, 1, 8, "llama", "openai", "warm-up done"),
-              Phase(60 * 10**9, 2, 16, "llama", "openai", "key"),
-              Phase(90 * 10**9, 3, 16, "llama-2", "openai", "command"),
-              SessionEnd(120 * 10**9, "interrupted")]
-    argv, schedule = rerun_arguments(events)
-    args = build_parser().parse_args(argv)
-    assert (args.backend, args.url, args.model, args.api) == (
-        "openai", "http://10.0.0.7:8000", "llama", "chat")
-    assert (args.concurrency, args.warmup, args.input_tokens, args.output_tokens, args.seed) == (
-        8, 8, 512, 256, 7)
-    assert args.telemetry == ("nvml", "prom=http://10.0.0.7:9400/metrics")
-    assert args.duration == 120.0  # stopped by hand after 120 s: run as long
-    assert args.watch_pid is None and args.ambient_c is None  # facts of that day
-    assert schedule == [(60 * 10**9, 16, "llama"), (90 * 10**9, 16, "llama-2")]
-    # asked for 30 minutes, stopped by hand after 2: the rerun runs 2 minutes too
-    events[0] = SessionStart(0, 1, "2026-11-23T00:00:00+00:00", {**config, "duration_s": 1800.0},
-                             {}, {})
-    assert build_parser().parse_args(rerun_arguments(events)[0]).duration == 120.0
-    events[-1] = SessionEnd(120 * 10**9, "completed")  # a run that ended by itself: as asked
-    assert build_parser().parse_args(rerun_arguments(events)[0]).duration == 1800.0
+@pytest.mark.parametrize("config", [
+    RunConfig(),
+    RunConfig(backend="openai", url="http://10.0.0.7:8000/v1", model="llama", api="chat",
+              concurrency=8, warmup_requests=8, duration_s=120.5, input_tokens=512, seed=7,
+              telemetry=("nvml", "prom=http://10.0.0.7:9400/metrics"), shared_prefix=64),
+    RunConfig(backend="ollama", model="llama3.2", slo="ttft_p95<=2s,speed_p25>=30",
+              phase_s=90.25, max_requests=500, first_token_timeout_s=0.5),
+    RunConfig(ramp=(1, 2, 4), phase_s=30.0, telemetry_hz=10.0, ambient_c=-3.5, watch_pid=7),
+    RunConfig(rate=12.5, arrival="poisson", max_inflight=64, duration_s=0.001),
+])
+def test_the_run_line_a_config_stands_for_asks_for_that_config(config):
+    """What a rerun prints is a `run` command line that, run, makes the same config: one table
+    (tui/run_flags.py) reads the flags and writes them."""
+    argv = run_command(config)
+    assert config_from_args(build_parser().parse_args(argv)) == config
+    assert shlex.split(shell_line(argv))[1:] == argv  # quoted for a shell (an SLO's <=)
 
 
 def test_rerun_runs_the_same_workload_and_compares(recorded, tmp_path):
@@ -190,6 +178,10 @@ def test_rerun_runs_the_same_workload_and_compares(recorded, tmp_path):
     out = soaktop("rerun", str(record), "--record", str(new_record), "--json",
                   "--status-every", "1")
     assert out.returncode == 0, out.stderr
+    said = next(line for line in out.stderr.splitlines() if "rerunning" in line)
+    line = said.removeprefix(f"soaktop: rerunning {record} as: ")
+    argv = shlex.split(line)[1:]  # the run it stands for, and where it records
+    assert argv[-5:] == ["--record", str(new_record), "--status-every", "1s", "--json"]
     data = json.loads(out.stdout)
     assert data["ran_differently"] == []  # same machine, same settings
     assert data["run"]["requests_ok"] > 0
@@ -199,6 +191,7 @@ def test_rerun_runs_the_same_workload_and_compares(recorded, tmp_path):
     assert old_header["phases"][0]["concurrency"] == data["run"]["phases"][0]["concurrency"]
     first = json.loads(__import__("gzip").open(new_record, "rt").readline())
     assert first["config"]["output_tokens"] == 24 and first["config"]["duration_s"] == 5.0
+    assert config_from_args(build_parser().parse_args(argv)).to_dict() == first["config"]
 
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sessions" / "sample.jsonl"
@@ -257,14 +250,35 @@ def test_strings_from_a_record_never_reach_the_terminal_as_control_codes(tmp_pat
                                  error_class=evil if i else None, error_message=evil))
     writer.write(SessionEnd(10**9, "completed"))
     writer.close()
-    outputs = [soaktop("summary", str(record)), soaktop("summary", str(record), "--csv"),
-               soaktop("summary", str(record), "--json"),
+    outputs = [soaktop("summary", str(record)), soaktop("summary", str(record), "--json"),
                soaktop("replay", str(record), "--speed", "max", "--status-every", "0.2")]
     for out in outputs:
         assert out.returncode == 0, out.stderr
         assert "\x1b" not in out.stdout + out.stderr and "\x07" not in out.stdout + out.stderr
     assert "\\x1b[2J" in outputs[0].stdout  # shown, escaped, not obeyed
-    assert "\\x1b]0;pwned" in outputs[3].stderr
+    assert "\\x1b]0;pwned" in outputs[2].stderr
+    # the CSV is data: a file gets the name as recorded, a terminal an escaped one
+    to_file = soaktop("summary", str(record), "--csv")
+    assert to_file.returncode == 0 and f",{evil}," in to_file.stdout
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*SOAKTOP, "summary", str(record), "--csv"], stdout=slave,
+                            stderr=subprocess.PIPE, env=ENV)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.wait(timeout=30) == 0
+    assert b"\x1b" not in shown and b"m\\x1b]0;pwned" in shown
 
 
 def test_a_disk_that_fills_stops_recording_not_the_run(tmp_path):
@@ -293,7 +307,7 @@ def test_a_disk_that_fills_stops_recording_not_the_run(tmp_path):
     out = soaktop("summary", str(record), "--json")
     assert out.returncode == 0
     kept = json.loads(out.stdout)
-    assert kept["ended"].startswith("cut short at")
+    assert kept["ended"] == "cut_short"
     assert 0 <= kept["requests_ok"] < live["requests_ok"]
 
 
@@ -378,7 +392,7 @@ def _run_in_terminal(args, keys, tmp_path, size=(100, 30), settle_s=25.0):
 
 
 def test_the_dashboard_in_a_terminal_steers_the_run_and_closes_the_record(tmp_path):
-    """Issue 6's done-when, as a user in a terminal: curves within seconds, + raises
+    """As a user in a terminal: curves within seconds, + raises
     concurrency to 3 (a phase in the record), q then y exits and closes the record; the
     replay of that record then shows the same dashboard."""
     code, out = _run_in_terminal(

@@ -8,12 +8,15 @@ each widget its part. Subclasses add what differs: the live run's keys
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
+from soaktop.engine.events import PhaseReason
 from soaktop.tui.feeds import Feed, LiveFeed, ReplayFeed
 from soaktop.tui.widgets.draw import fmt
 from soaktop.tui.widgets.gpu_panel import GpuPanel
@@ -21,6 +24,18 @@ from soaktop.tui.widgets.header_bar import HeaderBar
 from soaktop.tui.widgets.requests_panel import RequestsPanel
 from soaktop.tui.widgets.series import AxisRow, SeriesPanel
 from soaktop.tui.widgets.timeline import Timeline
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """The widgets a frame fills."""
+
+    curves: list[SeriesPanel]
+    axis: AxisRow
+    header: HeaderBar
+    requests: RequestsPanel
+    gpus: GpuPanel
+
 
 CURVES = (  # label, History series, unit, digits, scale from 0, colour
     ("TTFT p50", "ttft_p50_ms", " ms", 1, False, "$primary"),
@@ -52,13 +67,14 @@ class DashboardScreen(Screen):
     def compose_extra(self) -> ComposeResult:
         yield from ()
 
-    def _panels(self) -> list[SeriesPanel]:
-        """The curves, found once (not a DOM query every frame)."""
-        if not getattr(self, "_curve_panels", None):
-            self._curve_panels = list(self.query(SeriesPanel))
-        return self._curve_panels
+    _parts: _Parts | None = None
 
     def on_mount(self) -> None:
+        # the widgets a frame fills, found once (not a DOM query every frame), and held: a
+        # frame that comes while the app tears the screen down finds them all the same
+        self._parts = _Parts(list(self.query(SeriesPanel)), self.query_one(AxisRow),
+                             self.query_one(HeaderBar), self.query_one(RequestsPanel),
+                             self.query_one(GpuPanel))
         self.call_after_refresh(self.refresh_frame)  # the first frame now, not a tick later
 
     def header_state(self) -> str:
@@ -68,10 +84,13 @@ class DashboardScreen(Screen):
         return "CLIENT-BOUND: latencies are upper bounds" if self.feed.live.client_bound else ""
 
     def refresh_frame(self) -> None:
+        parts = self._parts
+        if parts is None:
+            return  # not mounted yet: the first frame follows on_mount
         feed = self.feed
         feed.tick()
         snap = feed.snapshot()
-        panels = self._panels()
+        panels = parts.curves
         width = panels[0].spark_width if panels else 60
         window = feed.history.window(max(width, 1))
         values = {"ttft_p50_ms": snap.ttft_p50_ms, "ttft_p95_ms": snap.ttft_p95_ms,
@@ -81,12 +100,12 @@ class DashboardScreen(Screen):
         values["errors"] = float(errors[-1]) if errors.size and errors[-1] == errors[-1] else None
         for panel in panels:
             panel.show(values[panel.series], window)
-        self.query_one(AxisRow).show(window, width)
+        parts.axis.show(window, width)
         header = feed.header
         config = header.config if header else {}
         backend = header.backend if header else {}
         phase = feed.live.phase
-        self.query_one(HeaderBar).show(
+        parts.header.show(
             kind=feed.kind, backend=str(config.get("backend", "?")),
             model=phase.model if phase else str(config.get("model", "?")),
             target=str(backend.get("device") or backend.get("url") or "?"),
@@ -95,9 +114,9 @@ class DashboardScreen(Screen):
             elapsed_s=feed.now_ns() / 1e9, duration_s=feed.duration_s,
             record=str(feed.record_path) if feed.record_path else None,
             state=self.header_state())
-        self.query_one(RequestsPanel).show(snap, feed.in_flight(), feed.concurrency(),
-                                           feed.errors, paused=self.paused_load())
-        self.query_one(GpuPanel).show(snap.telemetry, window)
+        parts.requests.show(snap, feed.in_flight(), feed.concurrency(), feed.errors,
+                            paused=self.paused_load())
+        parts.gpus.show(snap.telemetry, window)
 
     def paused_load(self) -> bool:
         return False
@@ -141,14 +160,15 @@ class LiveScreen(DashboardScreen):
             return
         if session.config.rate is not None:  # open loop: the keys step the rate by 25%
             rate = session.target_rate or 1.0
-            session.set_rate(round(rate * 1.25 if step > 0 else rate / 1.25, 2), reason="key")
+            session.set_rate(round(rate * 1.25 if step > 0 else rate / 1.25, 2),
+                             reason=PhaseReason.KEY)
             self.refresh_frame()
             return
         target = session.target_concurrency + step
         if target < 1:
             self.notify("concurrency is at its lowest: 1", severity="warning")
             return
-        session.set_concurrency(target, reason="key")
+        session.set_concurrency(target, reason=PhaseReason.KEY)
         self.refresh_frame()
 
     def action_toggle_pause(self) -> None:
@@ -189,8 +209,9 @@ class ReplayScreen(DashboardScreen):
         yield DataTable(id="phases", cursor_type="none", zebra_stripes=True)
 
     def on_mount(self) -> None:
+        self._timeline = self.query_one(Timeline)  # held, as the base class holds its parts
+        self._phase_table = table = self.query_one("#phases", DataTable)
         super().on_mount()
-        table = self.query_one("#phases", DataTable)
         table.can_focus = False  # the arrows seek, they do not move a cursor
         table.add_columns("phase", "conc", "model", "ok", "fail", "tok/s", "TTFT p50",
                           "TTFT p95", "ITL p50", "E2E p50")
@@ -203,9 +224,10 @@ class ReplayScreen(DashboardScreen):
     def refresh_frame(self) -> None:
         super().refresh_frame()
         replay, timeline = self.feed.replay, self.feed.timeline
-        self.query_one(Timeline).show(replay.position_ns / 1e9, timeline.end_ns / 1e9,
-                                      replay.speed, replay.paused,
-                                      [t / 1e9 for t in timeline.stops.tolist()])
+        if self._parts is None:
+            return
+        self._timeline.show(replay.position_ns / 1e9, timeline.end_ns / 1e9, replay.speed,
+                            replay.paused, [t / 1e9 for t in timeline.stops.tolist()])
         self._fill_phases()
 
     def _fill_phases(self) -> None:
@@ -213,13 +235,12 @@ class ReplayScreen(DashboardScreen):
         if second == getattr(self, "_filled_at", None):
             return  # a summary is recomputed once a second of the record, not every frame
         self._filled_at = second
-        table = self.query_one("#phases", DataTable)
-        rows = [(f"{p['phase_id']}{'w' if p['warmup'] else ''}", str(p["concurrency"]),
-                 str(p["model"])[:16], str(p["requests_ok"]), str(p["requests_failed"]),
-                 fmt(p["output_tokens_per_s"]), fmt(p["ttft_ms"]["p50"], 1),
-                 fmt(p["ttft_ms"]["p95"], 1), fmt(p["itl_ms"]["p50"], 1),
-                 fmt(p["e2e_ms"]["p50"]))
-                for p in self.feed.summary.result()["phases"]]
+        table = self._phase_table
+        rows = [(f"{p.phase_id}{'w' if p.warmup else ''}", str(p.concurrency),
+                 p.model[:16], str(p.requests_ok), str(p.requests_failed),
+                 fmt(p.output_tokens_per_s), fmt(p.ttft_ms.p50, 1), fmt(p.ttft_ms.p95, 1),
+                 fmt(p.itl_ms.p50, 1), fmt(p.e2e_ms.p50))
+                for p in self.feed.summary.phases()]
         if rows == getattr(self, "_rows", None):
             return
         self._rows = rows

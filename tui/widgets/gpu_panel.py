@@ -10,6 +10,7 @@ from textual.widget import Widget
 from soaktop.engine.metrics.history import Window
 from soaktop.engine.telemetry.live import TelemetrySnapshot
 from soaktop.engine.telemetry.reasons import THROTTLING
+from soaktop.tui.telemetry_text import describe_status
 from soaktop.tui.text import gpu_label
 from soaktop.tui.widgets.draw import STRIP_LEGEND, fmt, throttle_strip
 
@@ -54,8 +55,8 @@ class GpuPanel(Widget):
             lines.append(Content.assemble(" throttle ", (strip, "$warning")))
         if t.gpus:
             lines.append(Content.assemble((f" {STRIP_LEGEND}", "$text-muted")))
-        for line in t.unavailable:
-            lines.append(Content.assemble((f" {line}", "$text-muted")))
+        for status in t.unavailable:
+            lines.append(Content.assemble((f" {describe_status(status)}", "$text-muted")))
         if t.host is not None:
             h = t.host
             lines.append(Content(

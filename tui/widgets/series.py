@@ -7,6 +7,7 @@ import numpy as np
 from textual.content import Content
 from textual.widget import Widget
 
+from soaktop.engine.events import PhaseReason
 from soaktop.engine.metrics.history import Window
 from soaktop.tui.widgets.draw import axis, fmt, sparkline
 
@@ -71,6 +72,6 @@ class AxisRow(Widget):
 
 
 def _phase_label(phase) -> str:
-    if phase.reason == "paused":
+    if phase.reason == PhaseReason.PAUSED:
         return "pause"
     return f"c{phase.concurrency}"
