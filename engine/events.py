@@ -19,10 +19,28 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 
-class PhaseReason(str, Enum):
-    """Why a phase began. The values are the strings records hold, so a record written with or
-    without this type reads the same; a reason this soaktop does not know (a newer record, a
-    benchmark's own) stays the plain string it was."""
+class RecordedCode(str, Enum):
+    """A code a record holds as a plain string: written as its value, shown as its value, and
+    read back as the member, or as the string itself when this soaktop has no such member (a
+    newer record, a benchmark's own), so a record of any age still reads."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def of(cls, text: str) -> Any:
+        """The member whose value is ``text``, or ``text`` itself when there is none."""
+        try:
+            return cls(text)
+        except ValueError:
+            return text
+
+
+class PhaseReason(RecordedCode):
+    """Why a phase began."""
 
     START = "start"
     WARMUP_DONE = "warm-up done"
@@ -33,20 +51,6 @@ class PhaseReason(str, Enum):
     RAMP = "ramp"
     SLO_SEARCH = "slo search"
     RERUN = "rerun: as recorded"  # a rerun repeating a recorded change
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
-    @classmethod
-    def of(cls, text: str) -> PhaseReason | str:
-        """The member whose value is ``text``, or ``text`` itself when there is none."""
-        try:
-            return cls(text)
-        except ValueError:
-            return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,29 +84,14 @@ class Phase:
             object.__setattr__(self, "reason", PhaseReason.of(self.reason))
 
 
-class EndReason(str, Enum):
-    """How a session ended: ``ended`` in the summary. The values are the strings records hold;
-    one this soaktop does not know stays the plain string it was."""
+class EndReason(RecordedCode):
+    """How a session ended: ``ended`` in the summary."""
 
     COMPLETED = "completed"  # its duration or request count was reached, or its plan ended
     INTERRUPTED = "interrupted"  # stopped by the user: Ctrl-C, SIGTERM, q, ``soaktop stop``
     FAILED = "failed"  # every request so far was refused for one reason: the request was wrong
     CRASHED = "crashed"  # soaktop itself failed; the record is closed all the same
     CUT_SHORT = "cut_short"  # never written: a record with no session_end (its writer died)
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
-    @classmethod
-    def of(cls, text: str) -> EndReason | str:
-        """The member whose value is ``text``, or ``text`` itself when there is none."""
-        try:
-            return cls(text)
-        except ValueError:
-            return text
 
 
 @dataclass(frozen=True, slots=True)

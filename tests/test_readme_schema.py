@@ -126,8 +126,7 @@ def test_what_each_number_means_names_every_key_the_summary_json_holds():
     """Every key of ``--json`` (the run, a phase, a telemetry status, the soak verdict, an SLO
     report) is named in README's "What each number means"; a new one without a word fails."""
     from soaktop.engine.metrics.results import (
-        DriftChange,
-        DriftWindow,
+        DriftFigures,
         PhaseSummary,
         RunSummary,
         SloReport,
@@ -141,13 +140,13 @@ def test_what_each_number_means_names_every_key_the_summary_json_holds():
                       re.MULTILINE | re.DOTALL)
     assert match, "README has no '## What each number means' section"
     text = match.group(1)
-    window = DriftWindow(1.0, 2.0, 3.0, 4.0)
+    window = DriftFigures(1.0, 2.0, 3.0, 4.0)
     run = RunSummary(
         telemetry=(SourceStatus("nvml", False, gpu_index=0, host="h", reason="r",
                                 unavailable_fields={"power_w": "n/a"}),),
         phases=(PhaseSummary(phase_id=0, concurrency=1),), ramp=(),
         slo=SloReport(slo="ttft_p95<=2s"),
-        soak=SoakVerdict(10.0, window, window, DriftChange(0.0, 0.0, 0.0, 0.0), Verdict.STABLE,
+        soak=SoakVerdict(10.0, window, window, DriftFigures(0.0, 0.0, 0.0, 0.0), Verdict.STABLE,
                          {}))
     document = summary_document(run)
     keys = {*document, *document["phases"][0], *document["telemetry"][0], *document["soak"],

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from soaktop.engine.events import GpuSample, Phase, RequestDone, SessionEnd
-from soaktop.engine.metrics.results import DriftChange, DriftWindow, SoakVerdict, Verdict
+from soaktop.engine.metrics.results import DriftFigures, SoakVerdict, Verdict
 from soaktop.engine.telemetry.reasons import THROTTLING
 
 WINDOW_S = 300.0
@@ -126,7 +126,7 @@ class Drift:
         first, _ = self._figures(self.start_ns, self.start_ns + window_ns)
         # what held the GPUs back is judged in the last window only
         last, reasons = self._figures(self.end_ns - window_ns, self.end_ns)
-        change = DriftChange(
+        change = DriftFigures(
             tokens_per_s=_relative(first.tokens_per_s, last.tokens_per_s),
             ttft_p95_ms=_relative(first.ttft_p95_ms, last.ttft_p95_ms),
             sm_clock_mhz=_relative(first.sm_clock_mhz, last.sm_clock_mhz),
@@ -143,7 +143,7 @@ class Drift:
             throttle_reasons=dict(sorted(throttling.items(), key=lambda kv: -kv[1])),
         )
 
-    def _figures(self, start: int, end: int) -> tuple[DriftWindow, dict[str, float]]:
+    def _figures(self, start: int, end: int) -> tuple[DriftFigures, dict[str, float]]:
         """The window's figures, and the share of its GPU samples each clock-event reason
         was active in."""
         lo = max(0, (start - self.start_ns) // 10**9)
@@ -165,7 +165,7 @@ class Drift:
         for s in with_reasons:
             for reason in s.clock_event_reasons:
                 counted[reason] = counted.get(reason, 0) + 1
-        window = DriftWindow(
+        window = DriftFigures(
             tokens_per_s=tps,
             ttft_p95_ms=float(np.percentile(ttfts, 95)) if ttfts.size else None,
             sm_clock_mhz=float(np.mean(clocks)) if clocks else None,

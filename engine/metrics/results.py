@@ -221,23 +221,11 @@ class Verdict(str, Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class DriftWindow:
-    """The first or the last window of a soak: tokens/s, TTFT p95, SM clock (mean of the
-    samples) and GPU temperature (max); ``None`` where there was nothing to measure."""
-
-    tokens_per_s: float | None
-    ttft_p95_ms: float | None
-    sm_clock_mhz: float | None
-    temperature_c: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
-
-@dataclass(frozen=True, slots=True)
-class DriftChange:
-    """Last window against first: relative changes (``-0.19`` is 19% down), and the
-    temperature's difference in °C; ``None`` where either side had no value."""
+class DriftFigures:
+    """The four figures a soak verdict compares: tokens/s, TTFT p95, SM clock (mean of the
+    samples) and GPU temperature (max). As ``first`` and ``last``, a window's values; as
+    ``change``, last against first: relative (``-0.19`` is 19% down), except the temperature,
+    whose difference is in °C. ``None`` where there was nothing to measure."""
 
     tokens_per_s: float | None
     ttft_p95_ms: float | None
@@ -255,9 +243,9 @@ class SoakVerdict:
     samples, largest first)."""
 
     window_s: float
-    first: DriftWindow
-    last: DriftWindow
-    change: DriftChange
+    first: DriftFigures
+    last: DriftFigures
+    change: DriftFigures
     verdict: Verdict
     throttle_reasons: dict[str, float]
 

@@ -17,7 +17,7 @@ from soaktop.engine.events import (
     SessionStart,
     TelemetryStatus,
 )
-from soaktop.engine.metrics.results import DriftChange, DriftWindow, SoakVerdict, Verdict
+from soaktop.engine.metrics.results import DriftFigures, SoakVerdict, Verdict
 from soaktop.engine.metrics.summary import summarise
 from soaktop.tui.text import (
     ended_text,
@@ -115,9 +115,9 @@ def test_a_cut_record_ends_with_a_code_and_the_table_says_it_in_words():
 def _verdict(first_clock, last_clock, reasons) -> SoakVerdict:
     return SoakVerdict(
         window_s=300.0,
-        first=DriftWindow(2980.0, 61.0, first_clock, 71.0 if first_clock else None),
-        last=DriftWindow(2410.0, 88.2, last_clock, 87.0 if last_clock else None),
-        change=DriftChange(2410 / 2980 - 1, 88.2 / 61 - 1,
+        first=DriftFigures(2980.0, 61.0, first_clock, 71.0 if first_clock else None),
+        last=DriftFigures(2410.0, 88.2, last_clock, 87.0 if last_clock else None),
+        change=DriftFigures(2410 / 2980 - 1, 88.2 / 61 - 1,
                            last_clock / first_clock - 1 if first_clock else None,
                            16.0 if first_clock else None),
         verdict=Verdict.THROTTLED if reasons else Verdict.DEGRADING,
