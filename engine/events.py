@@ -48,6 +48,8 @@ class PhaseReason(RecordedCode):
     COMMAND = "command"  # a change asked for through the session's API
     PAUSED = "paused"
     RESUMED = "resumed"
+    KEY_PAUSED = "key: paused"  # the pause key, in the dashboard or over the control socket
+    KEY_RESUMED = "key: resumed"
     RAMP = "ramp"
     SLO_SEARCH = "slo search"
     RERUN = "rerun: as recorded"  # a rerun repeating a recorded change

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from soaktop.engine import backends
+from soaktop.engine import backends, control
 from soaktop.engine.backends.http import Timeouts, strip_credentials
 from soaktop.engine.backends.ollama import DEFAULT_URL as OLLAMA_URL
 from soaktop.engine.config import RunConfig
@@ -81,12 +81,14 @@ async def build_session(config: RunConfig, *, api_key: str | None = None,
                         record: Path | None = None, listeners: tuple[Listener, ...] = (),
                         say: Callable[[str], None] = lambda text: None,
                         while_running: Callable[[], AbstractContextManager[Any]] = nullcontext,
-                        ) -> Session:
+                        steerable: bool = True) -> Session:
     """The session ``config`` asks for, not yet started. A server is asked which models it
     serves when ``config`` names none (hence async); ``say`` tells the user what was chosen
     for them. ``record``: the record's file, or a folder to name one in; None: no record.
     ``while_running``: see :class:`~soaktop.engine.session.Session` (the command line freezes
-    the garbage collector's survivors there; a library leaves process state alone)."""
+    the garbage collector's survivors there; a library leaves process state alone).
+    ``steerable``: a session with a record listens on a control socket beside it while it
+    runs (soaktop.engine.control), so that another process can steer it."""
     backend = make_backend(config, api_key)
     model = config.model
     if model is None:
@@ -101,5 +103,8 @@ async def build_session(config: RunConfig, *, api_key: str | None = None,
         api=getattr(backend, "api", None),
         telemetry=tuple(_without_credentials(source) for source in config.telemetry))
     sources = build_sources(config.telemetry, config.watch_pid, local_engine=local)
-    return Session(recorded, backend, record_file(record, model), listeners=listeners,
-                   sources=sources, while_running=while_running)
+    session = Session(recorded, backend, record_file(record, model), listeners=listeners,
+                      sources=sources, while_running=while_running)
+    if steerable:
+        control.serve_while_running(session, say)
+    return session

@@ -263,8 +263,26 @@ def build_parser() -> argparse.ArgumentParser:
                            help="per rate (default 10s)")
     stop = sub.add_parser("stop", help="end a detached run cleanly (its record is closed)")
     stop.add_argument("path", type=Path, help="the record the detached run writes")
+    _add_ctl_arguments(sub.add_parser(
+        "ctl", help="steer a running session through its control socket (one command)"))
     _add_backend_arguments(sub.add_parser("models", help="models a backend can serve"))
     return parser
+
+
+def _add_ctl_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", type=Path, help="the record the running session writes")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--concurrency", type=_positive_int, metavar="N",
+                      help="closed loop: keep N requests in flight (a new phase)")
+    what.add_argument("--rate", type=_positive_float, metavar="R",
+                      help="open loop: R requests a second (a new phase)")
+    what.add_argument("--pause", action="store_true",
+                      help="send nothing new (a phase at concurrency 0)")
+    what.add_argument("--resume", action="store_true", help="load again as before the pause")
+    what.add_argument("--mark", metavar="TEXT", help="drop a mark with this text")
+    what.add_argument("--stop", action="store_true",
+                      help="end the run; returns once its record is closed")
+    what.add_argument("--status", action="store_true", help="what the run's load is now")
 
 
 def _record_target(args: argparse.Namespace) -> Path | None:
@@ -449,7 +467,8 @@ def _detach(args: argparse.Namespace, argv: list[str]) -> None:
     Path(f"{path}.pid").write_text(f"{proc.pid}\n")
     print(f"soaktop: running in the background as PID {proc.pid}\n"
           f"  record:  {path}\n  log:     {log}\n"
-          f"  follow:  soaktop attach {path}\n  stop:    soaktop stop {path}")
+          f"  follow:  soaktop attach {path}\n  steer:   soaktop ctl {path} --concurrency N\n"
+          f"  stop:    soaktop stop {path}")
 
 
 def _stop(args: argparse.Namespace) -> None:
@@ -480,6 +499,28 @@ def _stop(args: argparse.Namespace) -> None:
     pid_file.unlink(missing_ok=True)
     _say(f"stopped process {pid}; its record is closed: {args.path}")
     record_commands.summary(argparse.Namespace(path=args.path, json=False, csv=False))
+
+
+def _ctl(args: argparse.Namespace) -> None:
+    """One command to the session writing ``args.path``, over its control socket; its reply
+    in one line. A refusal, or a run that cannot be reached, is a SoaktopError (exit 2)."""
+    from soaktop.engine import control
+
+    if args.concurrency is not None:
+        request = {"cmd": "concurrency", "value": args.concurrency}
+    elif args.rate is not None:
+        request = {"cmd": "rate", "value": args.rate}
+    elif args.mark is not None:
+        request = {"cmd": "mark", "text": args.mark}
+    else:
+        request = {"cmd": next(c for c in ("pause", "resume", "stop", "status")
+                               if getattr(args, c))}
+    if not args.path.exists() and not control.socket_path(args.path).exists():
+        raise SoaktopError(f"no such record: {args.path}")
+    reply = asyncio.run(control.send(args.path, request))
+    if not reply.ok:
+        raise SoaktopError(reply.text)
+    print(terminal_safe(reply.text))
 
 
 def _calibrate(args: argparse.Namespace) -> None:
@@ -535,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
             _detach(args, argv)
         elif args.command == "stop":
             _stop(args)
+        elif args.command == "ctl":
+            _ctl(args)
         elif args.command == "calibrate":
             _calibrate(args)
         elif args.command == "run" and _use_dashboard(args):

@@ -165,7 +165,8 @@ class ReplayFeed(Feed):
 
 class AttachFeed(Feed):
     """A record another soaktop is still writing: tokens/s and in-flight requests come from
-    its once-a-second ClientSample (a request's tokens reach a record only when it ends)."""
+    its once-a-second ClientSample (a request's tokens reach a record only when it ends).
+    :meth:`command` steers that run over its control socket, where one answers here."""
 
     kind = "attach"
 
@@ -183,6 +184,14 @@ class AttachFeed(Feed):
 
     def snapshot(self) -> LiveSnapshot:
         return self.live.client_snapshot(self._latest_ns)
+
+    async def command(self, request: dict[str, Any]):
+        """Send ``request`` to the run writing the record (soaktop.engine.control) and return
+        its :class:`~soaktop.engine.control.Reply`; a run that cannot be reached from here
+        raises :class:`~soaktop.engine.control.ControlError`, one line."""
+        from soaktop.engine import control  # only a viewer that steers needs it
+
+        return await control.send(self.record_path, request)
 
     async def run(self) -> None:
         listeners = self.listeners()

@@ -154,7 +154,8 @@ class OpenLoop:
             if wait_s > 0:
                 try:
                     await asyncio.wait_for(self._changed.wait(), timeout=wait_s)
-                    due = self._now_ns() + self._gap_ns()  # the rate changed: re-plan
+                    # the rate changed: re-plan (a pause, rate 0, is waited out above)
+                    due = self._now_ns() + (self._gap_ns() if self.target > 0 else 0)
                     continue
                 except asyncio.TimeoutError:
                     pass
