@@ -32,9 +32,11 @@ Live run:  + / -   concurrency up / down (a new phase, marked on the time axis)
            q       quit (asks first; the record is closed properly)
 Replay:    space   pause / play          left / right   10 s back / on
            n / p   next / previous phase or mark       + / -   speed x10 / /10
-Everywhere: ? this help, ctrl+p the command palette (every action is there too)
+Everywhere: z / Z   zoom the time axis out / in: 1 s, 10 s, 1 min a column, the whole run
+           ? this help, ctrl+p the command palette (every action is there too)
 
-Curves: one column a second, newest on the right; a blank is a second with no data.
+Charts: newest on the right (the whole run: from its start); a blank is a column with no
+data; in a coarse view a column's dim band is its min-max, the bright dots its mean.
 Throttle strip: T thermal, B power brake, S HW slowdown, P power cap, . none."""
 
 
@@ -166,7 +168,9 @@ class SoaktopApp(App):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        for binding in getattr(screen, "BINDINGS", []):
+        inherited = [b for cls in type(screen).__mro__ if cls.__module__.startswith("soaktop")
+                     for b in vars(cls).get("BINDINGS", [])]
+        for binding in inherited:  # the screen's own keys, then those of soaktop's base screen
             if isinstance(binding, Binding) and binding.description:
                 key = binding.key_display or binding.key
                 yield SystemCommand(binding.description, f"key {key}",

@@ -8,6 +8,7 @@ from soaktop.engine.records.format import RecordReader
 from soaktop.tui.screens.modals import ConfirmQuit, HelpScreen, ModelPicker
 from soaktop.tui.widgets.header_bar import HeaderBar
 from soaktop.tui.widgets.requests_panel import RequestsPanel
+from soaktop.tui.widgets.series import AxisRow, ChartBody, ChartPanel, LiveColumn
 from tests.tui.dashboard_apps import live_app, replay_app
 
 
@@ -255,3 +256,99 @@ async def test_in_an_open_loop_plus_and_minus_step_the_rate():
         await pilot.press("minus")
         assert session.rate == 8.0
         app.exit()
+
+
+async def test_z_steps_the_time_axis_out_to_the_whole_run_and_shift_z_back():
+    app = replay_app(at_s=8.0)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.2)
+        axis = app.screen.query_one(AxisRow)
+        assert axis.scale == "15m · 10s/col"  # the default: 100 columns less the y labels' 8
+        await pilot.press("Z")
+        assert axis.scale == "92s · 1s/col"
+        assert "┃warmed" in axis.text  # where warm-up ended
+        await pilot.press("Z")
+        assert axis.scale == "92s · 1s/col"  # the finest already: it stays
+        scales = []
+        for _ in range(4):  # the fourth press: already the whole run, it stays
+            await pilot.press("z")
+            scales.append(axis.scale)
+        assert scales == ["15m · 10s/col", "92m · 1m/col", "run 9s · 1s/col",
+                          "run 9s · 1s/col"]
+        assert "┃warmed" in axis.text  # the ticks stay in every view
+        tokens = app.screen.query_one("#chart-tokens", ChartPanel)
+        rows = ["".join(text for text, _ in runs) for runs in tokens.rows]
+        # the record's first point (at 1 s: ticks come at the end of a second) is in column 1
+        assert any(row[1] != " " for row in rows)
+        assert all(row[9:].strip() == "" for row in rows)  # 9 s of record: nothing after them
+        await pilot.press("Z")
+        assert axis.scale == "92m · 1m/col"
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Zoom out", "Zoom in"} <= titles
+
+
+async def test_charts_label_their_range_and_rates_start_at_zero():
+    app = replay_app(at_s=8.0)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.2)
+        tokens = app.screen.query_one("#chart-tokens", ChartPanel)
+        ttft = app.screen.query_one("#chart-ttft", ChartPanel)
+        assert tokens.lo_text == "0" and float(tokens.hi_text) >= 270
+        assert "".join(t for t, _ in tokens.head).startswith(" tokens/s  270 · per request p50")
+        assert [kind for _, kind in ttft.head] == ["title", "line0", "line1"]  # the legend
+        assert float(ttft.lo_text) > 0  # a latency's range is the data's, with a floor
+        body = tokens.query_one(ChartBody)
+        lines = [body.render_line(y).text for y in range(body.size.height)]
+        assert lines[0].startswith(" tokens/s")
+        assert lines[1].startswith(f"{tokens.hi_text:>7}┤")
+        assert lines[-1].startswith("      0┤")
+        live = tokens.query_one(LiveColumn)  # the newest 10 s, still filling: a column apart
+        assert live.size.width == 1 and "".join(c for row in live.cells for c, _ in row).strip()
+        assert all(line[8:].strip() == "" for line in lines[1:])  # nothing older than that
+
+
+async def test_a_model_switch_is_ticked_with_the_new_model_s_name():
+    app = live_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        session = await started(app, pilot)
+        await pilot.press("m")
+        await pilot.pause(0.2)
+        await pilot.press("down", "enter")
+        await pilot.pause(0.1)
+        assert session.model == "fake-large"
+        await pilot.pause(0.4)
+        text = app.screen.query_one(AxisRow).text
+        assert "fake-large┃" in text  # the newest tick, at the right: its label on its left
+        assert "c2" not in text  # a model switch is not a concurrency change
+        app.exit()
+
+
+async def test_a_filling_bucket_repaints_the_newest_column_only():
+    """Over SSH a repaint costs the lines repainted: while the newest 10 s bucket fills, the
+    rest of the chart must stay put, and move only when a bucket completes."""
+    from soaktop.engine.metrics.history import History
+    from tests.engine.test_history import snap
+
+    app = replay_app(at_s=8.0)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.2)
+        chart = app.screen.query_one("#chart-tokens", ChartPanel)
+        body, live = chart.query_one(ChartBody), chart.query_one(LiveColumn)
+        repaints = {"body": 0, "live": 0}
+        body.refresh = lambda *a, **k: repaints.__setitem__("body", repaints["body"] + 1)
+        live.refresh = lambda *a, **k: repaints.__setitem__("live", repaints["live"] + 1)
+        history = History()
+        now = {"tokens_per_s": 100.0}
+
+        def second(s, tokens):
+            history.record(s, snap(s, tokens=tokens))
+            chart.show(history.window(chart.plot_width, step_s=10), now)
+
+        for s in range(45):
+            second(s, 300.0 if s == 5 else 100.0)  # a spike: the range is set to 0-400
+        repaints.update(body=0, live=0)
+        for s in range(45, 50):  # the bucket of 40-49 s fills, its band widens
+            second(s, 50.0 + 60 * (s - 45))
+        assert repaints["body"] == 0 and repaints["live"] >= 3
+        second(50, 120.0)  # a new bucket: the finished one joins the body, which scrolls
+        assert repaints["body"] == 1

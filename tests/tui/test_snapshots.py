@@ -1,22 +1,42 @@
-"""Snapshots of the live and replay screens at 80x24 and 120x40 (pytest-textual-snapshot),
-fed from the committed sample record, paused at 6 s, so every run draws the same screen.
-After a deliberate change of the layout: pytest tests/tui/test_snapshots.py --snapshot-update
-and look at the SVGs it writes (tests/tui/__snapshots__/) before committing them."""
+"""Snapshots of the live and replay screens at 80x24, 100x30, 120x40, 160x45 and 240x60
+(pytest-textual-snapshot), fed from the committed sample record, paused at 6 s, so every run
+draws the same screen; the sample is 8 s long, so they show 1 s a column (``Z``), and one
+shows the whole-run view. After a deliberate change of the layout:
+pytest tests/tui/test_snapshots.py --snapshot-update and look at the SVGs it writes
+(tests/tui/__snapshots__/) before committing them."""
 
 import pytest
 
 from tests.tui.dashboard_apps import replay_app
+
+SIZES = [(80, 24), (100, 30), (120, 40), (160, 45), (240, 60)]
+IDS = [f"{w}x{h}" for w, h in SIZES]
 
 
 async def settle(pilot) -> None:
     await pilot.pause(0.3)
 
 
-@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+async def one_second_a_column(pilot) -> None:
+    await pilot.press("Z")
+    await settle(pilot)
+
+
+async def whole_run(pilot) -> None:
+    await pilot.press("z", "z")
+    await settle(pilot)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
 def test_live_screen(snap_compare, size):
-    assert snap_compare(replay_app(kind="live"), terminal_size=size, run_before=settle)
+    assert snap_compare(replay_app(kind="live"), terminal_size=size,
+                        run_before=one_second_a_column)
 
 
-@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
 def test_replay_screen(snap_compare, size):
-    assert snap_compare(replay_app(), terminal_size=size, run_before=settle)
+    assert snap_compare(replay_app(), terminal_size=size, run_before=one_second_a_column)
+
+
+def test_replay_whole_run(snap_compare):
+    assert snap_compare(replay_app(at_s=8.0), terminal_size=(100, 30), run_before=whole_run)

@@ -1,8 +1,9 @@
-"""The dashboard: header, curves over time with phase markers, GPUs, requests, footer.
+"""The dashboard: header, charts over time with phase ticks, GPUs, requests, footer.
 
 A screen never does work per token: the app calls :meth:`DashboardScreen.refresh_frame` a
 few times a second, which reads the feed's live snapshot and history window once and hands
-each widget its part. Subclasses add what differs: the live run's keys
+each widget its part. The time axis zooms (``z``/``Z``) through 1 s, 10 s and 1 min a column
+and the whole run, on every screen alike. Subclasses add what differs: the live run's keys
 (:class:`LiveScreen`), the replay's timeline and keys (:class:`ReplayScreen`).
 """
 
@@ -22,7 +23,7 @@ from soaktop.tui.widgets.draw import fmt
 from soaktop.tui.widgets.gpu_panel import GpuPanel
 from soaktop.tui.widgets.header_bar import HeaderBar
 from soaktop.tui.widgets.requests_panel import RequestsPanel
-from soaktop.tui.widgets.series import AxisRow, SeriesPanel
+from soaktop.tui.widgets.series import AxisRow, ChartPanel
 from soaktop.tui.widgets.timeline import Timeline
 
 
@@ -30,33 +31,43 @@ from soaktop.tui.widgets.timeline import Timeline
 class _Parts:
     """The widgets a frame fills."""
 
-    curves: list[SeriesPanel]
+    charts: list[ChartPanel]
     axis: AxisRow
     header: HeaderBar
     requests: RequestsPanel
     gpus: GpuPanel
 
 
-CURVES = (  # label, History series, unit, digits, scale from 0, colour
-    ("TTFT p50", "ttft_p50_ms", " ms", 1, False, "$primary"),
-    ("TTFT p95", "ttft_p95_ms", " ms", 1, False, "$secondary"),
-    ("tokens/s", "tokens_per_s", "", 0, True, "$success"),
-    ("req tok/s p50", "speed_p50_tps", "", 1, True, "$success"),
-    ("ITL p50", "itl_p50_ms", " ms", 1, False, "$primary"),
-    ("errors/s", "errors", "", 0, True, "$error"),
+CHARTS = (  # id, title, (name, History series) drawn, unit, digits, from 0, title-only
+    ("ttft", "TTFT", [("p95", "ttft_p95_ms"), ("p50", "ttft_p50_ms")], " ms", 1, False, []),
+    ("tokens", "tokens/s", [("", "tokens_per_s")], "", 0, True,
+     [("per request p50", "speed_p50_tps")]),
+    ("itl", "ITL p50", [("", "itl_p50_ms")], " ms", 1, False, []),
+    ("errors", "errors/s", [("", "errors")], "", 0, True, []),
 )
+#: Seconds a column, coarser each step; 0 is the whole run fitted to the width.
+ZOOMS = (1, 10, 60, 0)
 
 
 class DashboardScreen(Screen):
+    BINDINGS = [
+        Binding("z", "zoom(1)", "Zoom out"),
+        Binding("Z", "zoom(-1)", "Zoom in", key_display="Z", show=False),
+    ]
+
     def __init__(self, feed: Feed) -> None:
         super().__init__()
         self.feed = feed
+        # 10 s a column: 15 minutes across 100 columns, and the charts scroll once in 10 s
+        # (the newest, filling bucket is a column of its own), which keeps SSH cheap
+        self.zoom = ZOOMS.index(10)
 
     def compose(self) -> ComposeResult:
         yield HeaderBar()
         with Vertical(id="curves"):
-            for label, series, unit, digits, floor, style in CURVES:
-                yield SeriesPanel(label, series, unit, digits, floor, style, id=f"s-{series}")
+            for key, title, series, unit, digits, from_zero, extras in CHARTS:
+                yield ChartPanel(title, series, unit, digits, from_zero, extras,
+                                 id=f"chart-{key}", classes=f"-{key}")
             yield AxisRow()
         yield from self.compose_extra()
         with Horizontal(id="below"):
@@ -68,11 +79,13 @@ class DashboardScreen(Screen):
         yield from ()
 
     _parts: _Parts | None = None
+    _values_second = -1
+    _values: dict[str, float | None] = {}
 
     def on_mount(self) -> None:
         # the widgets a frame fills, found once (not a DOM query every frame), and held: a
         # frame that comes while the app tears the screen down finds them all the same
-        self._parts = _Parts(list(self.query(SeriesPanel)), self.query_one(AxisRow),
+        self._parts = _Parts(list(self.query(ChartPanel)), self.query_one(AxisRow),
                              self.query_one(HeaderBar), self.query_one(RequestsPanel),
                              self.query_one(GpuPanel))
         self.call_after_refresh(self.refresh_frame)  # the first frame now, not a tick later
@@ -90,17 +103,23 @@ class DashboardScreen(Screen):
         feed = self.feed
         feed.tick()
         snap = feed.snapshot()
-        panels = parts.curves
-        width = panels[0].spark_width if panels else 60
-        window = feed.history.window(max(width, 1))
-        values = {"ttft_p50_ms": snap.ttft_p50_ms, "ttft_p95_ms": snap.ttft_p95_ms,
-                  "tokens_per_s": snap.tokens_per_s, "speed_p50_tps": snap.speed_p50_tps,
-                  "itl_p50_ms": snap.itl_p50_ms, "errors": None}
-        errors = window.series["errors"]
-        values["errors"] = float(errors[-1]) if errors.size and errors[-1] == errors[-1] else None
-        for panel in panels:
-            panel.show(values[panel.series], window)
-        parts.axis.show(window, width)
+        charts = parts.charts
+        width = charts[0].plot_width if charts else 60
+        step = ZOOMS[self.zoom]
+        history = feed.history
+        window = history.window(width, step_s=step) if step else history.whole(width)
+        second = feed.now_ns() // 10**9
+        if second != self._values_second:  # the titles' values now: once a second, not a
+            self._values_second = second   # frame (each change re-sends a title line)
+            last = history.window(1).series["errors"]  # errors in the newest second
+            self._values = {
+                "ttft_p50_ms": snap.ttft_p50_ms, "ttft_p95_ms": snap.ttft_p95_ms,
+                "tokens_per_s": snap.tokens_per_s, "speed_p50_tps": snap.speed_p50_tps,
+                "itl_p50_ms": snap.itl_p50_ms,
+                "errors": float(last[0]) if last[0] == last[0] else None}
+        for chart in charts:
+            chart.show(window, self._values)
+        parts.axis.show(window, width, whole=not step)
         header = feed.header
         config = header.config if header else {}
         backend = header.backend if header else {}
@@ -120,6 +139,16 @@ class DashboardScreen(Screen):
 
     def paused_load(self) -> bool:
         return False
+
+    def action_zoom(self, step: int) -> None:
+        """Coarser (``z``) or finer (``Z``) time axis: 1 s, 10 s, 1 min a column, whole run."""
+        zoom = min(len(ZOOMS) - 1, max(0, self.zoom + step))
+        if zoom == self.zoom:
+            self.notify("the whole run is shown" if step > 0 else "1 s a column: the finest",
+                        timeout=2)
+            return
+        self.zoom = zoom
+        self.refresh_frame()
 
 
 class LiveScreen(DashboardScreen):
@@ -175,7 +204,10 @@ class LiveScreen(DashboardScreen):
         session = self.running_session()
         if session is None:
             return
-        session.resume("key: resumed") if session.paused else session.pause("key: paused")
+        if session.paused:
+            session.resume(PhaseReason.KEY_RESUMED)
+        else:
+            session.pause(PhaseReason.KEY_PAUSED)
         self.refresh_frame()
 
     def action_mark(self) -> None:
@@ -215,6 +247,12 @@ class ReplayScreen(DashboardScreen):
         table.can_focus = False  # the arrows seek, they do not move a cursor
         table.add_columns("phase", "conc", "model", "ok", "fail", "tok/s", "TTFT p50",
                           "TTFT p95", "ITL p50", "E2E p50")
+
+    def on_resize(self) -> None:
+        # under 30 rows the charts need the table's rows more (it is the summary's, later)
+        table = getattr(self, "_phase_table", None)
+        if table is not None:
+            table.display = self.size.height >= 30
 
     def header_state(self) -> str:
         if self.feed.finished:
@@ -272,4 +310,83 @@ class ReplayScreen(DashboardScreen):
 
 
 class AttachScreen(DashboardScreen):
-    """A run another soaktop is writing: shown, not steered (its keys are in that process)."""
+    """A run another soaktop is writing. Its keys reach that run over the run's control
+    socket (soaktop.engine.control) when one answers on this machine, so a detached soak can
+    be steered again: the run makes each change through its session's own methods, a phase
+    or mark in the record as from its own dashboard's keys, and says what it did. Without a
+    socket (an old record, a run on another machine) a key says so in one notification.
+    ``q`` leaves the viewer, never the run; ``s`` stops the run, after asking."""
+
+    BINDINGS = [
+        Binding("plus,equals_sign", "step(1)", "Concurrency +1", key_display="+"),
+        Binding("minus", "step(-1)", "Concurrency -1", key_display="-"),
+        Binding("p", "toggle_pause", "Pause load"),
+        Binding("space", "mark", "Mark"),
+        Binding("s", "stop_run", "Stop the run"),
+    ]
+
+    def _steer(self, *requests: dict) -> None:
+        """Send ``requests`` in order, off the key handler (a reply is a round trip away)."""
+        self.run_worker(self._send(requests), group="control", exclusive=False)
+
+    async def _ask(self, request: dict):
+        """The run's reply to ``request``, or None after a notification of why not."""
+        from soaktop.engine.control import ControlError
+
+        if self.feed.summary.end is not None:
+            self.notify("the run has ended", severity="warning", timeout=3)
+            return None
+        try:
+            reply = await self.feed.command({**request, "source": "key"})
+        except ControlError as exc:  # one line: no socket, a stale one, another user's
+            self.notify(f"this run cannot be steered from here: {exc}", severity="warning",
+                        markup=False)
+            return None
+        if not reply.ok:
+            self.notify(reply.text, severity="warning", markup=False)
+            return None
+        return reply
+
+    async def _send(self, requests: tuple[dict, ...]) -> None:
+        for request in requests:
+            reply = await self._ask(request)
+            if reply is None:
+                return
+            if request["cmd"] != "status":
+                self.notify(reply.text, markup=False)
+
+    def action_step(self, step: int) -> None:
+        """``+``/``-`` as in the run's own dashboard: concurrency by one in a closed loop,
+        the rate by 25% in an open one."""
+        config = self.feed.header.config if self.feed.header else {}
+        if config.get("rate") is not None:
+            self._steer({"cmd": "rate", "factor": 1.25 if step > 0 else 1 / 1.25})
+        else:
+            self._steer({"cmd": "concurrency", "step": step})
+
+    def action_toggle_pause(self) -> None:
+        self.run_worker(self._toggle_pause(), group="control", exclusive=False)
+
+    async def _toggle_pause(self) -> None:
+        status = await self._ask({"cmd": "status"})  # another viewer may have paused it
+        if status is not None:
+            await self._send(({"cmd": "resume" if status.state.get("paused") else "pause"},))
+
+    def action_mark(self) -> None:
+        self._steer({"cmd": "mark"})  # the run numbers it, so two viewers' marks differ
+
+    def action_stop_run(self) -> None:
+        self.run_worker(self._stop_run(), group="control", exclusive=False)
+
+    async def _stop_run(self) -> None:
+        from soaktop.tui.screens.modals import ConfirmQuit
+
+        if await self._ask({"cmd": "status"}) is None:
+            return  # nothing to stop from here: said why, and no question asked
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.notify("Ending the run and closing its record ...")
+                self._steer({"cmd": "stop"})
+
+        self.app.push_screen(ConfirmQuit(), answered)

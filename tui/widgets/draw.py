@@ -50,7 +50,9 @@ def sparkline(values: Sequence[float] | np.ndarray, lo: float | None = None,
 
 
 def axis(width: int, phases: Sequence[tuple[int, str]], marks: Sequence[int] = ()) -> str:
-    """A time-axis row: ``┃`` and a label where a phase began, ``*`` at a mark."""
+    """A time-axis row: ``┃`` and a label where a phase began, ``*`` at a mark. A label goes
+    right of its tick, or left of it where the row ends first (the newest phase is on the
+    right: its label must not be cut to nothing); a later phase's label covers an earlier's."""
     row = ["─"] * width
     for column in marks:
         if 0 <= column < width:
@@ -58,8 +60,13 @@ def axis(width: int, phases: Sequence[tuple[int, str]], marks: Sequence[int] = (
     for column, label in phases:
         if 0 <= column < width:
             row[column] = "┃"
-            for i, ch in enumerate(label[: max(0, width - column - 1)]):
-                row[column + 1 + i] = ch
+            if column + 1 + len(label) <= width or column < len(label):
+                start = column + 1
+                label = label[: max(0, width - start)]
+            else:
+                start = column - len(label)
+            for i, ch in enumerate(label):
+                row[start + i] = ch
     return "".join(row)
 
 
