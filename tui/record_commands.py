@@ -55,7 +55,12 @@ def read_events(path: Path) -> list[Any]:
 
 
 def summary(args: argparse.Namespace) -> None:
-    result = summarise(read_events(args.path)).result()
+    # streamed, not read into a list first: a long soak's events take ~2 KB each as objects
+    # (a 30-minute one held 700 MB), the summary a few floats a request
+    reader = RecordReader(args.path)
+    result = summarise(reader.events()).result()
+    for warning in reader.warnings:
+        print(f"soaktop: warning: {args.path}: {warning}", file=sys.stderr)
     if args.csv:  # data for a file; escaped only where it would reach a terminal
         text = summary_csv(result)
         print(terminal_safe(text) if sys.stdout.isatty() else text, end="")

@@ -52,13 +52,17 @@ class LogHistogram:
         self.total = 0.0
         self.count = 0
 
-    def add(self, values_us: np.ndarray) -> None:
-        values = np.asarray(values_us)
-        if values.size == 0:
+    def add(self, values_us: np.ndarray, total: float | None = None) -> None:
+        """Count ``values_us``. ``total``: their exact sum, where the caller knows it (a
+        request's gaps add up to its last arrival less its first), so the mean is the same
+        whatever order and grouping the values come in; a float sum of fractions is not."""
+        raw = np.asarray(values_us)
+        if raw.size == 0:
             return
-        self.counts += np.bincount(bucket_index(np.rint(values)), minlength=N_BUCKETS)
-        self.total += float(values.sum())
-        self.count += int(values.size)
+        values = raw if raw.dtype.kind in "iu" else np.rint(raw)
+        self.counts += np.bincount(bucket_index(values), minlength=N_BUCKETS)
+        self.total += float(raw.sum() if total is None else total)
+        self.count += int(raw.size)
 
     def merge(self, other: LogHistogram) -> None:
         self.counts += other.counts

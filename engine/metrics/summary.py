@@ -26,6 +26,7 @@ whole run, its drift analysis included, is not recomputed for it).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -60,8 +61,8 @@ from soaktop.engine.metrics.results import (
 from soaktop.engine.metrics.stats import (
     distribution,
     histogram_distribution,
+    itl_gaps,
     rate,
-    request_metrics,
 )
 from soaktop.engine.telemetry.derived import (
     GpuWindow,
@@ -91,7 +92,13 @@ class _Column:
         return self._data[: self._size]
 
 
-_METRICS = ("ttft_us", "ttfo_us", "tpot_us", "e2e_us", "speed_tps", "server_speed_tps",
+#: The arrival offsets, and the requests, gathered before their tokens are counted together
+#: (see SessionSummary._add_request): fixed buffers, so memory holds the same however long
+#: the requests are.
+BUFFER_TOKENS = 1 << 14
+BUFFER_REQUESTS = 4096
+
+_METRICS = ("ttft_us", "tpot_us", "e2e_us", "speed_tps", "server_speed_tps",
             "queued_us")
 
 
@@ -138,6 +145,10 @@ class _Telemetry:
 class _PhaseStats:
     phase: Phase
     columns: dict[str, _Column] = field(default_factory=lambda: {m: _Column() for m in _METRICS})
+    #: TTFO is kept as its differences from the TTFT column (8 bytes a request less): for
+    #: each request that reasoned, (its index in the TTFT column, its TTFO or None, whether
+    #: it replaces that TTFT or comes before it)
+    ttfo_edits: list = field(default_factory=list)
     itl: LogHistogram = field(default_factory=LogHistogram)
     chunk_gaps: LogHistogram = field(default_factory=LogHistogram)  # arrival to arrival
     attained: int = 0  # measured requests that produced the output length asked for
@@ -155,18 +166,30 @@ class SessionSummary:
     """Feed events with :meth:`add`; read the numbers at any time: the whole run with
     :meth:`result`, one phase with :meth:`phase`, every phase with :meth:`phases`."""
 
+    #: A record holds no TokensArrived, so the summary counts none (tokens come from each
+    #: request_done): a replay need not hand it the millions it re-derives.
+    ignores_tokens = True
+
     def __init__(self) -> None:
         self.header: SessionStart | None = None
         self.end: SessionEnd | None = None
         self._phases: dict[int, int] = {}  # phase_id -> its index in _order
         self._order: list[_PhaseStats] = []
-        self._starts = np.empty(0, dtype=np.int64)
+        self._starts = np.empty(0, dtype=np.int64)  # each phase's start, for numpy ...
+        self._start_list: list[int] = []  # ... and for one sample at a time (bisect)
         self._last_t_ns = 0
         self._run_telemetry = _Telemetry()  # samples of the measured (non-warm-up) phases
         self._status: dict[tuple, TelemetryStatus] = {}
         self._drift = Drift()  # the soak verdict: the last minutes against the first
         self._client_bound_ns = 0  # measured time the client itself was the bottleneck
         self._measured_from_ns: int | None = None  # when the warm-up ended
+        # one-token-an-arrival requests whose tokens are not counted yet (see _add_request)
+        self._offsets = np.empty(BUFFER_TOKENS, dtype=np.int64)  # their offsets end to end
+        self._lens = np.empty(BUFFER_REQUESTS, dtype=np.int64)  # how many each has
+        self._sent = np.empty(BUFFER_REQUESTS, dtype=np.int64)  # when each was sent
+        self._feeds = np.empty(BUFFER_REQUESTS, dtype=np.int64)  # the phase whose ITL: -1 none
+        self._n_offsets = 0
+        self._n_requests = 0
 
     def add(self, event: Any) -> None:
         if type(event) is TokensArrived:
@@ -176,11 +199,16 @@ class SessionSummary:
         t_ns = getattr(event, "t_ns", 0)
         if t_ns > self._last_t_ns:
             self._last_t_ns = t_ns
+        if type(event) is RequestDone:  # most of a record: the shortest way through
+            self._drift.add(event)
+            self._add_request(event)
+            return
         if isinstance(event, (RequestDone, GpuSample, Phase, SessionEnd)):
             self._drift.add(event)
         if isinstance(event, RequestDone):
             self._add_request(event)
         elif isinstance(event, Phase):
+            self._flush()  # the requests before it are counted with the phases they saw
             stats = _PhaseStats(event)
             if not event.warmup and self._measured_from_ns is None:
                 # the warm-up ended here; a run without one is measured from its start
@@ -188,6 +216,7 @@ class SessionSummary:
             self._phases[event.phase_id] = len(self._order)
             self._order.append(stats)
             self._starts = np.append(self._starts, event.t_ns)
+            self._start_list.append(event.t_ns)
         elif isinstance(event, (GpuSample, HostSample, ServerSample)):
             self._add_sample(event)
         elif isinstance(event, TelemetryStatus):
@@ -204,51 +233,140 @@ class SessionSummary:
                 self._client_bound_ns += event.interval_ns
 
     def _add_request(self, done: RequestDone) -> None:
-        if done.arrivals_us and self._order:
-            arrived_ns = done.sent_ns + np.asarray(done.arrivals_us, dtype=np.int64) * 1000
-            slot = np.searchsorted(self._starts, arrived_ns, side="right") - 1
-            weights = np.asarray(done.arrival_tokens) if done.arrival_tokens else None
-            if done.reasoning_tokens:  # thinking is not output: it streams first, count past it
-                w = weights if weights is not None else np.ones(len(done.arrivals_us))
-                weights = np.clip(np.cumsum(w) - done.reasoning_tokens, 0, w)
-            per_phase = np.bincount(np.maximum(slot, 0), weights=weights)
-            for i in np.flatnonzero(per_phase):
-                self._order[i].tokens_in_window += int(per_phase[i])
+        """Count one request: its figures now, its tokens now or in the next batch.
+
+        Why batches: a long soak has hundreds of thousands of short requests, and numpy calls
+        on one request's few dozen offsets cost ~100 µs a request, far more than the
+        arithmetic. So the per-request figures are plain Python, here, in the order requests
+        come; and the per-token work (ITL and inter-chunk histograms, tokens per phase
+        window) of a request whose arrivals carry one token each waits in fixed buffers and
+        is done for many at once (:meth:`_flush`). Every result is the same whenever the
+        buffers are flushed (a live run reads its summary at other moments than ``soaktop
+        summary`` does): histogram and token counts are integers, and histogram sums are
+        exact (see :meth:`LogHistogram.add`). A request whose arrivals carry several tokens,
+        or reasoning tokens, is counted whole here (both are rare).
+        """
+        order = self._order
+        arrivals = done.arrivals_us
+        bulk = not done.arrival_tokens and not done.reasoning_tokens
+        if arrivals and order and not bulk:
+            self._add_tokens(done)
         index = self._phases.get(done.phase_id)
+        feed = -1
         if index is None:
-            return  # a request from a phase this summary never saw (a cut record)
-        stats = self._order[index]
-        if done.warmup:
-            stats.warmup += 1
+            pass  # a request from a phase this summary never saw (a cut record)
+        elif done.warmup:
+            order[index].warmup += 1
         elif done.finish_reason == "cancelled":
-            stats.cancelled += 1
+            order[index].cancelled += 1
         elif done.error_class is not None:
+            stats = order[index]
             stats.failed += 1
             stats.errors[done.error_class] += 1
         else:
-            stats.ok += 1
-            m = request_metrics(
-                done.arrivals_us, done.end_us, done.arrival_tokens if done.arrival_tokens else None
-            )
-            stats.reasoning_tokens += done.reasoning_tokens
-            ttfo = done.first_output_us if done.reasoning_tokens else m.ttft_us
-            values = {"ttft_us": m.ttft_us, "ttfo_us": ttfo, "tpot_us": m.tpot_us,
-                      "e2e_us": m.e2e_us,
-                      "speed_tps": m.speed_tps,
-                      "queued_us": done.queued_us if stats.phase.rate is not None else None,
-                      "server_speed_tps": _server_speed_tps(done.server_reported)}
-            for name, value in values.items():
-                if value is not None:  # a metric a run does not have costs nothing
-                    stats.columns[name].append(value)
-            stats.itl.add(m.itl_us)
-            if len(done.arrivals_us) > 1:
-                stats.chunk_gaps.add(np.diff(np.asarray(done.arrivals_us, dtype=np.float64)))
-            if self.header is None or m.output_tokens >= self.header.config.get(
-                    "output_tokens", 0):
-                stats.attained += 1
+            stats = order[index]
+            target = None if self.header is None else self.header.config.get("output_tokens", 0)
+            self._add_ok(stats, done, target)
+            if bulk:
+                feed = index
+            elif len(arrivals) > 1:
+                tokens = done.arrival_tokens if done.arrival_tokens else None
+                span = arrivals[-1] - arrivals[0]  # what the gaps add up to, exactly
+                stats.itl.add(itl_gaps(arrivals, tokens), total=span)
+                stats.chunk_gaps.add(np.diff(np.asarray(arrivals, dtype=np.int64)), total=span)
+        if not (bulk and arrivals and order):
+            return
+        n = len(arrivals)
+        if self._n_offsets + n > BUFFER_TOKENS or self._n_requests == BUFFER_REQUESTS:
+            self._flush()
+        if n > BUFFER_TOKENS:  # longer than the buffer: on its own
+            self._add_bulk(np.asarray(arrivals, dtype=np.int64), np.array([n]),
+                           np.array([done.sent_ns]), np.array([feed]))
+            return
+        at, i = self._n_offsets, self._n_requests
+        self._offsets[at : at + n] = arrivals
+        self._lens[i], self._sent[i], self._feeds[i] = n, done.sent_ns, feed
+        self._n_offsets, self._n_requests = at + n, i + 1
+
+    def _flush(self) -> None:
+        """Count the tokens of the requests waiting in the buffers."""
+        if self._n_requests:
+            n, offsets = self._n_requests, self._n_offsets
+            self._n_requests = self._n_offsets = 0
+            self._add_bulk(self._offsets[:offsets], self._lens[:n], self._sent[:n],
+                           self._feeds[:n])
+
+    def _add_ok(self, stats: _PhaseStats, done: RequestDone, target: int | None) -> None:
+        """One successful measured request's figures (the definitions of
+        :func:`~soaktop.engine.metrics.stats.request_metrics`, in plain Python)."""
+        stats.ok += 1
+        arrivals = done.arrivals_us
+        n = sum(done.arrival_tokens) if done.arrival_tokens else len(arrivals)
+        columns = stats.columns
+        ttft = None
+        if arrivals:
+            ttft = float(arrivals[0])
+            columns["ttft_us"].append(ttft)
+            if n >= 2:
+                span = arrivals[-1] - arrivals[0]
+                columns["tpot_us"].append(span / (n - 1))
+                if span > 0:
+                    columns["speed_tps"].append((n - 1) / (span / 1e6))
+        stats.reasoning_tokens += done.reasoning_tokens
+        if done.reasoning_tokens:  # TTFO is TTFT but where a model reasoned (see _ttfo)
+            ttft_index = columns["ttft_us"]._size
+            if ttft is not None:
+                stats.ttfo_edits.append((ttft_index - 1, done.first_output_us, True))
+            elif done.first_output_us is not None:
+                stats.ttfo_edits.append((ttft_index, done.first_output_us, False))
+        columns["e2e_us"].append(float(done.end_us))
+        if stats.phase.rate is not None:
+            columns["queued_us"].append(done.queued_us)
+        if done.server_reported:
+            server_speed = _server_speed_tps(done.server_reported)
+            if server_speed is not None:
+                columns["server_speed_tps"].append(server_speed)
+        if target is None or n >= target:
+            stats.attained += 1
+
+    def _add_bulk(self, offsets: np.ndarray, lens: np.ndarray, sent: np.ndarray,
+                  feeds: np.ndarray) -> None:
+        """Tokens per phase window, and the ITL and inter-chunk gaps, of many requests whose
+        arrivals carry one token each: ``offsets`` are their arrival offsets end to end."""
+        owner = np.repeat(np.arange(lens.size), lens)
+        arrived_ns = offsets * 1000 + sent[owner]
+        slot = np.searchsorted(self._starts, arrived_ns, side="right") - 1
+        per_phase = np.bincount(np.maximum(slot, 0), minlength=len(self._order))
+        for i in np.flatnonzero(per_phase):
+            self._order[i].tokens_in_window += int(per_phase[i])
+        gaps = np.diff(offsets)
+        feed = feeds[owner[1:]]
+        keep = (owner[1:] == owner[:-1]) & (feed >= 0)  # within one measured ok request
+        gaps, feed = gaps[keep], feed[keep]
+        indices = np.unique(feed).tolist()
+        for index in indices:
+            mine = gaps[feed == index] if len(indices) > 1 else gaps
+            gathered = LogHistogram()  # one token an arrival: its ITL is its chunk gaps
+            gathered.add(mine, total=int(mine.sum()))  # integers: exact in any order
+            stats = self._order[index]
+            stats.itl.merge(gathered)
+            stats.chunk_gaps.merge(gathered)
+
+    def _add_tokens(self, done: RequestDone) -> None:
+        """The tokens of one request whose arrivals carry several tokens, or reasoning, to the
+        phase windows they arrived in."""
+        arrived_ns = done.sent_ns + np.asarray(done.arrivals_us, dtype=np.int64) * 1000
+        slot = np.searchsorted(self._starts, arrived_ns, side="right") - 1
+        weights = np.asarray(done.arrival_tokens) if done.arrival_tokens else None
+        if done.reasoning_tokens:  # thinking is not output: it streams first, count past it
+            w = weights if weights is not None else np.ones(len(done.arrivals_us))
+            weights = np.clip(np.cumsum(w) - done.reasoning_tokens, 0, w)
+        per_phase = np.bincount(np.maximum(slot, 0), weights=weights)
+        for i in np.flatnonzero(per_phase):
+            self._order[i].tokens_in_window += int(per_phase[i])
 
     def _add_sample(self, sample: GpuSample | HostSample | ServerSample) -> None:
-        slot = int(np.searchsorted(self._starts, sample.t_ns, side="right")) - 1
+        slot = bisect_right(self._start_list, sample.t_ns) - 1
         if slot < 0:
             return  # taken before the first phase began
         stats = self._order[slot]
@@ -259,7 +377,9 @@ class SessionSummary:
     def request_values(self, metric: str) -> np.ndarray:
         """Per-request values of ``metric`` (``ttft_us``, ``tpot_us``, ``e2e_us``,
         ``speed_tps``) over the measured phases, NaNs removed: what ``compare`` tests."""
-        arrays = [s.columns[metric].values() for s in self._order if not s.phase.warmup]
+        self._flush()
+        arrays = [_ttfo(s) if metric == "ttfo_us" else s.columns[metric].values()
+                  for s in self._order if not s.phase.warmup]
         values = np.concatenate(arrays) if arrays else np.empty(0)
         return values[~np.isnan(values)]
 
@@ -291,15 +411,18 @@ class SessionSummary:
     def phase(self, phase_id: int) -> PhaseSummary | None:
         """The figures of one phase so far (``None`` for a phase not seen): the work of that
         phase alone, for a plan that judges it while the run goes on."""
+        self._flush()
         index = self._phases.get(phase_id)
         return None if index is None else self._phase_summary(index)
 
     def phases(self) -> list[PhaseSummary]:
         """Every phase so far, in order, without the whole-run figures."""
+        self._flush()
         return [self._phase_summary(i) for i in range(len(self._order))]
 
     def result(self) -> RunSummary:
         """The whole run and each phase so far (README: "What each number means")."""
+        self._flush()
         phases = self.phases()
         measured = [(stats, self._window_ns(i)) for i, stats in enumerate(self._order)
                     if not stats.phase.warmup]
@@ -341,6 +464,21 @@ def summarise(events: Iterable[Any]) -> SessionSummary:
     return summary
 
 
+def _ttfo(stats: _PhaseStats) -> np.ndarray:
+    """A phase's TTFO column: its TTFT column with the edits of the requests that reasoned."""
+    ttft = stats.columns["ttft_us"].values()
+    if not stats.ttfo_edits:
+        return ttft
+    parts, start = [], 0
+    for index, value, replaces in stats.ttfo_edits:
+        parts.append(ttft[start:index])
+        if value is not None:
+            parts.append(np.array([value], dtype=np.float64))
+        start = index + 1 if replaces else index
+    parts.append(ttft[start:])
+    return np.concatenate(parts)
+
+
 def _figures(parts: list[tuple[_PhaseStats, int]]) -> dict[str, Any]:
     """The numbers of one phase, or of several phases taken together: the request and latency
     fields of :class:`~soaktop.engine.metrics.results.Figures`."""
@@ -356,7 +494,7 @@ def _figures(parts: list[tuple[_PhaseStats, int]]) -> dict[str, Any]:
         chunk_gaps.merge(s.chunk_gaps)
 
     def column(name: str) -> np.ndarray:
-        arrays = [s.columns[name].values() for s, _ in parts]
+        arrays = [_ttfo(s) if name == "ttfo_us" else s.columns[name].values() for s, _ in parts]
         return np.concatenate(arrays) if arrays else np.empty(0)
 
     return {

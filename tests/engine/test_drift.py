@@ -3,6 +3,8 @@
 The verdict is data; its sentence is written by soaktop.tui.text (tests/tui/test_summary_text.py).
 """
 
+from dataclasses import replace
+
 import pytest
 
 from soaktop.engine.events import GpuSample, Phase, RequestDone, SessionEnd
@@ -96,3 +98,22 @@ def test_memory_is_bounded_by_two_windows_not_by_the_run():
     assert drift._first_n == 600 and drift._first_t.size <= 2 * 600  # the first window's
     assert drift._ring_t.size == RECENT_REQUESTS  # the latest ones: a fixed ring
     assert drift._tokens.size <= 2 * 3601  # a count per second, not per token
+
+
+def test_tokens_counted_in_bulk_are_those_counted_one_request_at_a_time():
+    # requests of one token an arrival are counted a few thousand at a time; the same
+    # requests with their token counts spelled out (1 each) take the per-request path
+    bulk, each = Drift(window_s=60), Drift(window_s=60)
+    for d in (bulk, each):
+        d.add(Phase(0, 0, 4, "m", "f", "warm-up done"))
+    for i in range(5000):
+        sent = i * 40_000_000
+        offsets = tuple(range(30_000 + i % 7, 900_000, 29_000 + i % 13))
+        done = RequestDone(sent + offsets[-1] * 1000, 0, i, 0, "f", "m", sent, 8, offsets,
+                           offsets[-1], "length")
+        bulk.add(done)
+        each.add(replace(done, arrival_tokens=(1,) * len(offsets)))
+    for d in (bulk, each):
+        d.add(SessionEnd(201 * S, "completed"))
+    assert bulk.result() == each.result() and bulk.result().first.tokens_per_s > 0
+    assert bulk._tokens.tolist() == each._tokens.tolist()

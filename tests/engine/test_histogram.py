@@ -36,3 +36,15 @@ def test_small_hand_example_and_empty():
     assert h.quantiles((50,)) == [None] and h.mean() is None
     h.add(np.array([500, 1000, 1000]))
     assert h.quantiles((0, 50, 100)) == [500, 1000, 1000]
+
+
+def test_integers_and_floats_count_alike_and_a_given_total_is_the_sum_kept():
+    as_int, as_float = LogHistogram(), LogHistogram()
+    as_int.add(np.array([3, 1500, 1500, 70_000], dtype=np.int64))
+    as_float.add(np.array([3.0, 1499.6, 1500.4, 70_000.0]))  # rounded to the µs to count
+    assert np.array_equal(as_int.counts, as_float.counts) and as_int.count == 4
+    assert as_float.total == pytest.approx(73_003.0)
+    # one 1 µs gap shared by seven tokens: the exact sum, not seven sevenths added up
+    shared = LogHistogram()
+    shared.add(np.full(7, 1 / 7), total=1)
+    assert shared.total == 1.0 and shared.mean() == 1 / 7 and shared.count == 7

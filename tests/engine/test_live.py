@@ -48,3 +48,18 @@ def test_client_bound_at_a_tick_ignores_a_sample_taken_after_it():
     assert live.client_bound_at(2_000_000_000)  # the tick at 2 s: the 1 s sample decides
     assert not live.client_bound_at(2_500_000_000)
     assert not live.client_bound_at(900_000_000)  # no sample by then
+
+
+def test_a_request_s_figures_are_the_definitions_by_hand():
+    # 3 tokens at 1, 2 and 4 ms after the send, ended at 5 ms: TTFT 1 ms, E2E 5 ms, output
+    # speed (3 - 1) / 3 ms = 666.7 tokens/s, ITL 1 and 2 ms; then one in chunks of 1 and 3
+    # tokens 3 ms apart: ITL 1 ms three times, speed 3 / 3 ms = 1000 tokens/s
+    live = LiveStats(window_s=10)
+    live.add(RequestDone(S, 0, 0, 0, "fake", "m", S - 5_000_000, 4, (1000, 2000, 4000), 5000,
+                         "length"))
+    live.add(RequestDone(S, 0, 1, 0, "fake", "m", S - 5_000_000, 4, (2000, 5000), 6000,
+                         "length", arrival_tokens=(1, 3)))
+    assert live.ttft_ms.since(0).tolist() == [1.0, 2.0]
+    assert live.e2e_ms.since(0).tolist() == [5.0, 6.0]
+    assert live.speed_tps.since(0).tolist() == pytest.approx([2 / 0.003, 3 / 0.003])
+    assert live.itl_ms.since(0).tolist() == pytest.approx([1.0, 2.0, 1.0, 1.0, 1.0])

@@ -278,3 +278,43 @@ def test_a_gzip_file_with_no_readable_block_is_not_a_record(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(RecordError, match="holds no readable line"):
         list(RecordReader(path).events())
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+@pytest.mark.parametrize("read_slice, inflate_slice", [(7, 5), (1, 1), (64, 3)])
+def test_reading_a_slice_at_a_time_reads_what_one_read_does(
+        tmp_path, monkeypatch, compressed, read_slice, inflate_slice):
+    """The reader takes a file a megabyte at a time and hands zlib 64 KiB at a time (memory
+    and speed on long records); slices that cut members, lines and the gzip magic anywhere
+    give the same events and warnings: a corrupt member's lines lost, a cut one's tail."""
+    import soaktop.engine.records.format as fmt
+
+    path = tmp_path / ("r.jsonl.gz" if compressed else "r.jsonl")
+    text = [("".join(json.dumps(encode(e)) + "\n" for e in part)).encode()
+            for part in (EVENTS[:3], EVENTS[3:6], EVENTS[6:8], EVENTS[8:])]
+    if compressed:
+        members = [gzip.compress(t, mtime=0) for t in text]
+        broken = bytearray(members[1])
+        broken[len(broken) // 2] ^= 0xFF
+        members[1] = bytes(broken)
+        members[3] = members[3][: len(members[3]) // 2]  # the writer killed mid-member
+        path.write_bytes(b"".join(members))
+    else:
+        path.write_bytes(b"".join(text)[:-3])  # the last line cut short
+    whole = RecordReader(path)
+    expected = list(whole.events())
+    assert expected[:3] == EVENTS[:3] and len(whole.warnings) == (2 if compressed else 1)
+    assert expected[-2:] == EVENTS[6:8] if compressed else expected == EVENTS[:-1]
+    monkeypatch.setattr(fmt, "_READ_SLICE", read_slice)
+    monkeypatch.setattr(fmt, "_INFLATE_SLICE", inflate_slice)
+    sliced = RecordReader(path)
+    assert list(sliced.events()) == expected
+    assert [w.split(" (")[0] for w in sliced.warnings] == \
+        [w.split(" (")[0] for w in whole.warnings]
+
+
+def test_offsets_that_are_not_integers_make_an_unreadable_line():
+    line = json.loads(json.dumps(encode(EVENTS[2])))
+    for bad in ([1.5, 2], ["1", "2"]):
+        with pytest.raises(TypeError):
+            decode({**line, "arrivals_dus": bad})

@@ -178,3 +178,80 @@ def test_a_forward_seek_skips_ticks_and_old_tokens():
 def test_speed_must_be_positive():
     with pytest.raises(ValueError):
         Replay(Timeline(TIMELINE_EVENTS), [], speed=0)
+
+
+def _many_requests(n=3000, seed=4):
+    """Requests over 300 s (longer than the live view's two minutes of token counts), some
+    in chunks of several tokens, sent in no particular order of arrival."""
+    import random
+
+    rng = random.Random(seed)
+    events = [HEADER, Phase(0, 0, 8, "m", "fake", "start")]
+    for rid in range(n):
+        sent = rng.randrange(0, 300_000_000_000)
+        arrivals = sorted(rng.randrange(0, 5_000_000) for _ in range(rng.choice([0, 1, 5, 30])))
+        end_us = (arrivals[-1] if arrivals else 0) + 100
+        chunks = tuple(rng.randint(1, 3) for _ in arrivals) if rng.random() < 0.3 else ()
+        events.append(RequestDone(
+            t_ns=sent + end_us * 1000, worker_id=rid % 8, request_id=rid, phase_id=0,
+            backend="fake", model="m", sent_ns=sent, prompt_tokens=4,
+            arrivals_us=tuple(arrivals), end_us=end_us, finish_reason="length",
+            arrival_tokens=chunks))
+    events.append(SessionEnd(306_000_000_000, "completed"))
+    return events
+
+
+def test_the_timeline_holds_every_token_in_time_order():
+    import numpy as np
+
+    events = _many_requests()
+    tl = Timeline(events)
+    expected = sorted(
+        (e.sent_ns + a * 1000, i, e.request_id, e.worker_id,
+         (e.arrival_tokens[k] if e.arrival_tokens else 1), k == 0)
+        for i, e in enumerate(x for x in events if isinstance(x, RequestDone))
+        for k, a in enumerate(e.arrivals_us))  # ties stay in the records' order
+    assert tl.token_t.tolist() == [x[0] for x in expected]
+    assert tl.token_request.tolist() == [x[2] for x in expected]
+    assert tl.token_worker.tolist() == [x[3] for x in expected]
+    assert tl.token_count.tolist() == [x[4] for x in expected]
+    assert tl.token_first.tolist() == [x[5] for x in expected]
+    assert tl.token_t.dtype == np.int64 and tl.token_first.dtype == bool
+
+
+def test_live_statistics_fed_token_runs_at_once_count_what_one_at_a_time_does():
+    # a replay hands LiveStats.add_tokens whole runs of tokens (a soak re-emits millions);
+    # the token counts, and every status tick's tokens/s, are those of one event a token
+    events = _many_requests()
+    tl = Timeline(events)
+    runs, single = LiveStats(), LiveStats()
+    seen: dict[str, list] = {"runs": [], "single": []}
+
+    def tick(t_ns):
+        seen["runs"].append((runs.tokens_per_s(t_ns), runs.tokens_per_s(t_ns, 60.0)))
+        seen["single"].append((single.tokens_per_s(t_ns), single.tokens_per_s(t_ns, 60.0)))
+
+    tokens: list = []
+    replay = Replay(tl, [runs.add, lambda e: single.add(e), SessionSummary().add,
+                         lambda e: tokens.append(e) if isinstance(e, TokensArrived) else None],
+                    ticks_ns=5 * 10**9, on_tick=tick)
+    replay.advance_to(tl.end_ns)
+    assert runs.token_buckets.tolist() == single.token_buckets.tolist()
+    assert seen["runs"] == seen["single"] and len(seen["runs"]) == 61
+    assert any(rate for rate, _ in seen["runs"])
+    assert len(tokens) == tl.token_t.size  # the others still get one event a token
+    assert runs.snapshot(tl.end_ns) == single.snapshot(tl.end_ns)
+
+
+def test_a_run_of_tokens_longer_than_the_live_history_keeps_only_its_newest():
+    # one request streaming for 300 s with no other event: its tokens reach LiveStats as one
+    # run, and those more than two minutes older than its last are gone, as one at a time
+    arrivals = tuple(range(0, 300_000_000, 1_500_000))
+    long = RequestDone(t_ns=301 * 10**9, worker_id=0, request_id=0, phase_id=0,
+                       backend="fake", model="m", sent_ns=0, prompt_tokens=4,
+                       arrivals_us=arrivals, end_us=301_000_000, finish_reason="length")
+    tl = Timeline([HEADER, Phase(0, 0, 1, "m", "fake", "start"), long])
+    runs, single = LiveStats(), LiveStats()
+    Replay(tl, [runs.add, lambda e: single.add(e)]).advance_to(tl.end_ns)
+    assert runs.token_buckets.tolist() == single.token_buckets.tolist()
+    assert 0 < runs.token_buckets.sum() < len(arrivals)

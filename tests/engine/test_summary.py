@@ -230,3 +230,126 @@ def test_a_plan_adds_its_key_and_an_unreadable_slo_is_reported_not_raised():
     bad = run({"slo": "ttft_p42<=2"})["slo"]
     assert bad["slo"] == "ttft_p42<=2" and "unknown SLO metric" in bad["error"]
     assert list(bad) == ["slo", "error"]
+
+
+def _mixed_events(seed: int, requests: int = 5000) -> list:
+    """A run of every kind of request (one token an arrival, chunks of several, reasoning,
+    failed, cancelled, warm-up, open loop, a server's own speed), over phases that change
+    while requests are in flight: more requests than one batch of the summary holds."""
+    import bisect
+    import random
+
+    from soaktop.engine.events import SessionStart
+
+    rng = random.Random(seed)
+    events: list = [Phase(0, 0, 4, "m", "fake", "start", warmup=True)]
+    starts = [0, *sorted(rng.sample(range(1, 20_000 * MS), 4))]
+    for i, t in enumerate(starts[1:]):
+        events.append(Phase(t, i + 1, 4 + i, "m", "fake", "command", rate=2.0 if i % 2 else None))
+    for rid in range(requests):
+        sent = rng.randrange(0, 20_000 * MS)
+        arrivals, t = [], rng.randrange(0, 50_000)
+        for _ in range(rng.choice([0, 1, 2, 8, 8, 30])):
+            arrivals.append(t)
+            t += rng.choice([0, 7, 1023, 1024, 1500, 20_001, 3_000_000])
+        chunks = tuple(rng.randint(0, 4) for _ in arrivals) if rng.random() < 0.2 else ()
+        reasoning = rng.randint(1, 3) if arrivals and rng.random() < 0.1 else 0
+        kind = rng.random()
+        events.append(done(
+            rid, bisect.bisect_right(starts, sent) - 1, sent, arrivals,
+            end_us=t + rng.randrange(1, 900),
+            arrival_tokens=chunks if arrivals else (), reasoning_tokens=reasoning,
+            first_output_us=arrivals[-1] if reasoning else None,
+            finish_reason="cancelled" if kind < 0.05 else ("error" if kind < 0.1 else "length"),
+            error_class="http_500" if 0.05 <= kind < 0.1 else None,
+            warmup=kind > 0.9, queued_us=rng.randrange(0, 100),
+            server_reported={"eval_count": 5, "eval_duration": rng.randint(1, 10**9)}
+            if rng.random() < 0.3 else None))
+    events.sort(key=lambda e: e.t_ns)
+    header = SessionStart(0, 1, "2026-11-23T00:00:00+00:00", {"output_tokens": 8}, {}, {})
+    return [header, *events, SessionEnd(25_000 * MS, "completed")]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_numbers_do_not_depend_on_when_the_summary_is_read(seed):
+    # a live run reads its summary whenever the screen or a plan asks, soaktop summary once
+    # at the end: requests are counted in batches, and the batches' edges must not show
+    import random
+
+    events = _mixed_events(seed)
+    once = summarise(events).result()
+    rng, often = random.Random(seed), SessionSummary()
+    for event in events:
+        often.add(event)
+        if rng.random() < 0.01:
+            often.result()
+        if rng.random() < 0.01:
+            often.phase(rng.randint(0, 4))
+    assert often.result() == once
+    assert once.requests_ok > 2048 and once.itl_ms.p50 is not None
+
+
+def test_batched_counting_matches_each_request_counted_by_the_definitions():
+    """The batched path against the definitions in soaktop.engine.metrics.stats, applied
+    one request at a time: every per-request value, the ITL and inter-chunk counts in each
+    histogram bucket, and the tokens in each phase's window."""
+    import numpy as np
+
+    from soaktop.engine.metrics.histogram import LogHistogram
+    from soaktop.engine.metrics.stats import distribution, request_metrics
+
+    events = _mixed_events(3)
+    s = summarise(events)
+    s.result()  # counts what is still gathered
+    phases = [e for e in events if isinstance(e, Phase)]
+    starts = np.array([p.t_ns for p in phases])
+    ttft: dict[int, list] = {p.phase_id: [] for p in phases}
+    tpot: dict[int, list] = {p.phase_id: [] for p in phases}
+    ttfo: dict[int, list] = {p.phase_id: [] for p in phases}
+    itl = {p.phase_id: LogHistogram() for p in phases}
+    chunks = {p.phase_id: LogHistogram() for p in phases}
+    tokens = np.zeros(len(phases))
+    seen = set()
+    for e in events:
+        if isinstance(e, Phase):
+            seen.add(e.phase_id)
+        if not isinstance(e, RequestDone):
+            continue
+        if e.arrivals_us:
+            w = np.asarray(e.arrival_tokens or [1] * len(e.arrivals_us), dtype=float)
+            w = np.clip(np.cumsum(w) - e.reasoning_tokens, 0, w)
+            at = e.sent_ns + np.asarray(e.arrivals_us) * 1000
+            for slot, n in zip(np.searchsorted(starts, at, side="right") - 1, w):
+                tokens[max(slot, 0)] += n
+        if e.ok and not e.warmup and e.phase_id in seen:  # else a phase not begun yet
+            m = request_metrics(e.arrivals_us, e.end_us, e.arrival_tokens or None)
+            ttft[e.phase_id] += [m.ttft_us] if m.ttft_us is not None else []
+            ttfo_us = e.first_output_us if e.reasoning_tokens else m.ttft_us
+            ttfo[e.phase_id] += [ttfo_us] if ttfo_us is not None else []
+            tpot[e.phase_id] += [m.tpot_us] if m.tpot_us is not None else []
+            itl[e.phase_id].add(m.itl_us)
+            chunks[e.phase_id].add(np.diff(np.asarray(e.arrivals_us, dtype=float)))
+    for index, p in enumerate(phases):
+        stats = s._order[index]
+        assert stats.columns["ttft_us"].values().tolist() == ttft[p.phase_id]
+        assert stats.columns["tpot_us"].values().tolist() == tpot[p.phase_id]
+        assert s.phase(p.phase_id).ttfo_ms == distribution(np.array(ttfo[p.phase_id]), 1e-3)
+        assert np.array_equal(stats.itl.counts, itl[p.phase_id].counts)
+        assert np.array_equal(stats.chunk_gaps.counts, chunks[p.phase_id].counts)
+        assert stats.itl.count == itl[p.phase_id].count
+        assert stats.itl.total == pytest.approx(itl[p.phase_id].total, rel=1e-12)
+        assert stats.chunk_gaps.total == chunks[p.phase_id].total  # integers: exact
+        assert stats.tokens_in_window == int(tokens[index])
+    assert sum(len(v) for v in ttft.values()) > 2048
+    assert sum(len(v) for v in ttfo.values()) > 2048
+    assert sum(e.reasoning_tokens > 0 for e in events if isinstance(e, RequestDone)) > 100
+
+
+def test_itl_mean_is_exact_for_a_chunk_of_several_tokens():
+    # seven tokens in one arrival 1 µs after the first: seven ITL values of 1/7 µs, which add
+    # up to less than 1 as floats; the summary adds the gap itself, so the mean is exact
+    # and cannot depend on which other requests were added before it
+    s = SessionSummary()
+    s.add(phase(0, 0))
+    s.add(done(0, 0, 0, [0, 1], arrival_tokens=(1, 7)))
+    assert s.result().itl_ms.mean == 1 / 7 * 1e-3
