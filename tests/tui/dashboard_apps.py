@@ -1,5 +1,6 @@
 """The dashboard apps the TUI tests drive, from one factory each (pilot and snapshot tests
-share them): a live run on the fake backend, and the committed sample record replayed."""
+share them): a live run on the fake backend, and the committed sample record replayed, with
+or without deterministic GPU samples mixed in (the sample was recorded on a GPU-less machine)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from soaktop.engine.backends.fake import FakeBackend
 from soaktop.engine.config import RunConfig
+from soaktop.engine.events import GpuSample, TelemetryStatus
 from soaktop.engine.records.format import RecordReader
 from soaktop.engine.session import Session
 from soaktop.tui.app import SoaktopApp
@@ -34,10 +36,38 @@ def sample_events() -> list:
     return list(RecordReader(SAMPLE).events())
 
 
-def replay_app(at_s: float | None = 6.0, kind: str = "replay") -> SoaktopApp:
+def gpu_samples(count: int, seconds: int = 8, hz: int = 4) -> list[GpuSample]:
+    """``count`` GPUs warming over ``seconds``, as a function of time and index only: GPU 3
+    (when there is one) comes near its slowdown threshold and throttles thermally from 4 s on,
+    its clock falling; every other odd GPU is held at its power cap now and then."""
+    samples = []
+    for k in range(seconds * hz):
+        t_ns = 10_000_000 + k * 10**9 // hz
+        second = t_ns / 1e9
+        for i in range(count):
+            hot = i == 3 and second >= 4
+            reasons = (("sw_thermal",) if hot else ("sw_power_cap",) if i % 2 and k % 5 == 0
+                       else ())
+            samples.append(GpuSample(
+                t_ns, i, temperature_c=55.0 + 2 * i + 2.5 * second + (6 if hot else 0),
+                slowdown_temperature_c=87.0, sm_clock_mhz=1980.0 - (380.0 if hot else 15 * i),
+                sm_clock_max_mhz=1980.0, power_w=300.0 + 40 * i + 10 * (k % 3),
+                power_limit_w=700.0, memory_used_bytes=(40 + i) * 2**30,
+                memory_total_bytes=80 * 2**30, clock_event_reasons=reasons))
+    return samples
+
+
+def replay_app(at_s: float | None = 6.0, kind: str = "replay", gpus: int = 0) -> SoaktopApp:
     """The sample record, paused at ``at_s``: nothing moves, so a snapshot is the same every
-    time. ``kind="live"`` shows it on the live screen's layout (no session behind it)."""
-    feed = ReplayFeed(sample_events(), speed=1.0, path=Path("sessions/sample.jsonl"))
+    time. ``kind="live"`` shows it on the live screen's layout (no session behind it). With
+    ``gpus``, that many GPUs' samples (:func:`gpu_samples`) are mixed in, and the record's
+    "no NVIDIA GPU" status left out."""
+    events = sample_events()
+    if gpus:
+        events = [e for e in events if not (isinstance(e, TelemetryStatus) and e.source == "nvml")]
+        events = sorted(events[1:] + gpu_samples(gpus), key=lambda e: e.t_ns)  # stable sort
+        events.insert(0, sample_events()[0])  # the header first
+    feed = ReplayFeed(events, speed=1.0, path=Path("sessions/sample.jsonl"))
     if kind == "live":
         feed.kind = "live"
         feed.session = None

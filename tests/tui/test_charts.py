@@ -131,3 +131,14 @@ def test_a_row_splits_into_the_body_and_the_newest_column():
     assert split_runs(runs, 4) == ([("ab", "line0"), ("  ", "")], [("c", "band0")])
     assert split_runs(runs, 3) == ([("ab", "line0"), (" ", "")], [(" ", ""), ("c", "band0")])
     assert split_runs(runs, 0) == ([], runs)
+
+
+def test_every_strip_code_names_a_reason_the_decoder_gives():
+    """A misspelt reason in the strip's table would never show its letter."""
+    from soaktop.engine.telemetry.reasons import decode
+    from soaktop.tui.widgets.draw import STRIP_CODES, throttle_strip
+
+    known = set(decode(0xFFFFFFFF))
+    assert {name for name, _ in STRIP_CODES} <= known
+    assert throttle_strip([("display_clocks",), ("sw_thermal", "sw_power_cap"), (), None]) \
+        == "DT. "

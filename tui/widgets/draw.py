@@ -18,7 +18,7 @@ GAP = " "
 #: Clock-event reasons drawn on the throttle strip, the most severe first: one letter each.
 STRIP_CODES = (
     ("hw_thermal", "T"), ("sw_thermal", "T"), ("hw_power_brake", "B"), ("hw_slowdown", "S"),
-    ("sw_power_cap", "P"), ("sync_boost", "Y"), ("display_clock", "D"),
+    ("sw_power_cap", "P"), ("sync_boost", "Y"), ("display_clocks", "D"),
 )
 STRIP_LEGEND = "T thermal  B power brake  S HW slowdown  P power cap  . none"
 

@@ -1,69 +1,103 @@
-"""Per GPU: temperature and its margin to slowdown, SM clock against its maximum, power
-against its limit, memory, and a throttle strip marking when each clock-event reason was
-active; then the host. A GPU that cannot be read says why, never shows zeros."""
+"""The GPUs and the host, below the charts. The drawing is :mod:`.gpu_draw`'s; this widget
+keeps the last drawing, repaints only when it changed (over SSH a repaint costs bytes), and
+asks its row for the height the GPUs need: 8 GPUs and the host line must fit at 100x30, where
+the row's default (30% of the screen) would cut GPUs off. The charts give up those rows.
+
+Line API: one ``Strip`` a row, one ``Segment`` per run of one kind, styles from component
+classes whose colours are theme variables."""
 
 from __future__ import annotations
 
-from textual.content import Content
+from rich.segment import Segment
+from textual.strip import Strip
 from textual.widget import Widget
 
 from soaktop.engine.metrics.history import Window
 from soaktop.engine.telemetry.live import TelemetrySnapshot
-from soaktop.engine.telemetry.reasons import THROTTLING
 from soaktop.tui.telemetry_text import describe_status
-from soaktop.tui.text import gpu_label
-from soaktop.tui.widgets.draw import STRIP_LEGEND, fmt, throttle_strip
+from soaktop.tui.widgets.draw import fmt
+from soaktop.tui.widgets.gpu_draw import Row, gpu_order, panel_rows, rows_wanted
+
+#: Rows the charts above keep whatever the GPUs ask: four charts of a title and a row, the axis.
+CHARTS_MIN = 9
+KINDS = ("title", "hot", "muted", "throttle", "temp", "temp-band", "limit", "limit-band",
+         "clock", "clock-band", "power", "power-band", "memory", "memory-band")
+
+
+def host_row(telemetry: TelemetrySnapshot) -> Row | None:
+    """The host's figures, each kept whole or left out where the row is narrow."""
+    h = telemetry.host
+    if h is None:
+        return None
+    row = [(f"host CPU {fmt(h.cpu_percent)}%", ""),
+           (f"soaktop {fmt(h.soaktop_cpu_percent)}% of a core", ""),
+           (f"RSS {fmt((h.soaktop_rss_bytes or 0) / 2**20)} MiB", "")]
+    if h.watched_pid is not None:
+        row.append((f"pid {h.watched_pid} {fmt(h.watched_cpu_percent)}%", ""))
+    return row
 
 
 class GpuPanel(Widget):
+    COMPONENT_CLASSES = {f"gpu--{kind}" for kind in KINDS}
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.telemetry = TelemetrySnapshot()
         self.window: Window | None = None
+        self.rows: list[Row] = []
+        self._wanted: tuple = ()
+        self._wanted_set: int | None = None  # the height set on the row, None: the stylesheet's
 
     def show(self, telemetry: TelemetrySnapshot, window: Window) -> None:
         self.telemetry, self.window = telemetry, window
-        content = self._draw()
-        if str(content) != str(getattr(self, "_content", None)):
-            self._content = content
+        self._ask_height()
+        self._draw()
+
+    def on_resize(self) -> None:
+        self._draw()
+
+    def _tail(self) -> list[str | Row]:
+        tail: list[str | Row] = [describe_status(s) for s in self.telemetry.unavailable]
+        host = host_row(self.telemetry)
+        return tail + ([host] if host else [])
+
+    def _ask_height(self) -> None:
+        """The row's height: its default share of the screen, or what the GPUs need, up to
+        what the charts can give (they keep :data:`CHARTS_MIN` rows)."""
+        row, screen = self.parent, self.screen
+        if not isinstance(row, Widget) or row.id != "below":
+            return
+        wanted = rows_wanted(len(self.telemetry.gpus), len(self._tail())) + 1  # + border
+        if (wanted, screen.size) == self._wanted:
+            return  # asked already, at this size of the terminal
+        self._wanted = (wanted, screen.size)
+        others = sum(w.outer_size.height for w in screen.children
+                     if w is not row and w.id != "curves" and w.display)
+        cap = screen.size.height - others - CHARTS_MIN
+        default = int(screen.size.height * 0.3)  # the stylesheet's 30%
+        height = None if wanted <= default else max(5, default, min(wanted, cap))
+        if height != self._wanted_set:
+            row.styles.height = height  # None: the stylesheet's again
+            self._wanted_set = height
+            # the charts were drawn for their old height in this frame: draw the frame again
+            # once the layout has settled, not a frame later
+            again = getattr(screen, "refresh_frame", None)
+            if again is not None:
+                self.call_after_refresh(again)
+
+    def _draw(self) -> None:
+        width, height = self.size.width - 1, self.size.height  # a blank first column
+        gpus = [(k, self.telemetry.gpus[k].latest) for k in gpu_order(list(self.telemetry.gpus))]
+        rows = panel_rows(gpus, self.window, width, height, self._tail())
+        if rows != self.rows:
+            self.rows = rows
             self.refresh()
 
-    def render(self) -> Content:
-        return getattr(self, "_content", None) or self._draw()
-
-    def _draw(self) -> Content:
-        t, width = self.telemetry, max(10, self.size.width - 10)
-        lines: list[Content] = []
-        for key, now in t.gpus.items():
-            s = now.latest
-            margin = (None if s.slowdown_temperature_c is None or s.temperature_c is None
-                      else s.slowdown_temperature_c - s.temperature_c)
-            hot = margin is not None and margin < 5
-            memory = (f" mem {fmt((s.memory_used_bytes or 0) / 2**30, 1)}/"
-                      f"{fmt((s.memory_total_bytes or 0) / 2**30, 0)} GiB"
-                      if s.memory_total_bytes else "")
-            throttled = [r for r in (s.clock_event_reasons or ()) if r in THROTTLING]
-            lines.append(Content.assemble(
-                (f" {gpu_label(key)} ", "bold"),
-                (f"{fmt(s.temperature_c)}C", "$error bold" if hot else ""),
-                f" (margin {fmt(margin)})  SM {fmt(s.sm_clock_mhz)}/{fmt(s.sm_clock_max_mhz)}"
-                f" MHz  {fmt(s.power_w)}/{fmt(s.power_limit_w)} W{memory}",
-                ("  throttled: " + ",".join(throttled), "$warning") if throttled else "",
-            ))
-            reasons = self.window.reasons.get(key, []) if self.window else []
-            strip = throttle_strip(reasons[-width:])
-            lines.append(Content.assemble(" throttle ", (strip, "$warning")))
-        if t.gpus:
-            lines.append(Content.assemble((f" {STRIP_LEGEND}", "$text-muted")))
-        for status in t.unavailable:
-            lines.append(Content.assemble((f" {describe_status(status)}", "$text-muted")))
-        if t.host is not None:
-            h = t.host
-            lines.append(Content(
-                f" host CPU {fmt(h.cpu_percent)}%  soaktop {fmt(h.soaktop_cpu_percent)}% of a "
-                f"core, RSS {fmt((h.soaktop_rss_bytes or 0) / 2**20)} MiB"
-                + (f"  pid {h.watched_pid} {fmt(h.watched_cpu_percent)}%"
-                   if h.watched_pid is not None else "")))
-        if not lines:
-            lines.append(Content(" no telemetry yet"))
-        return Content("\n").join(lines)
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        if y >= len(self.rows):
+            return Strip.blank(width)
+        segments = [Segment(" ")] + [
+            Segment(text, self.get_component_rich_style(f"gpu--{kind}") if kind else None)
+            for text, kind in self.rows[y]]
+        return Strip(segments).crop_extend(0, width, None)

@@ -1,0 +1,209 @@
+"""The GPU panel: its drawing without an app (which layout, what each row holds, that nothing
+is wider than asked or cut mid-word), then on the live screen (8 GPUs and the host at 100x30,
+the curves under the charts' columns)."""
+
+import numpy as np
+import pytest
+
+from soaktop.engine.events import GpuSample
+from soaktop.engine.metrics.history import GPU_SERIES, SERIES, Window
+from soaktop.tui.widgets.gpu_draw import (
+    GUTTER,
+    curves_for,
+    fields,
+    fit_row,
+    gpu_order,
+    panel_rows,
+    strip_row,
+    table_rows,
+    width_of,
+    words,
+)
+from soaktop.tui.widgets.gpu_panel import GpuPanel
+from soaktop.tui.widgets.series import AxisRow, ChartPanel
+from tests.tui.dashboard_apps import replay_app
+
+NAN = float("nan")
+
+
+def sample(i: int, temp: float = 60.0, clock: float = 1980.0, power: float = 300.0,
+           reasons: tuple[str, ...] = ()) -> GpuSample:
+    return GpuSample(0, i, temperature_c=temp + i, slowdown_temperature_c=87.0,
+                     sm_clock_mhz=clock - 10 * i, sm_clock_max_mhz=1980.0, power_w=power,
+                     power_limit_w=700.0, memory_used_bytes=40 * 2**30,
+                     memory_total_bytes=80 * 2**30, clock_event_reasons=reasons)
+
+
+def window(keys, width: int = 20, step_s: int = 1, band: bool = False,
+           reasons=None) -> Window:
+    """A window over ``width`` columns: temperatures rising 60 -> 79 C under an 87 C threshold,
+    the clock falling in its last quarter; ``band`` gives each column a min-max of +-5."""
+    t = np.linspace(60.0, 79.0, width)
+    per = {"temperature_c": t, "margin_c": 87.0 - t, "power_w": np.full(width, 300.0),
+           "power_ratio": np.full(width, 300 / 700), "memory_ratio": np.full(width, 0.5),
+           "sm_clock_ratio": np.where(np.arange(width) >= width * 3 // 4, 0.8, 1.0)}
+    assert set(per) == set(GPU_SERIES)
+    spread = 5.0 if band else 0.0
+    empty = {name: np.full(width, NAN) for name in SERIES}
+    return Window(0, width * step_s - 1, step_s, empty, empty, empty,
+                  gpus={k: per for k in keys},
+                  gpus_low={k: {n: v - spread for n, v in per.items()} for k in keys},
+                  gpus_high={k: {n: v + spread for n, v in per.items()} for k in keys},
+                  reasons={k: reasons or [()] * width for k in keys}, phases=[], marks=[])
+
+
+def text(row) -> str:
+    return "".join(t for t, _ in row)
+
+
+def test_gpus_are_ordered_by_index_as_a_number_and_by_host():
+    assert gpu_order(["10", "2", "1", "node/3", "0"]) == ["0", "1", "2", "10", "node/3"]
+
+
+def test_figures_that_do_not_fit_are_left_out_whole_and_text_is_cut_at_a_word():
+    row = fields([("host CPU 53%", ""), ("soaktop 104%", ""), ("RSS 376 MiB", "")], 28)
+    assert text(row) == "host CPU 53%  soaktop 104%"
+    assert text(words("nvml: unavailable: no NVIDIA GPU found", 25)) == "nvml: unavailable: no…"
+
+
+def test_a_row_too_wide_loses_throttle_cells_first_then_whole_figures():
+    row = [("GPU0 ", "title"), ("12,345W", ""), ("..P", "muted"), ("T", "throttle")]
+    assert fit_row(row, 14) == [("GPU0 ", "title"), ("12,345W", ""), ("..", "muted")]
+    assert fit_row(row, 10) == [("GPU0 ", "title")]
+
+
+def test_one_gpu_s_curves_show_the_threshold_the_clock_dip_and_the_strip():
+    reasons = [()] * 18 + [("sw_power_cap",), ("sw_thermal", "sw_power_cap")]
+    w = window(["0"], reasons=reasons)
+    rows = curves_for("0", sample(0, temp=79.0), w, GUTTER + 20, 5)
+    assert [text(r)[:GUTTER].rstrip() for r in rows] == [
+        "GPU0 79C-8", "SM 1980/1980", "300/700 W", "mem 40/80G", "throttle"]
+    assert all(width_of(r) == GUTTER + 20 for r in rows)
+    # one row, four dot levels: the 87 C threshold is the top dots of every cell (in the
+    # temperature's colour: a cell has one), the temperature under it
+    assert all(ord(c) - 0x2800 & 0x09 == 0x09 for c in text(rows[0])[GUTTER:])
+    clock = text(rows[1])[GUTTER:]
+    assert len(set(clock[:15])) == 1 and clock[15] != clock[0]  # the dip in the last quarter
+    assert text(rows[4])[GUTTER:] == "." * 18 + "PT"  # the worst reason, column by column
+
+
+def test_a_coarse_column_draws_a_band_around_its_mean_as_the_charts_do():
+    rows = curves_for("0", sample(0), window(["0"], step_s=10, band=True), GUTTER + 20, 9)
+    kinds = {k for r in rows for _, k in r}
+    assert {"temp", "temp-band", "clock", "power-band"} <= kinds
+
+
+def test_extra_height_makes_the_curves_taller_temperature_first():
+    rows = curves_for("0", sample(0), window(["0"]), GUTTER + 20, 7)
+    assert [text(r)[:GUTTER].rstrip() for r in rows] == [
+        "GPU0 60C-27", "", "SM 1980/1980", "", "300/700 W", "mem 40/80G", "throttle"]
+    # two rows: the threshold is on the top row in its own colour where the temperature is
+    # not, and the cooler past is on the row below
+    assert [k for _, k in rows[0]][-2:] == ["limit", "temp"]
+    assert "limit" not in {k for _, k in rows[1]} and "temp" in {k for _, k in rows[1]}
+
+
+def test_the_strip_keeps_the_newest_column_on_the_right():
+    w = window(["0"], width=4, reasons=[None, (), ("hw_slowdown",), ("sw_thermal",)])
+    assert text(strip_row(w, "0", 6)) == "   .ST"
+    assert text(strip_row(w, "0", 2)) == "ST"
+
+
+def test_eight_gpus_are_a_table_with_an_aggregate_row_and_sixteen_are_summed_up():
+    keys = [str(i) for i in range(16)]
+    items = [(k, sample(int(k))) for k in keys]
+    w = window(keys[:8])
+    w.reasons["3"] = [()] * 19 + [("sw_thermal",)]  # GPU3 throttled thermally in the newest
+    rows = table_rows(items[:8], w, 49, 9)
+    assert len(rows) == 9
+    assert text(rows[0]) == "8 GPUs: hottest 67C · min 1910 MHz · 2,400 W"
+    assert [text(r).split()[0] for r in rows[1:]] == [f"GPU{i}" for i in range(8)]
+    assert text(rows[4]).endswith(".T") and text(rows[3]).endswith("..")
+    rows = table_rows(items, window(keys), 49, 10)
+    assert text(rows[-1]) == "+8 GPUs: hottest 75C · min 1830 MHz · 2,400 W"  # GPUs 8-15
+    assert [text(r).split()[0] for r in rows[1:-1]] == [f"GPU{i}" for i in range(8)]
+
+
+def test_a_remote_host_s_name_gives_way_to_the_index_where_the_row_is_narrow():
+    keys = [f"gpu-node-07/{i}" for i in range(4)]
+    items = [(k, sample(i)) for i, k in enumerate(keys)]
+    wide = table_rows(items, window(keys), 80, 5)
+    narrow = table_rows(items, window(keys), 39, 5)
+    assert [text(r)[:16] for r in wide[1:]] == [f"gpu-node-07 GPU{i}" for i in range(4)]
+    assert [text(r).split()[0] for r in narrow[1:]] == [f"GPU{i}" for i in range(4)]
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 8, 16])
+def test_no_row_is_wider_than_the_panel_and_the_host_line_is_always_there(count):
+    keys = [str(i) for i in range(count)]
+    items = [(k, sample(int(k))) for k in keys]
+    host = [("host CPU 53%", ""), ("soaktop 104% of a core", ""), ("RSS 376 MiB", "")]
+    whole_host = {"host CPU 53%", "host CPU 53%  soaktop 104% of a core",
+                  "host CPU 53%  soaktop 104% of a core  RSS 376 MiB"}
+    status = "nvml: unavailable: no NVIDIA GPU found"
+    for width in range(12, 121, 6):  # the panel is half the screen: 39 columns at 80
+        for height in range(1, 24, 2):
+            rows = panel_rows(items, window(keys), width, height, [status, host])
+            assert len(rows) <= height
+            assert all(width_of(r) <= width for r in rows), (width, height)
+            assert text(rows[-1]) in whole_host  # the host last, each figure whole
+            lines = [text(r) for r in rows]
+            first = next((i for i, line in enumerate(lines) if line.startswith("nvml")), None)
+            if first is not None:  # wrapped and cut after whole words, or whole
+                shown = " ".join(lines[first:-1])
+                assert shown == status or status.startswith(shown.removesuffix("…").rstrip() + " ")
+
+
+def test_a_long_status_is_wrapped_at_words_where_rows_are_left_over():
+    status = "nvml: unavailable: no NVIDIA GPU found: no NVIDIA driver (libnvidia-ml.so.1)"
+    host = [("host CPU 53%", "")]
+    rows = [text(r) for r in panel_rows([], None, 30, 6, [status, host])]
+    assert rows == ["nvml: unavailable: no NVIDIA", "GPU found: no NVIDIA driver",
+                    "(libnvidia-ml.so.1)", "host CPU 53%"]
+    rows = [text(r) for r in panel_rows([], None, 30, 3, [status, host])]
+    assert rows == ["nvml: unavailable: no NVIDIA", "GPU found: no NVIDIA driver…",
+                    "host CPU 53%"]
+
+
+def test_two_gpus_get_curves_when_they_fit_and_the_table_when_not():
+    keys = ["0", "1"]
+    items = [(k, sample(int(k))) for k in keys]
+    curves = panel_rows(items, window(keys), 40, 11, [])
+    assert [text(r)[:4] for r in curves[::5]] == ["GPU0", "GPU1", "T th"]
+    table = panel_rows(items, window(keys), 40, 6, [])
+    assert text(table[0]).startswith("2 GPUs: hottest 61C")
+
+
+@pytest.mark.parametrize(("gpus", "size"), [(8, (100, 30)), (16, (160, 45))])
+async def test_every_gpu_and_the_host_line_appear_8_at_100x30_and_16_at_160x45(gpus, size):
+    app = replay_app(kind="live", gpus=gpus)
+    async with app.run_test(size=size) as pilot:
+        await pilot.press("Z")
+        await pilot.pause(0.3)
+        panel = app.screen.query_one(GpuPanel)
+        shown = [text(r) for r in panel.rows]
+        assert [line.split()[0] for line in shown if line.startswith("GPU")] == [
+            f"GPU{i}" for i in range(gpus)]
+        assert not any(line.startswith("+") for line in shown)  # none summed up
+        assert shown[-1].startswith("host CPU")
+        assert panel.size.height >= len(shown)  # every row drawn is on the screen
+        assert all(c.size.height >= 2 for c in app.screen.query(ChartPanel))
+
+
+async def test_one_gpu_s_curves_end_under_the_charts_newest_column():
+    app = replay_app(kind="live", gpus=1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("Z")
+        await pilot.pause(0.3)
+        panel = app.screen.query_one(GpuPanel)
+        chart = app.screen.query_one(ChartPanel)
+        assert text(panel.rows[0]).startswith("GPU0")
+        assert len(panel.rows) >= 6
+        # the same column of the screen is the newest bucket in both
+        assert panel.region.right == chart.region.right
+        assert all(width_of(r) == panel.size.width - 1 for r in panel.rows[:5])
+        await pilot.press("z", "z", "z")  # out to the whole run: the curves follow
+        await pilot.pause(0.3)
+        assert panel.window is not None and panel.window.start_s == 0
+        scale = app.screen.query_one(AxisRow).scale  # "run 8s · 1s/col": the charts' window
+        assert scale.startswith("run ") and scale.endswith(f" {panel.window.step_s}s/col")

@@ -1,0 +1,373 @@
+"""Pure drawing of the GPU panel: telemetry and the charts' history window in, rows of
+(text, kind) runs out, each row at most as wide as asked. No Textual here, so the layout is
+tested without an app; :mod:`.gpu_panel` maps each kind to a theme style.
+
+Two layouts, picked by what fits:
+
+- **curves** (one or two GPUs, when the height allows): per GPU a temperature chart with the
+  slowdown threshold drawn as a second line (the gap between them is the margin), the SM clock
+  against its maximum (the top row is the maximum), power against its limit, memory against
+  its size, and the throttle strip. Their columns are the last columns of the charts' window,
+  newest on the right: the panel ends at the screen's right edge as the charts do, so each
+  column sits under the same bucket of the charts above (zoom and whole run included). A coarse
+  column is drawn as band + mean by :func:`.plot.plot`, as in the charts.
+- **table** (more GPUs, or too little height): an aggregate row, then one row per GPU with
+  temperature and clock mini-charts of a few cells, power, memory and throttle cells. What does
+  not fit is summed up in one row (``+5 GPUs: hottest 81C``), never cut off mid-word.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from soaktop.engine.events import GpuSample
+from soaktop.engine.metrics.history import Window
+from soaktop.tui.text import gpu_label
+from soaktop.tui.widgets.draw import STRIP_LEGEND, fmt, throttle_strip
+from soaktop.tui.widgets.plot import Layer, plot
+
+Run = tuple[str, str]  # (text, kind); kind "" is plain text
+Row = list[Run]
+#: Left of each curve: the figures now (``GPU0 64C-23``, ``SM 1755/1980``, ...).
+GUTTER = 14
+#: Rows per GPU in the curves layout at the least: temperature, clock, power, memory, strip.
+CURVE_ROWS = 5
+SHORT_LEGEND = "T thermal B brake S slowdown P cap"
+HOT_MARGIN_C = 5
+#: Cells of a table row's figures: " 64C ", "  1755 ", " 310W  51% ".
+ROW_FIGURES = 5 + 7 + 12  # a margin to slowdown under this is shown as an alarm
+
+
+def gpu_order(keys: Sequence[str]) -> list[str]:
+    """Keys by host, then GPU index as a number (GPU10 after GPU9, not after GPU1)."""
+    def key(k: str) -> tuple[str, int, str]:
+        host, _, index = k.rpartition("/")
+        return (host, int(index), "") if index.isdigit() else (host, 1 << 30, index)
+    return sorted(keys, key=key)
+
+
+def short_label(key: str) -> str:
+    """``GPU3``, without the host: where ``node7 GPU3`` leaves no room for the figures."""
+    return f"GPU{key.rpartition('/')[2]}"
+
+
+def margin_of(s: GpuSample) -> float | None:
+    if s.slowdown_temperature_c is None or s.temperature_c is None:
+        return None
+    return s.slowdown_temperature_c - s.temperature_c
+
+
+def mhz(value: float | None) -> str:
+    """A clock without a thousands comma (``1980``): the gutter has 14 cells for two."""
+    return "n/a" if value is None else f"{value:.0f}"
+
+
+def width_of(row: Row) -> int:
+    return sum(len(text) for text, _ in row)
+
+
+def fields(parts: Sequence[Run], width: int, sep: str = "  ", first_sep: str | None = None
+           ) -> Row:
+    """``parts`` joined by ``sep`` (``first_sep`` after the first), keeping only the whole
+    parts that fit in ``width``: a figure is dropped, never cut in the middle."""
+    row: Row = []
+    used = 0
+    for text, kind in parts:
+        gap = "" if not row else first_sep if first_sep is not None and len(row) == 1 else sep
+        if used + len(gap) + len(text) > width:
+            break
+        if gap:
+            row.append((gap, ""))
+        row.append((text, kind))
+        used += len(gap) + len(text)
+    return row
+
+
+def _last(values: np.ndarray | None, n: int) -> np.ndarray:
+    """The newest ``n`` columns, NaN-padded on the left."""
+    if values is None:
+        return np.full(n, np.nan)
+    values = np.asarray(values, dtype=np.float64)[-n:] if n else np.zeros(0)
+    return np.concatenate([np.full(n - values.size, np.nan), values])
+
+
+def _kinds(rows: list[Row], names: Sequence[str]) -> list[Row]:
+    """plot's kinds (``line0``, ``band0``, ``line1``) renamed for the panel's styles."""
+    table = {}
+    for i, name in enumerate(names):
+        table[f"line{i}"], table[f"band{i}"] = name, f"{name}-band"
+    return [[(text, table.get(kind, kind)) for text, kind in row] for row in rows]
+
+
+def curve(window: Window | None, key: str, series: str, n: int, height: int,
+          lo: float, hi: float, kind: str, extra: np.ndarray | None = None,
+          extra_kind: str = "limit") -> list[Row]:
+    """``height`` rows of one GPU series over the newest ``n`` columns of ``window``."""
+    if n <= 0:
+        return [[] for _ in range(height)]
+    g = window.gpus.get(key, {}) if window else {}
+    low = window.gpus_low.get(key, {}) if window else {}
+    high = window.gpus_high.get(key, {}) if window else {}
+    layers = [Layer(_last(g.get(series), n), _last(low.get(series), n),
+                    _last(high.get(series), n))]
+    names = [kind]
+    if extra is not None:
+        layers.append(Layer(_last(extra, n)))
+        names.append(extra_kind)
+    return _kinds(plot(layers, height, lo, hi), names)
+
+
+def temperature_range(temps: np.ndarray, limits: np.ndarray) -> tuple[float, float]:
+    """From 10 C under the coolest reading (a multiple of 10) up to the slowdown threshold or
+    the hottest reading, whichever is higher (a multiple of 5): the threshold is the top line,
+    so the margin reads as the gap under it. Changes only when the data leaves it."""
+    finite = np.concatenate([temps[np.isfinite(temps)], limits[np.isfinite(limits)]])
+    if not finite.size:
+        return 0.0, 100.0
+    t = temps[np.isfinite(temps)]
+    lo = math.floor(((float(t.min()) if t.size else float(finite.min())) - 5) / 10) * 10
+    hi = math.ceil(float(finite.max()) / 5) * 5
+    return float(max(0, lo)), float(max(hi, lo + 10))
+
+
+def clock_range(ratios: np.ndarray) -> tuple[float, float]:
+    """The SM clock as a fraction of its maximum: the top is the maximum; the bottom 50%, or
+    lower in steps of 10% when the clock fell further (a dip fills the height, noise does not)."""
+    finite = ratios[np.isfinite(ratios)]
+    low = float(finite.min()) if finite.size else 1.0
+    return min(0.5, math.floor(low * 10) / 10), 1.0
+
+
+def strip_row(window: Window | None, key: str, n: int) -> Row:
+    """The throttle strip over the newest ``n`` columns: one cell a column, the worst reason
+    in its bucket; a throttling letter warns, ``.`` (none) and gaps are muted."""
+    reasons = list(window.reasons.get(key, [])) if window else []
+    reasons = [None] * max(0, n - len(reasons)) + reasons[-n:] if n else []
+    text = throttle_strip(reasons)
+    row: Row = []
+    for ch in text:
+        kind = "muted" if ch in ". " else "throttle"
+        if row and row[-1][1] == kind:
+            row[-1] = (row[-1][0] + ch, kind)
+        else:
+            row.append((ch, kind))
+    return row
+
+
+def _pad(row: Row, width: int) -> Row:
+    used = width_of(row)
+    return row + [(" " * (width - used), "")] if used < width else row
+
+
+def curves_for(key: str, s: GpuSample, window: Window | None, width: int,
+               height: int) -> list[Row]:
+    """One GPU's curves in ``height`` rows (at least :data:`CURVE_ROWS`): the extra rows go to
+    temperature and clock first, then power and memory."""
+    n = max(0, width - GUTTER)
+    extra = max(0, height - CURVE_ROWS)
+    heights = [1, 1, 1, 1]
+    for i in range(extra):
+        heights[i % 4] += 1
+    g = window.gpus.get(key, {}) if window else {}
+    temps = _last(g.get("temperature_c"), n)
+    margins = _last(g.get("margin_c"), n)
+    limits = temps + margins
+    t_lo, t_hi = temperature_range(
+        np.concatenate([temps, _last((window.gpus_low.get(key, {}) if window else {})
+                                     .get("temperature_c"), n)]), limits)
+    c_lo, c_hi = clock_range(_last(g.get("sm_clock_ratio"), n))
+    margin = margin_of(s)
+    hot = margin is not None and margin < HOT_MARGIN_C
+    memory = ("mem " + fmt((s.memory_used_bytes or 0) / 2**30) + "/"
+              + fmt(s.memory_total_bytes / 2**30) + "G" if s.memory_total_bytes else "mem n/a")
+    labels = [
+        [(gpu_label(key) if len(gpu_label(key)) <= 5 else short_label(key), "title"), (" ", ""),
+         (f"{fmt(s.temperature_c)}C" + (f"-{fmt(margin)}" if margin is not None else ""),
+          "hot" if hot else "")],
+        [(f"SM {mhz(s.sm_clock_mhz)}/{mhz(s.sm_clock_max_mhz)}", "")],
+        [(f"{fmt(s.power_w)}/{fmt(s.power_limit_w)} W", "")],
+        [(memory, "")],
+    ]
+    charts = [
+        curve(window, key, "temperature_c", n, heights[0], t_lo, t_hi, "temp", limits),
+        curve(window, key, "sm_clock_ratio", n, heights[1], c_lo, c_hi, "clock"),
+        curve(window, key, "power_ratio", n, heights[2], 0.0, 1.0, "power"),
+        curve(window, key, "memory_ratio", n, heights[3], 0.0, 1.0, "memory"),
+    ]
+    rows: list[Row] = []
+    for label, chart in zip(labels, charts, strict=True):
+        for i, chart_row in enumerate(chart):
+            text = label if i == 0 and width_of(label) < GUTTER else []
+            rows.append(_pad(text, min(GUTTER, width)) + chart_row)
+    rows.append(_pad([("throttle", "muted")], min(GUTTER, width)) + strip_row(window, key, n))
+    return rows
+
+
+def _aggregate(items: list[tuple[str, GpuSample]], width: int, head: str) -> Row:
+    """``head``, then the hottest, the lowest SM clock and the total power of ``items``; the
+    GPUs' names are left out where the row is too narrow for them, then whole figures."""
+    temps = [(s.temperature_c, k) for k, s in items if s.temperature_c is not None]
+    clocks = [(s.sm_clock_mhz, k) for k, s in items if s.sm_clock_mhz is not None]
+    powers = [s.power_w for _, s in items if s.power_w is not None]
+    best: Row = []
+    for style in ("named", "plain", "short"):
+        parts: list[Run] = [(head, "title")]
+        if temps:
+            t, k = max(temps)
+            parts.append((f"hottest {fmt(t)}C" + (f" {gpu_label(k)}" if style == "named"
+                                                  else ""), ""))
+        if clocks:
+            c, k = min(clocks)
+            word = "min" if style == "short" else "lowest"
+            parts.append((f"{word} {mhz(c)} MHz" + (f" {gpu_label(k)}" if style == "named"
+                                                   else ""), ""))
+        if powers:
+            total = f"{fmt(sum(powers))} W"
+            parts.append((total if style == "short" else f"total {total}", ""))
+        row = fields(parts, width, sep=" · ", first_sep=": ")
+        if len(row) == 2 * len(parts) - 1:
+            return row  # every figure fits
+        best = best if len(best) >= len(row) else row
+    return best
+
+
+def table_row(key: str, s: GpuSample, window: Window | None, width: int, label_w: int,
+              cells: int) -> Row:
+    """One GPU in one row: id, temperature and a mini-chart, SM clock and a mini-chart, power,
+    memory, then throttle cells for the rest of the width."""
+    g = window.gpus.get(key, {}) if window else {}
+    temps = _last(g.get("temperature_c"), cells)
+    limits = temps + _last(g.get("margin_c"), cells)
+    t_lo, t_hi = temperature_range(temps, limits)
+    c_lo, c_hi = clock_range(_last(g.get("sm_clock_ratio"), cells))
+    margin = margin_of(s)
+    hot = margin is not None and margin < HOT_MARGIN_C
+    memory = (f"{fmt(100 * (s.memory_used_bytes or 0) / s.memory_total_bytes)}%"
+              if s.memory_total_bytes else "n/a")
+    name = gpu_label(key) if len(gpu_label(key)) <= label_w else short_label(key)
+    row: Row = [(f"{name:<{label_w}} ", "title"),
+                (f"{fmt(s.temperature_c):>3}C ", "hot" if hot else "")]
+    if cells:
+        # one row has four dot levels: the threshold would share the temperature's cells, so
+        # it is the chart's top instead, and the margin the gap under it
+        row += curve(window, key, "temperature_c", cells, 1, t_lo, t_hi, "temp")[0]
+    row += [(f" {mhz(s.sm_clock_mhz):>5} ", "")]
+    if cells:
+        row += curve(window, key, "sm_clock_ratio", cells, 1, c_lo, c_hi, "clock")[0]
+    row += [(f" {fmt(s.power_w):>4}W {memory:>4} ", "")]
+    rest = width - width_of(row)
+    if rest > 0:
+        row += strip_row(window, key, rest)
+    return row
+
+
+def table_rows(items: list[tuple[str, GpuSample]], window: Window | None, width: int,
+               rows: int) -> list[Row]:
+    """At most ``rows`` rows: the aggregate, a row per GPU while they fit, and one row summing
+    up the GPUs left out."""
+    if rows <= 0 or not items:
+        return []
+    label_w = max(len(gpu_label(k)) for k, _ in items)
+    if label_w + 1 + ROW_FIGURES > width:  # a host name leaves no room: the index alone
+        label_w = max(len(short_label(k)) for k, _ in items)
+    fixed = label_w + 1 + ROW_FIGURES
+    cells = max(0, min(12, (width - fixed - 4) // 3))
+    fits = fixed <= width
+    out: list[Row] = [_aggregate(items, width, f"{len(items)} GPUs")]
+    room = rows - 1
+    if fits and room >= len(items) + 1:  # room to say what each column is
+        out.append(fit_row([(f"{'':<{label_w}} {'temp':<{5 + cells}}{'SM MHz':<{7 + cells}}"
+                             " power  mem throttle", "muted")], width))
+        room -= 1
+    shown = items if fits and len(items) <= room else items[: max(0, room - 1)] if fits else []
+    out += [table_row(k, s, window, width, label_w, cells) for k, s in shown]
+    left = items[len(shown):]
+    if left and len(out) < rows:
+        out.append(_aggregate(left, width, f"+{len(left)} GPUs"))
+    return out[:rows]
+
+
+def panel_rows(gpus: list[tuple[str, GpuSample]], window: Window | None, width: int,
+               height: int, tail: Sequence[str | Row]) -> list[Row]:
+    """The whole panel in at most ``height`` rows of at most ``width`` cells: the GPUs (curves
+    for one or two when they fit, else the table), then ``tail`` (unavailable sources, the
+    host): a line of text is cut at a word, a row of figures drops whole figures."""
+    if width <= 0 or height <= 0:
+        return []
+    tail_rows = [words(line, width) if isinstance(line, str) else fields(line, width)
+                 for line in tail][-height:]  # the host (last) is kept the longest
+    room = height - len(tail_rows)
+    gpu_rows: list[Row] = []
+    if gpus and room > 0:
+        legend = room >= len(gpus) * CURVE_ROWS + 1
+        per = (room - legend) // len(gpus)
+        if len(gpus) <= 2 and per >= CURVE_ROWS and width >= GUTTER + 8:
+            for key, s in gpus:
+                gpu_rows += curves_for(key, s, window, width, per)
+            if legend:
+                gpu_rows.append(legend_row(width))
+        else:
+            gpu_rows = table_rows(gpus, window, width, room)
+    elif not gpus and not tail_rows:
+        gpu_rows = [words("no telemetry yet", width, "muted")]
+    spare = height - len(gpu_rows) - len(tail_rows)
+    if spare > 0:  # rows left over: a long status (why a GPU cannot be read) in full
+        wrapped: list[Row] = []
+        for line in tail:
+            if isinstance(line, str):
+                lines = wrap(line, width, 1 + spare)
+                spare -= len(lines) - 1
+                wrapped += lines
+            else:
+                wrapped.append(fields(line, width))
+        tail_rows = wrapped
+    return [fit_row(row, width) for row in gpu_rows + tail_rows][:height]
+
+
+def wrap(line: str, width: int, rows: int) -> list[Row]:
+    """``line`` over at most ``rows`` rows, broken at spaces; the last cut by :func:`words`."""
+    out: list[Row] = []
+    rest = line
+    while len(rest) > width and len(out) < rows - 1:
+        cut = rest.rfind(" ", 0, width + 1)
+        if cut <= 0:
+            break
+        out.append([(rest[:cut], "")])
+        rest = rest[cut + 1:].lstrip()
+    return out + [words(rest, width)]
+
+
+def fit_row(row: Row, width: int) -> Row:
+    """A row no wider than ``width``: whole runs from the right dropped first (a figure wider
+    than planned, such as a five-digit power, pushes out throttle cells, not text)."""
+    while row and width_of(row) > width:
+        text, kind = row[-1]
+        over = width_of(row) - width
+        row = row[:-1] + ([(text[:-over], kind)] if len(text) > over and kind in
+                          ("throttle", "muted", "") and text.strip(".TBSPYD ") == "" else [])
+    return row
+
+
+def legend_row(width: int) -> Row:
+    """What the strip's letters mean, in full or short; nothing where neither fits."""
+    for text in (STRIP_LEGEND, SHORT_LEGEND):
+        if len(text) <= width:
+            return [(text, "muted")]
+    return []
+
+
+def words(line: str, width: int, kind: str = "") -> Row:
+    """``line`` cut at the last space that fits (``…`` marks the cut): never mid-word."""
+    if len(line) <= width:
+        return [(line, kind)]
+    cut = line.rfind(" ", 0, max(0, width - 1))
+    return [(line[:cut].rstrip() + "…", kind)] if cut > 0 else [("…"[:width], kind)]
+
+
+def rows_wanted(count: int, tail: int) -> int:
+    """Rows the table layout needs for ``count`` GPUs and ``tail`` lines: the panel asks for
+    at least this much height, so 8 GPUs and the host line fit at 100x30."""
+    return (count + 1 if count > 2 else count * (CURVE_ROWS + 1)) + tail
