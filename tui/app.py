@@ -35,6 +35,7 @@ Replay:    space   pause / play          left / right   10 s back / on
 Attach:    + / -, p, space as in a live run, over the run's control socket
            s       stop the run (asks first) q   leave the viewer; the run goes on
 Everywhere: z / Z   zoom the time axis out / in: 1 s, 10 s, 1 min a column, the whole run
+           v       at the run's end (whole run and summary shown): summary or panels
            ? this help, ctrl+p the command palette (every action is there too)
 
 Charts: newest on the right (the whole run: from its start); a blank is a column with no
@@ -95,9 +96,11 @@ class SoaktopApp(App):
         if self._quitting or self.error:
             self.exit(self.feed)
             return
-        self._frame()
-        self.notify("The run has ended; q quits." if self.feed.kind == "live"
-                    else "End of the record; q quits.", timeout=10)
+        self._frame()  # the screen stops at the run's end: the whole run and its summary
+        self.notify("The run has ended: the whole run and its summary (v: the panels); "
+                    "q quits." if self.feed.kind != "replay"
+                    else "End of the record: the whole run and its summary; q quits.",
+                    timeout=10)
 
     def _frame(self) -> None:
         if isinstance(self.screen, DashboardScreen):

@@ -66,6 +66,17 @@ class Feed:
     def snapshot(self) -> LiveSnapshot:
         return self.live.snapshot(self.now_ns())
 
+    @property
+    def ended(self) -> bool:
+        """The run is over: its ``session_end`` came. A screen then stops at the run's end and
+        shows the whole run and its summary."""
+        return self.summary.end is not None
+
+    @property
+    def run_length_s(self) -> float | None:
+        """How long the run lasted, once it has ended (the header says it)."""
+        return self.summary.end.t_ns / 1e9 if self.summary.end is not None else None
+
     def tick(self) -> None:
         """Called every frame."""
 
@@ -87,6 +98,10 @@ class LiveFeed(Feed):
         self._recorded_s = 0
 
     def now_ns(self) -> int:
+        """The session's clock, stopped at its end: a screen left open on a finished run must
+        not record (and draw) seconds after it as if the run were idle."""
+        if self.summary.end is not None:
+            return self.summary.end.t_ns
         return self.session.now_ns() if self.session and self.session.started.is_set() else 0
 
     def in_flight(self) -> int:
@@ -144,6 +159,16 @@ class ReplayFeed(Feed):
     @property
     def finished(self) -> bool:
         return self.replay.finished
+
+    @property
+    def ended(self) -> bool:
+        """At the end of the record, with or without a ``session_end`` (a killed writer's
+        record has none); a seek back starts it again."""
+        return self.replay.finished
+
+    @property
+    def run_length_s(self) -> float | None:
+        return self.timeline.end_ns / 1e9 if self.finished else None
 
     def seek(self, t_ns: int) -> None:
         """Jump, and redraw the seconds the curves show (their History points)."""

@@ -19,11 +19,12 @@ from textual.widgets import DataTable, Footer
 
 from soaktop.engine.events import PhaseReason
 from soaktop.tui.feeds import Feed, LiveFeed, ReplayFeed
-from soaktop.tui.widgets.draw import fmt
+from soaktop.tui.widgets.draw import clock, fmt
 from soaktop.tui.widgets.gpu_panel import GpuPanel
 from soaktop.tui.widgets.header_bar import HeaderBar
 from soaktop.tui.widgets.requests_panel import RequestsPanel
 from soaktop.tui.widgets.series import AxisRow, ChartPanel
+from soaktop.tui.widgets.summary_panel import SummaryPanel
 from soaktop.tui.widgets.timeline import Timeline
 
 
@@ -53,6 +54,7 @@ class DashboardScreen(Screen):
     BINDINGS = [
         Binding("z", "zoom(1)", "Zoom out"),
         Binding("Z", "zoom(-1)", "Zoom in", key_display="Z", show=False),
+        Binding("v", "toggle_summary", "Summary/panels"),
     ]
 
     def __init__(self, feed: Feed) -> None:
@@ -61,6 +63,8 @@ class DashboardScreen(Screen):
         # 10 s a column: 15 minutes across 100 columns, and the charts scroll once in 10 s
         # (the newest, filling bucket is a column of its own), which keeps SSH cheap
         self.zoom = ZOOMS.index(10)
+        self._ended = False  # the feed's run was over at the last frame
+        self._zoom_before_end = self.zoom
 
     def compose(self) -> ComposeResult:
         yield HeaderBar()
@@ -102,6 +106,8 @@ class DashboardScreen(Screen):
             return  # not mounted yet: the first frame follows on_mount
         feed = self.feed
         feed.tick()
+        if feed.ended != self._ended:
+            self._run_ended(feed.ended)
         snap = feed.snapshot()
         charts = parts.charts
         width = charts[0].plot_width if charts else 60
@@ -130,7 +136,7 @@ class DashboardScreen(Screen):
             target=str(backend.get("device") or backend.get("url") or "?"),
             concurrency=feed.concurrency(), in_flight=feed.in_flight(),
             rate=phase.rate if phase else None,
-            elapsed_s=feed.now_ns() / 1e9, duration_s=feed.duration_s,
+            elapsed_s=feed.now_ns() / 1e9, duration_s=None if feed.ended else feed.duration_s,
             record=str(feed.record_path) if feed.record_path else None,
             state=self.header_state())
         parts.requests.show(snap, feed.in_flight(), feed.concurrency(), feed.errors,
@@ -139,6 +145,49 @@ class DashboardScreen(Screen):
 
     def paused_load(self) -> bool:
         return False
+
+    def ended_state(self, after: str = "q quits") -> str:
+        """``ENDED after 12:00 (completed) · q quits``: the header of a finished run."""
+        end = self.feed.summary.end
+        reason = f" ({getattr(end.reason, 'value', end.reason)})" if end is not None else ""
+        return f"ENDED after {clock(self.feed.run_length_s)}{reason} · {after}"
+
+    def _run_ended(self, ended: bool) -> None:
+        """The run is over (or, in a replay, a seek went back from its end): the screen stops
+        at the run's end and shows what a soak exists to show, the whole run from its first
+        second, with its summary table in place of the panels below, until ``q``. Going back
+        undoes it, to the zoom of before if the user has not chosen another since."""
+        self._ended = ended
+        below = self.query_one("#below")
+        panels = list(self.query(SummaryPanel))
+        if ended:
+            self._zoom_before_end = self.zoom
+            self.zoom = ZOOMS.index(0)
+            if panels:
+                panels[0].display = True
+            else:
+                self.mount(SummaryPanel(self.feed.summary.result), after=below)
+            below.display = False
+        else:
+            if self.zoom == ZOOMS.index(0):
+                self.zoom = self._zoom_before_end
+            for panel in panels:
+                panel.remove()  # a later end has other numbers: computed again then
+            below.display = True
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """``v`` is offered only once the run has ended: before, there is no summary."""
+        return self._ended if action == "toggle_summary" else True
+
+    def action_toggle_summary(self) -> None:
+        """After the end: the summary table, or the requests and GPU panels it replaced."""
+        panels = list(self.query(SummaryPanel))
+        if not self._ended or not panels:
+            return
+        below = self.query_one("#below")
+        below.display = not below.display
+        panels[0].display = not below.display
 
     def action_zoom(self, step: int) -> None:
         """Coarser (``z``) or finer (``Z``) time axis: 1 s, 10 s, 1 min a column, whole run."""
@@ -178,9 +227,8 @@ class LiveScreen(DashboardScreen):
         return session
 
     def header_state(self) -> str:
-        session = self.feed.session
-        if session is not None and session.ended:
-            return "ENDED (q quits)"
+        if self.feed.ended:
+            return self.ended_state()
         return "PAUSED" if self.paused_load() else self.client_state()
 
     def action_concurrency(self, step: int) -> None:
@@ -251,8 +299,12 @@ class ReplayScreen(DashboardScreen):
     def on_resize(self) -> None:
         # under 30 rows the charts need the table's rows more (it is the summary's, later)
         table = getattr(self, "_phase_table", None)
-        if table is not None:
-            table.display = self.size.height >= 30
+        if table is not None:  # and at the end the summary's table has the phases
+            table.display = self.size.height >= 30 and not self._ended
+
+    def _run_ended(self, ended: bool) -> None:
+        super()._run_ended(ended)
+        self.on_resize()
 
     def header_state(self) -> str:
         if self.feed.finished:
@@ -324,6 +376,11 @@ class AttachScreen(DashboardScreen):
         Binding("space", "mark", "Mark"),
         Binding("s", "stop_run", "Stop the run"),
     ]
+
+    def header_state(self) -> str:
+        if self.feed.ended:
+            return self.ended_state("q leaves")
+        return self.client_state()
 
     def _steer(self, *requests: dict) -> None:
         """Send ``requests`` in order, off the key handler (a reply is a round trip away)."""

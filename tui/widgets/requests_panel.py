@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from textual.content import Content
+from textual.geometry import Region
 from textual.widget import Widget
 
 from soaktop.engine.events import RequestDone
@@ -32,9 +33,19 @@ class RequestsPanel(Widget):
         for done in list(errors)[-3:][::-1]:
             text = f" {done.t_ns / 1e9:7.1f}s {done.error_class}: {done.error_message or ''}"
             lines.append(Content.assemble((text[:width], "$error")))
-        if [str(line) for line in lines] != [str(line) for line in self.lines]:
-            self.lines = lines
+        before = [str(line) for line in self.lines]
+        after = [str(line) for line in lines]
+        if after == before:
+            return
+        self.lines = lines
+        if len(after) != len(before):
             self.refresh()
+            return
+        # only the lines that changed go to the terminal again: the done count changes every
+        # frame, and over SSH a whole panel each frame is most of what the screen writes
+        width = self.size.width
+        self.refresh(*(Region(0, row, width, 1)
+                       for row, (old, new) in enumerate(zip(before, after)) if old != new))
 
     def render(self) -> Content:
         return Content("\n").join(self.lines)
