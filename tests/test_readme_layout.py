@@ -78,7 +78,9 @@ def test_no_issue_numbers_a_reader_cannot_look_up():
     """Upstream references name their project (``encode/httpcore#1035``); ours would not."""
     found = sorted(f"{p.relative_to(ROOT)}:{n + 1}" for p in _sources()
                    for n, line in enumerate(p.read_text().splitlines())
-                   if NUMBERED.search(line) and p.name != "test_readme_layout.py")
+                   if NUMBERED.search(line))
     assert found == []
-    assert NUMBERED.search("as issue 7 says") and NUMBERED.search("see #12")
-    assert not NUMBERED.search("encode/httpcore#1035")
+    # the pattern can fail: the samples are built here, so this file holds no number itself
+    number = 7
+    assert NUMBERED.search(f"as issue {number} says") and NUMBERED.search(f"see #{number}")
+    assert not NUMBERED.search(f"encode/httpcore#{number}")
