@@ -65,12 +65,22 @@ def record_file(target: Path | None, model: str) -> Path | None:
     record."""
     if target is None:
         return None
-    if not target.is_dir() and target.name.endswith(RECORD_SUFFIXES):
+    if names_a_file(target):
         return target
-    if not target.is_dir() and target.suffix:
+    return default_path(target, datetime.now(), socket.gethostname(), model)
+
+
+def names_a_file(target: Path) -> bool:
+    """Whether ``--record`` names the record itself (else a folder to name one in); a name
+    that is neither raises, so the command line can say so before a model loads."""
+    if target.is_dir():
+        return False
+    if target.name.endswith(RECORD_SUFFIXES):
+        return True
+    if target.suffix:
         raise ConfigError(f"--record {target}: a record ends in .jsonl.gz (compressed) or .jsonl "
                           "(plain); give one of those, or a folder")
-    return default_path(target, datetime.now(), socket.gethostname(), model)
+    return False
 
 
 def _without_credentials(source: str) -> str:

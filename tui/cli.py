@@ -25,7 +25,7 @@ from soaktop.engine import __version__, backends
 from soaktop.engine.config import RunConfig, parse_duration, parse_telemetry
 from soaktop.engine.errors import SoaktopError
 from soaktop.engine.events import EndReason, Phase, TelemetryStatus
-from soaktop.engine.factory import build_session, make_backend, record_file
+from soaktop.engine.factory import build_session, make_backend, names_a_file, record_file
 from soaktop.engine.load.plans import parse_ramp, parse_slo, plan_for, run_with_plan
 from soaktop.engine.load.rerun import AsRecorded
 from soaktop.engine.metrics.live import LiveStats
@@ -286,8 +286,11 @@ def _add_ctl_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _record_target(args: argparse.Namespace) -> Path | None:
-    """``--record``'s file or folder; None with ``--no-record``."""
-    return None if args.no_record else args.record
+    """``--record``'s file or folder, checked at once; None with ``--no-record``."""
+    if args.no_record:
+        return None
+    names_a_file(args.record)  # a wrong name is one line before anything starts
+    return args.record
 
 
 def _say(text: str) -> None:
@@ -409,10 +412,12 @@ def _run_dashboard(args: argparse.Namespace) -> SessionSummary:
     from soaktop.tui.feeds import LiveFeed
 
     config = config_from_args(args)  # a mistake is one line here, before the screen opens
+    record = _record_target(args)
     exporter = _exporter(args.prometheus_port)
     extra = (exporter.add,) if exporter is not None else ()
+
     async def start_session() -> Session:
-        return await build_session(config, api_key=args.api_key, record=_record_target(args),
+        return await build_session(config, api_key=args.api_key, record=record,
                                    listeners=extra, while_running=collector_frozen)
 
     feed = LiveFeed(start_session, plan_limit=args.slo_max)

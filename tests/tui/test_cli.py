@@ -278,3 +278,11 @@ def test_calibrate_prints_its_error_table_and_the_rate_it_can_be_trusted_to():
                         "than 1 ms")
     bad = soaktop("calibrate", "--rates", "fast")
     assert bad.returncode == 2 and "--rates: not numbers" in bad.stderr
+
+
+def test_a_wrong_record_name_is_said_before_the_model_loads():
+    result = soaktop("run", "--record", "run.json", "--duration", "1s")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "soaktop: error: --record run.json: a record ends in .jsonl.gz (compressed) or .jsonl "
+        "(plain); give one of those, or a folder"]

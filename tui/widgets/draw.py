@@ -1,8 +1,8 @@
 """Pure drawing: numbers in, characters out. No Textual here, so each is tested on its own.
 
-Why not Textual's own Sparkline: it cannot leave a gap where there is no data (it would draw a
-seconds-long stall of the screen, or the time before a run started, as a value of zero), and
-it has no way to mark the moments the phases changed on the same time axis.
+The time axis, the throttle strip and number formatting; the charts themselves are drawn by
+:mod:`soaktop.tui.widgets.plot`, which (unlike Textual's Sparkline) leaves a gap where there
+is no data instead of drawing it as zero.
 """
 
 from __future__ import annotations
@@ -10,9 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
-
-BARS = "▁▂▃▄▅▆▇█"
 GAP = " "
 
 #: Clock-event reasons drawn on the throttle strip, the most severe first: one letter each.
@@ -21,32 +18,6 @@ STRIP_CODES = (
     ("sw_power_cap", "P"), ("sync_boost", "Y"), ("display_clocks", "D"),
 )
 STRIP_LEGEND = "T thermal  B power brake  S HW slowdown  P power cap  . none"
-
-
-def scale(values: np.ndarray, lo: float | None = None, hi: float | None = None
-          ) -> tuple[float, float]:
-    """The range a sparkline spans: the data's, unless given; never empty."""
-    finite = values[np.isfinite(values)]
-    low = float(finite.min()) if lo is None and finite.size else (lo or 0.0)
-    high = float(finite.max()) if hi is None and finite.size else (hi or 1.0)
-    if high <= low:
-        high = low + (abs(low) or 1.0)
-    return low, high
-
-
-def sparkline(values: Sequence[float] | np.ndarray, lo: float | None = None,
-              hi: float | None = None) -> str:
-    """One character per value, ``▁`` (``lo``) to ``█`` (``hi``); a blank where there is none."""
-    array = np.asarray(values, dtype=np.float64)
-    low, high = scale(array, lo, hi)
-    out = []
-    for v in array:
-        if not math.isfinite(v):
-            out.append(GAP)
-            continue
-        level = (min(max(v, low), high) - low) / (high - low)
-        out.append(BARS[min(len(BARS) - 1, int(level * (len(BARS) - 1) + 0.5))])
-    return "".join(out)
 
 
 def axis(width: int, phases: Sequence[tuple[int, str]], marks: Sequence[int] = ()) -> str:
