@@ -52,6 +52,7 @@ class ChartPanel(Widget):
         self.extras = extras or []
         self.range = AutoRange(from_zero=from_zero)
         self.rows: list[list[tuple[str, str]]] = []
+        self.body_rows: list[list[tuple[str, str]]] = []  # rows less the newest column
         self.head: list[tuple[str, str]] = [(f" {title}", "title")]
         self.lo_text = self.hi_text = ""
         self._key: tuple | None = None
@@ -90,10 +91,11 @@ class ChartPanel(Widget):
         lo, hi = self.range.fit(lows, highs, layers[0].mean)
         rows = plot(layers, height, lo, hi)
         body = [split_runs(runs, width - 1) for runs in rows]
-        old_body = [split_runs(runs, width - 1)[0] for runs in self.rows]
+        body_rows = [left for left, _ in body]
         labels = (axis_number(lo), axis_number(hi))
         self.rows = rows
-        if [left for left, _ in body] != old_body or labels != (self.lo_text, self.hi_text):
+        if body_rows != self.body_rows or labels != (self.lo_text, self.hi_text):
+            self.body_rows = body_rows
             self.lo_text, self.hi_text = labels
             self._body.refresh()
         self._live.show([right for _, right in body])
@@ -119,14 +121,14 @@ class ChartBody(Widget):
             return Strip([Segment(text, chart.style_of(kind))
                           for text, kind in chart.head]).crop_extend(0, width, None)
         row = y - 1
-        if row >= len(chart.rows):
+        if row >= len(chart.body_rows):
             return Strip.blank(width)
-        last = len(chart.rows) - 1
+        last = len(chart.body_rows) - 1
         text = chart.hi_text if row == 0 else chart.lo_text if row == last else ""
         gutter = f"{text:>{GUTTER - 1}}{'┤' if text else '│'}"
         segments = [Segment(gutter, chart.style_of("label"))]
         segments += [Segment(run, chart.style_of(kind))
-                     for run, kind in split_runs(chart.rows[row], width - GUTTER)[0]]
+                     for run, kind in chart.body_rows[row]]
         return Strip(segments).crop_extend(0, width, None)
 
 
