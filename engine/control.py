@@ -14,20 +14,24 @@ any number of connections at once. A request names its command in ``cmd``::
     {"cmd": "rate", "value": 12.5}           or "factor": 1.25 (open loop only)
     {"cmd": "pause"}    {"cmd": "resume"}    {"cmd": "mark", "text": "fans at 100%"}
     {"cmd": "stop"}     {"cmd": "status"}
+    {"cmd": "models"}                        the models the run's backend serves ("models")
+    {"cmd": "model", "name": "llama-1b"}     new requests go to that model (what m does)
 
 and may say ``"source": "key"`` when it is a viewer's key press, so that the phase is recorded
 with the reason a key in the run's own dashboard gives; otherwise the reason is the session
 API's own (``command``, ``paused``, ``resumed``). Each request gets one reply line,
 ``{"ok": true, "done": "...", "state": {...}}`` or ``{"ok": false, "error": "..."}``: ``done``
 and ``error`` say in one line what was done or why not; ``state`` is the run's load now
-(``t_s``, ``concurrency``, ``rate``, ``paused``, ``in_flight``, ``ended``). The reply to
-``stop`` comes once the run has ended and its record is closed.
+(``t_s``, ``model``, ``concurrency``, ``rate``, ``paused``, ``in_flight``, ``ended``). The reply
+to ``stop`` comes once the run has ended and its record is closed; the reply to ``model`` once
+the backend has the model ready (the local engine builds it first, seconds for a big preset,
+while the old one keeps serving), and ``models`` adds the list as ``"models": [...]``.
 
 Every change goes through the session's own methods (``set_concurrency``, ``set_rate``,
-``pause``, ``resume``, ``mark``, ``stop``), so it is the same phase or mark event in the
-record as from a key (docs/design.md, "One event stream"). A bad command gets an error
-reply and the run goes on; a client that goes away leaves the run going. Nothing of the
-config crosses the socket, so neither an API key nor a URL's credentials can.
+``pause``, ``resume``, ``mark``, ``load_and_switch``, ``stop``), so it is the same phase or
+mark event in the record as from a key (docs/design.md, "One event stream"). A bad command
+gets an error reply and the run goes on; a client that goes away leaves the run going.
+Nothing of the config crosses the socket, so neither an API key nor a URL's credentials can.
 
 ``sockaddr_un`` holds at most 107 bytes of path. When the path beside the record is longer,
 the socket goes into a private folder (``/tmp/soaktop-UID/``, mode 0700) under a name made
@@ -63,7 +67,12 @@ MAX_LINE = 4096  # a command is small; a longer line is an error, never read int
 MAX_MARK = 200
 REPLY_TIMEOUT_S = 5.0  # a run whose loop answers nothing for this long is as good as gone
 STOP_TIMEOUT_S = 60.0  # the reply to stop waits for the record to close, as `soaktop stop`
-COMMANDS = ("concurrency", "rate", "pause", "resume", "mark", "stop", "status")
+LOAD_TIMEOUT_S = 300.0  # the reply to model waits for the local engine to build a big preset
+COMMANDS = ("concurrency", "rate", "pause", "resume", "mark", "model", "models", "stop",
+            "status")
+#: Commands answered after awaiting the backend (a model list, a model made ready).
+AWAITED = ("model", "models")
+MAX_MODEL = 200  # a model name is short; a longer one is refused, not sent to a server
 
 
 class ControlError(SoaktopError):
@@ -240,6 +249,8 @@ class ControlServer:
                 if not line.strip():
                     continue
                 reply = self.handle(line)
+                if isinstance(reply, _Awaited):
+                    reply = await reply.answer()
                 if reply is None:  # stop: answered by close(), once the record is closed
                     self._stoppers.append(writer)
                     await self._closed.wait()
@@ -254,9 +265,10 @@ class ControlServer:
                 writer.close()
 
     # -- commands --------------------------------------------------------------------------
-    def handle(self, line: bytes) -> dict[str, Any] | None:
+    def handle(self, line: bytes) -> dict[str, Any] | _Awaited | None:
         """The reply to one request line; None for a stop, which is answered when the run
-        has ended. Never raises: a bad command is an error reply."""
+        has ended; an :class:`_Awaited` for a command that waits on the backend. Never
+        raises: a bad command is an error reply."""
         try:
             request = json.loads(line)
         except (ValueError, UnicodeDecodeError):
@@ -275,6 +287,8 @@ class ControlServer:
                 self._stopping = True
                 self.session.stop(EndReason.INTERRUPTED)
                 return None
+            if cmd in AWAITED:
+                return _Awaited(self, cmd, request, key)
             done = getattr(self, f"_{cmd}")(request, key)
         except _Refused as exc:
             return _failure(str(exc))
@@ -362,6 +376,31 @@ class ControlServer:
         self.session.mark(text)
         return f"{text!r} marked at {self.session.now_ns() / 1e9:.1f} s"
 
+    async def _models(self, request: dict[str, Any], key: bool) -> dict[str, Any]:
+        names = await self.session.backend.models()
+        listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20
+                                          else "")
+        return {"done": f"{len(names)} model{'s' * (len(names) != 1)}: {listed}",
+                "models": list(names)}
+
+    async def _model(self, request: dict[str, Any], key: bool) -> dict[str, Any]:
+        session = self.session
+        name = request.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise _Refused('a model needs a name, e.g. {"cmd": "model", "name": "llama-1b"}')
+        if not name.isprintable() or len(name) > MAX_MODEL:
+            raise _Refused(f"a model name is one line of printable text, at most {MAX_MODEL} "
+                           "characters")
+        before = session.model
+        if name == before:
+            return {"done": f"model stays {name}"}
+        served = await session.backend.models()
+        if served and name not in served:  # a server that lists none is taken at its word
+            raise _Refused(f"{name!r} is not among the {len(served)} models this backend "
+                           "serves (see the models command)")
+        await session.load_and_switch(name, PhaseReason.KEY if key else PhaseReason.COMMAND)
+        return {"done": f"model {before} -> {name}"}
+
     # -- what the run is doing -------------------------------------------------------------
     def _level(self) -> str:
         session = self.session
@@ -386,12 +425,37 @@ class ControlServer:
         started = session.current_phase is not None
         return {
             "t_s": round(session.now_ns() / 1e9, 3) if started else 0.0,
+            "model": session.model,
             "concurrency": session.target_concurrency if session.config.rate is None else None,
             "rate": session.target_rate,
             "paused": session.paused,
             "in_flight": session.in_flight,
             "ended": session.ended or self._stopping,
         }
+
+
+@dataclass
+class _Awaited:
+    """A command whose reply waits on the backend (a model list, a model loading): the
+    connection awaits :meth:`answer` while the run and every other connection go on."""
+
+    server: ControlServer
+    cmd: str
+    request: dict[str, Any]
+    key: bool
+
+    async def answer(self) -> dict[str, Any]:
+        try:
+            self.server._check_running()
+            extra = await getattr(self.server, f"_{self.cmd}")(self.request, self.key)
+            self.server._check_running()  # a run that ended meanwhile did not switch
+        except _Refused as exc:
+            return _failure(str(exc))
+        except SoaktopError as exc:  # the backend's own word: unreachable, unknown preset
+            return _failure(str(exc))
+        except Exception as exc:  # a bug here must cost one reply, never the soak
+            return _failure(f"not done: {type(exc).__name__}: {exc}")
+        return {"ok": True, **extra, "state": self.server.state()}
 
 
 def _number(request: dict[str, Any], name: str, kind: type) -> Any:
@@ -443,11 +507,13 @@ def serve_while_running(session: Session, say: Callable[[str], None] = lambda te
 
 @dataclass(frozen=True)
 class Reply:
-    """What the run answered: ``ok``, its one line, and its load now (empty on an error)."""
+    """What the run answered: ``ok``, its one line, its load now (empty on an error), and
+    for ``models`` the names the backend serves."""
 
     ok: bool
     text: str
     state: dict[str, Any]
+    models: tuple[str, ...] = ()
 
 
 async def send(record: Path, request: dict[str, Any], timeout_s: float | None = None) -> Reply:
@@ -456,7 +522,8 @@ async def send(record: Path, request: dict[str, Any], timeout_s: float | None = 
     line; a command the run refuses is a reply with ``ok`` false."""
     path = socket_path(record)
     if timeout_s is None:
-        timeout_s = STOP_TIMEOUT_S if request.get("cmd") == "stop" else REPLY_TIMEOUT_S
+        timeout_s = {"stop": STOP_TIMEOUT_S, "model": LOAD_TIMEOUT_S}.get(request.get("cmd"),
+                                                                          REPLY_TIMEOUT_S)
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_unix_connection(os.fspath(path), limit=MAX_LINE * 4),
@@ -491,7 +558,8 @@ async def send(record: Path, request: dict[str, Any], timeout_s: float | None = 
     try:
         reply = json.loads(line)
         if reply.get("ok"):
-            return Reply(True, str(reply["done"]), dict(reply.get("state") or {}))
+            return Reply(True, str(reply["done"]), dict(reply.get("state") or {}),
+                         tuple(str(name) for name in reply.get("models") or ()))
         return Reply(False, str(reply["error"]), {})
     except (ValueError, KeyError, AttributeError, TypeError):
         raise ControlError(f"{path} answered something that is not soaktop's") from None

@@ -32,7 +32,7 @@ Live run:  + / -   concurrency up / down (a new phase, marked on the time axis)
            q       quit (asks first; the record is closed properly)
 Replay:    space   pause / play          left / right   10 s back / on
            n / p   next / previous phase or mark       + / -   speed x10 / /10
-Attach:    + / -, p, space as in a live run, over the run's control socket
+Attach:    + / -, m, p, space as in a live run, over the run's control socket
            s       stop the run (asks first) q   leave the viewer; the run goes on
 Everywhere: z / Z   zoom the time axis out / in: 1 s, 10 s, 1 min a column, the whole run
            v       at the run's end (whole run and summary shown): summary or panels

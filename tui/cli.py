@@ -280,6 +280,10 @@ def _add_ctl_arguments(p: argparse.ArgumentParser) -> None:
                       help="send nothing new (a phase at concurrency 0)")
     what.add_argument("--resume", action="store_true", help="load again as before the pause")
     what.add_argument("--mark", metavar="TEXT", help="drop a mark with this text")
+    what.add_argument("--model", metavar="NAME",
+                      help="send new requests to this model (a new phase; in-flight ones finish)")
+    what.add_argument("--models", action="store_true",
+                      help="the models the run's backend serves, one a line")
     what.add_argument("--stop", action="store_true",
                       help="end the run; returns once its record is closed")
     what.add_argument("--status", action="store_true", help="what the run's load is now")
@@ -517,14 +521,20 @@ def _ctl(args: argparse.Namespace) -> None:
         request = {"cmd": "rate", "value": args.rate}
     elif args.mark is not None:
         request = {"cmd": "mark", "text": args.mark}
+    elif args.model is not None:
+        request = {"cmd": "model", "name": args.model}
     else:
-        request = {"cmd": next(c for c in ("pause", "resume", "stop", "status")
+        request = {"cmd": next(c for c in ("pause", "resume", "stop", "status", "models")
                                if getattr(args, c))}
     if not args.path.exists() and not control.socket_path(args.path).exists():
         raise SoaktopError(f"no such record: {args.path}")
     reply = asyncio.run(control.send(args.path, request))
     if not reply.ok:
         raise SoaktopError(reply.text)
+    if args.models:  # one a line, for a script to read; the server's names, escaped
+        for name in reply.models:
+            print(terminal_safe(name))
+        return
     print(terminal_safe(reply.text))
 
 

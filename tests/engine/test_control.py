@@ -14,18 +14,35 @@ import pytest
 from soaktop.engine import control
 from soaktop.engine.backends.fake import FakeBackend
 from soaktop.engine.config import RunConfig
-from soaktop.engine.events import Mark, Phase, SessionEnd
+from soaktop.engine.events import Mark, Phase, RequestDone, SessionEnd
 from soaktop.engine.records.format import RecordReader
 from soaktop.engine.session import Session
 
 
+class TwoModels(FakeBackend):
+    """The fake backend serving two models, the second taking ``load_s`` to get ready (as
+    the local engine builds a preset); ``prepared`` lists what it was asked to ready."""
+
+    def __init__(self, load_s: float = 0.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.load_s, self.prepared = load_s, []
+
+    async def models(self) -> list[str]:
+        return ["fake", "fake-large"]
+
+    async def prepare(self, model: str) -> None:
+        self.prepared.append(model)
+        await asyncio.sleep(self.load_s)
+
+
 @contextlib.asynccontextmanager
-async def steerable(record: Path, said: list | None = None, **config):
+async def steerable(record: Path, said: list | None = None, backend: FakeBackend | None = None,
+                    **config):
     """A session writing ``record`` with its control socket, running until the block ends
     (then stopped, if nothing stopped it); yields the session once its clock runs."""
     settings = {"backend": "fake", "model": "fake", "concurrency": 2, "duration_s": 20.0,
                 "output_tokens": 8, "warmup_requests": 0, **config}
-    session = Session(RunConfig(**settings), FakeBackend(ttft_s=0.005, itl_s=0.002),
+    session = Session(RunConfig(**settings), backend or FakeBackend(ttft_s=0.005, itl_s=0.002),
                       record_path=record)
     server = control.serve_while_running(session, (said if said is not None else []).append)
     run = asyncio.ensure_future(session.run())
@@ -108,6 +125,36 @@ async def test_an_open_loop_is_steered_by_its_rate(tmp_path):
                      (50.0, "resumed")]
 
 
+async def test_the_model_key_over_the_socket_lists_and_switches_models(tmp_path):
+    record = tmp_path / "run.jsonl"
+    backend = TwoModels(load_s=0.3, ttft_s=0.005, itl_s=0.002)
+    async with steerable(record, backend=backend) as session:
+        listed = await ask(record, cmd="models")
+        assert listed.ok and listed.models == ("fake", "fake-large")
+        assert listed.text == "2 models: fake, fake-large" and listed.state["model"] == "fake"
+        unknown = await ask(record, cmd="model", name="gpt-9")
+        assert not unknown.ok and "'gpt-9' is not among the 2 models" in unknown.text
+        assert backend.prepared == []  # refused before the backend was asked to load it
+        # the reply waits for the model to be ready; the run answers others meanwhile
+        switching = asyncio.ensure_future(ask(record, cmd="model", name="fake-large",
+                                              source="key"))
+        await asyncio.sleep(0.1)
+        during = await ask(record, cmd="status")
+        assert during.ok and during.state["model"] == "fake" and not switching.done()
+        switched = await switching
+        assert switched.ok and switched.text == "model fake -> fake-large"
+        assert switched.state["model"] == "fake-large" == session.model
+        assert backend.prepared == ["fake-large"]
+        same = await ask(record, cmd="model", name="fake-large")
+        assert same.ok and same.text == "model stays fake-large"
+        await asyncio.sleep(0.1)  # requests go to the new model
+    phases = [(p.model, str(p.reason)) for p in recorded(record, Phase)]
+    assert phases == [("fake", "start"), ("fake-large", "key")]
+    models = {d.model for d in recorded(record, RequestDone)
+              if d.sent_ns > switched.state["t_s"] * 1e9}
+    assert models == {"fake-large"}
+
+
 async def exchange(path: Path, lines: list[bytes]) -> list[dict]:
     """Send ``lines`` on one raw connection, then read one reply per line."""
     reader, writer = await asyncio.open_unix_connection(os.fspath(path))
@@ -155,6 +202,9 @@ async def test_two_clients_at_once_and_one_that_vanishes_leave_the_run_going(tmp
     (b'{"cmd": "mark", "text": ""}\n', "needs some text"),
     (b'{"cmd": "mark", "text": "\\u001b[2J"}\n', "printable"),
     (b'{"cmd": "mark", "text": 7}\n', "needs some text"),
+    (b'{"cmd": "model"}\n', "a model needs a name"),
+    (b'{"cmd": "model", "name": "\\u001b[2J"}\n', "printable"),
+    (b'{"cmd": "model", "name": "nope"}\n', "not among the 1 models"),
     (b"\xff\xfe\n", "not JSON"),
 ])
 async def test_a_bad_command_is_an_error_reply_and_the_run_goes_on(tmp_path, line, says):

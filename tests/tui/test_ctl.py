@@ -54,6 +54,10 @@ def test_ctl_steers_a_detached_run_and_stops_it(tmp_path):
                 assert len(done.stdout.splitlines()) == 1
             one_line_error(soaktop("ctl", str(record), "--rate", "5"), "keeps a concurrency")
             one_line_error(soaktop("ctl", str(record), "--resume"), "not paused")
+            listed = soaktop("ctl", str(record), "--models")
+            assert listed.returncode == 0 and listed.stdout == "loopback\n", listed
+            one_line_error(soaktop("ctl", str(record), "--model", "gpt-9"),
+                           "'gpt-9' is not among the 1 models")
             stopped = soaktop("ctl", str(record), "--stop")
         finally:  # whatever failed above, the background run does not outlive the test
             soaktop("stop", str(record))
@@ -88,13 +92,18 @@ def test_ctl_needs_one_command(tmp_path):
 
 # -- the attach dashboard's keys ---------------------------------------------------------
 
+class TwoModels(FakeBackend):
+    async def models(self) -> list[str]:
+        return ["fake", "fake-large", "fake-xl"]
+
+
 @contextlib.asynccontextmanager
 async def steerable_run(record: Path):
-    """A session on the fake backend writing ``record``, with its control socket, in this
-    event loop; stopped when the block ends if nothing stopped it."""
+    """A session on the fake backend (serving three models) writing ``record``, with its
+    control socket, in this event loop; stopped when the block ends if nothing stopped it."""
     config = RunConfig(backend="fake", model="fake", concurrency=2, duration_s=30.0,
                        output_tokens=8, warmup_requests=0, telemetry=())
-    session = Session(config, FakeBackend(ttft_s=0.005, itl_s=0.002), record_path=record)
+    session = Session(config, TwoModels(ttft_s=0.005, itl_s=0.002), record_path=record)
     control.serve_while_running(session)
     run = asyncio.ensure_future(session.run())
     await asyncio.wait_for(session.started.wait(), 10)
@@ -140,6 +149,28 @@ async def test_the_attach_screen_steers_the_run_and_q_leaves_it_going(tmp_path):
     phases = [(p.concurrency, str(p.reason)) for p in events_of(record, Phase)]
     assert phases[:3] == [(2, "start"), (3, "key"), (0, "key: paused")]
     assert [m.note for m in events_of(record, Mark)] == ["mark 1"]
+
+
+async def test_the_attach_screen_switches_the_runs_model_from_its_own_list(tmp_path):
+    from soaktop.tui.app import SoaktopApp
+    from soaktop.tui.feeds import AttachFeed
+    from soaktop.tui.screens.modals import ModelPicker
+
+    record = tmp_path / "run.jsonl"
+    async with steerable_run(record) as session:
+        app = SoaktopApp(AttachFeed(record), fps=10, theme="dark")
+        async with app.run_test(size=(100, 30)) as pilot:
+            assert await until(pilot, lambda: app.feed.header is not None)
+            await pilot.press("m")
+            assert await until(pilot, lambda: isinstance(app.screen, ModelPicker))
+            assert app.screen.models == ["fake", "fake-large", "fake-xl"]
+            await pilot.press("down", "down", "enter")  # the list opens on the first
+            assert await until(pilot, lambda: session.model == "fake-xl")
+            assert await until(pilot, lambda: "model fake -> fake-xl" in notes(app))
+            await pilot.press("q")
+        assert not session.ended
+    assert [(p.model, str(p.reason)) for p in events_of(record, Phase)] == [
+        ("fake", "start"), ("fake-xl", "key")]
 
 
 async def test_the_attach_screen_stops_the_run_only_after_asking(tmp_path):

@@ -374,6 +374,7 @@ class AttachScreen(DashboardScreen):
         Binding("minus", "step(-1)", "Concurrency -1", key_display="-"),
         Binding("p", "toggle_pause", "Pause load"),
         Binding("space", "mark", "Mark"),
+        Binding("m", "switch_model", "Model"),
         Binding("s", "stop_run", "Stop the run"),
     ]
 
@@ -431,6 +432,26 @@ class AttachScreen(DashboardScreen):
 
     def action_mark(self) -> None:
         self._steer({"cmd": "mark"})  # the run numbers it, so two viewers' marks differ
+
+    def action_switch_model(self) -> None:
+        self.run_worker(self._switch_model(), group="control", exclusive=False)
+
+    async def _switch_model(self) -> None:
+        """The run's own model list, the picker the run's dashboard shows, then the switch;
+        its reply comes once the run has the model ready."""
+        from soaktop.tui.screens.modals import ModelPicker
+
+        listed = await self._ask({"cmd": "models"})
+        if listed is None:
+            return
+        current = str(listed.state.get("model") or "")
+
+        def chosen(name: str | None) -> None:
+            if name and name != current:
+                self.notify(f"loading {name} ...", markup=False)
+                self._steer({"cmd": "model", "name": name})
+
+        self.app.push_screen(ModelPicker(list(listed.models), current), chosen)
 
     def action_stop_run(self) -> None:
         self.run_worker(self._stop_run(), group="control", exclusive=False)
