@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import subprocess
 import sys
@@ -375,6 +376,7 @@ async def _run(config: RunConfig, *, record: Path | None, api_key: str | None = 
         await run_with_plan(session, plan)
     finally:
         reporting.cancel()
+        _forget_own_pid(session.record_path)
     if exporter is not None:
         exporter.close()
     say_recording_stopped()
@@ -382,6 +384,18 @@ async def _run(config: RunConfig, *, record: Path | None, api_key: str | None = 
         print_summary(summary.result(), as_json)  # what it saw, then the reason, and exit 2
         raise SoaktopError(session.failure)
     return summary
+
+
+def _forget_own_pid(record: Path | None) -> None:
+    """A detached run that ends by itself (its duration, ``ctl --stop``) removes the
+    ``RECORD.pid`` its launcher wrote, when that file names this process: no PID is left
+    behind for a later process to reuse and ``soaktop stop`` to mistake for the run."""
+    if record is None:
+        return
+    pid_file = Path(f"{record}.pid")
+    with contextlib.suppress(OSError, ValueError):
+        if int(pid_file.read_text().strip()) == os.getpid():
+            pid_file.unlink()
 
 
 def _exporter(port: int | None):

@@ -58,7 +58,14 @@ def test_ctl_steers_a_detached_run_and_stops_it(tmp_path):
             assert listed.returncode == 0 and listed.stdout == "loopback\n", listed
             one_line_error(soaktop("ctl", str(record), "--model", "gpt-9"),
                            "'gpt-9' is not among the 1 models")
+            pid_file = Path(f"{record}.pid")
+            assert pid_file.exists()
             stopped = soaktop("ctl", str(record), "--stop")
+            # a run that ends by itself takes its PID file with it (none left for `stop`)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and pid_file.exists():
+                time.sleep(0.05)
+            assert not pid_file.exists()
         finally:  # whatever failed above, the background run does not outlive the test
             soaktop("stop", str(record))
     assert stopped.returncode == 0, stopped.stderr
