@@ -36,25 +36,49 @@ def sample_events() -> list:
     return list(RecordReader(SAMPLE).events())
 
 
+def gpu_sample(t_ns: int, i: int) -> GpuSample:
+    """GPU ``i`` at ``t_ns``, as a function of time and index only: warming by 2.5 C a second
+    from 55 C (2 C more per index); GPU 3 comes near its slowdown threshold and throttles
+    thermally from 4 s on, its clock falling; every other odd GPU is held at its power cap
+    now and then."""
+    k = t_ns * 4 // 10**9  # the quarter-second it falls in
+    second = t_ns / 1e9
+    hot = i == 3 and second >= 4
+    reasons = ("sw_thermal",) if hot else ("sw_power_cap",) if i % 2 and k % 5 == 0 else ()
+    return GpuSample(
+        t_ns, i, temperature_c=55.0 + 2 * i + 2.5 * second + (6 if hot else 0),
+        slowdown_temperature_c=87.0, sm_clock_mhz=1980.0 - (380.0 if hot else 15 * i),
+        sm_clock_max_mhz=1980.0, power_w=300.0 + 40 * i + 10 * (k % 3),
+        power_limit_w=700.0, memory_used_bytes=(40 + i) * 2**30,
+        memory_total_bytes=80 * 2**30, clock_event_reasons=reasons)
+
+
 def gpu_samples(count: int, seconds: int = 8, hz: int = 4) -> list[GpuSample]:
-    """``count`` GPUs warming over ``seconds``, as a function of time and index only: GPU 3
-    (when there is one) comes near its slowdown threshold and throttles thermally from 4 s on,
-    its clock falling; every other odd GPU is held at its power cap now and then."""
-    samples = []
-    for k in range(seconds * hz):
-        t_ns = 10_000_000 + k * 10**9 // hz
-        second = t_ns / 1e9
-        for i in range(count):
-            hot = i == 3 and second >= 4
-            reasons = (("sw_thermal",) if hot else ("sw_power_cap",) if i % 2 and k % 5 == 0
-                       else ())
-            samples.append(GpuSample(
-                t_ns, i, temperature_c=55.0 + 2 * i + 2.5 * second + (6 if hot else 0),
-                slowdown_temperature_c=87.0, sm_clock_mhz=1980.0 - (380.0 if hot else 15 * i),
-                sm_clock_max_mhz=1980.0, power_w=300.0 + 40 * i + 10 * (k % 3),
-                power_limit_w=700.0, memory_used_bytes=(40 + i) * 2**30,
-                memory_total_bytes=80 * 2**30, clock_event_reasons=reasons))
-    return samples
+    """``count`` GPUs (:func:`gpu_sample`) sampled ``hz`` times a second over ``seconds``."""
+    return [gpu_sample(10_000_000 + k * 10**9 // hz, i)
+            for k in range(seconds * hz) for i in range(count)]
+
+
+class FakeGpus:
+    """A telemetry source of ``count`` GPUs for a live session (:func:`gpu_sample` at the
+    session's clock), so a live run shows GPUs on a machine without one. A real session's
+    sampler thread polls it, as it would NVML."""
+
+    name = "nvml"
+    max_hz = 100.0
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def open(self, clock) -> list:
+        return []
+
+    def sample(self, clock) -> list:
+        t_ns = clock()
+        return [gpu_sample(t_ns, i) for i in range(self.count)]
+
+    def close(self) -> None:
+        pass
 
 
 def replay_app(at_s: float | None = 6.0, kind: str = "replay", gpus: int = 0) -> SoaktopApp:

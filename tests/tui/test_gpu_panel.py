@@ -2,6 +2,9 @@
 is wider than asked or cut mid-word), then on the live screen (8 GPUs and the host at 100x30,
 the curves under the charts' columns)."""
 
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 
@@ -9,11 +12,14 @@ from soaktop.engine.events import GpuSample
 from soaktop.engine.metrics.history import GPU_SERIES, SERIES, Window
 from soaktop.tui.widgets.gpu_draw import (
     GUTTER,
+    changed_spans,
     curves_for,
     fields,
     fit_row,
     gpu_order,
     panel_rows,
+    range_text,
+    spark_range,
     strip_row,
     table_rows,
     width_of,
@@ -124,6 +130,74 @@ def test_eight_gpus_are_a_table_with_an_aggregate_row_and_sixteen_are_summed_up(
     assert [text(r).split()[0] for r in rows[1:-1]] == [f"GPU{i}" for i in range(8)]
 
 
+def dot_level(cell: str) -> int:
+    """The highest dot row of a braille cell, 0 (bottom) to 3 (top); -1 for a blank."""
+    bits = ord(cell) - 0x2800 if cell.strip() else 0
+    rows = [(0x40 | 0x80), (0x04 | 0x20), (0x02 | 0x10), (0x01 | 0x08)]  # bottom row first
+    return max((i for i, mask in enumerate(rows) if bits & mask), default=-1)
+
+
+def test_a_one_row_chart_spans_its_data_out_to_whole_units_and_at_least_its_floor():
+    assert spark_range(np.array([62.3, 66.0]), np.array([68.0, 70.6]), 4) == (62, 71)
+    # a flat 69 C: widened evenly to the floor, so the line sits mid-row, not at an edge
+    assert spark_range(np.array([69.0]), np.array([69.0]), 4) == (67, 71)
+    # a clock at its maximum: the range goes down from the top, never above the maximum
+    assert spark_range(np.array([1980.0]), np.array([1980.0]), 60, top=1980) == (1920, 1980)
+    assert spark_range(np.array([NAN]), np.array([NAN]), 4) is None
+    assert range_text((62.0, 71.0), "C") == "62–71C" and range_text(None) == ""
+
+
+def test_at_80x24_each_gpu_row_states_the_range_its_temperature_chart_spans():
+    """At 80x24 the table has 39 columns: a GPU's chart is one row of a few cells, with no
+    room for axis labels, so the row says what the dots span (``77–81C``: the newest two
+    columns 78 and 79 C, widened to 4 C)."""
+    keys = [str(i) for i in range(8)]
+    rows = table_rows([(k, sample(int(k))) for k in keys], window(keys), 39, 9)
+    assert [text(r).split()[0] for r in rows[1:]] == [f"GPU{i}" for i in range(8)]
+    for row in rows[1:]:
+        line = text(row)
+        assert width_of(row) <= 39
+        found = re.search(r"C (\S+) (\d+)–(\d+)C ", line)
+        assert found, line
+        chart, lo, hi = found.group(1), int(found.group(2)), int(found.group(3))
+        assert (lo, hi) == (77, 81)
+        # the dots rise with the temperatures, on the chart's scale: 78 then 79 C
+        assert [dot_level(c) for c in chart] == [round((t - lo) / (hi - lo) * 3)
+                                                 for t in (78, 79)]
+        assert line.endswith("..")  # throttle cells still there, after the figures
+
+
+def test_the_sm_clock_gets_a_chart_only_where_its_range_fits_too_and_names_head_columns():
+    keys = [str(i) for i in range(8)]
+    items = [(k, sample(int(k))) for k in keys]
+    narrow = [text(r) for r in table_rows(items, window(keys), 49, 10)]
+    assert not any(re.search(r"\d{4}–\d{4}", line) for line in narrow)  # no clock chart
+    wide = [text(r) for r in table_rows(items, window(keys), 79, 11)]
+    header, first = wide[1], wide[2]
+    # the clock dipped to 0.8 of 1980 in the last quarter: the range says so
+    assert re.search(r" 1980 \S{12} 1584–1980 ", first), first
+    assert first.index("60C") == header.index("temp") + 1  # "temp" over " 60C"
+    assert header.index("SM") + 1 == first.index("1980") + 3  # "SM" ends over the clock
+    assert header.index("power") + 4 == first.index("W")  # "power" ends over "300W"
+    assert header.endswith("throttle") and first.endswith(".........")
+
+
+def test_a_repaint_is_one_span_a_changed_row_up_to_its_last_change():
+    """A repaint goes to the terminal from the widget's left edge to the span's end, so a row
+    is one span (a second would send the row's start again), and a row unchanged none."""
+    old = [[("GPU0 ", "title"), ("69C", "")], [("host 5%", "")]]
+    new = [[("GPU0 ", "title"), ("70C", "")], [("host 5%", "")], [("x", "")]]
+    assert changed_spans(old, new, 10) == [(0, 5, 7), (2, 0, 1)]
+    assert changed_spans(new, new, 10) == []
+    # a change of kind alone is a change: the cell's colour goes out again
+    hot = [[("GPU0 ", "title"), ("70C", "hot")], [("host 5%", "")], [("x", "")]]
+    assert changed_spans(new, hot, 10) == [(0, 5, 8)]
+    # two changes in a row: one span from the first to the last
+    far = [[("GPU0 ", "title"), ("71C", "")], [("host 6%", "")], [("y", "")]]
+    assert changed_spans(new, far, 10)[0] == (0, 6, 7)
+    assert changed_spans([[("a   b", "")]], [[("c   d", "")]], 10) == [(0, 0, 5)]
+
+
 def test_a_remote_host_s_name_gives_way_to_the_index_where_the_row_is_narrow():
     keys = [f"gpu-node-07/{i}" for i in range(4)]
     items = [(k, sample(i)) for i, k in enumerate(keys)]
@@ -190,6 +264,25 @@ async def test_every_gpu_and_the_host_line_appear_8_at_100x30_and_16_at_160x45(g
         assert all(c.size.height >= 2 for c in app.screen.query(ChartPanel))
 
 
+@pytest.mark.parametrize("size", [(80, 24), (160, 45), (240, 60)])
+async def test_eight_gpus_take_the_rows_they_need_and_the_charts_the_rest(size):
+    """Where the table needs fewer rows than the panel's default share (30% of the screen),
+    it takes only its rows, so the charts grow with the terminal instead of blank rows
+    under the table; at 80x24 each GPU's row says what its chart spans."""
+    app = replay_app(kind="live", gpus=8)
+    async with app.run_test(size=size) as pilot:
+        await pilot.press("Z")
+        await pilot.pause(0.3)
+        panel = app.screen.query_one(GpuPanel)
+        shown = [text(r) for r in panel.rows]
+        gpu_rows = [line for line in shown if line.startswith("GPU")]
+        assert len(gpu_rows) == 8 and shown[-1].startswith("host CPU")
+        assert panel.size.height == len(shown)  # no blank row under the table
+        assert all(re.search(r"C [ \u2800-\u28ff]+ \d+–\d+C ", line) for line in gpu_rows), gpu_rows
+        if size[1] >= 45:  # the column names too
+            assert shown[1].split()[:2] == ["temp", "SM"]
+
+
 async def test_one_gpu_s_curves_end_under_the_charts_newest_column():
     app = replay_app(kind="live", gpus=1)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -207,3 +300,26 @@ async def test_one_gpu_s_curves_end_under_the_charts_newest_column():
         assert panel.window is not None and panel.window.start_s == 0
         scale = app.screen.query_one(AxisRow).scale  # "run 8s · 1s/col": the charts' window
         assert scale.startswith("run ") and scale.endswith(f" {panel.window.step_s}s/col")
+
+
+async def test_the_figures_now_are_drawn_once_a_second_not_at_every_sample():
+    """A GPU's figures change with every sample (4 a second), and each change re-sends its
+    row: like the charts' titles, the panel shows the values now once a second of the
+    session's clock, and at once when the GPUs listed change."""
+    app = replay_app(kind="live", gpus=8)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        panel = app.screen.query_one(GpuPanel)
+        telemetry, window = panel.telemetry, panel.window
+        before = [text(r) for r in panel.rows]
+        gpu0 = telemetry.gpus["0"]
+        hotter = dataclasses.replace(telemetry, gpus={**telemetry.gpus, "0": dataclasses.replace(
+            gpu0, latest=dataclasses.replace(gpu0.latest, temperature_c=75.0))})
+        panel.show(hotter, window)  # a new sample in the same second
+        assert [text(r) for r in panel.rows] == before
+        panel.show(hotter, dataclasses.replace(window, end_s=window.end_s + 1))  # the next
+        assert "GPU0  75C" in text(panel.rows[1]) and "GPU0  75C" not in before[1]
+        fewer = dataclasses.replace(hotter, gpus={k: v for k, v in hotter.gpus.items()
+                                                  if k != "7"})
+        panel.show(fewer, dataclasses.replace(window, end_s=window.end_s + 1))
+        assert not any(text(r).startswith("GPU7") for r in panel.rows)  # at once

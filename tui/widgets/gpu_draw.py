@@ -12,14 +12,17 @@ Two layouts, picked by what fits:
   column sits under the same bucket of the charts above (zoom and whole run included). A coarse
   column is drawn as band + mean by :func:`.plot.plot`, as in the charts.
 - **table** (more GPUs, or too little height): an aggregate row, then one row per GPU with
-  temperature and clock mini-charts of a few cells, power, memory and throttle cells. What does
-  not fit is summed up in one row (``+5 GPUs: hottest 81C``), never cut off mid-word.
+  its temperature and a one-row chart of it, the range that chart spans (``62–71C``: a row
+  has no room for axis labels), the SM clock with its chart and range where the width
+  allows, power, memory and throttle cells. What does not fit is summed up in one row
+  (``+5 GPUs: hottest 81C``), never cut off mid-word.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,9 +39,7 @@ GUTTER = 14
 #: Rows per GPU in the curves layout at the least: temperature, clock, power, memory, strip.
 CURVE_ROWS = 5
 SHORT_LEGEND = "T thermal B brake S slowdown P cap"
-HOT_MARGIN_C = 5
-#: Cells of a table row's figures: " 64C ", "  1755 ", " 310W  51% ".
-ROW_FIGURES = 5 + 7 + 12  # a margin to slowdown under this is shown as an alarm
+HOT_MARGIN_C = 5  # a margin to slowdown under this is shown as an alarm
 
 
 def gpu_order(keys: Sequence[str]) -> list[str]:
@@ -234,56 +235,168 @@ def _aggregate(items: list[tuple[str, GpuSample]], width: int, head: str) -> Row
     return best
 
 
-def table_row(key: str, s: GpuSample, window: Window | None, width: int, label_w: int,
-              cells: int) -> Row:
-    """One GPU in one row: id, temperature and a mini-chart, SM clock and a mini-chart, power,
-    memory, then throttle cells for the rest of the width."""
+#: A one-row chart's y-range never spans less than this (C, MHz): a reading's noise of a
+#: degree or a few MHz is then a level of the row's four, not all of them (a flat line would
+#: read as a swing), and the range stated beside it says how far the dots go.
+TEMP_FLOOR_C = 4.0
+CLOCK_FLOOR_MHZ = 60.0
+
+
+def spark_range(low: np.ndarray, high: np.ndarray, floor: float, top: float | None = None
+                ) -> tuple[float, float] | None:
+    """The y-range of a one-row chart: its columns' min to max, out to whole units, widened
+    evenly to ``floor`` but never above ``top`` (a clock's maximum: a range past it would
+    read as headroom there is not); None with no data. A row has four dot levels and no room
+    for axis labels, so the dots span the data (a 7 C warming fills the row) and the row
+    states the range in words (``62–71C``): without it, a dot's height would mean nothing."""
+    lows, highs = low[np.isfinite(low)], high[np.isfinite(high)]
+    if not lows.size or not highs.size:
+        return None
+    lo, hi = math.floor(float(lows.min())), math.ceil(float(highs.max()))
+    data_hi = hi
+    short = floor - (hi - lo)
+    if short > 0:
+        lo, hi = lo - math.floor(short / 2), hi + math.ceil(short / 2)
+    if top is not None and hi > top >= data_hi:
+        lo, hi = lo - (hi - math.floor(top)), math.floor(top)
+    return float(lo), float(hi)
+
+
+def range_text(span: tuple[float, float] | None, unit: str = "") -> str:
+    """``62–71C``: the range a one-row chart spans, stated in its row."""
+    return "" if span is None else f"{span[0]:.0f}–{span[1]:.0f}{unit}"
+
+
+def spark(window: Window | None, key: str, series: str, n: int, kind: str,
+          floor: float, scale: float = 1.0, unit: str = "", top: float | None = None
+          ) -> tuple[Row, str]:
+    """A one-row chart of ``series`` over the newest ``n`` columns (times ``scale``: a ratio
+    in MHz), and its range as text (see :func:`spark_range`)."""
     g = window.gpus.get(key, {}) if window else {}
-    temps = _last(g.get("temperature_c"), cells)
-    limits = temps + _last(g.get("margin_c"), cells)
-    t_lo, t_hi = temperature_range(temps, limits)
-    c_lo, c_hi = clock_range(_last(g.get("sm_clock_ratio"), cells))
+    low = window.gpus_low.get(key, {}) if window else {}
+    high = window.gpus_high.get(key, {}) if window else {}
+    mean = _last(g.get(series), n) * scale
+    lows = _last(low.get(series, g.get(series)), n) * scale
+    highs = _last(high.get(series, g.get(series)), n) * scale
+    span = spark_range(np.fmin(lows, mean), np.fmax(highs, mean), floor, top)
+    lo, hi = span or (0.0, 1.0)
+    row = _kinds(plot([Layer(mean, lows, highs)], 1, lo, hi), [kind])[0]
+    return row, range_text(span, unit)
+
+
+def clock_spark(window: Window | None, key: str, s: GpuSample, n: int) -> tuple[Row, str]:
+    """The SM clock's one-row chart in MHz (the window holds it as a ratio of the maximum),
+    its range never above the maximum."""
+    top = s.sm_clock_max_mhz
+    return spark(window, key, "sm_clock_ratio", n, "clock", CLOCK_FLOOR_MHZ,
+                 scale=top or float("nan"), top=top)
+
+
+#: Cells of a table row's fixed figures after its name: " 64C", " 1755", "  310W  51%".
+ROW_FIGURES = 4 + 5 + 12
+SPARK_MIN, SPARK_MAX = 2, 12
+THROTTLE_MIN = 4  # throttle cells a row keeps before the SM clock gets a chart
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """How a table row's width is shared: the name, the temperature chart's cells and the
+    width of its range, the same for the SM clock's (0: no chart), and the throttle cells."""
+
+    label_w: int
+    temp_cells: int
+    temp_range_w: int
+    clock_cells: int
+    clock_range_w: int
+    throttle: int
+
+
+def table_layout(width: int, label_w: int, temp_range_w: int, clock_range_w: int
+                 ) -> TableLayout | None:
+    """Every row's figures first, then, while they fit: the temperature's chart and its range
+    (what a soak watches: a GPU warming towards its slowdown threshold), a few throttle cells,
+    the SM clock's chart and its range; the cells left over widen the charts (up to
+    :data:`SPARK_MAX`), then go to the throttle cells. A chart that does not fit with its
+    range is left out whole: a chart without its range would be dots without a scale.
+    None where not even the figures fit."""
+    rest = width - (label_w + 1 + ROW_FIGURES)
+    if rest < 0:
+        return None
+    temp = clock = 0
+    if rest >= 2 + SPARK_MIN + temp_range_w:
+        temp = SPARK_MIN
+        rest -= 2 + SPARK_MIN + temp_range_w
+    if temp and rest >= 1 + THROTTLE_MIN + 2 + SPARK_MIN + clock_range_w:
+        clock = SPARK_MIN
+        rest -= 2 + SPARK_MIN + clock_range_w
+    while temp and rest > 1 + THROTTLE_MIN:
+        if temp < SPARK_MAX and (not clock or temp <= clock):
+            temp += 1
+        elif clock and clock < SPARK_MAX:
+            clock += 1
+        else:
+            break
+        rest -= 1
+    return TableLayout(label_w, temp, temp_range_w if temp else 0, clock,
+                       clock_range_w if clock else 0, max(0, rest - 1))
+
+
+def header_text(lay: TableLayout) -> str:
+    """The table's column names, each over its figures (a chart's cells and range are under
+    its figure's name's column, unnamed)."""
+    temp = 2 + lay.temp_cells + lay.temp_range_w if lay.temp_cells else 0
+    clock = 2 + lay.clock_cells + lay.clock_range_w if lay.clock_cells else 0
+    return (f"{'':<{lay.label_w + 1}}{'temp':>4}{'':<{temp}}{'SM':>5}{'':<{clock}}"
+            f"{'power':>7}{'mem':>5}" + (" throttle" if lay.throttle else "")).rstrip()
+
+
+def table_row(key: str, s: GpuSample, window: Window | None, lay: TableLayout) -> Row:
+    """One GPU in one row: id, temperature now, its chart and range, SM clock now, its chart
+    and range, power, memory, then throttle cells."""
     margin = margin_of(s)
     hot = margin is not None and margin < HOT_MARGIN_C
     memory = (f"{fmt(100 * (s.memory_used_bytes or 0) / s.memory_total_bytes)}%"
               if s.memory_total_bytes else "n/a")
-    name = gpu_label(key) if len(gpu_label(key)) <= label_w else short_label(key)
-    row: Row = [(f"{name:<{label_w}} ", "title"),
-                (f"{fmt(s.temperature_c):>3}C ", "hot" if hot else "")]
-    if cells:
-        # one row has four dot levels: the threshold would share the temperature's cells, so
-        # it is the chart's top instead, and the margin the gap under it
-        row += curve(window, key, "temperature_c", cells, 1, t_lo, t_hi, "temp")[0]
-    row += [(f" {mhz(s.sm_clock_mhz):>5} ", "")]
-    if cells:
-        row += curve(window, key, "sm_clock_ratio", cells, 1, c_lo, c_hi, "clock")[0]
-    row += [(f" {fmt(s.power_w):>4}W {memory:>4} ", "")]
-    rest = width - width_of(row)
-    if rest > 0:
-        row += strip_row(window, key, rest)
+    name = gpu_label(key) if len(gpu_label(key)) <= lay.label_w else short_label(key)
+    row: Row = [(f"{name:<{lay.label_w}} ", "title"),
+                (f"{fmt(s.temperature_c):>3}C", "hot" if hot else "")]
+    if lay.temp_cells:
+        chart, span = spark(window, key, "temperature_c", lay.temp_cells, "temp", TEMP_FLOOR_C,
+                            unit="C")
+        row += [(" ", "")] + chart + [(f" {span:<{lay.temp_range_w}}", "muted")]
+    row += [(f" {mhz(s.sm_clock_mhz):>4}", "")]
+    if lay.clock_cells:
+        chart, span = clock_spark(window, key, s, lay.clock_cells)
+        row += [(" ", "")] + chart + [(f" {span:<{lay.clock_range_w}}", "muted")]
+    row += [(f"  {fmt(s.power_w):>4}W  {memory:>3}", "")]
+    if lay.throttle:
+        row += [(" ", "")] + strip_row(window, key, lay.throttle)
     return row
 
 
 def table_rows(items: list[tuple[str, GpuSample]], window: Window | None, width: int,
                rows: int) -> list[Row]:
     """At most ``rows`` rows: the aggregate, a row per GPU while they fit, and one row summing
-    up the GPUs left out."""
+    up the GPUs left out. The charts' ranges are as wide as the widest GPU's, so the columns
+    line up."""
     if rows <= 0 or not items:
         return []
-    label_w = max(len(gpu_label(k)) for k, _ in items)
-    if label_w + 1 + ROW_FIGURES > width:  # a host name leaves no room: the index alone
-        label_w = max(len(short_label(k)) for k, _ in items)
-    fixed = label_w + 1 + ROW_FIGURES
-    cells = max(0, min(12, (width - fixed - 4) // 3))
-    fits = fixed <= width
+    temp_w = max(len(spark(window, k, "temperature_c", SPARK_MAX, "temp", TEMP_FLOOR_C,
+                           unit="C")[1]) for k, _ in items)
+    clock_w = max(len(clock_spark(window, k, s, SPARK_MAX)[1]) for k, s in items)
+    lay = table_layout(width, max(len(gpu_label(k)) for k, _ in items), max(temp_w, 5),
+                       max(clock_w, 7))
+    if lay is None or not lay.temp_cells:  # a host name leaves no room: the index alone
+        short = table_layout(width, max(len(short_label(k)) for k, _ in items),
+                             max(temp_w, 5), max(clock_w, 7))
+        lay = short if short is not None and (lay is None or short.temp_cells) else lay
     out: list[Row] = [_aggregate(items, width, f"{len(items)} GPUs")]
     room = rows - 1
-    if fits and room >= len(items) + 1:  # room to say what each column is
-        out.append(fit_row([(f"{'':<{label_w}} {'temp':<{5 + cells}}{'SM MHz':<{7 + cells}}"
-                             " power  mem throttle", "muted")], width))
+    if lay is not None and room >= len(items) + 1:  # room to say what each column is
+        out.append(fit_row([(header_text(lay), "muted")], width))
         room -= 1
-    shown = items if fits and len(items) <= room else items[: max(0, room - 1)] if fits else []
-    out += [table_row(k, s, window, width, label_w, cells) for k, s in shown]
+    shown = (items if len(items) <= room else items[: max(0, room - 1)]) if lay else []
+    out += [table_row(k, s, window, lay) for k, s in shown]
     left = items[len(shown):]
     if left and len(out) < rows:
         out.append(_aggregate(left, width, f"+{len(left)} GPUs"))
@@ -365,6 +478,29 @@ def words(line: str, width: int, kind: str = "") -> Row:
         return [(line, kind)]
     cut = line.rfind(" ", 0, max(0, width - 1))
     return [(line[:cut].rstrip() + "…", kind)] if cut > 0 else [("…"[:width], kind)]
+
+
+def cells(row: Row, width: int) -> list[tuple[str, str]]:
+    """``row`` as ``width`` cells of (character, kind), blank-padded."""
+    out = [(ch, kind) for text, kind in row for ch in text][:width]
+    return out + [(" ", "")] * (width - len(out))
+
+
+def changed_spans(old: list[Row], new: list[Row], width: int) -> list[tuple[int, int, int]]:
+    """Where ``new`` differs from ``old``: per row that changed, (row, first changed cell,
+    one past the last), for a repaint of that row's changed cells alone. One span a row: the
+    terminal is sent a repainted row from the widget's left edge to the span's end whatever
+    its start (Textual crops a partial update at its end only), so a second span would send
+    the row's start again. Why at all: an unchanged row costs nothing, and a row whose last
+    change is a figure stops there instead of sending its throttle cells too."""
+    spans = []
+    for y in range(max(len(old), len(new))):
+        a = cells(old[y] if y < len(old) else [], width)
+        b = cells(new[y] if y < len(new) else [], width)
+        changed = [x for x in range(width) if a[x] != b[x]]
+        if changed:
+            spans.append((y, changed[0], changed[-1] + 1))
+    return spans
 
 
 def rows_wanted(count: int, tail: int) -> int:

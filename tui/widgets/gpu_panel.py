@@ -1,7 +1,8 @@
 """The GPUs and the host, below the charts. The drawing is :mod:`.gpu_draw`'s; this widget
-keeps the last drawing, repaints only when it changed (over SSH a repaint costs bytes), and
-asks its row for the height the GPUs need: 8 GPUs and the host line must fit at 100x30, where
-the row's default (30% of the screen) would cut GPUs off. The charts give up those rows.
+draws once a second, keeps the last drawing and repaints only the cells that changed (over
+SSH a repaint costs bytes), and asks its row for the height the GPUs need: 8 GPUs and the
+host line must fit at 100x30, where the row's default (30% of the screen) would cut GPUs off.
+The charts give up those rows, and get back the rows a table does not need.
 
 Line API: one ``Strip`` a row, one ``Segment`` per run of one kind, styles from component
 classes whose colours are theme variables."""
@@ -9,6 +10,7 @@ classes whose colours are theme variables."""
 from __future__ import annotations
 
 from rich.segment import Segment
+from textual.geometry import Region
 from textual.strip import Strip
 from textual.widget import Widget
 
@@ -16,10 +18,18 @@ from soaktop.engine.metrics.history import Window
 from soaktop.engine.telemetry.live import TelemetrySnapshot
 from soaktop.tui.telemetry_text import describe_status
 from soaktop.tui.widgets.draw import fmt
-from soaktop.tui.widgets.gpu_draw import Row, gpu_order, panel_rows, rows_wanted
+from soaktop.tui.widgets.gpu_draw import (
+    Row,
+    changed_spans,
+    gpu_order,
+    panel_rows,
+    rows_wanted,
+)
 
 #: Rows the charts above keep whatever the GPUs ask: four charts of a title and a row, the axis.
 CHARTS_MIN = 9
+#: Rows the requests panel beside the GPUs needs: three lines, three errors, the border.
+REQUESTS_ROWS = 7
 KINDS = ("title", "hot", "muted", "throttle", "temp", "temp-band", "limit", "limit-band",
          "clock", "clock-band", "power", "power-band", "memory", "memory-band")
 
@@ -47,14 +57,24 @@ class GpuPanel(Widget):
         self.rows: list[Row] = []
         self._wanted: tuple = ()
         self._wanted_set: int | None = None  # the height set on the row, None: the stylesheet's
+        self._shown: tuple = ()  # what the rows were drawn for (see show)
 
     def show(self, telemetry: TelemetrySnapshot, window: Window) -> None:
+        """Draw once a second of the session's clock (the window's newest second), or at
+        once when what is listed changed (GPUs, sources, the host), the view or the zoom:
+        the figures now change with every sample, 4 a second for each GPU, and each change
+        re-sends its row up to it; like the charts' titles, the panel gives the values now
+        once a second, which over SSH halves what 8 GPUs cost."""
         self.telemetry, self.window = telemetry, window
         self._ask_height()
-        self._draw()
+        key = (window.end_s, window.start_s, window.step_s, tuple(telemetry.gpus),
+               telemetry.host is None, telemetry.unavailable)
+        if key != self._shown:
+            self._shown = key
+            self._draw()
 
     def on_resize(self) -> None:
-        self._draw()
+        self._draw(whole=True)
 
     def _tail(self) -> list[str | Row]:
         tail: list[str | Row] = [describe_status(s) for s in self.telemetry.unavailable]
@@ -63,11 +83,13 @@ class GpuPanel(Widget):
 
     def _ask_height(self) -> None:
         """The row's height: its default share of the screen, or what the GPUs need, up to
-        what the charts can give (they keep :data:`CHARTS_MIN` rows)."""
+        what the charts can give (they keep :data:`CHARTS_MIN` rows); a table that needs
+        less than the default share takes only its rows (and the requests panel's)."""
         row, screen = self.parent, self.screen
         if not isinstance(row, Widget) or row.id != "below":
             return
-        wanted = rows_wanted(len(self.telemetry.gpus), len(self._tail())) + 1  # + border
+        count = len(self.telemetry.gpus)
+        wanted = rows_wanted(count, len(self._tail())) + 1  # + border
         if (wanted, screen.size) == self._wanted:
             return  # asked already, at this size of the terminal
         self._wanted = (wanted, screen.size)
@@ -75,7 +97,14 @@ class GpuPanel(Widget):
                      if w is not row and w.id != "curves" and w.display)
         cap = screen.size.height - others - CHARTS_MIN
         default = int(screen.size.height * 0.3)  # the stylesheet's 30%
-        height = None if wanted <= default else max(5, default, min(wanted, cap))
+        if wanted > default:
+            height = max(5, default, min(wanted, cap))
+        elif count > 2:
+            # the table: its rows and its column names, the rest to the charts, which grow
+            # with the terminal, rather than blank rows under the table
+            height = max(REQUESTS_ROWS, wanted + 1)
+        else:
+            height = None  # curves (or none) grow into the stylesheet's share
         if height != self._wanted_set:
             row.styles.height = height  # None: the stylesheet's again
             self._wanted_set = height
@@ -85,13 +114,18 @@ class GpuPanel(Widget):
             if again is not None:
                 self.call_after_refresh(again)
 
-    def _draw(self) -> None:
+    def _draw(self, whole: bool = False) -> None:
+        """Draw, and repaint the cells that changed (all of them after a resize)."""
         width, height = self.size.width - 1, self.size.height  # a blank first column
         gpus = [(k, self.telemetry.gpus[k].latest) for k in gpu_order(list(self.telemetry.gpus))]
         rows = panel_rows(gpus, self.window, width, height, self._tail())
-        if rows != self.rows:
+        if whole:
             self.rows = rows
             self.refresh()
+        elif rows != self.rows:
+            old, self.rows = self.rows, rows
+            self.refresh(*(Region(1 + x, y, end - x, 1)  # + the blank first column
+                           for y, x, end in changed_spans(old, rows, width)))
 
     def render_line(self, y: int) -> Strip:
         width = self.size.width
