@@ -8,9 +8,10 @@ Measured side by side in one run, against one loopback server process:
   ``concurrency * tokens / tokens_per_s`` seconds, with a few ms of jitter so streams drift apart.
 - ``soaktop run --backend openai`` is started twice, the same way but for the mode: once with
   ``--headless``, once with the dashboard at ``--fps``. Each gets a real terminal: a
-  pseudo-terminal of 120x40 with ``TERM=xterm-256color`` as its stdin, stdout and stderr (and
-  controlling terminal), whose master side a thread drains continuously, so neither mode ever
-  blocks on a full terminal; the bytes it read are counted, as an SSH session would carry them.
+  pseudo-terminal of ``--size`` (120x40 by default) with ``TERM=xterm-256color`` as its stdin,
+  stdout and stderr (and controlling terminal), whose master side a thread drains
+  continuously, so neither mode ever blocks on a full terminal; the bytes it read are
+  counted, as an SSH session would carry them.
   Both record (``.jsonl.gz``) with host telemetry, as a soak would.
 - After ``--warmup`` seconds (imports, the app's start, the first wave of requests) the CPU time
   (user + system, the kernel's accounting via psutil, children included) of soaktop, of the
@@ -28,8 +29,24 @@ If the dashboard does not come up (soaktop exits at once, prints a usage error, 
 switches the terminal to its full screen within the warm-up), that is said in one line and the
 bench exits 1 after printing the headless figures. ``--modes headless`` measures headless only.
 
+``--gpus N`` makes the loopback serve N simulated GPUs as a DCGM exporter at ``/metrics``
+(:mod:`soaktop.engine.loopback.dcgm`, warmed by the load it serves, with a thermal time
+constant of ``--gpu-tau-s``, short by default so that the hot GPU throttles within the first
+run) and soaktop scrapes it (``--telemetry host,prom=URL/metrics``): the GPU panel's cost is
+in the figures. ``--size COLSxROWS`` sets the terminal.
+
+``--baseline DIR`` adds the mode ``base``: the same dashboard run from another copy of soaktop,
+e.g. ``git archive COMMIT | tar -x -C DIR``, against the same loopback in the same run, so
+its CPU and terminal bytes/s sit beside this tree's. Either layout of the tree works: the
+namespace one (``engine/``, ``tui/``, ``themes/`` installed as ``soaktop.*``) is run through a
+temporary ``soaktop`` package of links to DIR's folders, put first on ``PYTHONPATH`` (ahead
+of this tree's editable install), and the older top-level one as ``python -m tui.cli`` with
+``PYTHONPATH=DIR``. A baseline whose ``run --help`` does not offer ``prom=`` gets ``host``
+telemetry only, and the bench says so. Records from either are summarised by this tree.
+
     python bench/tui_overhead.py [--concurrency 64] [--tokens-per-s 3000] [--seconds 30]
                                  [--fps 4] [--repeat 1] [--warmup 5] [--modes headless,tui]
+                                 [--gpus 8] [--gpu-tau-s 10] [--size 120x40] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -57,13 +74,13 @@ from pathlib import Path
 import psutil
 
 from soaktop.engine.events import ClientSample, SessionStart
+from soaktop.engine.loopback.dcgm import GpuModel
 from soaktop.engine.loopback.process import spawn
 from soaktop.engine.loopback.schedule import Schedule
 from soaktop.engine.records.format import RecordReader
 
 ROOT = Path(__file__).resolve().parent.parent
 
-ROWS, COLUMNS = 40, 120
 TTFT_MS = 20.0
 ALT_SCREEN = b"\x1b[?1049h"  # what a full-screen app (Textual included) writes first
 ANSI = re.compile(r"\x1b\[[0-9;?<=>]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>78]|\r")
@@ -77,11 +94,11 @@ class BenchFailed(Exception):
 
 
 class Terminal:
-    """A pseudo-terminal of ``ROWS`` x ``COLUMNS`` whose master side a thread drains."""
+    """A pseudo-terminal of ``columns`` x ``rows`` whose master side a thread drains."""
 
-    def __init__(self) -> None:
+    def __init__(self, columns: int, rows: int) -> None:
         self.master, self.slave = pty.openpty()
-        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
         self.bytes_read = 0
         self.full_screen = False
         self._tail = bytearray()
@@ -180,19 +197,75 @@ class Measured:
     stopped_by: str
 
 
+@dataclass
+class Baseline:
+    """Another copy of soaktop to run: how to start its ``soaktop`` and what it supports."""
+
+    tree: Path
+    module: str  # what ``python -m`` runs
+    pythonpath: str  # put first on PYTHONPATH
+    prom: bool  # its ``run`` accepts --telemetry prom=URL
+    commit: str
+
+
+def baseline(tree: Path, scratch: Path) -> Baseline:
+    """How to run the soaktop in ``tree``, in either layout (see the module's docstring)."""
+    tree = tree.resolve()
+    cli = tree / "tui" / "cli.py"
+    if not cli.is_file():
+        raise SystemExit(f"bench: --baseline {tree}: no tui/cli.py there")
+    if "soaktop." in cli.read_text():  # the namespace layout: soaktop.tui imports
+        package = scratch / "baseline-path" / "soaktop"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")  # a regular package: found before the
+        for name in ("engine", "tui", "themes"):  # editable install's finder is asked
+            if (tree / name).is_dir():
+                (package / name).symlink_to(tree / name)
+        module, path = "soaktop.tui.cli", str(package.parent)
+    else:
+        module, path = "tui.cli", str(tree)
+    env = {**child_env(80, 24), "PYTHONPATH": path}
+    probe = subprocess.run(
+        [sys.executable, "-c", f"import os, {module.rpartition('.')[0]} as m; "
+                          "print(os.path.realpath(m.__file__))"],
+        capture_output=True, text=True, env=env, cwd=tree, timeout=60)
+    if probe.returncode != 0 or not probe.stdout.strip().startswith(str(tree)):
+        said = (probe.stderr.strip().splitlines() or [probe.stdout.strip()])[-1]
+        raise SystemExit(f"bench: --baseline {tree}: {module} does not load from there: {said}")
+    helped = subprocess.run([sys.executable, "-m", module, "run", "--help"], capture_output=True,
+                            text=True, env=env, cwd=tree, timeout=60)
+    commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    return Baseline(tree, module, path, "prom=" in helped.stdout, commit or tree.name)
+
+
 def command(args: argparse.Namespace, mode: str, url: str, record: Path) -> list[str]:
     run_for = args.warmup + args.seconds + 120  # it is stopped by a signal long before
-    cmd = [sys.executable, "-m", "soaktop.tui.cli", "run", "--backend", "openai", "--url", url,
+    base = mode.startswith("base")
+    telemetry = "host"
+    if args.gpus and (not base or args.baseline.prom):
+        telemetry += f",prom={url}/metrics"
+    module = args.baseline.module if base else "soaktop.tui.cli"
+    cmd = [sys.executable, "-m", module, "run", "--backend", "openai", "--url", url,
            "--model", "loopback", "--concurrency", str(args.concurrency),
            "--duration", f"{run_for:g}s", "--output-tokens", str(args.output_tokens),
-           "--record", str(record), "--telemetry", "host"]
-    return cmd + (["--headless"] if mode == "headless" else ["--fps", f"{args.fps:g}"])
+           "--record", str(record), "--telemetry", telemetry]
+    headless = mode in ("headless", "base-headless")
+    return cmd + (["--headless"] if headless else ["--fps", f"{args.fps:g}"])
 
 
-def child_env() -> dict[str, str]:
+def mode_env(args: argparse.Namespace, mode: str) -> dict[str, str]:
+    env = child_env(args.columns, args.rows)
+    if mode.startswith("base"):
+        env["PYTHONPATH"] = os.pathsep.join(
+            [args.baseline.pythonpath, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def child_env(columns: int, rows: int) -> dict[str, str]:
     env = dict(os.environ)
     env["TERM"] = "xterm-256color"
-    env["COLUMNS"], env["LINES"] = str(COLUMNS), str(ROWS)
+    env["COLUMNS"], env["LINES"] = str(columns), str(rows)
     for name in ("NO_COLOR", "TEXTUAL"):  # as a user's shell would have it, no dev tooling
         env.pop(name, None)
     return env
@@ -204,7 +277,8 @@ def wait_running(proc: subprocess.Popen, seconds: float, terminal: Terminal, mod
     while time.perf_counter() < deadline:
         if proc.poll() is not None:
             time.sleep(0.2)  # let the drain thread read its last words
-            what = "the dashboard did not come up" if mode == "tui" else "the headless run failed"
+            what = ("the headless run failed" if mode.endswith("headless")
+                    else "the dashboard did not come up")
             raise BenchFailed(f"{mode}: {what}: soaktop exited with code {proc.returncode}: "
                               f"{terminal.last_line()}")
         time.sleep(0.1)
@@ -213,7 +287,7 @@ def wait_running(proc: subprocess.Popen, seconds: float, terminal: Terminal, mod
 def stop(proc: subprocess.Popen, terminal: Terminal, mode: str) -> str:
     """End soaktop the way a user would; returns how it went. Killed if it will not go."""
     steps: list[tuple[str, object]] = [("SIGTERM", signal.SIGTERM)]
-    if mode == "tui":
+    if not mode.endswith("headless"):
         steps.append(("q then y", b"qy"))
     steps.append(("SIGINT", signal.SIGINT))
     for name, how in steps:
@@ -236,7 +310,7 @@ def stop(proc: subprocess.Popen, terminal: Terminal, mode: str) -> str:
 def summary_json(record: Path) -> dict:
     cmd = [sys.executable, "-m", "soaktop.tui.cli", "summary", str(record), "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env=child_env())
+                          env=child_env(80, 24))
     if done.returncode != 0:
         said = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise BenchFailed(f"soaktop summary {record.name} failed: {said}")
@@ -260,19 +334,20 @@ def window_rate(record: Path, t0_wall: float, t1_wall: float) -> float:
 def measure(args: argparse.Namespace, mode: str, url: str, server: psutil.Process,
             record: Path) -> Measured:
     cmd = command(args, mode, url, record)
-    terminal = Terminal()
+    terminal = Terminal(args.columns, args.rows)
     proc = None
     try:
+        cwd = args.baseline.tree if mode.startswith("base") else ROOT
         proc = subprocess.Popen(cmd, stdin=terminal.slave, stdout=terminal.slave,
-                                stderr=terminal.slave, cwd=ROOT, env=child_env(),
+                                stderr=terminal.slave, cwd=cwd, env=mode_env(args, mode),
                                 start_new_session=True, preexec_fn=_take_terminal)
         _LIVE.append(proc)
         terminal.start()
         soaktop = psutil.Process(proc.pid)
         wait_running(proc, args.warmup, terminal, mode)
-        if mode == "tui" and not terminal.full_screen:
+        if not mode.endswith("headless") and not terminal.full_screen:
             raise BenchFailed(
-                f"tui: the dashboard did not come up: no full-screen output within "
+                f"{mode}: the dashboard did not come up: no full-screen output within "
                 f"{args.warmup:g} s (it printed: {terminal.last_line()[:100]})")
         first = Sample.take(soaktop, server, terminal)
         wait_running(proc, args.seconds, terminal, mode)
@@ -332,7 +407,7 @@ def others(m: Measured) -> float:
 def row(run: int, m: Measured) -> str:
     failed = f", {m.requests_failed} failed" if m.requests_failed else ""
     code = f" (exit {m.exit_code})" if m.exit_code else ""
-    return (f"{run:>3}  {m.mode:<8} {m.soaktop_core * 100:>6.1f}%   "
+    return (f"{run:>3}  {m.mode:<13} {m.soaktop_core * 100:>6.1f}%   "
             f"{m.window_tokens_per_s:>7,.0f} / {m.run_tokens_per_s:>7,.0f}   "
             f"{m.server_core * 100:>6.1f}%   {others(m) * 100:>5.1f}%   "
             f"{m.terminal_bps:>9,.0f}   {m.requests_ok:,} ok{failed}; {m.stopped_by}{code}")
@@ -344,12 +419,12 @@ def verdict(args: argparse.Namespace, runs: list[Measured]) -> None:
         return statistics.median(values) if values else None
 
     heading = "medians" if args.repeat > 1 else "result"
-    for mode in ("headless", "tui"):
+    for mode in MODES:
         core = median(mode, "soaktop_core")
         if core is None:
             continue
         rate = median(mode, "window_tokens_per_s")
-        print(f"{heading}: {mode:<8} soaktop {core * 100:.1f}% of one core at "
+        print(f"{heading}: {mode:<13} soaktop {core * 100:.1f}% of one core at "
               f"{rate:,.0f} tokens/s; server {median(mode, 'server_core') * 100:.1f}%; "
               f"terminal {median(mode, 'terminal_bps'):,.0f} B/s")
         if rate < 0.9 * args.tokens_per_s:
@@ -374,17 +449,28 @@ def verdict(args: argparse.Namespace, runs: list[Measured]) -> None:
         mark = "under" if extra < 25 else "OVER"
         print(f"TUI minus headless: {extra:+.1f}% of one core ({mark} the 25% target); "
               f"TUI / headless: {tui / headless:.2f}x")
+    base = median("base", "soaktop_core")
+    if base is not None and tui is not None:
+        base_bps, tui_bps = median("base", "terminal_bps"), median("tui", "terminal_bps")
+        print(f"dashboard, this tree vs baseline {args.baseline.commit}: CPU {tui * 100:.1f}% "
+              f"vs {base * 100:.1f}% of one core ({(tui - base) * 100:+.1f}); terminal "
+              f"{tui_bps:,.0f} vs {base_bps:,.0f} B/s ({tui_bps / max(base_bps, 1):.2f}x)")
 
 
 def measure_all(args: argparse.Namespace, modes: list[str], schedule: Schedule,
                 runs: list[Measured]) -> str | None:
     """Every run, in turn, against one server; appends to ``runs``; the failure, if any."""
-    with spawn(schedule) as url, tempfile.TemporaryDirectory() as tmp:
+    gpus = None
+    if args.gpus:
+        gpus = GpuModel(gpus=args.gpus, tau_s=args.gpu_tau_s,
+                        busy_tokens_per_s=args.tokens_per_s)
+    with spawn(schedule, gpus=gpus) as url, tempfile.TemporaryDirectory() as tmp:
         server = server_process(url)
         for mode in modes:
             shown = command(args, mode, url, Path(tmp) / f"{mode}-N.jsonl.gz")
-            print(f"{mode:<8}: {shlex.join(shown)}")
-        print("run  mode     soaktop    tokens/s window / run   server    others  "
+            where = f" (PYTHONPATH={args.baseline.pythonpath})" if mode.startswith("base") else ""
+            print(f"{mode:<13}: {shlex.join(shown)}{where}")
+        print("run  mode          soaktop    tokens/s window / run   server    others  "
               "term B/s   requests; stopped by")
         for run in range(1, args.repeat + 1):
             for mode in modes:
@@ -398,6 +484,18 @@ def measure_all(args: argparse.Namespace, modes: list[str], schedule: Schedule,
                 time.sleep(1.0)  # the server finishes the streams it was cut off from
     return None
 
+
+MODES = ("headless", "tui", "base-headless", "base")
+
+
+def size(text: str) -> tuple[int, int]:
+    """``COLSxROWS``, e.g. ``100x30``."""
+    columns, _, rows = text.lower().partition("x")
+    if not (columns.isdigit() and rows.isdigit() and int(columns) >= 20 and int(rows) >= 10):
+        raise argparse.ArgumentTypeError(f"{text!r} is not COLSxROWS, e.g. 100x30")
+    return int(columns), int(rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, default=64)
@@ -408,11 +506,33 @@ def main() -> int:
                         help="seconds of each run left out before the window")
     parser.add_argument("--fps", type=float, default=4.0)
     parser.add_argument("--repeat", type=int, default=1, help="alternations of the modes")
-    parser.add_argument("--modes", default="headless,tui")
+    parser.add_argument("--modes", default=None,
+                        help="of headless, tui, base-headless, base (default: headless,tui, "
+                             "and base with --baseline)")
+    parser.add_argument("--gpus", type=int, default=0,
+                        help="simulated GPUs the loopback serves at /metrics, scraped with "
+                             "--telemetry prom=URL (default 0: host telemetry only)")
+    parser.add_argument("--gpu-tau-s", type=float, default=10.0,
+                        help="their thermal time constant (default 10 s: the hot GPU "
+                             "throttles within the first run)")
+    parser.add_argument("--size", type=size, default=(120, 40), metavar="COLSxROWS",
+                        help="the terminal (default 120x40)")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                        help="another soaktop tree whose dashboard runs as mode 'base'")
     args = parser.parse_args()
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not modes or set(modes) - {"headless", "tui"}:
-        parser.error("--modes: headless, tui or both")
+    args.columns, args.rows = args.size
+    modes = [m.strip() for m in (args.modes or "headless,tui").split(",") if m.strip()]
+    if args.modes is None and args.baseline is not None:
+        modes.append("base")
+    if not modes or set(modes) - set(MODES):
+        parser.error(f"--modes: one or more of {', '.join(MODES)}")
+    if any(m.startswith("base") for m in modes) and args.baseline is None:
+        parser.error("--modes base and base-headless need --baseline DIR")
+    if args.gpus < 0:
+        parser.error("--gpus must not be negative")
+    scratch = tempfile.TemporaryDirectory()
+    if args.baseline is not None:
+        args.baseline = baseline(args.baseline, Path(scratch.name))
 
     schedule = pace(args)
     import textual  # only to say which version drew the dashboard
@@ -422,7 +542,16 @@ def main() -> int:
     print(f"loopback: {args.concurrency} streams x {args.output_tokens} tokens, TTFT "
           f"{schedule.ttft_ms:g} ms, ITL {schedule.itl_ms:.2f} ms +-{schedule.jitter_ms:.1f} ms "
           f"-> paced for {args.tokens_per_s:,.0f} tokens/s; window {args.seconds:g} s after "
-          f"{args.warmup:g} s of warm-up; terminal {COLUMNS}x{ROWS}, TERM=xterm-256color")
+          f"{args.warmup:g} s of warm-up; terminal {args.columns}x{args.rows}, "
+          f"TERM=xterm-256color")
+    if args.gpus:
+        print(f"gpus: {args.gpus} simulated at the loopback's /metrics, thermal time constant "
+              f"{args.gpu_tau_s:g} s, 100% busy at {args.tokens_per_s:,.0f} tokens/s")
+    if args.baseline is not None:
+        b = args.baseline
+        print(f"baseline: {b.tree} ({b.commit}), python -m {b.module}"
+              + ("" if b.prom or not args.gpus else
+                 "; it has no --telemetry prom=, so it runs with host telemetry only"))
 
     def quit_on_sigterm(signum, frame):  # so the finally blocks below run
         raise KeyboardInterrupt
@@ -438,6 +567,7 @@ def main() -> int:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+        scratch.cleanup()
     if runs:
         verdict(args, runs)
     if failure:

@@ -14,7 +14,10 @@ It speaks, over HTTP/1.1 with keep-alive:
 - ``POST /api/generate`` and ``POST /api/chat`` (NDJSON, ``options.num_predict``, the server's
   durations on the ``done`` line); ``GET /api/tags``, ``GET /api/version``, ``POST /api/show``;
 - ``GET /_loopback/emissions``: the truth for every generation request finished since the last
-  call, then forgotten.
+  call, then forgotten;
+- ``GET /metrics`` with ``gpus=`` (``--gpus N``): N simulated GPUs as an NVIDIA DCGM exporter
+  serves them, warming with the tokens this server sends, one of them running hot enough to
+  throttle (:mod:`soaktop.engine.loopback.dcgm`).
 
 Every response carries ``Server: soaktop-loopback``.
 
@@ -45,17 +48,18 @@ streaming ones. In-process::
 As a process (what timing tests use, so client and server do not share a GIL)::
 
     python -m soaktop.engine.loopback --port 0 --ttft-ms 50 --itl-ms 20 [--fault reset --fault-every
-    5]
+    5] [--gpus 8 --gpu-tau-s 120]
 
 or ``with spawn(Schedule(...)) as url: ...`` (``spawn_process`` when the test needs the process,
 to kill it; ``port=`` to start one again where a killed one listened).
 """
 
+from soaktop.engine.loopback.dcgm import GpuModel, SimulatedGpus
 from soaktop.engine.loopback.process import READY, LoopbackProcess, spawn, spawn_process
 from soaktop.engine.loopback.schedule import Emission, Schedule
 from soaktop.engine.loopback.server import FAULTS, LoopbackServer
 
 __all__ = [
-    "FAULTS", "READY", "Emission", "LoopbackProcess", "LoopbackServer", "Schedule", "spawn",
-    "spawn_process",
+    "FAULTS", "READY", "Emission", "GpuModel", "LoopbackProcess", "LoopbackServer", "Schedule",
+    "SimulatedGpus", "spawn", "spawn_process",
 ]

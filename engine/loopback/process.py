@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from soaktop.engine.errors import SoaktopError
+from soaktop.engine.loopback.dcgm import GpuModel
 from soaktop.engine.loopback.schedule import Schedule
 from soaktop.engine.loopback.server import FAULTS, LoopbackServer
 
@@ -54,11 +55,26 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fault", choices=FAULTS)
     parser.add_argument("--fault-every", type=int, default=1,
                         help="every N-th generation request gets the fault (default: all)")
+    gpu = GpuModel()
+    parser.add_argument("--gpus", type=int, default=0,
+                        help="serve N simulated GPUs at GET /metrics, as a DCGM exporter "
+                             "(default 0: no /metrics)")
+    parser.add_argument("--gpu-tau-s", type=float, default=gpu.tau_s,
+                        help="the GPUs' thermal time constant in seconds "
+                             f"(default {gpu.tau_s:g})")
+    parser.add_argument("--gpu-busy-tokens-per-s", type=float, default=gpu.busy_tokens_per_s,
+                        help="served tokens/s that keep every GPU 100%% busy "
+                             f"(default {gpu.busy_tokens_per_s:g})")
+    parser.add_argument("--hot-gpu", type=int, default=gpu.hot_gpu,
+                        help="the GPU with poor cooling that throttles, as a Python index "
+                             "(default -1: the last)")
     return parser
 
 
-def argv(schedule: Schedule, fault: str | None = None, fault_every: int = 1) -> list[str]:
-    """The command-line arguments that make a server with this schedule and fault."""
+def argv(schedule: Schedule, fault: str | None = None, fault_every: int = 1,
+         gpus: GpuModel | None = None) -> list[str]:
+    """The command-line arguments that make a server with this schedule, fault and GPUs (only
+    the GPU fields that have flags are passed on)."""
     args = [
         "--ttft-ms", repr(schedule.ttft_ms), "--itl-ms", repr(schedule.itl_ms),
         "--jitter-ms", repr(schedule.jitter_ms), "--chunk-tokens", str(schedule.chunk_tokens),
@@ -71,6 +87,10 @@ def argv(schedule: Schedule, fault: str | None = None, fault_every: int = 1) -> 
         args.append("--no-role-chunk")
     if fault is not None:
         args += ["--fault", fault]
+    if gpus is not None:
+        args += ["--gpus", str(gpus.gpus), "--gpu-tau-s", repr(gpus.tau_s),
+                 "--gpu-busy-tokens-per-s", repr(gpus.busy_tokens_per_s),
+                 "--hot-gpu", str(gpus.hot_gpu)]
     return args
 
 
@@ -95,8 +115,13 @@ def main(args: list[str] | None = None) -> int:
             role_chunk=not options.no_role_chunk, model=options.model, seed=options.seed,
             reasoning_tokens=options.reasoning_tokens, stop_after=options.stop_after,
         )
+        gpus = None
+        if options.gpus:
+            gpus = GpuModel(gpus=options.gpus, tau_s=options.gpu_tau_s,
+                            busy_tokens_per_s=options.gpu_busy_tokens_per_s,
+                            hot_gpu=options.hot_gpu)
         server = LoopbackServer(
-            schedule, options.fault, options.fault_every, options.host, options.port
+            schedule, options.fault, options.fault_every, options.host, options.port, gpus
         )
     except ValueError as error:
         parser.error(str(error))
@@ -126,6 +151,7 @@ def spawn_process(
     *,
     port: int = 0,
     timeout_s: float = 10.0,
+    gpus: GpuModel | None = None,
 ) -> Iterator[LoopbackProcess]:
     """Run a loopback server in a child process for the ``with`` block.
 
@@ -133,10 +159,10 @@ def spawn_process(
     read it from the result). Raises :class:`~soaktop.engine.errors.SoaktopError` with the child's
     last words if it does not say it is ready within ``timeout_s`` (a port in use, for one). On
     leaving, the child gets SIGTERM (SIGKILL if it has not gone 5 s later); one that was
-    killed inside the block is only reaped.
+    killed inside the block is only reaped. ``gpus``: simulated GPUs at ``/metrics``.
     """
     command = [sys.executable, "-m", "soaktop.engine.loopback",
-               *argv(schedule or Schedule(), fault, fault_every), "--port", str(port)]
+               *argv(schedule or Schedule(), fault, fault_every, gpus), "--port", str(port)]
     with tempfile.TemporaryFile() as stderr:
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
         try:
@@ -169,10 +195,12 @@ def spawn(
     *,
     port: int = 0,
     timeout_s: float = 10.0,
+    gpus: GpuModel | None = None,
 ) -> Iterator[str]:
     """Run a loopback server in a child process for the ``with`` block; yields its URL.
 
-    ``port`` as for :func:`spawn_process` (0: any free port), which this wraps.
+    ``port`` and ``gpus`` as for :func:`spawn_process` (0: any free port), which this wraps.
     """
-    with spawn_process(schedule, fault, fault_every, port=port, timeout_s=timeout_s) as server:
+    with spawn_process(schedule, fault, fault_every, port=port, timeout_s=timeout_s,
+                       gpus=gpus) as server:
         yield server.url

@@ -22,6 +22,7 @@ from http import HTTPStatus
 from typing import Any
 
 from soaktop.engine import __version__
+from soaktop.engine.loopback.dcgm import GpuModel, SimulatedGpus
 from soaktop.engine.loopback.schedule import Emission, Schedule
 from soaktop.engine.loopback.wire import (
     WIRES,
@@ -126,6 +127,15 @@ async def _send_json(
     sent_ns = time.perf_counter_ns()
     await writer.drain()
     return sent_ns
+
+
+async def _send_text(writer: asyncio.StreamWriter, text: str, keep_alive: bool) -> None:
+    """Write a whole Prometheus text response."""
+    data = text.encode()
+    head = [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+            ("Content-Length", str(len(data)))]
+    writer.write(_head(200, head, keep_alive) + data)
+    await writer.drain()
 
 
 async def _send_chunk(writer: asyncio.StreamWriter, data: bytes) -> int:
@@ -299,6 +309,10 @@ class LoopbackServer:
     one of :data:`FAULTS`. What was sent, and when, is kept per request until
     :meth:`emissions` (or ``GET /_loopback/emissions``) takes it: read it now and then on long
     runs, since it grows with every chunk.
+
+    With ``gpus`` (a :class:`~soaktop.engine.loopback.dcgm.GpuModel`), ``GET /metrics`` serves
+    those GPUs as a DCGM exporter would, heated by the tokens this server sends, on a clock
+    that starts with :meth:`start`.
     """
 
     def __init__(
@@ -308,6 +322,7 @@ class LoopbackServer:
         fault_every: int = 1,
         host: str = "127.0.0.1",
         port: int = 0,
+        gpus: GpuModel | None = None,
     ) -> None:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; choose one of: {', '.join(FAULTS)}")
@@ -322,6 +337,8 @@ class LoopbackServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._requests = 0
         self._finished: list[Emission] = []
+        self.gpus = None if gpus is None else SimulatedGpus(gpus)
+        self._origin_ns = time.perf_counter_ns()
         self._gets: dict[str, Callable[[], Any]] = {
             "/v1/models": lambda: openai_models(self.schedule.model),
             "/api/tags": lambda: ollama_tags(self.schedule.model),
@@ -340,6 +357,7 @@ class LoopbackServer:
 
     async def start(self) -> None:
         """Listen; with ``port=0`` the system picks a free port, then found in :attr:`port`."""
+        self._origin_ns = time.perf_counter_ns()  # the simulated GPUs' clock starts here
         self._server = await asyncio.start_server(self._connection, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -409,7 +427,10 @@ class LoopbackServer:
                 self._finished.append(trace.freeze())
         get = self._gets.get(request.path)
         post = self._posts.get(request.path)
-        if get is not None and request.method == "GET":
+        if request.path == "/metrics" and self.gpus is not None and request.method == "GET":
+            text = self.gpus.metrics((time.perf_counter_ns() - self._origin_ns) / 1e9)
+            await _send_text(writer, text, request.keep_alive)
+        elif get is not None and request.method == "GET":
             await _send_json(writer, 200, get(), request.keep_alive)
         elif post is not None and request.method == "POST":
             await self._answer_post(request, post, writer)
@@ -492,8 +513,10 @@ class LoopbackServer:
                 return response.keep_alive
             payload = wire.content(words(sent, tokens), last=index == len(plan) - 1,
                                    reasoning=sent < self.schedule.reasoning_tokens)
-            trace.chunks_ns.append(await _send_chunk(writer, wire.frame(payload)))
+            sent_ns = await _send_chunk(writer, wire.frame(payload))
+            trace.chunks_ns.append(sent_ns)
             trace.chunk_tokens.append(tokens)
+            self._served(sent_ns, tokens)
             sent += tokens
         if strike_at == len(plan) and not await response.strike():
             return response.keep_alive
@@ -522,7 +545,13 @@ class LoopbackServer:
         if wire.tokens:
             trace.chunks_ns.append(trace.first_byte_ns)
             trace.chunk_tokens.append(wire.tokens)
+            self._served(trace.first_byte_ns, wire.tokens)
         return keep_alive
+
+    def _served(self, sent_ns: int, tokens: int) -> None:
+        """Content tokens left at ``sent_ns``: the load that heats the simulated GPUs."""
+        if self.gpus is not None:
+            self.gpus.served((sent_ns - self._origin_ns) / 1e9, tokens)
 
     @staticmethod
     def _timing(trace: _Trace) -> tuple[int, int, int]:
