@@ -199,12 +199,26 @@ def test_a_repaint_is_one_span_a_changed_row_up_to_its_last_change():
 
 
 def test_a_remote_host_s_name_gives_way_to_the_index_where_the_row_is_narrow():
-    keys = [f"gpu-node-07/{i}" for i in range(4)]
+    keys = [f"gpu-node-0{i // 2}/{i % 2}" for i in range(4)]  # two hosts, two GPUs each
     items = [(k, sample(i)) for i, k in enumerate(keys)]
-    wide = table_rows(items, window(keys), 80, 5)
-    narrow = table_rows(items, window(keys), 39, 5)
-    assert [text(r)[:16] for r in wide[1:]] == [f"gpu-node-07 GPU{i}" for i in range(4)]
-    assert [text(r).split()[0] for r in narrow[1:]] == [f"GPU{i}" for i in range(4)]
+    wide = table_rows(items, window(keys), 80, 6)
+    narrow = table_rows(items, window(keys), 39, 6)
+    assert text(wide[1]).split() == ["temp", "SM", "power", "mem", "thr"]  # column names
+    assert max(len(text(r)) for r in wide) <= 80
+    assert [text(r)[:16] for r in wide[2:]] == [
+        f"gpu-node-0{i // 2} GPU{i % 2}" for i in range(4)]
+    assert [text(r).split()[0] for r in narrow[2:6]] == [f"GPU{i % 2}" for i in range(4)]
+
+
+def test_the_gpus_of_one_exporter_name_their_host_once_and_keep_the_row_for_figures():
+    keys = [f"loopback/{i}" for i in range(8)]
+    items = [(k, sample(i)) for i, k in enumerate(keys)]
+    local = table_rows([(str(i), s) for i, (_, s) in enumerate(items)],
+                       window([str(i) for i in range(8)]), 49, 9)
+    rows = table_rows(items, window(keys), 49, 9)
+    assert text(rows[0]).startswith("8 GPUs on loopback: ")
+    assert [text(r).split()[0] for r in rows[1:]] == [f"GPU{i}" for i in range(8)]
+    assert [text(r) for r in rows[1:]] == [text(r) for r in local[1:]]  # as wide as NVML's
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 8, 16])

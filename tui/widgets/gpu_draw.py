@@ -21,7 +21,7 @@ Two layouts, picked by what fits:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,9 +207,11 @@ def curves_for(key: str, s: GpuSample, window: Window | None, width: int,
     return rows
 
 
-def _aggregate(items: list[tuple[str, GpuSample]], width: int, head: str) -> Row:
+def _aggregate(items: list[tuple[str, GpuSample]], width: int, head: str,
+               label: Callable[[str], str] = gpu_label) -> Row:
     """``head``, then the hottest, the lowest SM clock and the total power of ``items``; the
-    GPUs' names are left out where the row is too narrow for them, then whole figures."""
+    GPUs' names (``label``) are left out where the row is too narrow for them, then whole
+    figures."""
     temps = [(s.temperature_c, k) for k, s in items if s.temperature_c is not None]
     clocks = [(s.sm_clock_mhz, k) for k, s in items if s.sm_clock_mhz is not None]
     powers = [s.power_w for _, s in items if s.power_w is not None]
@@ -218,12 +220,12 @@ def _aggregate(items: list[tuple[str, GpuSample]], width: int, head: str) -> Row
         parts: list[Run] = [(head, "title")]
         if temps:
             t, k = max(temps)
-            parts.append((f"hottest {fmt(t)}C" + (f" {gpu_label(k)}" if style == "named"
+            parts.append((f"hottest {fmt(t)}C" + (f" {label(k)}" if style == "named"
                                                   else ""), ""))
         if clocks:
             c, k = min(clocks)
             word = "min" if style == "short" else "lowest"
-            parts.append((f"{word} {mhz(c)} MHz" + (f" {gpu_label(k)}" if style == "named"
+            parts.append((f"{word} {mhz(c)} MHz" + (f" {label(k)}" if style == "named"
                                                    else ""), ""))
         if powers:
             total = f"{fmt(sum(powers))} W"
@@ -344,10 +346,12 @@ def table_layout(width: int, label_w: int, temp_range_w: int, clock_range_w: int
 def header_text(lay: TableLayout) -> str:
     """The table's column names, each over its figures (a chart's cells and range are under
     its figure's name's column, unnamed)."""
+    # the strip's name no wider than its cells: a header wider than the rows is dropped
+    strip = next(name for name in ("throttle", "thr", "") if len(name) <= lay.throttle)
     temp = 2 + lay.temp_cells + lay.temp_range_w if lay.temp_cells else 0
     clock = 2 + lay.clock_cells + lay.clock_range_w if lay.clock_cells else 0
     return (f"{'':<{lay.label_w + 1}}{'temp':>4}{'':<{temp}}{'SM':>5}{'':<{clock}}"
-            f"{'power':>7}{'mem':>5}" + (" throttle" if lay.throttle else "")).rstrip()
+            f"{'power':>7}{'mem':>5}" + (f" {strip}" if strip else "")).rstrip()
 
 
 def table_row(key: str, s: GpuSample, window: Window | None, lay: TableLayout) -> Row:
@@ -384,13 +388,19 @@ def table_rows(items: list[tuple[str, GpuSample]], window: Window | None, width:
     temp_w = max(len(spark(window, k, "temperature_c", SPARK_MAX, "temp", TEMP_FLOOR_C,
                            unit="C")[1]) for k, _ in items)
     clock_w = max(len(clock_spark(window, k, s, SPARK_MAX)[1]) for k, s in items)
-    lay = table_layout(width, max(len(gpu_label(k)) for k, _ in items), max(temp_w, 5),
+    # GPUs of one host scraped from its exporter: the host is said once, in the aggregate
+    # row, and each row keeps its columns for the figures
+    hosts = {k.rpartition("/")[0] for k, _ in items}
+    host = hosts.pop() if len(hosts) == 1 else ""
+    label = short_label if host else gpu_label
+    head = f"{len(items)} GPUs" + (f" on {host}" if host else "")
+    lay = table_layout(width, max(len(label(k)) for k, _ in items), max(temp_w, 5),
                        max(clock_w, 7))
     if lay is None or not lay.temp_cells:  # a host name leaves no room: the index alone
         short = table_layout(width, max(len(short_label(k)) for k, _ in items),
                              max(temp_w, 5), max(clock_w, 7))
         lay = short if short is not None and (lay is None or short.temp_cells) else lay
-    out: list[Row] = [_aggregate(items, width, f"{len(items)} GPUs")]
+    out: list[Row] = [_aggregate(items, width, head, label)]
     room = rows - 1
     if lay is not None and room >= len(items) + 1:  # room to say what each column is
         out.append(fit_row([(header_text(lay), "muted")], width))
@@ -399,7 +409,7 @@ def table_rows(items: list[tuple[str, GpuSample]], window: Window | None, width:
     out += [table_row(k, s, window, lay) for k, s in shown]
     left = items[len(shown):]
     if left and len(out) < rows:
-        out.append(_aggregate(left, width, f"+{len(left)} GPUs"))
+        out.append(_aggregate(left, width, f"+{len(left)} GPUs", label))
     return out[:rows]
 
 
