@@ -109,10 +109,26 @@ def test_extra_height_makes_the_curves_taller_temperature_first():
     assert "limit" not in {k for _, k in rows[1]} and "temp" in {k for _, k in rows[1]}
 
 
-def test_the_strip_keeps_the_newest_column_on_the_right():
+def test_the_strip_keeps_the_newest_column_on_the_right_and_groups_what_is_wider():
     w = window(["0"], width=4, reasons=[None, (), ("hw_slowdown",), ("sw_thermal",)])
     assert text(strip_row(w, "0", 6)) == "   .ST"
-    assert text(strip_row(w, "0", 2)) == "ST"
+    # two cells over the window's four columns: the worst of each half, the gap ignored
+    assert text(strip_row(w, "0", 2)) == ".T"
+    w = window(["0"], width=5, reasons=[("sw_power_cap",), None, None, (), ()])
+    assert text(strip_row(w, "0", 2)) == "P."  # a lone reason is not averaged away
+
+
+def test_a_mini_chart_spans_the_whole_window_in_runs_of_columns():
+    from soaktop.tui.widgets.gpu_draw import _squeeze
+
+    values = np.array([1.0, np.nan, 3.0, 10.0, 20.0, np.nan, np.nan])  # runs of 2, 2, 3
+    assert _squeeze(values, 3).tolist() == [1.0, 6.5, 20.0]  # gaps ignored
+    assert _squeeze(values, 3, "min").tolist() == [1.0, 3.0, 20.0]
+    assert _squeeze(values, 3, "max").tolist() == [1.0, 10.0, 20.0]
+    gaps = _squeeze(np.array([np.nan, np.nan, 5.0, 6.0]), 2)
+    assert np.isnan(gaps[0]) and gaps[1] == 5.5  # a run of gaps stays a gap
+    fewer = _squeeze(values[:2], 4)  # fewer columns than cells: a cell each, newest right
+    assert np.isnan(fewer[:2]).all() and fewer[2] == 1.0 and np.isnan(fewer[3])
 
 
 def test_eight_gpus_are_a_table_with_an_aggregate_row_and_sixteen_are_summed_up():
@@ -149,8 +165,9 @@ def test_a_one_row_chart_spans_its_data_out_to_whole_units_and_at_least_its_floo
 
 def test_at_80x24_each_gpu_row_states_the_range_its_temperature_chart_spans():
     """At 80x24 the table has 39 columns: a GPU's chart is one row of a few cells, with no
-    room for axis labels, so the row says what the dots span (``77–81C``: the newest two
-    columns 78 and 79 C, widened to 4 C)."""
+    room for axis labels, so the row says what the dots span (``60–79C``: the window's 20
+    columns, 60 to 79 C, in two cells of ten, each the mean of its columns and its band
+    their range)."""
     keys = [str(i) for i in range(8)]
     rows = table_rows([(k, sample(int(k))) for k in keys], window(keys), 39, 9)
     assert [text(r).split()[0] for r in rows[1:]] == [f"GPU{i}" for i in range(8)]
@@ -160,10 +177,12 @@ def test_at_80x24_each_gpu_row_states_the_range_its_temperature_chart_spans():
         found = re.search(r"C (\S+) (\d+)–(\d+)C ", line)
         assert found, line
         chart, lo, hi = found.group(1), int(found.group(2)), int(found.group(3))
-        assert (lo, hi) == (77, 81)
-        # the dots rise with the temperatures, on the chart's scale: 78 then 79 C
+        assert (lo, hi) == (60, 79)
+        # the dots rise with the temperatures, on the chart's scale: each cell's band reaches
+        # the highest of its ten columns (69, then 79 C)
+        halves = np.linspace(60.0, 79.0, 20).reshape(2, 10).max(axis=1)
         assert [dot_level(c) for c in chart] == [round((t - lo) / (hi - lo) * 3)
-                                                 for t in (78, 79)]
+                                                 for t in halves]
         assert line.endswith("..")  # throttle cells still there, after the figures
 
 

@@ -95,6 +95,37 @@ def _last(values: np.ndarray | None, n: int) -> np.ndarray:
     return np.concatenate([np.full(n - values.size, np.nan), values])
 
 
+def _edges(size: int, n: int) -> np.ndarray | None:
+    """Where each of ``n`` cells starts when ``size`` columns go into them, newest on the
+    right, every cell one or two columns more or less than the others; None where they fit
+    a cell each."""
+    if size <= n or n <= 0:
+        return None
+    return (np.arange(n) * size) // n
+
+
+def _squeeze(values: np.ndarray | None, n: int, how: str = "mean") -> np.ndarray:
+    """The window's columns in ``n`` cells, newest on the right: where there are more columns
+    than cells, each cell is a run of neighbouring columns, their mean (``how="mean"``), their
+    lowest (``"min"``) or their highest (``"max"``) value, gaps ignored; so a mini-chart spans
+    the same time as the charts above it (in the whole-run view, the whole run), not only
+    their newest columns, and a dip or a spike in a run of columns stays in its cell's band."""
+    if values is None:
+        return np.full(n, np.nan)
+    values = np.asarray(values, dtype=np.float64)
+    edges = _edges(values.size, n)
+    if edges is None:
+        return _last(values, n)
+    if how == "min":
+        return np.fmin.reduceat(values, edges)
+    if how == "max":
+        return np.fmax.reduceat(values, edges)
+    seen = np.isfinite(values)
+    sums = np.add.reduceat(np.where(seen, values, 0.0), edges)
+    counts = np.add.reduceat(seen.astype(np.int64), edges)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
 def _kinds(rows: list[Row], names: Sequence[str]) -> list[Row]:
     """plot's kinds (``line0``, ``band0``, ``line1``) renamed for the panel's styles."""
     table = {}
@@ -106,14 +137,15 @@ def _kinds(rows: list[Row], names: Sequence[str]) -> list[Row]:
 def curve(window: Window | None, key: str, series: str, n: int, height: int,
           lo: float, hi: float, kind: str, extra: np.ndarray | None = None,
           extra_kind: str = "limit") -> list[Row]:
-    """``height`` rows of one GPU series over the newest ``n`` columns of ``window``."""
+    """``height`` rows of one GPU series in ``n`` cells over ``window``'s columns (the same
+    time as the charts above; see :func:`_squeeze`); ``extra`` is a line already in cells."""
     if n <= 0:
         return [[] for _ in range(height)]
     g = window.gpus.get(key, {}) if window else {}
     low = window.gpus_low.get(key, {}) if window else {}
     high = window.gpus_high.get(key, {}) if window else {}
-    layers = [Layer(_last(g.get(series), n), _last(low.get(series), n),
-                    _last(high.get(series), n))]
+    layers = [Layer(_squeeze(g.get(series), n), _squeeze(low.get(series), n, "min"),
+                    _squeeze(high.get(series), n, "max"))]
     names = [kind]
     if extra is not None:
         layers.append(Layer(_last(extra, n)))
@@ -143,9 +175,17 @@ def clock_range(ratios: np.ndarray) -> tuple[float, float]:
 
 
 def strip_row(window: Window | None, key: str, n: int) -> Row:
-    """The throttle strip over the newest ``n`` columns: one cell a column, the worst reason
-    in its bucket; a throttling letter warns, ``.`` (none) and gaps are muted."""
+    """The throttle strip in ``n`` cells over the window's columns (a cell a column, or a
+    group of them where there are more: see :func:`_squeeze`), each the worst reason seen in
+    it; a throttling letter warns, ``.`` (none) and gaps are muted."""
     reasons = list(window.reasons.get(key, [])) if window else []
+    edges = _edges(len(reasons), n)
+    if edges is not None:
+        bounds = [*edges.tolist(), len(reasons)]
+        grouped = [[r for r in reasons[a:b] if r is not None]
+                   for a, b in zip(bounds, bounds[1:], strict=False)]
+        reasons = [tuple(sorted({x for r in group for x in r})) if group else None
+                   for group in grouped]
     reasons = [None] * max(0, n - len(reasons)) + reasons[-n:] if n else []
     text = throttle_strip(reasons)
     row: Row = []
@@ -173,13 +213,15 @@ def curves_for(key: str, s: GpuSample, window: Window | None, width: int,
     for i in range(extra):
         heights[i % 4] += 1
     g = window.gpus.get(key, {}) if window else {}
-    temps = _last(g.get("temperature_c"), n)
-    margins = _last(g.get("margin_c"), n)
-    limits = temps + margins
+    temps = _squeeze(g.get("temperature_c"), n)
+    limits = _squeeze(np.asarray(g["temperature_c"]) + np.asarray(g["margin_c"])
+                      if "temperature_c" in g and "margin_c" in g else None, n)
     t_lo, t_hi = temperature_range(
-        np.concatenate([temps, _last((window.gpus_low.get(key, {}) if window else {})
-                                     .get("temperature_c"), n)]), limits)
-    c_lo, c_hi = clock_range(_last(g.get("sm_clock_ratio"), n))
+        np.concatenate([temps, _squeeze((window.gpus_low.get(key, {}) if window else {})
+                                        .get("temperature_c"), n, "min")]), limits)
+    c_lo, c_hi = clock_range(_squeeze((window.gpus_low.get(key, {}) if window else {})
+                                      .get("sm_clock_ratio", g.get("sm_clock_ratio")), n,
+                                      "min"))
     margin = margin_of(s)
     hot = margin is not None and margin < HOT_MARGIN_C
     memory = ("mem " + fmt((s.memory_used_bytes or 0) / 2**30) + "/"
@@ -272,14 +314,15 @@ def range_text(span: tuple[float, float] | None, unit: str = "") -> str:
 def spark(window: Window | None, key: str, series: str, n: int, kind: str,
           floor: float, scale: float = 1.0, unit: str = "", top: float | None = None
           ) -> tuple[Row, str]:
-    """A one-row chart of ``series`` over the newest ``n`` columns (times ``scale``: a ratio
-    in MHz), and its range as text (see :func:`spark_range`)."""
+    """A one-row chart of ``series`` in ``n`` cells over the window's columns (times
+    ``scale``: a ratio in MHz; see :func:`_squeeze`), and its range as text (see
+    :func:`spark_range`)."""
     g = window.gpus.get(key, {}) if window else {}
     low = window.gpus_low.get(key, {}) if window else {}
     high = window.gpus_high.get(key, {}) if window else {}
-    mean = _last(g.get(series), n) * scale
-    lows = _last(low.get(series, g.get(series)), n) * scale
-    highs = _last(high.get(series, g.get(series)), n) * scale
+    mean = _squeeze(g.get(series), n) * scale
+    lows = _squeeze(low.get(series, g.get(series)), n, "min") * scale
+    highs = _squeeze(high.get(series, g.get(series)), n, "max") * scale
     span = spark_range(np.fmin(lows, mean), np.fmax(highs, mean), floor, top)
     lo, hi = span or (0.0, 1.0)
     row = _kinds(plot([Layer(mean, lows, highs)], 1, lo, hi), [kind])[0]
