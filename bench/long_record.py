@@ -8,6 +8,9 @@ minutes, requests of 32 tokens (about 199,000 of them), 8 GPUs and the host samp
 the client's own sample once a second; about 30 MB compressed. The record is written as the
 session writes it (one gzip member per half second of the run, the same ``encode``).
 
+``soaktop attach`` on the finished record is timed too: it catches up on the whole record
+(then stops at its ``session_end``), which is what a viewer attaching late to a long soak waits.
+
 Each command runs as its own process (``soaktop.tui.cli.main`` under this Python), timed
 from start to exit, with its peak RSS from the kernel (``wait4``); beside them the bare floor
 any JSON-lines reader pays: decompress and ``json.loads`` every line. ``--baseline DIR`` runs
@@ -17,6 +20,7 @@ change is measured against the code before it on the same machine in the same ru
 
     python bench/long_record.py [--minutes 30] [--tokens-per-s 3545] [--tokens 32]
         [--concurrency 64] [--gpus 8] [--hz 4] [--repeat 1] [--keep PATH] [--baseline DIR]
+        [--skip-replay] [--skip-attach]
 """
 
 from __future__ import annotations
@@ -196,6 +200,7 @@ def main() -> None:
     parser.add_argument("--baseline", default=None,
                         help="a folder holding another soaktop package: its figures beside")
     parser.add_argument("--skip-replay", action="store_true")
+    parser.add_argument("--skip-attach", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.keep or Path(tmp) / "soak.jsonl.gz"
@@ -211,6 +216,8 @@ def main() -> None:
         if not args.skip_replay:
             commands.append(("replay --speed max",
                              ["replay", str(path), "--speed", "max", "--headless"]))
+        if not args.skip_attach:  # a finished record: attach catches up, then ends with it
+            commands.append(("attach (catch-up)", ["attach", str(path), "--json"]))
         trees = [("this tree", None)]
         if args.baseline:
             trees.insert(0, ("baseline", args.baseline))

@@ -6,6 +6,12 @@ read back from the record. One code path, so the two give the same numbers.
 Memory grows per request (a handful of floats each), never per token: ITL goes into a
 fixed-size :class:`~soaktop.engine.metrics.histogram.LogHistogram` per phase.
 
+A record read back may hand its ``request_done`` lines over as the dicts they were read as
+(``RecordReader.events(raw_requests=True)``): :meth:`SessionSummary.add` takes both forms and
+counts a line exactly as its event, a batch of lines at a time with whole-array numpy, so a
+30-minute soak's 200,000 requests are never made into events (the tests compare the two forms
+bit for bit).
+
 Attribution:
 - Latencies (TTFT, ITL, TPOT, E2E, output speed) and request counts belong to the phase in
   which the request was *sent*. Warm-up requests are counted apart and in no distribution;
@@ -26,10 +32,13 @@ whole run, its drift analysis included, is not recomputed for it).
 
 from __future__ import annotations
 
+import copy
+from array import array
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -48,7 +57,7 @@ from soaktop.engine.events import (
     TokensArrived,
 )
 from soaktop.engine.load.plans import parse_slo, ramp_table, slo_report
-from soaktop.engine.metrics.drift import Drift
+from soaktop.engine.metrics.drift import RECENT_REQUESTS, Drift
 from soaktop.engine.metrics.histogram import LogHistogram
 from soaktop.engine.metrics.results import (
     CUT_SHORT,
@@ -64,6 +73,7 @@ from soaktop.engine.metrics.stats import (
     itl_gaps,
     rate,
 )
+from soaktop.engine.records.format import decode
 from soaktop.engine.telemetry.derived import (
     GpuWindow,
     HostWindow,
@@ -73,23 +83,82 @@ from soaktop.engine.telemetry.derived import (
 )
 
 
-class _Column:
-    """A float64 array that grows by doubling: compact per-request storage."""
+class _Drift(Drift):
+    """The soak verdict, fed many requests' arrays at once (see
+    :meth:`SessionSummary._flush_lines`).
 
-    __slots__ = ("_data", "_size")
+    A subclass here because the record-line path is the summary's: it fills the same state
+    :meth:`Drift.add` fills a request at a time (tokens per second of the measured run, the
+    first window's TTFTs and the latest ones' ring), so it follows Drift's internals; the
+    tests check that a summary fed record lines and one fed events give the same verdict
+    figures, bit for bit.
+    """
+
+    def add_lines(self, t_max: int, sent: np.ndarray, lens: np.ndarray, offsets: np.ndarray,
+                  first: np.ndarray, warmup: np.ndarray, with_ttft: np.ndarray) -> None:
+        """What :meth:`Drift.add` does for requests whose arrivals carry one token each, in
+        order: ``sent`` their send times, ``lens`` their arrivals, ``offsets`` those end to
+        end (µs from each send), ``first`` each one's first, ``warmup`` which were warm-up,
+        ``with_ttft`` which were successful measured ones with arrivals (their TTFT counts)."""
+        if t_max > self.end_ns:
+            self.end_ns = t_max
+        if self.start_ns is None:
+            return
+        measured = np.repeat(~warmup, lens)
+        if measured.any():
+            self._count_tokens(np.repeat(sent, lens)[measured] + offsets[measured] * 1000, None)
+        m = int(np.count_nonzero(with_ttft))
+        if not m:
+            return
+        t_s = (sent[with_ttft] - self.start_ns) / 1e9
+        ttft_ms = first[with_ttft] / 1e3
+        early = sent[with_ttft] < self.start_ns + self.window_ns
+        e = int(np.count_nonzero(early))
+        if e:
+            while self._first_n + e > self._first_t.size:
+                self._first_t = np.concatenate([self._first_t, np.empty_like(self._first_t)])
+                self._first_v = np.concatenate([self._first_v, np.empty_like(self._first_v)])
+            self._first_t[self._first_n : self._first_n + e] = t_s[early]
+            self._first_v[self._first_n : self._first_n + e] = ttft_ms[early]
+            self._first_n += e
+        if m > RECENT_REQUESTS:  # only the latest fit
+            t_s, ttft_ms = t_s[-RECENT_REQUESTS:], ttft_ms[-RECENT_REQUESTS:]
+            self._ring_next += m - RECENT_REQUESTS
+            m = RECENT_REQUESTS
+        slots = (self._ring_next + np.arange(m)) % RECENT_REQUESTS
+        self._ring_t[slots], self._ring_v[slots] = t_s, ttft_ms
+        self._ring_next += m
+
+
+class _Column:
+    """Per-request values as C doubles, 8 bytes each (NaN for None): compact storage.
+
+    An ``array.array``, not a numpy array: appending a float to it costs a fifth of storing
+    one into a numpy element, and a long soak appends a million (four columns a request).
+    """
+
+    __slots__ = ("_data",)
 
     def __init__(self) -> None:
-        self._data = np.empty(64, dtype=np.float64)
-        self._size = 0
+        self._data = array("d")
+
+    def __len__(self) -> int:
+        return len(self._data)
 
     def append(self, value: float | None) -> None:
-        if self._size == self._data.size:
-            self._data = np.concatenate([self._data, np.empty_like(self._data)])
-        self._data[self._size] = np.nan if value is None else value
-        self._size += 1
+        self._data.append(_NAN if value is None else value)
+
+    def extend(self, values: np.ndarray) -> None:
+        """Append a float64 array's values."""
+        self._data.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
 
     def values(self) -> np.ndarray:
-        return self._data[: self._size]
+        """The values so far, as a float64 array of their own (a copy: the column goes on
+        growing, and an array.array cannot grow while numpy views its memory)."""
+        return np.array(self._data, dtype=np.float64)
+
+
+_NAN = float("nan")
 
 
 #: The arrival offsets, and the requests, gathered before their tokens are counted together
@@ -97,6 +166,14 @@ class _Column:
 #: the requests are.
 BUFFER_TOKENS = 1 << 14
 BUFFER_REQUESTS = 4096
+#: Events whose counting neither depends on requests counted before them nor changes how
+#: later ones are counted: record lines waiting to be counted may stay waiting past them
+#: (telemetry comes every few milliseconds in a record with many GPUs).
+_BESIDE_REQUESTS = frozenset({GpuSample, HostSample, ServerSample, ClientSample,
+                              TelemetryStatus, SessionEnd})
+#: Record lines gathered before they are counted together (see SessionSummary._add_line):
+#: a few MB of dicts at most.
+BATCH_LINES = 4096
 
 _METRICS = ("ttft_us", "tpot_us", "e2e_us", "speed_tps", "server_speed_tps",
             "queued_us")
@@ -123,13 +200,22 @@ class _Telemetry:
         self.servers: dict[str, ServerWindow] = {}
 
     def add(self, sample: GpuSample | HostSample | ServerSample) -> None:
+        # get, then make only when missing: setdefault(key, GpuWindow()) made (and threw away)
+        # a window of a dozen running figures for every sample
         if isinstance(sample, GpuSample):
-            self.gpus.setdefault(gpu_key(sample.host, sample.gpu_index), GpuWindow()).add(sample)
+            key = gpu_key(sample.host, sample.gpu_index)
+            window = self.gpus.get(key)
+            if window is None:
+                window = self.gpus[key] = GpuWindow()
+            window.add(sample)
         elif isinstance(sample, HostSample):
             self.host.add(sample)
         else:
             key = f"{sample.source} {sample.model}" if sample.model else sample.source
-            self.servers.setdefault(key, ServerWindow()).add(sample)
+            server = self.servers.get(key)
+            if server is None:
+                server = self.servers[key] = ServerWindow()
+            server.add(sample)
 
     def figures(self, tokens: int, duration_s: float) -> dict[str, Any]:
         """The telemetry fields of :class:`~soaktop.engine.metrics.results.Figures`."""
@@ -169,6 +255,8 @@ class SessionSummary:
     #: A record holds no TokensArrived, so the summary counts none (tokens come from each
     #: request_done): a replay need not hand it the millions it re-derives.
     ignores_tokens = True
+    #: :meth:`add` takes a ``request_done`` as its record line too (see :meth:`_add_line`)
+    takes_record_lines = True
 
     def __init__(self) -> None:
         self.header: SessionStart | None = None
@@ -178,9 +266,13 @@ class SessionSummary:
         self._starts = np.empty(0, dtype=np.int64)  # each phase's start, for numpy ...
         self._start_list: list[int] = []  # ... and for one sample at a time (bisect)
         self._last_t_ns = 0
-        self._run_telemetry = _Telemetry()  # samples of the measured (non-warm-up) phases
+        # the samples of the measured (non-warm-up) phases: while they are all one phase's,
+        # that phase's window stands for them (see _add_sample)
+        self._run_telemetry: _Telemetry | None = None
+        self._run_alias: _PhaseStats | None = None
         self._status: dict[tuple, TelemetryStatus] = {}
-        self._drift = Drift()  # the soak verdict: the last minutes against the first
+        self._target: int | None = None  # output tokens asked for (header); None: no header
+        self._drift = _Drift()  # the soak verdict: the last minutes against the first
         self._client_bound_ns = 0  # measured time the client itself was the bottleneck
         self._measured_from_ns: int | None = None  # when the warm-up ended
         # one-token-an-arrival requests whose tokens are not counted yet (see _add_request)
@@ -190,12 +282,18 @@ class SessionSummary:
         self._feeds = np.empty(BUFFER_REQUESTS, dtype=np.int64)  # the phase whose ITL: -1 none
         self._n_offsets = 0
         self._n_requests = 0
+        self._lines: list[dict[str, Any]] = []  # record lines not counted yet (_add_line)
 
     def add(self, event: Any) -> None:
+        if type(event) is dict:  # a request_done's record line (see _add_line)
+            self._add_line(event)
+            return
         if type(event) is TokensArrived:
             # live only and most of the stream: a record has none, so ignoring them keeps
             # live and replayed summaries equal, and costs one check per token
             return
+        if self._lines and type(event) not in _BESIDE_REQUESTS:
+            self._flush_lines()  # record lines before this event are counted before it
         t_ns = getattr(event, "t_ns", 0)
         if t_ns > self._last_t_ns:
             self._last_t_ns = t_ns
@@ -223,6 +321,7 @@ class SessionSummary:
             self._status[(event.source, event.host, event.gpu_index)] = event
         elif isinstance(event, SessionStart):
             self.header = event
+            self._target = event.config.get("output_tokens", 0)
         elif isinstance(event, SessionEnd):
             self.end = event
         elif isinstance(event, ClientSample):
@@ -246,13 +345,16 @@ class SessionSummary:
         exact (see :meth:`LogHistogram.add`). A request whose arrivals carry several tokens,
         or reasoning tokens, is counted whole here (both are rare).
         """
+        if not done.arrival_tokens and not done.reasoning_tokens:
+            self._add_plain(done.phase_id, done.warmup, done.finish_reason, done.error_class,
+                            done.arrivals_us, done.sent_ns, done.end_us, done.queued_us,
+                            done.server_reported)
+            return
         order = self._order
         arrivals = done.arrivals_us
-        bulk = not done.arrival_tokens and not done.reasoning_tokens
-        if arrivals and order and not bulk:
+        if arrivals and order:
             self._add_tokens(done)
         index = self._phases.get(done.phase_id)
-        feed = -1
         if index is None:
             pass  # a request from a phase this summary never saw (a cut record)
         elif done.warmup:
@@ -265,43 +367,176 @@ class SessionSummary:
             stats.errors[done.error_class] += 1
         else:
             stats = order[index]
-            target = None if self.header is None else self.header.config.get("output_tokens", 0)
-            self._add_ok(stats, done, target)
-            if bulk:
-                feed = index
-            elif len(arrivals) > 1:
-                tokens = done.arrival_tokens if done.arrival_tokens else None
+            tokens = done.arrival_tokens if done.arrival_tokens else None
+            n = sum(tokens) if tokens else len(arrivals)
+            self._add_ok(stats, arrivals, n, done.end_us, done.queued_us, done.server_reported,
+                         done.reasoning_tokens, done.first_output_us)
+            if len(arrivals) > 1:
                 span = arrivals[-1] - arrivals[0]  # what the gaps add up to, exactly
                 stats.itl.add(itl_gaps(arrivals, tokens), total=span)
                 stats.chunk_gaps.add(np.diff(np.asarray(arrivals, dtype=np.int64)), total=span)
-        if not (bulk and arrivals and order):
+
+    def _add_line(self, data: dict[str, Any]) -> None:
+        """One ``request_done`` as its record line (see :meth:`RecordReader.events
+        <soaktop.engine.records.format.RecordReader.events>`): the same counts as :meth:`add`
+        of its event, without making the event (a 19-field frozen dataclass costs several
+        microseconds: a second of a 30-minute soak). Lines wait in a list of at most
+        :data:`BATCH_LINES` and are counted together (:meth:`_flush_lines`) before any other
+        event or reading. A request whose arrivals carry several tokens, or reasoning, is rare:
+        it is made into its event and counted as one, in its place."""
+        if data.get("arrival_tokens") or data.get("reasoning_tokens"):
+            if self._lines:
+                self._flush_lines()
+            self.add(decode(data))
+            return
+        self._lines.append(data)
+        if len(self._lines) == BATCH_LINES:
+            self._flush_lines()
+
+    def _flush_lines(self) -> None:
+        """Count the waiting record lines: what :meth:`_add_plain` does for each, with whole-
+        array numpy calls where it does a request at a time (per request, the Python left
+        is reading its fields from the dict). The values are the same, bit for bit: integer
+        offsets are summed exactly, and each float is made by the same operations on the
+        same doubles; columns take them in the order the requests came."""
+        lines, self._lines = self._lines, []
+        k = len(lines)
+        t_max = max([d["t_ns"] for d in lines])
+        if t_max > self._last_t_ns:
+            self._last_t_ns = t_max
+        deltas = [d["arrivals_dus"] or () for d in lines]
+        lens = np.fromiter(map(len, deltas), dtype=np.int64, count=k)
+        sent = np.array([d["sent_ns"] for d in lines], dtype=np.int64)
+        # each request's arrival offsets from its send: its deltas summed within it
+        cums = np.cumsum(np.array(list(chain.from_iterable(deltas)), dtype=np.int64))
+        ends = np.cumsum(lens)
+        starts = ends - lens
+        before = np.concatenate([[0], cums])[starts]  # the sum of the requests before
+        offsets = cums - np.repeat(before, lens)
+        has = lens > 0
+        first = np.zeros(k, dtype=np.int64)
+        last = np.zeros(k, dtype=np.int64)
+        first[has] = offsets[starts[has]]
+        last[has] = offsets[ends[has] - 1]
+        # what each is: counted now, as _add_plain counts it; the successful measured ones
+        # have their figures below, whole-array
+        order, phases = self._order, self._phases
+        feed_list, ok_list, warmup_list = [], [], []
+        for d in lines:
+            is_warmup = d.get("warmup", False)
+            finish_reason, error_class = d["finish_reason"], d.get("error_class")
+            warmup_list.append(True if is_warmup else False)
+            ok_list.append(error_class is None and finish_reason != "cancelled")
+            index = phases.get(d["phase_id"])
+            if index is None:
+                feed_list.append(-1)  # a request from a phase this summary never saw
+                continue
+            stats = order[index]
+            if is_warmup:
+                stats.warmup += 1
+            elif finish_reason == "cancelled":
+                stats.cancelled += 1
+            elif error_class is not None:
+                stats.failed += 1
+                stats.errors[error_class] += 1
+            else:
+                feed_list.append(index)
+                continue
+            feed_list.append(-1)
+        feeds = np.array(feed_list, dtype=np.int64)
+        ok = np.array(ok_list, dtype=bool)
+        warmup = np.array(warmup_list, dtype=bool)
+        self._drift.add_lines(t_max, sent, lens, offsets, first, warmup, ok & has & ~warmup)
+        counted = feeds >= 0
+        for index in np.unique(feeds[counted]).tolist():
+            mine = np.flatnonzero(feeds == index)
+            self._add_ok_lines(order[index], [lines[i] for i in mine.tolist()], lens[mine],
+                               first[mine], last[mine])
+        if order:
+            self._add_bulk(offsets, lens, sent, feeds)
+
+    def _add_ok_lines(self, stats: _PhaseStats, lines: list[dict[str, Any]], n: np.ndarray,
+                      first: np.ndarray, last: np.ndarray) -> None:
+        """:meth:`_add_ok` for many successful measured requests of one phase (record lines
+        whose arrivals carry one token each), in order: ``n`` their tokens, ``first`` and
+        ``last`` their first and last arrival offsets."""
+        stats.ok += len(lines)
+        columns = stats.columns
+        has = n > 0
+        columns["ttft_us"].extend(first[has].astype(np.float64))
+        two = n >= 2
+        span = (last - first)[two]
+        gaps = (n[two] - 1).astype(np.float64)
+        columns["tpot_us"].extend(span.astype(np.float64) / gaps)
+        moving = span > 0
+        columns["speed_tps"].extend(gaps[moving] / (span[moving].astype(np.float64) / 1e6))
+        columns["e2e_us"].extend(np.array([d["end_us"] for d in lines], dtype=np.float64))
+        if stats.phase.rate is not None:
+            columns["queued_us"].extend(
+                np.array([d.get("queued_us", 0) for d in lines], dtype=np.float64))
+        server = columns["server_speed_tps"]
+        for d in lines:
+            reported = d.get("server_reported")
+            if reported:
+                server_speed = _server_speed_tps(reported)
+                if server_speed is not None:
+                    server.append(server_speed)
+        target = self._target
+        stats.attained += len(lines) if target is None else int(np.count_nonzero(n >= target))
+
+    def _add_plain(self, phase_id: int, warmup: bool, finish_reason: str,
+                   error_class: str | None, arrivals: tuple[int, ...], sent_ns: int,
+                   end_us: int, queued_us: int, server_reported: dict | None) -> None:
+        """A request whose arrivals carry one token each and that did not reason (nearly
+        every one): its figures now, its tokens in the buffers (see :meth:`_add_request`)."""
+        order = self._order
+        index = self._phases.get(phase_id)
+        feed = -1
+        if index is None:
+            pass  # a request from a phase this summary never saw (a cut record)
+        elif warmup:
+            order[index].warmup += 1
+        elif finish_reason == "cancelled":
+            order[index].cancelled += 1
+        elif error_class is not None:
+            stats = order[index]
+            stats.failed += 1
+            stats.errors[error_class] += 1
+        else:
+            self._add_ok(order[index], arrivals, len(arrivals), end_us, queued_us,
+                         server_reported, 0, None)
+            feed = index
+        if not (arrivals and order):
             return
         n = len(arrivals)
         if self._n_offsets + n > BUFFER_TOKENS or self._n_requests == BUFFER_REQUESTS:
             self._flush()
         if n > BUFFER_TOKENS:  # longer than the buffer: on its own
             self._add_bulk(np.asarray(arrivals, dtype=np.int64), np.array([n]),
-                           np.array([done.sent_ns]), np.array([feed]))
+                           np.array([sent_ns]), np.array([feed]))
             return
         at, i = self._n_offsets, self._n_requests
         self._offsets[at : at + n] = arrivals
-        self._lens[i], self._sent[i], self._feeds[i] = n, done.sent_ns, feed
+        self._lens[i], self._sent[i], self._feeds[i] = n, sent_ns, feed
         self._n_offsets, self._n_requests = at + n, i + 1
 
     def _flush(self) -> None:
-        """Count the tokens of the requests waiting in the buffers."""
+        """Count the record lines, and the tokens of the requests, waiting in the buffers."""
+        if self._lines:
+            self._flush_lines()
         if self._n_requests:
             n, offsets = self._n_requests, self._n_offsets
             self._n_requests = self._n_offsets = 0
             self._add_bulk(self._offsets[:offsets], self._lens[:n], self._sent[:n],
                            self._feeds[:n])
 
-    def _add_ok(self, stats: _PhaseStats, done: RequestDone, target: int | None) -> None:
+    def _add_ok(self, stats: _PhaseStats, arrivals: tuple[int, ...], n: int, end_us: int,
+                queued_us: int, server_reported: dict | None, reasoning_tokens: int,
+                first_output_us: int | None) -> None:
         """One successful measured request's figures (the definitions of
-        :func:`~soaktop.engine.metrics.stats.request_metrics`, in plain Python)."""
+        :func:`~soaktop.engine.metrics.stats.request_metrics`, in plain Python); ``n`` is
+        its output tokens."""
         stats.ok += 1
-        arrivals = done.arrivals_us
-        n = sum(done.arrival_tokens) if done.arrival_tokens else len(arrivals)
         columns = stats.columns
         ttft = None
         if arrivals:
@@ -312,38 +547,52 @@ class SessionSummary:
                 columns["tpot_us"].append(span / (n - 1))
                 if span > 0:
                     columns["speed_tps"].append((n - 1) / (span / 1e6))
-        stats.reasoning_tokens += done.reasoning_tokens
-        if done.reasoning_tokens:  # TTFO is TTFT but where a model reasoned (see _ttfo)
-            ttft_index = columns["ttft_us"]._size
+        if reasoning_tokens:  # TTFO is TTFT but where a model reasoned (see _ttfo)
+            stats.reasoning_tokens += reasoning_tokens
+            ttft_index = len(columns["ttft_us"])
             if ttft is not None:
-                stats.ttfo_edits.append((ttft_index - 1, done.first_output_us, True))
-            elif done.first_output_us is not None:
-                stats.ttfo_edits.append((ttft_index, done.first_output_us, False))
-        columns["e2e_us"].append(float(done.end_us))
+                stats.ttfo_edits.append((ttft_index - 1, first_output_us, True))
+            elif first_output_us is not None:
+                stats.ttfo_edits.append((ttft_index, first_output_us, False))
+        columns["e2e_us"].append(float(end_us))
         if stats.phase.rate is not None:
-            columns["queued_us"].append(done.queued_us)
-        if done.server_reported:
-            server_speed = _server_speed_tps(done.server_reported)
+            columns["queued_us"].append(queued_us)
+        if server_reported:
+            server_speed = _server_speed_tps(server_reported)
             if server_speed is not None:
                 columns["server_speed_tps"].append(server_speed)
-        if target is None or n >= target:
+        if self._target is None or n >= self._target:
             stats.attained += 1
 
     def _add_bulk(self, offsets: np.ndarray, lens: np.ndarray, sent: np.ndarray,
                   feeds: np.ndarray) -> None:
         """Tokens per phase window, and the ITL and inter-chunk gaps, of many requests whose
-        arrivals carry one token each: ``offsets`` are their arrival offsets end to end."""
+        arrivals carry one token each: ``offsets`` are their arrival offsets end to end.
+        Two shortcuts for the usual batch (every token after the last phase began, every
+        request feeding one phase) skip the per-token searches; they give the same counts."""
+        if offsets.size == 0:
+            return
         owner = np.repeat(np.arange(lens.size), lens)
         arrived_ns = offsets * 1000 + sent[owner]
-        slot = np.searchsorted(self._starts, arrived_ns, side="right") - 1
-        per_phase = np.bincount(np.maximum(slot, 0), minlength=len(self._order))
-        for i in np.flatnonzero(per_phase):
-            self._order[i].tokens_in_window += int(per_phase[i])
+        if arrived_ns.min() >= self._starts[-1]:
+            self._order[-1].tokens_in_window += int(arrived_ns.size)
+        else:
+            slot = np.searchsorted(self._starts, arrived_ns, side="right") - 1
+            per_phase = np.bincount(np.maximum(slot, 0), minlength=len(self._order))
+            for i in np.flatnonzero(per_phase):
+                self._order[i].tokens_in_window += int(per_phase[i])
         gaps = np.diff(offsets)
-        feed = feeds[owner[1:]]
-        keep = (owner[1:] == owner[:-1]) & (feed >= 0)  # within one measured ok request
-        gaps, feed = gaps[keep], feed[keep]
-        indices = np.unique(feed).tolist()
+        within = owner[1:] == owner[:-1]
+        lowest, highest = int(feeds.min()), int(feeds.max())
+        if lowest == highest:  # one phase's requests (or none measured)
+            if lowest < 0:
+                return
+            gaps, indices, feed = gaps[within], [lowest], None
+        else:
+            feed = feeds[owner[1:]]
+            keep = within & (feed >= 0)  # within one measured ok request
+            gaps, feed = gaps[keep], feed[keep]
+            indices = np.unique(feed).tolist()
         for index in indices:
             mine = gaps[feed == index] if len(indices) > 1 else gaps
             gathered = LogHistogram()  # one token an arrival: its ITL is its chunk gaps
@@ -371,8 +620,28 @@ class SessionSummary:
             return  # taken before the first phase began
         stats = self._order[slot]
         stats.telemetry.add(sample)
-        if not stats.phase.warmup:
+        if stats.phase.warmup:
+            return
+        # The run's window gets the same samples as its measured phases' windows, so while
+        # every measured sample so far is one phase's (a soak: one phase after warm-up), that
+        # phase's window is the run's: each sample goes into one window, not two (a 30-minute
+        # soak's 65,000 samples cost 0.3 s a window). A sample of another measured phase
+        # gives the run a window of its own, a copy of that phase's: the same state as had it
+        # been fed the same samples all along.
+        if self._run_telemetry is not None:
             self._run_telemetry.add(sample)
+        elif self._run_alias is None:
+            self._run_alias = stats
+        elif self._run_alias is not stats:
+            self._run_telemetry = copy.deepcopy(self._run_alias.telemetry)
+            self._run_alias = None
+            self._run_telemetry.add(sample)
+
+    def _run_window(self) -> _Telemetry:
+        """The telemetry of the measured phases' samples (see :meth:`_add_sample`)."""
+        if self._run_telemetry is not None:
+            return self._run_telemetry
+        return self._run_alias.telemetry if self._run_alias is not None else _Telemetry()
 
     def request_values(self, metric: str) -> np.ndarray:
         """Per-request values of ``metric`` (``ttft_us``, ``tpot_us``, ``e2e_us``,
@@ -430,7 +699,7 @@ class SessionSummary:
         ended_ns = self.end.t_ns if self.end is not None else self._last_t_ns
         return RunSummary(
             **figures,
-            **self._run_telemetry.figures(figures["output_tokens"], figures["duration_s"]),
+            **self._run_window().figures(figures["output_tokens"], figures["duration_s"]),
             telemetry=self.telemetry_status(),
             requests_warmup=sum(s.warmup for s in self._order),
             ended=self.end.reason if self.end is not None else CUT_SHORT,

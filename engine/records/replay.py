@@ -7,8 +7,11 @@ the live-only :class:`~soaktop.engine.events.TokensArrived` events back from the
 into the record's events by time, so a replayed token reaches a listener at the moment it
 reached the live client (to the microsecond the record keeps), before its ``request_done``.
 
-Token times are held in numpy arrays (24 bytes a token: a 30-minute soak of a million tokens
-costs 24 MB), the record's other events in a list.
+Token times are held in numpy arrays (20 bytes a token; which request, worker and first token
+each is, 13 more, only once a listener takes one event a token), the record's other events in a
+list, its ``request_done`` lines as the dicts they were read as where the caller reads them so
+(``RecordReader.events(raw_requests=True)``: ``soaktop replay``). The live statistics take each
+stretch of tokens between two status ticks in one call (see :meth:`Replay._emit_until`).
 
 Controls, for the dashboard's keys and for scripts: :meth:`Replay.pause`, :meth:`~Replay.resume`,
 :meth:`~Replay.set_speed`, :meth:`~Replay.seek` (to a time), :meth:`~Replay.next_stop` and
@@ -21,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
 
 from soaktop.engine.events import Mark, Phase, RequestDone, TokensArrived
+from soaktop.engine.records.format import decode
 
 Listener = Callable[[Any], None]
 
@@ -36,53 +41,126 @@ TOKEN_CATCHUP_NS = 120 * 10**9
 
 
 class Timeline:
-    """A record's events in time order, with its tokens unpacked into sorted arrays."""
+    """A record's events in time order, with its tokens unpacked into sorted arrays.
+
+    ``events`` may hold ``request_done`` record lines (``dict``, as ``RecordReader.events``
+    yields them with ``raw_requests``) beside events: a replay of a long soak then never makes
+    its 200,000 request events (a listener that takes only events gets each one made as it is
+    delivered, see :meth:`Replay._emit_until`).
+    """
 
     def __init__(self, events: Iterable[Any]) -> None:
-        self.events: list[Any] = sorted(events, key=lambda e: getattr(e, "t_ns", 0))
+        events = list(events)
+        times = [e["t_ns"] if type(e) is dict else getattr(e, "t_ns", 0) for e in events]
+        by_time = sorted(range(len(events)), key=times.__getitem__)  # stable: ties keep order
+        self.events: list[Any] = [events[i] for i in by_time]
+        del events
         # gathered as flat lists and made into arrays once: per-request numpy calls cost
-        # more than the work for requests of a few dozen tokens, and a soak has 100,000s
-        offsets: list[int] = []
+        # more than the work for requests of a few dozen tokens, and a soak has 100,000s.
+        # A record line's offsets stay the differences it holds (the list it was read as,
+        # not copied) and are summed within each request in one pass at the end.
+        segments: list[Any] = []  # each request's offsets: absolute, or differences
+        relative: list[bool] = []  # which of them are differences
         lens: list[int] = []
         token_sent: list[int] = []
         requests: list[int] = []
         workers: list[int] = []
-        counts: list[int] = []
+        weighted: list[tuple[int, Any]] = []  # (request's index, tokens of each arrival)
         sent, done = [], []
         for event in self.events:
-            if type(event) is not RequestDone:
+            if type(event) is dict:
+                sent.append(event["sent_ns"])
+                done.append(event["t_ns"])
+                arrivals = event["arrivals_dus"]
+                if not arrivals:
+                    continue
+                relative.append(True)
+                tokens = event.get("arrival_tokens")
+                token_sent.append(event["sent_ns"])
+                requests.append(event["request_id"])
+                workers.append(event["worker_id"])
+            elif type(event) is RequestDone:
+                sent.append(event.sent_ns)
+                done.append(event.t_ns)
+                arrivals = event.arrivals_us
+                if not arrivals:
+                    continue
+                relative.append(False)
+                tokens = event.arrival_tokens
+                token_sent.append(event.sent_ns)
+                requests.append(event.request_id)
+                workers.append(event.worker_id)
+            else:
                 continue
-            sent.append(event.sent_ns)
-            done.append(event.t_ns)
-            arrivals = event.arrivals_us
-            if not arrivals:
-                continue
-            offsets.extend(arrivals)
+            if tokens:
+                weighted.append((len(lens), tokens))
+            segments.append(arrivals)
             lens.append(len(arrivals))
-            token_sent.append(event.sent_ns)
-            requests.append(event.request_id)
-            workers.append(event.worker_id)
-            counts.extend(event.arrival_tokens or (1,) * len(arrivals))
         n = np.asarray(lens, dtype=np.int64)
-        t = (np.asarray(offsets, dtype=np.int64) * 1000
-             + np.repeat(np.asarray(token_sent, dtype=np.int64), n))
-        first = np.zeros(t.size, dtype=bool)
-        first[np.cumsum(n) - n] = True
+        flat = np.array(list(chain.from_iterable(segments)), dtype=np.int64)
+        del segments
+        starts = np.cumsum(n) - n
+        if any(relative):
+            sums = np.cumsum(flat)
+            within = sums - np.repeat(np.concatenate([[0], sums])[starts], n)
+            flat = np.where(np.repeat(np.asarray(relative, dtype=bool), n), within, flat)
+            del sums, within
+        t = flat * 1000 + np.repeat(np.asarray(token_sent, dtype=np.int64), n)
+        del flat
+        counts = np.ones(t.size, dtype=np.int32)
+        for index, tokens in weighted:
+            counts[starts[index] : starts[index] + lens[index]] = tokens
         order = np.argsort(t, kind="stable")
         self.token_t = t[order]
-        self.token_request = np.repeat(np.asarray(requests, dtype=np.int64), n)[order]
-        self.token_worker = np.repeat(np.asarray(workers, dtype=np.int32), n)[order]
-        self.token_count = np.asarray(counts, dtype=np.int32)[order]
-        self.token_first = first[order]
+        self.token_count = counts[order]
+        # which request, worker and first token each is: only a listener that takes one
+        # event a token needs them (a screen's history, not the headless replay's
+        # statistics), so they are made on first use from these (_token_field)
+        self._token_order = order
+        self._per_request = (n, np.asarray(requests, dtype=np.int64),
+                             np.asarray(workers, dtype=np.int32))
+        self._by_token: dict[str, np.ndarray] = {}
         self._sent = np.sort(np.asarray(sent, dtype=np.int64))
         self._done = np.sort(np.asarray(done, dtype=np.int64))
-        self.event_t = np.asarray([getattr(e, "t_ns", 0) for e in self.events], dtype=np.int64)
+        self.event_t = np.asarray(times, dtype=np.int64)[by_time]
+        #: for each event, the tokens at or before it (a token before a record event of the
+        #: same time): one search for all, not one per event as they are played
+        self.event_tokens = np.searchsorted(self.token_t, self.event_t, side="right")
         last_token = int(self.token_t[-1]) if self.token_t.size else 0
         self.end_ns = max(int(self.event_t[-1]) if self.event_t.size else 0, last_token)
         self.stops = np.asarray(
             sorted({e.t_ns for e in self.events if isinstance(e, (Phase, Mark)) and e.t_ns > 0}),
             dtype=np.int64,
         )
+
+    def _token_field(self, name: str) -> np.ndarray:
+        field = self._by_token.get(name)
+        if field is None:
+            n, requests, workers = self._per_request
+            if name == "first":
+                first = np.zeros(self._token_order.size, dtype=bool)
+                first[np.cumsum(n) - n] = True
+                field = first[self._token_order]
+            else:
+                field = np.repeat(requests if name == "request" else workers, n)[
+                    self._token_order]
+            self._by_token[name] = field
+        return field
+
+    @property
+    def token_request(self) -> np.ndarray:
+        """Each token's request id, in token order."""
+        return self._token_field("request")
+
+    @property
+    def token_worker(self) -> np.ndarray:
+        """Each token's worker, in token order."""
+        return self._token_field("worker")
+
+    @property
+    def token_first(self) -> np.ndarray:
+        """Whether each token is its request's first, in token order."""
+        return self._token_field("first")
 
     def in_flight(self, t_ns: int) -> int:
         """Requests sent at or before ``t_ns`` and not yet finished: what the client had out."""
@@ -220,53 +298,89 @@ class Replay:
         for listener in self.listeners:
             listener(event)
 
-    def _emit_until(self, t_ns: int) -> None:
-        """Every event and token at or before ``t_ns``, in time order; ticks on the way.
-
-        Tokens go out in runs, all those up to the next record event or tick at once (a
-        token before a record event of the same time; a tick after everything at its time).
-        """
-        tl = self.timeline
-        events, event_t, token_t = tl.events, tl.event_t, tl.token_t
-        n_events, never = len(events), 2**63 - 1
-        while True:
-            next_event = int(event_t[self._i_event]) if self._i_event < n_events else never
-            tick = self._next_tick if self._ticks_ns else never
-            bound = min(next_event, tick, t_ns)
-            end = int(np.searchsorted(token_t, bound, side="right"))
-            if end > self._i_token:
-                self._deliver_tokens(self._i_token, end)
-                self._i_token = end
-            if next_event <= t_ns and next_event <= tick:
-                self._deliver(events[self._i_event])
-                self._i_event += 1
-            elif tick <= t_ns:
-                self._next_tick += self._ticks_ns
-                if self._on_tick is not None:
-                    self._on_tick(tick)
-            else:
-                break
-        self._emitted_ns = max(self._emitted_ns, t_ns)
-
-    def _deliver_tokens(self, start: int, end: int) -> None:
-        """Tokens ``start:end`` of the timeline, one event each, to the listeners that want
-        them. A 30-minute soak re-emits millions, so two kinds of listener are spared the
-        calls: one whose object says ``ignores_tokens`` (the summary: a record has no token
-        events, so it counts none) gets none, and an object's ``add`` whose object also has
-        ``add_tokens(t_ns, tokens)`` (the live statistics) gets the run as two arrays."""
-        tl = self.timeline
-        listeners = []
+    def _sort_listeners(self) -> tuple[list, list, list, list]:
+        """The listeners by what they take: (whole token runs: ``add_tokens`` of those whose
+        object has one; one event a token; every record event as it is; record events with
+        ``request_done`` lines made into events first). The summary's object says
+        ``ignores_tokens`` (a record has no token events: it counts none) and gets no tokens;
+        an object saying ``takes_record_lines`` gets a record line as it is."""
+        runs, tokens, as_is, as_events = [], [], [], []
         for listener in self.listeners:
             owner = getattr(listener, "__self__", None)
+            (as_is if getattr(owner, "takes_record_lines", False) else as_events).append(
+                listener)
             if getattr(owner, "ignores_tokens", False):
                 continue
             add_tokens = getattr(owner, "add_tokens", None)
             if add_tokens is not None and getattr(listener, "__name__", None) == "add":
-                add_tokens(tl.token_t[start:end], tl.token_count[start:end])
+                runs.append(add_tokens)
             else:
-                listeners.append(listener)
-        if not listeners:
-            return
+                tokens.append(listener)
+        return runs, tokens, as_is, as_events
+
+    def _emit_until(self, t_ns: int) -> None:
+        """Every event and token at or before ``t_ns``, in time order; ticks on the way.
+
+        Tokens go to a listener that takes them one event each in runs, all those up to the
+        next record event or tick at once (a token before a record event of the same time; a
+        tick after everything at its time). A listener with ``add_tokens`` (the live
+        statistics: their token counts depend on nothing else they are fed) gets every token
+        up to the next tick (or ``t_ns``) in one call, ahead of the record events among them:
+        what it holds when a tick or the caller reads it is the same, and a 30-minute soak's
+        200,000 runs are a few hundred calls.
+        """
+        tl = self.timeline
+        events, event_t, token_t, event_tokens = tl.events, tl.event_t, tl.token_t, \
+            tl.event_tokens
+        never = 2**63 - 1
+        runs, per_token, as_is, as_events = self._sort_listeners()
+        lines_as_is = not as_events
+        i_event, i_token = self._i_event, self._i_token
+        i_run = i_token  # how far the add_tokens listeners have been given tokens
+        while True:
+            tick = self._next_tick if self._ticks_ns else never
+            stretch = min(tick, t_ns)
+            if runs:  # every token up to the stretch's end, at once
+                end = int(np.searchsorted(token_t, stretch, side="right"))
+                if end > i_run:
+                    for add_tokens in runs:
+                        add_tokens(token_t[i_run:end], tl.token_count[i_run:end])
+                    i_run = end
+            last = int(np.searchsorted(event_t, stretch, side="right"))  # events <= stretch
+            while i_event < last:
+                if per_token:
+                    end = int(event_tokens[i_event])
+                    if end > i_token:
+                        self._deliver_tokens(per_token, i_token, end)
+                        i_token = end
+                event = events[i_event]
+                i_event += 1
+                if lines_as_is or type(event) is not dict:
+                    for listener in self.listeners:
+                        listener(event)
+                else:
+                    for listener in as_is:
+                        listener(event)
+                    made = decode(event)
+                    for listener in as_events:
+                        listener(made)
+            end = int(np.searchsorted(token_t, stretch, side="right"))
+            if per_token and end > i_token:
+                self._deliver_tokens(per_token, i_token, end)
+            i_token = max(i_token, end)
+            if tick <= t_ns:
+                self._next_tick += self._ticks_ns
+                self._i_event, self._i_token = i_event, i_token
+                if self._on_tick is not None:
+                    self._on_tick(tick)
+            else:
+                break
+        self._i_event, self._i_token = i_event, i_token
+        self._emitted_ns = max(self._emitted_ns, t_ns)
+
+    def _deliver_tokens(self, listeners: list, start: int, end: int) -> None:
+        """Tokens ``start:end`` of the timeline, one event each, to ``listeners``."""
+        tl = self.timeline
         runs = zip(tl.token_t[start:end].tolist(), tl.token_worker[start:end].tolist(),
                    tl.token_request[start:end].tolist(), tl.token_count[start:end].tolist(),
                    tl.token_first[start:end].tolist())

@@ -318,3 +318,74 @@ def test_offsets_that_are_not_integers_make_an_unreadable_line():
     for bad in ([1.5, 2], ["1", "2"]):
         with pytest.raises(TypeError):
             decode({**line, "arrivals_dus": bad})
+
+
+def test_a_request_line_read_raw_fails_exactly_where_decode_fails():
+    """``RecordReader.events(raw_requests=True)`` hands a request_done line on as its dict,
+    checked by check_request_line instead of made into an event: each malformed line must
+    raise what decode raises (the warning names the exception), each good one nothing."""
+    from soaktop.engine.records.format import check_request_line
+
+    line = json.loads(json.dumps(encode(EVENTS[2])))
+    cases = [
+        {}, {"arrivals_dus": [1.5, 2]}, {"arrivals_dus": ["1", "2"]}, {"arrivals_dus": [True]},
+        {"arrivals_dus": [True, True]}, {"arrivals_dus": [1, 2.5, -2.5]},
+        {"arrivals_dus": "12"}, {"arrivals_dus": 5}, {"arrivals_dus": None},
+        {"arrivals_dus": [[1], [2]]}, {"arrivals_dus": {"a": 1}}, {"arrivals_dus": [7]},
+        {"arrivals_dus": []}, {"unknown_field": 1}, {"arrival_tokens": [1, 2, 3]},
+    ]
+    missing = [{k: v for k, v in line.items() if k != name} for name in line if name != "type"]
+    for data in [{**line, **case} for case in cases] + missing:
+        try:
+            decode(data)
+            expected = None
+        except (KeyError, TypeError) as exc:
+            expected = type(exc)
+        try:
+            check_request_line(data)
+            got = None
+        except (KeyError, TypeError) as exc:
+            got = type(exc)
+        assert got is expected, data
+
+
+@pytest.mark.parametrize("name", ["r.jsonl", "r.jsonl.gz"])
+def test_raw_reading_gives_the_lines_of_the_events_and_the_same_warnings(tmp_path, name):
+    path = tmp_path / name
+    lines = [json.dumps(encode(e)) for e in EVENTS]
+    bad = json.loads(lines[3])
+    lines[3:3] = ['{"type":"request_done","t_ns":1}', json.dumps({**bad, "arrivals_dus": [1.5]}),
+                  json.dumps({**bad, "surprise": 1}), "{not json"]
+    text = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+    plain, raw = RecordReader(path), RecordReader(path)
+    events = list(plain.events())
+    read = list(raw.events(raw_requests=True))
+    assert events == EVENTS
+    assert [type(x) is dict for x in read] == [isinstance(e, RequestDone) for e in EVENTS]
+    assert [decode(x) if type(x) is dict else x for x in read] == events
+    assert raw.warnings == plain.warnings and len(plain.warnings) == 4
+
+
+def test_a_record_that_starts_with_a_request_is_not_a_record_read_raw_either(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(encode(e)) + "\n" for e in EVENTS[2:]))
+    with pytest.raises(RecordError, match="not a soaktop record"):
+        list(RecordReader(path).events(raw_requests=True))
+
+
+@pytest.mark.parametrize("name", ["r.jsonl", "r.jsonl.gz"])
+async def test_follow_read_raw_gives_the_lines_of_the_events_a_slice_at_a_time(
+        tmp_path, monkeypatch, name):
+    # attach catches up on a long record a slice at a time, request_done lines as dicts
+    import soaktop.engine.records.format as fmt
+
+    monkeypatch.setattr(fmt, "_READ_SLICE", 7)
+    path = tmp_path / name
+    writer = RecordWriter(path)
+    for event in EVENTS:
+        writer.write(event)
+    writer.close()
+    seen = [x async for x in RecordReader(path).follow(poll_s=0.01, raw_requests=True)]
+    assert [type(x) is dict for x in seen] == [isinstance(e, RequestDone) for e in EVENTS]
+    assert [decode(x) if type(x) is dict else x for x in seen] == EVENTS

@@ -255,3 +255,87 @@ def test_a_run_of_tokens_longer_than_the_live_history_keeps_only_its_newest():
     Replay(tl, [runs.add, lambda e: single.add(e)]).advance_to(tl.end_ns)
     assert runs.token_buckets.tolist() == single.token_buckets.tolist()
     assert 0 < runs.token_buckets.sum() < len(arrivals)
+
+
+def _as_lines(events):
+    """Each request_done as the record line a replay reads (``raw_requests``)."""
+    import json
+
+    from soaktop.engine.records.format import encode
+
+    return [json.loads(json.dumps(encode(e))) if isinstance(e, RequestDone) else e
+            for e in events]
+
+
+def _varied_requests():
+    """_many_requests with failed, cancelled and warm-up ones, reasoning, and a second phase
+    beginning while requests are in flight."""
+    import dataclasses
+    import random
+
+    rng = random.Random(7)
+    events = []
+    for e in _many_requests():
+        if isinstance(e, RequestDone):
+            kind = rng.random()
+            e = dataclasses.replace(
+                e, phase_id=int(e.sent_ns > 150 * 10**9), warmup=kind > 0.95,
+                finish_reason="cancelled" if kind < 0.03 else e.finish_reason,
+                error_class="http_500" if 0.03 <= kind < 0.06 else None,
+                reasoning_tokens=1 if e.arrivals_us and 0.5 < kind < 0.55 else 0)
+        events.append(e)
+    events.insert(2, Phase(150 * 10**9, 1, 9, "m", "fake", "key"))
+    return events
+
+
+def test_a_timeline_of_record_lines_holds_what_one_of_events_does():
+    import numpy as np
+
+    events = _varied_requests()
+    by_event, by_line = Timeline(events), Timeline(_as_lines(events))
+    for name in ("token_t", "token_count", "token_request", "token_worker", "token_first",
+                 "event_t", "event_tokens", "stops", "_sent", "_done"):
+        assert np.array_equal(getattr(by_event, name), getattr(by_line, name)), name
+    assert by_event.end_ns == by_line.end_ns
+    assert [type(e) for e in by_line.events] == \
+        [dict if isinstance(e, RequestDone) else type(e) for e in by_event.events]
+
+
+def test_a_replay_of_record_lines_feeds_what_one_of_events_does():
+    """``soaktop replay`` reads request_done lines as dicts: the summary and the live
+    statistics take them as they are, any other listener gets each one made into its event
+    (and the tokens one event each, in the same order); every tick sees the same numbers."""
+    events = _varied_requests()
+    outcomes = []
+    # the third: live statistics given one event a token (not whole runs up to each tick)
+    for feed, runs in ((events, True), (_as_lines(events), True), (events, False)):
+        summary, live, seen, ticks = SessionSummary(), LiveStats(), [], []
+
+        def tick(t_ns, live=live, summary=summary, ticks=ticks):
+            ticks.append((live.snapshot(t_ns), summary.phases(), live.token_buckets.tolist()))
+
+        replay = Replay(Timeline(feed), [summary.add, live.add if runs else
+                                         lambda e, live=live: live.add(e), seen.append],
+                        ticks_ns=5 * 10**9, on_tick=tick)
+        replay.seek(40 * 10**9)
+        replay.advance_to(replay.timeline.end_ns)
+        outcomes.append((summary.result(), live.snapshot(replay.timeline.end_ns), seen, ticks))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    result, _, seen, ticks = outcomes[0]
+    assert result.requests_ok > 1000 and result.requests_failed and result.reasoning_tokens
+    assert len(ticks) == 53 and any(isinstance(e, TokensArrived) for e in seen)
+
+
+def test_live_statistics_take_a_record_line_as_its_event():
+    import numpy as np
+
+    events = _varied_requests()
+    by_event, by_line = LiveStats(), LiveStats()
+    for event, line in zip(events, _as_lines(events), strict=True):
+        by_event.add(event)
+        by_line.add(line)
+    for ring in ("ttft_ms", "e2e_ms", "speed_tps", "itl_ms"):
+        a, b = getattr(by_event, ring), getattr(by_line, ring)
+        assert np.array_equal(a.times, b.times) and np.array_equal(a.values, b.values), ring
+    assert (by_event.ok, by_event.failed, by_event.errors) == \
+        (by_line.ok, by_line.failed, by_line.errors)

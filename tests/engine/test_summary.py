@@ -353,3 +353,140 @@ def test_itl_mean_is_exact_for_a_chunk_of_several_tokens():
     s.add(phase(0, 0))
     s.add(done(0, 0, 0, [0, 1], arrival_tokens=(1, 7)))
     assert s.result().itl_ms.mean == 1 / 7 * 1e-3
+
+
+def _record_lines(events: list) -> list:
+    """Each request_done as the record line ``RecordReader.events(raw_requests=True)``
+    yields (a dict, its offsets as differences); every other event as it is."""
+    import json
+
+    from soaktop.engine.records.format import encode
+
+    return [json.loads(json.dumps(encode(e))) if isinstance(e, RequestDone) else e
+            for e in events]
+
+
+def _soak_events(seed: int, phases_measured: int = 4) -> list:
+    """:func:`_mixed_events` stretched over 4 minutes (long enough for a soak verdict), with
+    two GPUs and the host sampled every 250 ms and the client every second; with
+    ``phases_measured=1`` one measured phase after the warm-up."""
+    import dataclasses
+    import random
+
+    from soaktop.engine.events import GpuSample, HostSample
+
+    rng = random.Random(seed)
+    stretched = []
+    for e in _mixed_events(seed):
+        if isinstance(e, RequestDone):
+            e = dataclasses.replace(e, t_ns=e.t_ns * 10, sent_ns=e.sent_ns * 10)
+        elif isinstance(e, Phase):
+            if phases_measured == 1 and e.phase_id > 1:
+                e = dataclasses.replace(e, phase_id=1)  # its requests, once it has begun
+                continue
+            e = dataclasses.replace(e, t_ns=e.t_ns * 10)
+        elif isinstance(e, SessionEnd):
+            e = dataclasses.replace(e, t_ns=e.t_ns * 10)
+        stretched.append(e)
+    if phases_measured == 1:
+        stretched = [dataclasses.replace(e, phase_id=min(e.phase_id, 1))
+                     if isinstance(e, RequestDone) else e for e in stretched]
+    samples: list = []
+    energy = [0, 0]
+    for t in range(0, 250 * 10**9, 250 * MS):
+        for gpu in (0, 1):
+            energy[gpu] += rng.randint(100_000, 200_000)
+            samples.append(GpuSample(
+                t, gpu, temperature_c=60 + rng.random() * 20, slowdown_temperature_c=90.0,
+                sm_clock_mhz=1900 - t / 10**9, sm_clock_max_mhz=1980.0,
+                power_w=rng.uniform(300, 700), power_limit_w=700.0, energy_mj=energy[gpu],
+                clock_event_reasons=("sw_power_cap",) if rng.random() < 0.2 else (),
+                clock_event_counters_ns={"sw_power_cap": t // 7}))
+        samples.append(HostSample(t, cpu_percent=rng.uniform(0, 100)))
+        if t % 10**9 == 0 and t:
+            samples.append(ClientSample(  # now and then a lagging loop: client-bound
+                t, in_flight=4, tokens=10, interval_ns=10**9,
+                loop_lag_p99_us=rng.choice([10, 10, 10, 80_000]), send_lateness_p99_us=5,
+                cpu_percent=10.0, loop_cpu_percent=5.0))
+    body = sorted(stretched[1:-1] + samples, key=lambda e: e.t_ns)
+    return [stretched[0], *body, stretched[-1]]
+
+
+def _same_state(a: SessionSummary, b: SessionSummary) -> None:
+    import numpy as np
+
+    a.result(), b.result()  # count what waits in the buffers
+    for metric in ("ttft_us", "ttfo_us", "tpot_us", "e2e_us", "speed_tps", "queued_us",
+                   "server_speed_tps"):
+        assert np.array_equal(a.request_values(metric), b.request_values(metric)), metric
+    for x, y in zip(a._order, b._order, strict=True):
+        assert np.array_equal(x.itl.counts, y.itl.counts)
+        assert np.array_equal(x.chunk_gaps.counts, y.chunk_gaps.counts)
+        assert (x.tokens_in_window, x.ok, x.failed, x.cancelled, x.warmup, x.attained) == \
+            (y.tokens_in_window, y.ok, y.failed, y.cancelled, y.warmup, y.attained)
+    da, db = a._drift, b._drift
+    assert np.array_equal(da._tokens, db._tokens) and da.end_ns == db.end_ns
+    assert np.array_equal(da._first_t[: da._first_n], db._first_t[: db._first_n])
+    assert np.array_equal(da._first_v[: da._first_n], db._first_v[: db._first_n])
+    assert da._ring_next == db._ring_next
+    used = min(da._ring_next, da._ring_t.size)  # the rest was never written
+    assert np.array_equal(da._ring_t[:used], db._ring_t[:used])
+    assert np.array_equal(da._ring_v[:used], db._ring_v[:used])
+
+
+@pytest.mark.parametrize("seed, phases_measured", [(1, 4), (2, 4), (3, 1)])
+def test_record_lines_count_exactly_as_their_events(seed, phases_measured):
+    """``soaktop summary`` feeds request_done lines as the dicts they were read as, counted a
+    batch at a time with whole-array numpy (SessionSummary._flush_lines): every figure, the
+    soak verdict and the telemetry windows are those of the events, bit for bit."""
+    events = _soak_events(seed, phases_measured)
+    lines = _record_lines(events)
+    assert sum(type(x) is dict for x in lines) == sum(isinstance(e, RequestDone) for e in events)
+    by_event, by_line = summarise(events), summarise(lines)
+    result = by_line.result()
+    assert result == by_event.result()
+    assert result.soak is not None and result.gpus and result.host
+    assert len(result.phases) == 1 + phases_measured
+    _same_state(by_event, by_line)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_record_lines_give_the_same_numbers_whenever_the_summary_is_read(seed):
+    import random
+
+    lines = _record_lines(_soak_events(seed))
+    once = summarise(lines).result()
+    rng, often = random.Random(seed), SessionSummary()
+    for line in lines:
+        often.add(line)
+        if rng.random() < 0.005:
+            often.result()
+        if rng.random() < 0.005:
+            often.phase(rng.randint(0, 4))
+    assert often.result() == once
+
+
+def test_the_run_telemetry_is_that_of_every_measured_sample():
+    # while the measured samples are one phase's, that phase's window stands for the run's;
+    # a sample of another measured phase gives the run a copy of it: always the same figures
+    # as one window fed every measured sample
+    from soaktop.engine.events import GpuSample, HostSample
+    from soaktop.engine.metrics.summary import _Telemetry
+
+    for phases_measured in (1, 4):
+        events = _soak_events(6, phases_measured)
+        s = summarise(events)
+        measured = [p.t_ns for p in events if isinstance(p, Phase) and not p.warmup]
+        reference = _Telemetry()
+        for e in events:
+            if isinstance(e, (GpuSample, HostSample)) and e.t_ns >= measured[0]:
+                reference.add(e)
+        assert s._run_window().figures(100, 10.0) == reference.figures(100, 10.0)
+        starts = [p.t_ns for p in events if isinstance(p, Phase)] + [2**63]
+        for index, stats in enumerate(s._order):  # and each phase's window its own samples
+            alone = _Telemetry()
+            for e in events:
+                if isinstance(e, (GpuSample, HostSample)) and \
+                        starts[index] <= e.t_ns < starts[index + 1]:
+                    alone.add(e)
+            assert stats.telemetry.figures(100, 10.0) == alone.figures(100, 10.0)
