@@ -115,6 +115,10 @@ class RunConfig:
     rate: float | None = None
     arrival: str = "constant"  # or "poisson"
     max_inflight: int | None = None  # open loop: at most this many out; the wait counts
+    #: Processes that read the streams (openai, ollama): 1 reads them in the session's own
+    #: process; None (``--workers auto``) lets :func:`soaktop.engine.load.workers.auto_workers`
+    #: choose. A session's config holds the number it ran with.
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         # a record's header gives lists: keep tuples, so a config is hashable and compares equal
@@ -161,6 +165,8 @@ class RunConfig:
             raise ConfigError("--max-inflight and --arrival shape an open loop: give --rate too")
         if self.rate is not None and (self.ramp or self.slo):
             raise ConfigError("--rate is an open loop; --ramp and --slo step a concurrency")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, or auto (got {self.workers})")
         if not 0 <= self.shared_prefix < self.input_tokens:
             raise ConfigError(f"--shared-prefix must be below the input length "
                               f"({self.input_tokens} tokens; got {self.shared_prefix})")

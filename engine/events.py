@@ -256,9 +256,11 @@ class ClientSample:
     ``in_flight`` and ``tokens`` (content tokens received over the last ``interval_ns``) are
     what a reader of a record still being written (``soaktop attach``) cannot derive from
     finished requests alone: a request's tokens reach the record only when it ends.
-    ``loop_lag_p99_us``, ``cpu_percent`` and ``send_lateness_p99_us`` are soaktop's own health
-    (see :mod:`soaktop.engine.metrics.client_health`), to flag seconds where the client was the
-    bottleneck; ``None`` where not measured.
+    ``loop_lag_p99_us``, ``cpu_percent``, ``send_lateness_p99_us``, ``read_lag_p99_us`` and
+    ``read_gap_p10_us`` are soaktop's own health (see
+    :mod:`soaktop.engine.metrics.client_health`), to flag seconds where the client was the
+    bottleneck; ``None`` where not measured. ``kernel_stamps`` says whether arrivals were
+    stamped by the kernel (then read lag decides, not loop lag); None in older records.
     """
 
     t_ns: int
@@ -269,13 +271,35 @@ class ClientSample:
     cpu_percent: float | None = None  # of one core
     send_lateness_p99_us: int | None = None  # due -> sent, over the second's requests
     loop_cpu_percent: float | None = None  # the event loop's thread: the client's own work
+    kernel_stamps: bool | None = None
+    read_lag_p99_us: int | None = None  # kernel stamp -> read, over the second's reads
+    read_gap_p10_us: int | None = None  # a stream's arrival to its next, the short end
+
+    def _health(self) -> dict[str, Any]:
+        return {"kernel_stamps": self.kernel_stamps, "read_lag_p99_us": self.read_lag_p99_us,
+                "read_gap_p10_us": self.read_gap_p10_us,
+                "loop_lag_p99_us": self.loop_lag_p99_us,
+                "send_lateness_p99_us": self.send_lateness_p99_us,
+                "loop_cpu_percent": self.loop_cpu_percent}
+
+    @property
+    def client_bound_reasons(self) -> tuple[str, ...]:
+        """Why the client was the bottleneck this second (empty: it was not)."""
+        from soaktop.engine.metrics.client_health import client_bound_reasons
+
+        return client_bound_reasons(**self._health())
+
+    @property
+    def headroom(self) -> float:
+        """The client's margin to being the bottleneck this second, 0 to 1."""
+        from soaktop.engine.metrics.client_health import headroom
+
+        return headroom(**self._health())
 
     @property
     def client_bound(self) -> bool:
         """The client was the bottleneck this second: its latencies are upper bounds."""
-        from soaktop.engine.metrics.client_health import is_client_bound
-
-        return is_client_bound(self.loop_lag_p99_us, self.loop_cpu_percent)
+        return bool(self.client_bound_reasons)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from soaktop.engine.backends.http import Timeouts, strip_credentials
 from soaktop.engine.backends.ollama import DEFAULT_URL as OLLAMA_URL
 from soaktop.engine.config import RunConfig
 from soaktop.engine.errors import ConfigError
+from soaktop.engine.load.workers import WorkerPool, resolve_workers
 from soaktop.engine.records.format import default_path
 from soaktop.engine.session import Listener, Session
 from soaktop.engine.telemetry import build_sources
@@ -36,15 +37,21 @@ RECORD_SUFFIXES = (".jsonl", ".jsonl.gz")
 
 
 def make_backend(config: RunConfig, api_key: str | None = None) -> backends.Backend:
-    """The backend ``config`` names; ``api_key`` (openai) goes to it and nowhere else."""
+    """The backend ``config`` names, in this process; ``api_key`` (openai) goes to it and
+    nowhere else."""
+    return backends.create(config.backend, **backend_options(config, api_key))
+
+
+def backend_options(config: RunConfig, api_key: str | None = None) -> dict[str, Any]:
+    """The options :func:`soaktop.engine.backends.create` takes for the backend ``config``
+    names (a backend of worker processes gets them through their pipes)."""
     if config.backend not in backends.USER_KINDS:
         raise ConfigError(f"backend {config.backend!r} cannot be run against; choose one of: "
                           f"{', '.join(backends.USER_KINDS)}")
     if config.backend == "local":
         if config.url:
             raise ConfigError("--url is for --backend openai or ollama, not local")
-        return backends.create("local", model=config.model, device=config.device,
-                               seed=config.seed)
+        return {"model": config.model, "device": config.device, "seed": config.seed}
     url = config.url or (OLLAMA_URL if config.backend == "ollama" else None)
     if not url:
         raise ConfigError(f"--backend {config.backend} needs --url (the server's base URL)")
@@ -56,7 +63,7 @@ def make_backend(config: RunConfig, api_key: str | None = None) -> backends.Back
         options["api"] = config.api
     if config.backend == "openai":
         options["api_key"] = api_key or os.environ.get("OPENAI_API_KEY") or None
-    return backends.create(config.backend, **options)
+    return options
 
 
 def record_file(target: Path | None, model: str) -> Path | None:
@@ -99,7 +106,13 @@ async def build_session(config: RunConfig, *, api_key: str | None = None,
     the garbage collector's survivors there; a library leaves process state alone).
     ``steerable``: a session with a record listens on a control socket beside it while it
     runs (soaktop.engine.control), so that another process can steer it."""
-    backend = make_backend(config, api_key)
+    workers, why_not = resolve_workers(config)
+    if why_not:
+        say(why_not)
+    if workers > 1:  # the streams read in worker processes (soaktop.engine.load.workers)
+        backend = WorkerPool(config.backend, backend_options(config, api_key), workers)
+    else:
+        backend = make_backend(config, api_key)
     model = config.model
     if model is None:
         served = await backend.models()
@@ -110,11 +123,12 @@ async def build_session(config: RunConfig, *, api_key: str | None = None,
     local = config.backend == "local"
     recorded = replace(
         config, model=model, url=None if local else strip_credentials(backend.url),
-        api=getattr(backend, "api", None),
+        api=getattr(backend, "api", None), workers=workers,
         telemetry=tuple(_without_credentials(source) for source in config.telemetry))
     sources = build_sources(config.telemetry, config.watch_pid, local_engine=local)
     session = Session(recorded, backend, record_file(record, model), listeners=listeners,
                       sources=sources, while_running=while_running)
+    session.say = say
     if steerable:
         control.serve_while_running(session, say)
     return session

@@ -8,12 +8,16 @@ may arrive at any time from the same event loop.
 Telemetry sources are sampled on threads of their own; their events are handed to the loop
 (``call_soon_threadsafe``) and emitted there, so listeners only ever run on the loop and see
 one ordered stream. Samples that arrive after the session ended are dropped.
+
+With ``--workers N`` the streams are read in worker processes, which the session sees as one
+backend (:mod:`soaktop.engine.load.workers`): everything above stays here, in one process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractContextManager
@@ -25,6 +29,7 @@ from typing import Any
 from soaktop.engine.backends.base import (
     Arrival,
     Backend,
+    DirectArrivals,
     GenerationRequest,
     RequestSent,
     StreamEnd,
@@ -46,6 +51,7 @@ from soaktop.engine.events import (
 from soaktop.engine.load.loops import ClosedLoop, Load, OpenLoop
 from soaktop.engine.load.prompts import PromptSet
 from soaktop.engine.load.turnstile import Turnstile
+from soaktop.engine.load.workers import worst_health
 from soaktop.engine.metrics.client_health import ClientHealth
 from soaktop.engine.records import environment
 from soaktop.engine.records.format import RecordWriter
@@ -76,6 +82,7 @@ class _RequestState:
     server: dict[str, Any] | None = None
     refused: bool = False
     end_ns: int | None = None
+    worker_id: int = 0  # the worker process that read it (--workers); 0 in this process
 
     @property
     def latency_from_ns(self) -> int:
@@ -140,7 +147,12 @@ class Session:
         self._tokens_received = 0  # content tokens so far, for the once-a-second ClientSample
         self._resume_to: int | None = None  # the concurrency to go back to, while paused
         self._health = ClientHealth()
+        #: Arrivals stamped by the kernel: read lag, not the loop's, says if they were biased.
+        self._kernel_stamps = backend.watch_reads(self._health.read)
         self._turnstile = Turnstile()
+        #: Where a fact of the run is said in one line (the command line's stderr); the
+        #: factory sets it. A backend's notices (a worker lost) go here and into the record.
+        self.say: Callable[[str], None] = lambda text: None
         #: As passed to the constructor; may be set in its place until :meth:`run`.
         self.while_running = while_running
 
@@ -198,11 +210,16 @@ class Session:
             while True:
                 await asyncio.sleep(max(0.0, (tick - self.now_ns()) / 1e9))
                 now, tokens = self.now_ns(), self._tokens_received
-                lag, late, cpu, loop_cpu = self._health.take()
-                self._emit(ClientSample(now, self.in_flight, tokens - last_tokens, now - last_t,
-                                        loop_lag_p99_us=lag, cpu_percent=round(cpu, 1),
-                                        send_lateness_p99_us=late,
-                                        loop_cpu_percent=round(loop_cpu, 1)))
+                health = worst_health(self._health.take(), self.backend.health())
+                self._emit(ClientSample(
+                    now, self.in_flight, tokens - last_tokens, now - last_t,
+                    loop_lag_p99_us=health.loop_lag_p99_us,
+                    cpu_percent=round(health.cpu_percent, 1),
+                    send_lateness_p99_us=health.send_lateness_p99_us,
+                    loop_cpu_percent=round(health.loop_cpu_percent, 1),
+                    kernel_stamps=self._kernel_stamps,
+                    read_lag_p99_us=health.read_lag_p99_us,
+                    read_gap_p10_us=health.read_gap_p10_us))
                 last_t, last_tokens = now, tokens
                 tick = (now // every_ns + 1) * every_ns
         finally:
@@ -334,6 +351,16 @@ class Session:
     def mark(self, note: str) -> None:
         self._emit(Mark(t_ns=self.now_ns(), note=note))
 
+    def _notice(self, line: str, fatal: bool = False) -> None:
+        """A backend's fact of the run (a worker process lost): said, and a mark in the
+        record; ``fatal``: the run cannot go on (no worker left), so it ends as failed."""
+        self.say(line)
+        if not self._ended:
+            self.mark(line)
+        if fatal:
+            self.failure = line
+            self.stop(EndReason.FAILED)
+
     def stop(self, reason: EndReason = EndReason.INTERRUPTED) -> None:
         """End the run: in-flight requests are cancelled and the record is closed."""
         if not self._stopped.is_set():
@@ -404,8 +431,11 @@ class Session:
         if due_ns is None:
             return  # the run ended before this request was ever sent
         prompt = self.prompts.prompt(request_id)
-        request = GenerationRequest(request_id, prompt, self.config.output_tokens, model)
-        state = _RequestState(request_id, due_ns, sent_ns=self.now_ns(), open_loop=open_loop)
+        worker = self.backend.pick_worker()
+        request = GenerationRequest(request_id, prompt, self.config.output_tokens, model,
+                                    worker)
+        state = _RequestState(request_id, due_ns, sent_ns=self.now_ns(), open_loop=open_loop,
+                              worker_id=worker)
         try:
             async with contextlib.aclosing(self.backend.stream(request)) as stream:
                 await self._consume(stream, state)
@@ -460,7 +490,8 @@ class Session:
             if isinstance(item, RequestSent):  # the true send time, before any arrival
                 self._note_send(state, item.t_ns - self._origin_ns)
             elif isinstance(item, StreamEnd):
-                state.end_ns = self.now_ns()
+                state.end_ns = (self.now_ns() if item.t_ns is None
+                                else item.t_ns - self._origin_ns)
                 state.finish, state.server = item.finish_reason, item.server
                 self._reconcile_tokens(state, item.arrival_tokens)
                 # The stream is over; winding it down (the connection back to the pool) and
@@ -469,6 +500,8 @@ class Session:
                     await self._turnstile.turn()
                 except asyncio.CancelledError:
                     return  # the run ends now, but this request had ended: kept as it was
+            elif isinstance(item, DirectArrivals):  # a worker's batches: no task switch
+                item.attach(functools.partial(self._arrived_at, state))
             else:
                 self._arrived(state, item)
 
@@ -479,14 +512,20 @@ class Session:
         self._health.sent(state.due_ns, sent_ns)
 
     def _arrived(self, state: _RequestState, arrival: Arrival) -> None:
-        t_ns = arrival.t_ns - self._origin_ns
+        self._arrived_at(state, arrival.t_ns, arrival.tokens, arrival.reasoning)
+
+    def _arrived_at(self, state: _RequestState, stamp_ns: int, tokens: int,
+                    reasoning: bool) -> None:
+        """``tokens`` arrived at ``stamp_ns`` (``perf_counter_ns``: this process's reading or
+        a worker's, one clock on the host), made relative to the session's origin here."""
+        t_ns = stamp_ns - self._origin_ns
         if not state.send_noted:  # a backend with no send stamp: it went out when asked
             self._note_send(state, state.sent_ns)
         state.arrivals.append((t_ns - state.latency_from_ns) // 1000)
-        state.tokens.append(arrival.tokens)
-        state.thinking.append(arrival.reasoning)
-        self._tokens_received += arrival.tokens
-        self._emit(TokensArrived(t_ns, 0, state.request_id, arrival.tokens,
+        state.tokens.append(tokens)
+        state.thinking.append(reasoning)
+        self._tokens_received += tokens
+        self._emit(TokensArrived(t_ns, state.worker_id, state.request_id, tokens,
                                  len(state.arrivals) == 1))
 
     def _reconcile_tokens(self, state: _RequestState, server_counts: tuple[int, ...] | None
@@ -500,7 +539,8 @@ class Session:
         state.tokens = list(server_counts)
         if missed > 0:
             self._tokens_received += missed
-            self._emit(TokensArrived(self.now_ns(), 0, state.request_id, missed, False))
+            self._emit(TokensArrived(self.now_ns(), state.worker_id, state.request_id, missed,
+                                     False))
 
     def _request_done(self, state: _RequestState, phase_id: int, model: str, warmup: bool,
                       prompt_tokens: int) -> RequestDone:
@@ -510,7 +550,7 @@ class Session:
         latency_from_ns = state.latency_from_ns
         return RequestDone(
             t_ns=state.end_ns,
-            worker_id=0,
+            worker_id=state.worker_id,
             request_id=state.request_id,
             phase_id=phase_id,
             backend=self.config.backend,
@@ -533,6 +573,7 @@ class Session:
     # -- the run, start to end -------------------------------------------------------------
     async def run(self) -> SessionEnd:
         """Start the backend, run until an end condition, and always close the record."""
+        self.backend.notice = self._notice
         await self.backend.start()
         try:
             with self.while_running():

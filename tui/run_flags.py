@@ -26,7 +26,7 @@ FLAGS: tuple[tuple[str, str], ...] = (
     ("connect_timeout_s", "--connect-timeout"),
     ("first_token_timeout_s", "--first-token-timeout"), ("token_timeout_s", "--token-timeout"),
     ("telemetry", "--telemetry"), ("telemetry_hz", "--telemetry-hz"),
-    ("watch_pid", "--watch-pid"), ("ambient_c", "--ambient-c"),
+    ("watch_pid", "--watch-pid"), ("ambient_c", "--ambient-c"), ("workers", "--workers"),
 )
 _DURATIONS = ("phase_s", "duration_s", "connect_timeout_s", "first_token_timeout_s",
               "token_timeout_s")

@@ -52,9 +52,17 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def client_bound_text(reasons: tuple[str, ...]) -> str:
+    """``CLIENT-BOUND (reads late): latencies are upper bounds``, or "" when not bound."""
+    if not reasons:
+        return ""
+    return f"CLIENT-BOUND ({', '.join(reasons)}): latencies are upper bounds"
+
+
 def status_line(snap: LiveSnapshot, in_flight: int, concurrency: int,
-                client_bound: bool = False, rate: float | None = None) -> str:
-    """``[  12.0s] in flight 4/4 | 812 tok/s | TTFT p50 15.2 ms p95 20.1 ms | ok 40 | errors 0``"""
+                client_bound: tuple[str, ...] = (), rate: float | None = None) -> str:
+    """``[  12.0s] in flight 4/4 | 812 tok/s | TTFT p50 15.2 ms p95 20.1 ms | ok 40 | errors 0``
+    and, in a second the client was the bottleneck, why (``client_bound``: the reasons)."""
     errors = snap.requests_failed
     detail = ""
     if snap.errors:
@@ -66,7 +74,7 @@ def status_line(snap: LiveSnapshot, in_flight: int, concurrency: int,
         f" | TTFT p50 {_ms(snap.ttft_p50_ms)} ms p95 {_ms(snap.ttft_p95_ms)} ms"
         f" | ok {snap.requests_ok} | errors {errors}{detail}"
         + telemetry_part(snap.telemetry)
-        + (" | CLIENT-BOUND: latencies are upper bounds" if client_bound else "")
+        + (f" | {client_bound_text(client_bound)}" if client_bound else "")
     )
 
 
@@ -203,9 +211,11 @@ def summary_table(summary: RunSummary, width: int | None = None) -> str:
                      f"length asked for: the server stopped early (EOS), so per-token figures "
                      f"cover shorter outputs than configured")
     if summary.client_bound_s:
+        why = ", ".join(f"{reason} {seconds:.0f} s"
+                        for reason, seconds in summary.client_bound_reasons.items())
         lines.append(f"client-bound for {summary.client_bound_s:.0f} s of the "
-                     f"{_num(summary.duration_s, 0)} s measured (event-loop lag p99 over "
-                     f"1 ms, or a whole core busy): latencies then are upper bounds")
+                     f"{_num(summary.duration_s, 0)} s measured ({why}): latencies then are "
+                     f"upper bounds")
     lines.extend(plan_lines(summary))
     if summary.soak is not None:
         lines.append(f"soak verdict: {soak_explanation(summary.soak)}")

@@ -11,7 +11,7 @@ them.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -31,6 +31,9 @@ class GenerationRequest:
     prompt: Prompt
     max_tokens: int
     model: str
+    #: The worker process that reads it (``--workers``; :meth:`Backend.pick_worker`); 0 for
+    #: a backend that reads every stream in the session's own process.
+    worker_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,20 @@ class StreamEnd:
     finish_reason: str = "length"
     arrival_tokens: tuple[int, ...] | None = None
     server: dict[str, Any] | None = None
+    #: When the stream ended (``perf_counter_ns``), where the backend stamped it apart from
+    #: handing this over (a worker process: the session learns of it a pipe's hop later).
+    t_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectArrivals:
+    """Yielded first by a backend that hands arrivals over in batches (worker processes):
+    the consumer gives ``attach`` its function of ``(t_ns, tokens, reasoning)``, and from then
+    on arrivals come through that function, called as each batch is read, instead of one
+    stream item each, which would cost a task switch per token. A consumer that does not
+    attach one keeps getting them as :class:`Arrival` items."""
+
+    attach: Callable[[Callable[[int, int, bool], None]], None]
 
 
 class Backend(abc.ABC):
@@ -78,6 +95,10 @@ class Backend(abc.ABC):
     :func:`soaktop.engine.backends.create`."""
 
     kind: ClassVar[str]
+    #: Where a backend tells the run a fact about itself mid-run, in one line (a worker
+    #: process lost); ``fatal``: the run cannot go on. The session sets it and records each
+    #: as a ``mark``.
+    notice: Callable[[str, bool], None] | None = None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load the model or open connections; raise ``SoaktopError`` with a one-line reason."""
@@ -102,3 +123,22 @@ class Backend(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Facts for the record header: device, dtype, versions. No secrets."""
         return {"kind": self.kind}
+
+    def pick_worker(self) -> int:
+        """Which worker process the next request goes to, asked just before it is sent
+        (``GenerationRequest.worker_id``); 0 for a backend without workers."""
+        return 0
+
+    def health(self) -> list[tuple[int | None, float, float]]:
+        """The latest health of each process of its own (loop lag p99 µs, CPU %, loop CPU
+        %), each reading given once; none for a backend without worker processes."""
+        return []
+
+    def watch_reads(self, on_read: Callable[[int, int], None]) -> bool:
+        """Where arrivals are stamped by the kernel, call ``on_read(lag_ns, gap_ns)`` for each
+        read of a stream's bytes: how long they sat in the socket before the client read them,
+        and since the stream's previous bytes arrived; call before :meth:`start`. Returns
+        whether this backend's stamps come from the kernel (then a late event loop does not
+        move them, and the read lag is what says whether it biased them). By default stamps
+        are taken in user space, where the loop's own lag is what decides."""
+        return False

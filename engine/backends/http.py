@@ -24,7 +24,7 @@ import errno
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -62,15 +62,18 @@ def make_client(
     timeouts: Timeouts,
     api_key: str | None,
     transport: httpx.AsyncBaseTransport | None = None,
+    on_read: Callable[[int, int], None] | None = None,
 ) -> httpx.AsyncClient:
     """One pooled client for the whole run: connections are reused as a real client would.
 
-    ``transport`` is for tests (``httpx.MockTransport``); real runs use httpx's own.
+    ``transport`` is for tests (``httpx.MockTransport``); real runs use httpx's own, or on
+    ``http://`` the kernel-stamping one, which tells ``on_read`` of each read (see
+    :class:`soaktop.engine.backends.stamping.StampedStream`).
     """
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     if transport is None and base_url.startswith("http://"):
-        transport = StampingTransport(limits)  # see soaktop.engine.backends.stamping for why
+        transport = StampingTransport(limits, on_read)  # see engine/backends/stamping.py
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
         headers=headers,

@@ -10,8 +10,9 @@ it uses lives in :mod:`soaktop.engine.backends.http` and :mod:`soaktop.engine.ba
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 import httpx
@@ -76,9 +77,21 @@ class HttpBackend(Backend):
         # path -> absolute URL: httpx parses and merges a relative URL again for every
         # request, a fifth of a send's cost; an absolute URL object it takes as it is
         self._urls: dict[str, httpx.URL] = {}
+        self._on_read: Callable[[int, int], None] | None = None
 
     def _new_client(self) -> httpx.AsyncClient:
-        return make_client(self.url, self.timeouts, self._api_key, self._transport)
+        return make_client(self.url, self.timeouts, self._api_key, self._transport,
+                           self._on_read)
+
+    def watch_reads(self, on_read: Callable[[int, int], None]) -> bool:
+        """``http://`` on Linux reads its own sockets with kernel receive stamps
+        (:mod:`soaktop.engine.backends.stamping`); ``https://`` keeps httpx's layer."""
+        if self._transport is not None or not self.url.startswith("http://"):
+            return False
+        if not sys.platform.startswith("linux"):
+            return False
+        self._on_read = on_read
+        return True
 
     async def start(self) -> None:
         self._client = self._new_client()

@@ -22,6 +22,7 @@ import struct
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import httpcore
@@ -35,13 +36,25 @@ _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
 _READ_SIZE = 256 * 1024
 
 
+#: Told of each kernel-stamped read: (read lag ns, gap since the stream's previous bytes ns).
+ReadWatcher = Callable[[int, int], None]
+
+
 class StampedStream(httpcore.AsyncNetworkStream):
     """``last_read_ns``: arrival of the newest bytes handed out; ``last_write_ns``: the newest
-    bytes handed to the kernel. Both ``perf_counter_ns`` readings."""
+    bytes handed to the kernel. Both ``perf_counter_ns`` readings.
 
-    def __init__(self, sock: socket.socket, kernel_stamps: bool) -> None:
+    ``on_read`` hears of each kernel-stamped read how late it was (the kernel's receive
+    stamp to ``recvmsg``) and how long after this socket's previous bytes its bytes came: a
+    read has one stamp, so bytes that arrived apart but were read together all get the
+    newest one's, and that happens only when a read is later than the gap between them."""
+
+    def __init__(self, sock: socket.socket, kernel_stamps: bool,
+                 on_read: ReadWatcher | None = None) -> None:
         self._sock = sock
         self.kernel_stamps = kernel_stamps
+        self._on_read = on_read
+        self._previous_ns: int | None = None
         self._loop = asyncio.get_running_loop()
         self._chunks: deque[tuple[int, bytes]] = deque()
         self._eof = False
@@ -68,7 +81,13 @@ class StampedStream(httpcore.AsyncNetworkStream):
             if not data:
                 self._finish_reading()
                 break
-            self._chunks.append((_arrival(ancillary, now), data))
+            stamp = _kernel_stamp(ancillary, now)
+            if stamp is None:
+                stamp = now
+            elif self._on_read is not None:
+                previous, self._previous_ns = self._previous_ns, stamp
+                self._on_read(now - stamp, stamp - previous if previous is not None else -1)
+            self._chunks.append((stamp, data))
             if len(data) < _READ_SIZE:
                 break
         if self._waiter is not None and not self._waiter.done():
@@ -143,8 +162,8 @@ class StampedStream(httpcore.AsyncNetworkStream):
         return None
 
 
-def _arrival(ancillary: list[tuple[int, int, bytes]], now_ns: int) -> int:
-    """The kernel's receive time on the ``perf_counter_ns`` clock, or ``now_ns``."""
+def _kernel_stamp(ancillary: list[tuple[int, int, bytes]], now_ns: int) -> int | None:
+    """The kernel's receive time on the ``perf_counter_ns`` clock, or None without one."""
     for level, kind, raw in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= _TIMESPEC.size:
             seconds, nanoseconds = _TIMESPEC.unpack_from(raw)
@@ -153,10 +172,13 @@ def _arrival(ancillary: list[tuple[int, int, bytes]], now_ns: int) -> int:
             # a wall clock stepped under us would give nonsense: trust only the plausible
             if now_ns - 1_000_000_000 < stamp <= now_ns + 1_000_000:
                 return min(stamp, now_ns)
-    return now_ns
+    return None
 
 
 class StampingBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self, on_read: ReadWatcher | None = None) -> None:
+        self.on_read = on_read
+
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
                           socket_options: Any = None) -> httpcore.AsyncNetworkStream:
@@ -186,7 +208,7 @@ class StampingBackend(httpcore.AsyncNetworkBackend):
                 sock.close()
                 failure = exc
                 continue
-            return StampedStream(sock, _enable_kernel_stamps(sock))
+            return StampedStream(sock, _enable_kernel_stamps(sock), self.on_read)
         # said in words: httpcore's pool re-raises "from None", dropping this cause
         refused = getattr(failure, "errno", None) == errno.ECONNREFUSED
         raise httpcore.ConnectError(("connection refused: " if refused else "") + str(failure)
@@ -217,13 +239,13 @@ class StampingTransport(httpx.AsyncHTTPTransport):
     (request and response mapping, errors) stays httpx's.
     """
 
-    def __init__(self, limits: httpx.Limits) -> None:
+    def __init__(self, limits: httpx.Limits, on_read: ReadWatcher | None = None) -> None:
         super().__init__(limits=limits)
         self._pool = LinearPool(
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
-            network_backend=StampingBackend(),
+            network_backend=StampingBackend(on_read),
         )
 
 

@@ -158,7 +158,13 @@ class OpenLoop:
                     due = self._now_ns() + (self._gap_ns() if self.target > 0 else 0)
                     continue
                 except asyncio.TimeoutError:
-                    pass
+                    # its time came, but a stop or a pause may have come in the same
+                    # iteration: a request launched after a stop would outlive the load (and
+                    # its backend); after a pause, none is due (and rate 0 has no gap)
+                    if self._stopping:
+                        break
+                    if self.target <= 0:
+                        continue
             while self._max_inflight is not None and len(self._tasks) >= self._max_inflight:
                 self._slot_freed.clear()  # due already: the wait for a slot will count
                 await self._slot_freed.wait()

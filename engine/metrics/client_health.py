@@ -2,8 +2,14 @@
 
 A load generator that cannot keep up reports its own delays as the server's: a token that sat
 in the socket while the event loop was busy gets a late timestamp, a request sent late starts
-its clock late. Three signs, each second:
+its clock late. What it measures, each second:
 
+- **Read lag** (where arrivals are stamped by the kernel, ``http://`` on Linux): for each read
+  of a stream's socket, from the kernel's receive stamp of the newest bytes to the moment the
+  client read them, p99; and the gap between a stream's successive arrivals, p10 (the short
+  end). A kernel stamp does not move when the loop is late, with one exception: one read has
+  one stamp, so bytes of a stream that arrived apart but were read together all carry the
+  newest one's. That happens only when reads are later than the gap between arrivals.
 - **Event-loop lag**: every 2 ms a probe thread hands the loop a callback and notes how long
   the loop took to run it: how long anything else (a chunk to read, a request to send) could
   have waited. p99 over the second: some 500 samples, so that the p99 is a percentile and not
@@ -21,9 +27,22 @@ its clock late. Three signs, each second:
   headroom. The whole process can be busy for other reasons that cost the client nothing
   (the embedded local engine computes on threads of its own, and stamps tokens there).
 
-A second is *client-bound* when the lag p99 is over 1 ms or the loop's thread used 90% of a
-core or more: its latencies are upper bounds (the server may have been faster). Memory is
-fixed: the samples of the current second only.
+A second is *client-bound*, its latencies upper bounds, for one of these reasons
+(:func:`client_bound_reasons`), each guarding against a bias of its own:
+
+- ``reads late`` (kernel stamps): read lag p99 over 1 ms *and* over the short gap (p10)
+  between a stream's arrivals. Then arrivals start to share stamps, so ITL and TTFT are off
+  by up to the lag; a read late by less than the gap costs nothing, however late the loop.
+  A client that keeps reading late also lets socket buffers fill, and the server slows down.
+- ``loop late`` (stamps taken in user space: ``https://``, the local engine): loop lag p99
+  over 1 ms, since there every stamp waits for the loop.
+- ``sends late``: send lateness p99 over 10 ms. The load offered was not the load asked
+  for: an open loop's schedule slipped, a closed loop's slots stood idle.
+- ``loop saturated``: the loop's thread at 90% of a core or more: no headroom; everything
+  above comes next.
+
+A record written before read lag was measured has none; its seconds are judged by the loop's
+lag and CPU, as they were when it was written. Memory is fixed: the current second's samples.
 """
 
 from __future__ import annotations
@@ -31,23 +50,73 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import psutil
 
 PROBE_S = 0.002
-LAG_LIMIT_US = 1000.0  # lag p99 above this: the client is the bottleneck
+LAG_LIMIT_US = 1000.0  # user-space stamps: loop lag p99 above this moves them
+READ_LAG_FLOOR_US = 1000.0  # kernel stamps: a read later than this, and than the short gap
+SEND_LATE_LIMIT_US = 10_000.0  # a request sent this late: the offered load slipped
 CPU_LIMIT_PERCENT = 90.0  # a Python client near a whole core has no headroom left
 
 
-def is_client_bound(loop_lag_p99_us: float | None, loop_cpu_percent: float | None) -> bool:
-    return (loop_lag_p99_us or 0) > LAG_LIMIT_US or (loop_cpu_percent or 0) >= CPU_LIMIT_PERCENT
+def client_bound_reasons(*, kernel_stamps: bool | None, read_lag_p99_us: float | None,
+                         read_gap_p10_us: float | None, loop_lag_p99_us: float | None,
+                         send_lateness_p99_us: float | None,
+                         loop_cpu_percent: float | None) -> tuple[str, ...]:
+    """Why a second's numbers are at risk from the client itself (see the module's list);
+    empty when they are not. ``kernel_stamps`` None: a record from before it was known,
+    judged by the loop's lag and CPU alone, as it was then."""
+    reasons = []
+    if kernel_stamps:
+        limit = max(READ_LAG_FLOOR_US, read_gap_p10_us or 0)
+        if read_lag_p99_us is not None and read_lag_p99_us > limit:
+            reasons.append("reads late")
+    elif (loop_lag_p99_us or 0) > LAG_LIMIT_US:
+        reasons.append("loop late")
+    if kernel_stamps is not None and (send_lateness_p99_us or 0) > SEND_LATE_LIMIT_US:
+        reasons.append("sends late")
+    if (loop_cpu_percent or 0) >= CPU_LIMIT_PERCENT:
+        reasons.append("loop saturated")
+    return tuple(reasons)
+
+
+def headroom(*, kernel_stamps: bool | None, read_lag_p99_us: float | None,
+             read_gap_p10_us: float | None, loop_lag_p99_us: float | None,
+             send_lateness_p99_us: float | None, loop_cpu_percent: float | None) -> float:
+    """How far the second was from being client-bound, 0 to 1: the smallest margin left to
+    any limit :func:`client_bound_reasons` applies (1 - figure / limit); 0 when one was
+    crossed. What the dashboard shows as the client's headroom."""
+    used = [(loop_cpu_percent or 0) / CPU_LIMIT_PERCENT]
+    if kernel_stamps:
+        used.append((read_lag_p99_us or 0) / max(READ_LAG_FLOOR_US, read_gap_p10_us or 0))
+    else:
+        used.append((loop_lag_p99_us or 0) / LAG_LIMIT_US)
+    if kernel_stamps is not None:
+        used.append((send_lateness_p99_us or 0) / SEND_LATE_LIMIT_US)
+    return min(1.0, max(0.0, 1.0 - max(used)))
+
+
+@dataclass(frozen=True, slots=True)
+class HealthFigures:
+    """One second of the client's health (None: nothing of that kind happened)."""
+
+    loop_lag_p99_us: int | None
+    send_lateness_p99_us: int | None
+    cpu_percent: float
+    loop_cpu_percent: float
+    read_lag_p99_us: int | None
+    read_gap_p10_us: int | None
 
 
 class ClientHealth:
     def __init__(self) -> None:
         self._lags_us: list[float] = []
         self._late_us: list[float] = []
+        self._read_lags_ns: list[int] = []
+        self._read_gaps_ns: list[int] = []
         self._process = psutil.Process()
         self._cpu_s = self._cpu_seconds()
         self._thread_s = time.thread_time()  # of the thread that calls take(): the loop's
@@ -87,11 +156,19 @@ class ClientHealth:
         """A request that was due at ``due_ns`` went out at ``sent_ns`` (same clock)."""
         self._late_us.append(max(0, sent_ns - due_ns) / 1e3)
 
-    def take(self) -> tuple[int | None, int | None, float, float]:
-        """(loop lag p99 µs, send lateness p99 µs, process CPU %, loop thread CPU %) since
-        the last call; call it from the event loop's thread."""
+    def read(self, lag_ns: int, gap_ns: int) -> None:
+        """A kernel-stamped read: its bytes sat ``lag_ns`` in the socket, and came ``gap_ns``
+        after the stream's previous ones (-1: its first)."""
+        self._read_lags_ns.append(lag_ns)
+        if gap_ns >= 0:
+            self._read_gaps_ns.append(gap_ns)
+
+    def take(self) -> HealthFigures:
+        """The figures since the last call; call it from the event loop's thread."""
         lags, late = self._lags_us, self._late_us
+        reads, gaps = self._read_lags_ns, self._read_gaps_ns
         self._lags_us, self._late_us = [], []
+        self._read_lags_ns, self._read_gaps_ns = [], []
         cpu, thread, wall = self._cpu_seconds(), time.thread_time(), time.perf_counter()
         elapsed = max(wall - self._wall_s, 1e-9)
         share = 100.0 * (cpu - self._cpu_s) / elapsed
@@ -99,4 +176,6 @@ class ClientHealth:
         self._cpu_s, self._thread_s, self._wall_s = cpu, thread, wall
         lag = int(np.percentile(lags, 99)) if lags else None
         lateness = int(np.percentile(late, 99)) if late else None
-        return lag, lateness, share, loop_share
+        read_lag = int(np.percentile(reads, 99) / 1e3) if reads else None
+        read_gap = int(np.percentile(gaps, 10) / 1e3) if gaps else None
+        return HealthFigures(lag, lateness, share, loop_share, read_lag, read_gap)

@@ -114,6 +114,7 @@ def _facts(summary: SessionSummary) -> dict[str, Any]:
         "device": backend.get("device"), "concurrency": config.get("concurrency"),
         "input tokens": config.get("input_tokens"), "output tokens": config.get("output_tokens"),
         "seed": config.get("seed"), "soaktop": env.get("soaktop_version"),
+        "workers": config.get("workers") or 1,  # processes reading streams; older: 1
         "torch": env.get("torch"), "host": env.get("hostname"),
         "GPUs": [g.get("name") for g in nvidia.get("gpus", [])] or None,
     }

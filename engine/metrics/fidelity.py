@@ -26,6 +26,7 @@ is :mod:`soaktop.tui.calibrate_text`).
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, replace
 
 import httpx
@@ -35,6 +36,7 @@ from soaktop.engine.backends.http import Timeouts, request_uuid
 from soaktop.engine.backends.openai import OpenAIBackend
 from soaktop.engine.config import RunConfig
 from soaktop.engine.events import RequestDone
+from soaktop.engine.load.workers import WorkerPool
 from soaktop.engine.loopback import Emission, Schedule, spawn
 from soaktop.engine.metrics.stats import itl_gaps
 from soaktop.engine.metrics.summary import SessionSummary
@@ -51,6 +53,9 @@ class Fidelity:
     ttft_ms: dict[int, tuple[float, float]]  # quantile -> (soaktop, wire)
     itl_ms: dict[int, tuple[float, float]]
     client_bound_s: float = 0.0  # seconds soaktop flagged itself client-bound (after warm-up)
+    #: CPU of the session's process (its threads; not its workers') per content token
+    #: received, over the whole run: what the one process that sees every event pays.
+    session_cpu_us_per_token: float | None = None
 
     def error_ms(self, metric: str, q: int) -> float:
         client, wire = getattr(self, metric)[q]
@@ -84,8 +89,8 @@ def compare(done: list[RequestDone], emissions: list[Emission], origin_ns: int, 
                     quantiles(client_ttft, wire_ttft), quantiles(client_itl, wire_itl))
 
 
-async def _drive(url: str, concurrency: int, duration_s: float, tokens: int
-                 ) -> tuple[list[RequestDone], int, str, float]:
+async def _drive(url: str, concurrency: int, duration_s: float, tokens: int, workers: int = 1
+                 ) -> tuple[list[RequestDone], int, str, float, float]:
     done: list[RequestDone] = []
     summary = SessionSummary()  # counts the client-bound seconds after warm-up, as run does
 
@@ -97,11 +102,15 @@ async def _drive(url: str, concurrency: int, duration_s: float, tokens: int
     config = RunConfig(backend="openai", model="loopback", concurrency=concurrency,
                        duration_s=duration_s, warmup_requests=2 * concurrency,
                        output_tokens=tokens,
-                       input_tokens=32, url=url)
-    backend = OpenAIBackend(url, model="loopback", timeouts=Timeouts(first_token_s=30))
+                       input_tokens=32, url=url, workers=workers)
+    options = {"url": url, "model": "loopback", "timeouts": Timeouts(first_token_s=30)}
+    backend = (WorkerPool("openai", options, workers) if workers > 1
+               else OpenAIBackend(**options))
     session = Session(config, backend, listeners=(keep,))
+    cpu_s = time.process_time()
     await session.run()
-    return done, session.origin_ns, backend.run_id, summary.result().client_bound_s
+    cpu_s = time.process_time() - cpu_s
+    return done, session.origin_ns, backend.run_id, summary.result().client_bound_s, cpu_s
 
 
 async def _emissions(url: str) -> list[Emission]:
@@ -111,8 +120,10 @@ async def _emissions(url: str) -> list[Emission]:
 
 
 def measure(concurrency: int, tokens_per_s: float, duration_s: float = 10.0,
-            tokens: int = 64, ttft_ms: float = 30.0, jitter_ms: float = 5.0) -> Fidelity:
-    """Run soaktop against a loopback server paced for ``tokens_per_s`` in total.
+            tokens: int = 64, ttft_ms: float = 30.0, jitter_ms: float = 5.0,
+            workers: int = 1) -> Fidelity:
+    """Run soaktop against a loopback server paced for ``tokens_per_s`` in total, its
+    streams read in ``workers`` processes (1: in this one; see soaktop.engine.load.workers).
 
     Each stream emits a token every ``concurrency / tokens_per_s`` seconds (±``jitter_ms``, so
     the distributions have a spread for the quantiles to resolve).
@@ -122,10 +133,13 @@ def measure(concurrency: int, tokens_per_s: float, duration_s: float = 10.0,
                         tokens=tokens, model="loopback")
 
     async def run(url: str) -> Fidelity:
-        done, origin_ns, run_id, bound_s = await _drive(url, concurrency, duration_s, tokens)
+        done, origin_ns, run_id, bound_s, cpu_s = await _drive(url, concurrency, duration_s,
+                                                               tokens, workers)
         result = compare(done, await _emissions(url), origin_ns, run_id, tokens, concurrency,
                          duration_s)
-        return replace(result, client_bound_s=bound_s)
+        received = sum(d.output_tokens for d in done)
+        return replace(result, client_bound_s=bound_s,
+                       session_cpu_us_per_token=1e6 * cpu_s / received if received else None)
 
     with spawn(schedule) as url:
         return asyncio.run(run(url))

@@ -209,14 +209,22 @@ class LiveStats:
         """The client's latest second was client-bound (soaktop.engine.metrics.client_health)."""
         return self.client is not None and self.client.client_bound
 
-    def client_bound_at(self, t_ns: int) -> bool:
-        """Whether the last client sample taken at or before ``t_ns`` was client-bound. A
-        status line at a tick asks this: the live run may already hold the sample of that
-        very second (taken a moment after the tick), a replay at the tick never does."""
+    @property
+    def client_bound_reasons(self) -> tuple[str, ...]:
+        """Why the client's latest second was client-bound (empty: it was not)."""
+        return self.client.client_bound_reasons if self.client is not None else ()
+
+    def client_bound_at(self, t_ns: int) -> tuple[str, ...]:
+        """Why the last client sample taken at or before ``t_ns`` was client-bound (empty:
+        it was not). A status line at a tick asks this: the live run may already hold the
+        sample of that very second (taken a moment after the tick), a replay at the tick
+        never does."""
         sample = self.client
         if sample is not None and sample.t_ns > t_ns:
             sample = self._client_before
-        return sample is not None and sample.t_ns <= t_ns and sample.client_bound
+        if sample is None or sample.t_ns > t_ns:
+            return ()
+        return sample.client_bound_reasons
 
     def client_snapshot(self, now_ns: int) -> LiveSnapshot:
         """The snapshot of a run seen through its record (``attach``): tokens/s from the run's

@@ -270,6 +270,8 @@ class RunSummary(Figures):
     slo: SloReport | None = None  # an SLO search's report; None: no search
     soak: SoakVerdict | None = None  # None: a measured run too short to judge
     client_bound_s: float = 0.0
+    #: Of those seconds, how many each reason fired in (a second may have several).
+    client_bound_reasons: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form; ``ramp`` and ``slo`` are left out for a run without them."""
@@ -285,6 +287,7 @@ class RunSummary(Figures):
             out["slo"] = self.slo.to_dict()
         out["soak"] = None if self.soak is None else self.soak.to_dict()
         out["client_bound_s"] = self.client_bound_s
+        out["client_bound_reasons"] = dict(self.client_bound_reasons)
         return out
 
 

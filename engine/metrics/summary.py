@@ -274,6 +274,7 @@ class SessionSummary:
         self._target: int | None = None  # output tokens asked for (header); None: no header
         self._drift = _Drift()  # the soak verdict: the last minutes against the first
         self._client_bound_ns = 0  # measured time the client itself was the bottleneck
+        self._client_bound_by: Counter[str] = Counter()  # that time by reason (overlapping)
         self._measured_from_ns: int | None = None  # when the warm-up ended
         # one-token-an-arrival requests whose tokens are not counted yet (see _add_request)
         self._offsets = np.empty(BUFFER_TOKENS, dtype=np.int64)  # their offsets end to end
@@ -328,8 +329,11 @@ class SessionSummary:
             # a second counts when all of it was measured: the one the warm-up ended in
             # holds the warm-up's start-of-run turbulence too
             start = self._measured_from_ns
-            if event.client_bound and start is not None and event.t_ns - event.interval_ns >= start:
+            reasons = event.client_bound_reasons
+            if reasons and start is not None and event.t_ns - event.interval_ns >= start:
                 self._client_bound_ns += event.interval_ns
+                for reason in reasons:
+                    self._client_bound_by[reason] += event.interval_ns
 
     def _add_request(self, done: RequestDone) -> None:
         """Count one request: its figures now, its tokens now or in the next batch.
@@ -708,6 +712,8 @@ class SessionSummary:
             **self._plans(phases),
             soak=self._drift.result(),
             client_bound_s=self._client_bound_ns / 1e9,
+            client_bound_reasons={reason: ns / 1e9
+                                  for reason, ns in sorted(self._client_bound_by.items())},
         )
 
     def _plans(self, phases: list[PhaseSummary]) -> dict[str, Any]:

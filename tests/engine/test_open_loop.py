@@ -110,3 +110,46 @@ async def test_a_concurrency_change_is_refused_in_an_open_loop(make_session):
 
     await asyncio.gather(session.run(), steer())
     assert [p.rate for p in events.of(Phase)] == [20.0]  # no phase came of it
+
+
+@pytest.mark.parametrize("what", ["pause", "stop"])
+async def test_a_pause_or_stop_in_the_iteration_a_request_falls_due_launches_nothing(
+        monkeypatch, what):
+    """A request's planned time and a pause (or the stop) in one loop iteration: the wait
+    ends by its timeout, yet nothing may go out, and the loop must not divide by a rate of 0
+    (it did: the run ended as 'completed' at a pause; a stop let one request outlive it)."""
+    from soaktop.engine.load import loops
+
+    launched = []
+    clock = [0]
+
+    async def request():
+        pass
+
+    def launch(due):
+        launched.append(due)
+        return request()
+
+    load = loops.OpenLoop(10.0, launch, lambda: clock[0])
+    waits = []
+    real_wait_for = asyncio.wait_for
+
+    async def due_as_the_command_lands(awaitable, timeout):
+        if not asyncio.iscoroutine(awaitable):  # not the open loop's wait for a change
+            return await real_wait_for(awaitable, timeout)
+        awaitable.close()
+        waits.append(timeout)
+        if len(waits) == 2:  # the second request falls due as the command lands
+            if what == "pause":
+                load.set_target(0)
+            else:
+                load._stopping = True
+        raise asyncio.TimeoutError
+
+    monkeypatch.setattr(loops.asyncio, "wait_for", due_as_the_command_lands)
+    run = asyncio.ensure_future(load.run())
+    await asyncio.sleep(0.01)
+    assert not run.done() or run.exception() is None
+    await load.stop()
+    await asyncio.wait_for(run, 1.0)  # ended, without an exception
+    assert launched == [0, 100_000_000]  # not the third, due as the command landed

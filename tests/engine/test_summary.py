@@ -137,6 +137,21 @@ def test_chunked_streams_keep_itl_token_weighted_beside_the_gaps_between_chunks(
     assert r.tpot_ms.p50 == pytest.approx((36.0 + 30.0) / 2, rel=0.01)
 
 
+def test_client_bound_seconds_are_counted_by_reason():
+    S = 1000 * MS
+    samples = [ClientSample(k * S, 4, 100, S, kernel_stamps=True, read_lag_p99_us=lag,
+                            read_gap_p10_us=4000, send_lateness_p99_us=late,
+                            loop_cpu_percent=cpu)
+               for k, (lag, late, cpu) in enumerate(
+                   [(9000, 0, 10.0), (9000, 20_000, 10.0), (100, 0, 95.0), (100, 0, 10.0)],
+                   start=1)]
+    result = summarise([phase(0, 0), *samples, SessionEnd(4 * S, "completed")]).result()
+    assert result.client_bound_s == 3.0
+    assert result.client_bound_reasons == {"loop saturated": 1.0, "reads late": 2.0,
+                                           "sends late": 1.0}
+    assert result.to_dict()["client_bound_reasons"] == result.client_bound_reasons
+
+
 def test_client_bound_seconds_count_only_seconds_wholly_after_the_warm_up():
     S = 1000 * MS
 
@@ -155,6 +170,7 @@ def test_client_bound_seconds_count_only_seconds_wholly_after_the_warm_up():
         SessionEnd(5 * S, "completed"),
     ])
     assert summary.result().client_bound_s == 2.0
+    assert summary.result().client_bound_reasons == {"loop late": 2.0}  # an old record's rule
     # without a warm-up, the run is measured from its start: the first second counts
     no_warmup = summarise([phase(0, 20_000), second(1, bound=True), second(2, bound=True)])
     assert no_warmup.result().client_bound_s == 2.0
@@ -199,7 +215,7 @@ FIGURE_KEYS = [
     "gpus", "power_w", "energy_j_per_token", "tokens_per_s_per_w", "host", "servers",
 ]
 RUN_KEYS = [*FIGURE_KEYS, "telemetry", "requests_warmup", "ended", "ended_at_s", "phases",
-            "soak", "client_bound_s"]
+            "soak", "client_bound_s", "client_bound_reasons"]
 PHASE_KEYS = ["phase_id", "concurrency", "model", "backend", "reason", "warmup", "start_s",
               *FIGURE_KEYS]
 
@@ -225,7 +241,8 @@ def test_a_plan_adds_its_key_and_an_unreadable_slo_is_reported_not_raised():
         return summarise([SessionStart(0, 1, "2026-11-23T00:00:00+00:00", config, {}, {}),
                           *_three_phases_events()]).result().to_dict()
 
-    assert list(run({"ramp": [2, 4]}))[-3:] == ["ramp", "soak", "client_bound_s"]
+    assert list(run({"ramp": [2, 4]}))[-4:] == ["ramp", "soak", "client_bound_s",
+                                                 "client_bound_reasons"]
     assert [r["concurrency"] for r in run({"ramp": [2, 4]})["ramp"]] == [2]  # "key" is no step
     bad = run({"slo": "ttft_p42<=2"})["slo"]
     assert bad["slo"] == "ttft_p42<=2" and "unknown SLO metric" in bad["error"]

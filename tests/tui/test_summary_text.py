@@ -151,3 +151,14 @@ def test_a_difference_reads_as_one_line_with_both_values():
 
     assert difference_lines([Difference("model", "m", "other"), Difference("rate", None, 5.0)]) \
         == ["model: 'm' vs 'other'", "rate: None vs 5.0"]
+
+
+def test_a_status_line_says_why_the_client_was_the_bottleneck():
+    from soaktop.engine.metrics.live import LiveStats
+    from soaktop.tui.text import client_bound_text, status_line
+
+    snap = LiveStats().snapshot(10**9)
+    assert "CLIENT-BOUND" not in status_line(snap, 2, 4)
+    line = status_line(snap, 2, 4, ("reads late", "sends late"))
+    assert line.endswith("| CLIENT-BOUND (reads late, sends late): latencies are upper bounds")
+    assert client_bound_text(()) == ""
