@@ -18,18 +18,29 @@ not a mean alone: a chart of a coarse view draws each column's min–max as a ba
 on it, so a clock dip or a TTFT spike never averages away. A second with no point (a seek, a
 stall of the screen) stays empty (NaN), never zero. Phases and marks are kept (the last
 :data:`TICKS` of each) for the ticks on the time axis, each phase with what it changed.
+
+An outline first (``attach`` on a long record): a record holds once a second what tokens/s and
+the GPU rows need (a ``client_sample``, the GPUs' samples), and those are a few percent of its
+lines, while TTFT, ITL and errors need every ``request_done``. :meth:`History.outline` puts
+those rows of a point in at once, so the whole run draws in a second or two; the
+:meth:`History.record` calls that follow, for the same points in the same order, add only the
+rest. Each row of a point comes from one of the two, and empty rows change no bucket, so the
+History that results is the one recording every point whole gives (the request rows of the
+whole-run ring are gathered apart meanwhile and laid in once the outline is caught up, so its
+buckets add them in the order a plain read does).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from soaktop.engine.events import Mark, Phase, PhaseReason
+from soaktop.engine.events import GpuSample, Mark, Phase, PhaseReason
 from soaktop.engine.metrics.live import LiveSnapshot
 
 #: The request series, each from the live snapshot of that second.
@@ -168,6 +179,11 @@ class History:
         self._last_phase: Phase | None = None
         self._failed_before = 0
         self.latest_s = -1
+        # an outline not yet caught up: its points' seconds, the phases and marks it has put
+        # in (their second arrival is skipped), the whole-run ring of the rows still to come
+        self._outlined: deque[int] = deque()
+        self._ticks_ahead = 0
+        self._rest: _Ring | None = None
 
     def reset(self) -> None:
         self.__init__(self.capacity)
@@ -177,29 +193,80 @@ class History:
         """Seconds a bucket of the whole-run ring holds now (1, 2, 4, ... as the run grows)."""
         return self._whole.width_s
 
+    @property
+    def outline_ahead(self) -> int:
+        """Points outlined whose :meth:`record` has not come yet (0: nothing pending)."""
+        return len(self._outlined)
+
     def rings(self) -> list[_Ring]:
-        return [*self._levels, self._whole]
+        return [*self._levels, self._whole, *([self._rest] if self._rest else [])]
 
     # -- in ------------------------------------------------------------------------------
     def add(self, event: Any) -> None:
         """Listener: phases and marks, for the ticks on the time axis."""
+        if isinstance(event, (Phase, Mark)) and self._ticks_ahead:
+            self._ticks_ahead -= 1  # the outline put it in already
+            return
+        self._tick(event)
+
+    def _tick(self, event: Any) -> None:
         if isinstance(event, Phase):
             self._phases.append((event, _change(self._last_phase, event)))
             self._last_phase = event
         elif isinstance(event, Mark):
             self._marks.append(event)
 
+    def outline_tick(self, event: Any) -> None:
+        """A phase or mark read by an outline: in now, and skipped when :meth:`add` sees it
+        again (the full read brings every event, in the same order)."""
+        if isinstance(event, (Phase, Mark)):
+            self._tick(event)
+            self._ticks_ahead += 1
+
+    def outline(self, second: int, tokens_per_s: float | None,
+                gpus: Mapping[str, GpuSample]) -> None:
+        """The rows of the point of ``second`` that a record's per-second samples give:
+        tokens/s (from its ``client_sample``) and each GPU's latest sample (``gpus``, by
+        key, as a snapshot's telemetry holds them). The :meth:`record` of this point, which
+        must follow in the order the outlines came, adds only the other rows."""
+        if second < 0:
+            return
+        row, bits = self._row(None, tokens_per_s, sorted(gpus.items()))
+        self._outlined.append(second)
+        self._put(self._whole, second, row, bits)
+
     def record(self, second: int, snap: LiveSnapshot) -> None:
         """The point of ``second`` (the session clock's, counting from 0): ``snap`` as of then."""
         if second < 0:
             return
-        values = [snap.ttft_p50_ms, snap.ttft_p95_ms, snap.tokens_per_s, snap.speed_p50_tps,
-                  snap.itl_p50_ms, max(0, snap.requests_failed - self._failed_before)]
-        self._failed_before = snap.requests_failed
+        if not self._outlined:
+            gpus = [(key, now.latest) for key, now in snap.telemetry.gpus.items()]
+            row, bits = self._row(snap, snap.tokens_per_s, gpus)
+            self._put(self._whole, second, row, bits)
+            return
+        # the rest of an outlined point: the request rows but tokens/s, no GPU row; the
+        # whole-run ring's part waits in a ring of its own until the outline is caught up
+        self._outlined.popleft()
+        row, bits = self._row(snap, None, [])
+        if self._rest is None:
+            self._rest = _Ring(1, WHOLE_BUCKETS, row.size, len(self._gpu_rows))
+        self._put(self._rest, second, row, bits)
+        if not self._outlined:
+            self._lay_rest()
+
+    def _row(self, snap: LiveSnapshot | None, tokens_per_s: float | None,
+             gpus: list[tuple[str, GpuSample]]) -> tuple[np.ndarray, np.ndarray]:
+        """A point's rows (NaN where not given: an outline's request rows, the rest's
+        tokens/s and GPU rows) and its GPUs' reason bits; a GPU seen first gets its rows."""
+        values: dict[str, float | None] = {"tokens_per_s": tokens_per_s}
+        if snap is not None:
+            values.update(ttft_p50_ms=snap.ttft_p50_ms, ttft_p95_ms=snap.ttft_p95_ms,
+                          speed_p50_tps=snap.speed_p50_tps, itl_p50_ms=snap.itl_p50_ms,
+                          errors=max(0, snap.requests_failed - self._failed_before))
+            self._failed_before = snap.requests_failed
         gpu_values: dict[str, list] = {}
         gpu_bits: dict[str, int] = {}
-        for key, now in snap.telemetry.gpus.items():
-            s = now.latest
+        for key, s in gpus:
             margin = (None if s.slowdown_temperature_c is None or s.temperature_c is None
                       else s.slowdown_temperature_c - s.temperature_c)
             gpu_values[key] = [s.temperature_c, margin, _ratio(s.sm_clock_mhz, s.sm_clock_max_mhz),
@@ -212,19 +279,54 @@ class History:
                 for ring in self.rings():
                     ring.grow(rows, len(self._gpu_rows))
         row = np.full(len(SERIES) + len(GPU_SERIES) * len(self._gpu_rows), np.nan)
-        row[: len(SERIES)] = [np.nan if v is None else v for v in values]
+        row[: len(SERIES)] = [np.nan if values.get(name) is None else values[name]
+                              for name in SERIES]
         bits = np.zeros(len(self._gpu_rows), dtype=np.int64)
         for i, (key, first) in enumerate(self._gpu_rows.items()):
             if key in gpu_values:
                 row[first: first + len(GPU_SERIES)] = [np.nan if v is None else v
                                                        for v in gpu_values[key]]
                 bits[i] = gpu_bits[key]
+        return row, bits
+
+    def _put(self, whole: _Ring, second: int, row: np.ndarray, bits: np.ndarray) -> None:
         for ring in self._levels:
             ring.put(second, row, bits)
-        while second // self._whole.width_s >= self._whole.capacity:
-            self._whole.halve()
-        self._whole.put(second, row, bits)
+        while second // whole.width_s >= whole.capacity:
+            whole.halve()
+        whole.put(second, row, bits)
         self.latest_s = max(self.latest_s, second)
+
+    def _lay_rest(self) -> None:
+        """The outline is caught up: its rest's whole-run buckets go into the whole-run
+        ring, whose request rows (but tokens/s) are empty, so each bucket ends as a plain
+        read leaves it, sums added in the same order."""
+        rest, whole, self._rest = self._rest, self._whole, None
+        while rest.width_s < whole.width_s:  # the rest saw every outlined second: never
+            rest.halve()
+        whole.lo[:] = np.fmin(whole.lo, rest.lo)
+        whole.hi[:] = np.fmax(whole.hi, rest.hi)
+        whole.sum += rest.sum
+        whole.count += rest.count
+        whole.bits |= rest.bits
+        whole.bucket[:] = np.maximum(whole.bucket, rest.bucket)
+
+    def _whole_raw(self, n: int) -> tuple[np.ndarray, ...]:
+        """The whole-run ring's first ``n`` buckets, raw; while an outline is being caught
+        up, with the rest's buckets read at the same width and folded in."""
+        raw = self._whole.read(0, n)
+        rest = self._rest
+        if rest is None:
+            return raw
+        k = max(1, self._whole.width_s // rest.width_s)  # the rest: as wide or finer
+        lo, hi, total, count, bits = rest.read(0, n * k)
+        if k > 1:
+            shape = (lo.shape[0], n, k)
+            lo, hi = lo.reshape(shape).min(axis=2), hi.reshape(shape).max(axis=2)
+            total, count = total.reshape(shape).sum(axis=2), count.reshape(shape).sum(axis=2)
+            bits = np.bitwise_or.reduce(bits.reshape(bits.shape[0], n, k), axis=2)
+        return (np.fmin(raw[0], lo), np.fmax(raw[1], hi), raw[2] + total, raw[3] + count,
+                raw[4] | bits)
 
     def _bits(self, reasons: tuple[str, ...]) -> int:
         bits = 0
@@ -256,7 +358,7 @@ class History:
         ring = self._whole
         span = max(1, self.latest_s + 1)
         k = max(1, math.ceil(span / (width * ring.width_s)))
-        lo, hi, total, count, bits = ring.read(0, width * k)
+        lo, hi, total, count, bits = self._whole_raw(width * k)
         if k > 1:
             shape = (lo.shape[0], width, k)
             lo, hi = lo.reshape(shape).min(axis=2), hi.reshape(shape).max(axis=2)

@@ -152,3 +152,52 @@ def test_each_phase_says_what_it_changed():
     assert [change for _, _, change in h.window(1).phases] == [
         "warmup_done", "concurrency", "model", "pause", "concurrency", "rate", "rate", "pause",
         "rate"]
+
+
+def test_an_outline_then_the_rest_is_the_history_of_whole_points():
+    """attach's two passes: tokens/s and the GPUs of every point first, then the rest of each
+    point, in order, leave the History that recording each point whole leaves, to the bit
+    (the whole-run ring halves twice on the way, so sums in another order would differ)."""
+    rng = np.random.default_rng(3)
+    seconds = list(range(1, 3000)) + [3000, 3000]  # a second with two points in it
+    points = [snap(s, ttft=float(rng.gamma(3.0, 20.0)), tokens=float(rng.uniform(90, 110)),
+                   failed=s // 97, gpu=gpu_sample(1500.0 + float(rng.normal(0, 50)),
+                                                  ("sw_power_cap",) if s % 11 == 0 else ()))
+              for s in seconds]
+    ticks = [Phase(0, 0, 2, "m", "fake", "start"), Phase(10**12, 1, 4, "m", "fake", "key"),
+             Mark(2 * 10**12, "here")]
+
+    whole = History()
+    for tick in ticks:
+        whole.add(tick)
+    for second, point in zip(seconds, points):
+        whole.record(second, point)
+
+    two = History()
+    for tick in ticks:
+        two.outline_tick(tick)
+    for second, point in zip(seconds, points):
+        two.outline(second, point.tokens_per_s,
+                    {key: now.latest for key, now in point.telemetry.gpus.items()})
+    assert two.outline_ahead == len(points)
+    outlined = two.whole(100)
+    columns = math.ceil((outlined.end_s + 1) / outlined.step_s)  # the whole run, at once
+    assert np.isfinite(outlined.series["tokens_per_s"][:columns]).all()
+    assert np.isnan(outlined.series["ttft_p50_ms"]).all()
+    for tick in ticks:  # the full read brings them again: not counted twice
+        two.add(tick)
+    for i, (second, point) in enumerate(zip(seconds, points)):
+        two.record(second, point)
+        if i == 1500:  # half way: the first half's detail is drawn, the rest outlined
+            half = two.whole(100).series["ttft_p50_ms"]
+            assert np.isfinite(half[:40]).all() and np.isnan(half[60:]).all()
+    assert two.outline_ahead == 0
+    for a, b in zip(whole.rings(), two.rings(), strict=True):
+        assert a.width_s == b.width_s
+        for name in ("bucket", "lo", "hi", "sum", "count", "bits"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert list(two._phases) == list(whole._phases) and list(two._marks) == list(whole._marks)
+    assert two.latest_s == whole.latest_s and two._gpu_rows == whole._gpu_rows
+    w1, w2 = whole.whole(100), two.whole(100)
+    for name in ("ttft_p50_ms", "tokens_per_s", "errors"):
+        np.testing.assert_array_equal(w1.series[name], w2.series[name])

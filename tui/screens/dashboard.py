@@ -18,7 +18,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
 from soaktop.engine.events import PhaseReason
-from soaktop.tui.feeds import Feed, LiveFeed, ReplayFeed
+from soaktop.tui.feeds import AttachFeed, Feed, LiveFeed, ReplayFeed
 from soaktop.tui.widgets.draw import clock, fmt
 from soaktop.tui.widgets.gpu_panel import GpuPanel
 from soaktop.tui.widgets.header_bar import HeaderBar
@@ -377,10 +377,14 @@ class AttachScreen(DashboardScreen):
         Binding("m", "switch_model", "Model"),
         Binding("s", "stop_run", "Stop the run"),
     ]
+    feed: AttachFeed
 
     def header_state(self) -> str:
         if self.feed.ended:
             return self.ended_state("q leaves")
+        if self.feed.catching_up:  # the whole run is drawn from its outline; say what's left
+            return f"READING THE RECORD: requests {clock(self.feed.detail_ns / 1e9)} of " \
+                   f"{clock(self.feed.now_ns() / 1e9)}"
         return self.client_state()
 
     def _steer(self, *requests: dict) -> None:
