@@ -47,7 +47,7 @@ class SoaktopApp(App):
     CSS_PATH = str(STYLESHEET)
     TITLE = "soaktop"
     BINDINGS = [
-        Binding("t", "next_theme", "Theme"),
+        Binding("t", "next_theme", "Theme", show=False),  # in help and the palette
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),  # asks, as q does

@@ -3,6 +3,8 @@ and on the screen."""
 
 import asyncio
 
+import pytest
+
 from soaktop.engine.events import Mark, Phase, RequestDone, SessionEnd
 from soaktop.engine.records.format import RecordReader
 from soaktop.tui.screens.modals import ConfirmQuit, HelpScreen, ModelPicker
@@ -117,7 +119,7 @@ async def test_every_key_is_in_the_command_palette():
     async with app.run_test(size=(100, 30)) as pilot:
         await started(app, pilot)
         titles = {c.title for c in app.get_system_commands(app.screen)}
-        for title in ("Concurrency +1", "Concurrency -1", "Model", "Pause load", "Mark",
+        for title in ("Concurrency +1", "Concurrency -1", "Model", "Pause", "Mark",
                       "Theme", "Help"):
             assert title in titles
         command = next(c for c in app.get_system_commands(app.screen)
@@ -352,3 +354,29 @@ async def test_a_filling_bucket_repaints_the_newest_column_only():
         assert repaints["body"] == 0 and repaints["live"] >= 3
         second(50, 120.0)  # a new bucket: the finished one joins the body, which scrolls
         assert repaints["body"] == 1
+
+
+@pytest.mark.parametrize("kind", ["live", "replay", "attach"])
+async def test_the_footer_holds_every_key_down_to_80_columns_quit_included(kind, tmp_path):
+    """Textual's footer cuts what does not fit; paired keys share an entry (``z Z Zoom``),
+    so the line ends with ``q Quit`` at 80 columns on every screen."""
+    from textual.widgets import Footer
+    from textual.widgets._footer import FooterKey
+
+    from soaktop.tui.app import SoaktopApp
+    from soaktop.tui.feeds import AttachFeed
+    from tests.tui.dashboard_apps import SAMPLE, replay_app
+
+    if kind == "attach":
+        record = tmp_path / "run.jsonl"
+        record.write_text(SAMPLE.read_text())
+        app = SoaktopApp(AttachFeed(record), fps=4, theme="dark")
+    else:
+        app = live_app() if kind == "live" else replay_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        keys = list(app.screen.query_one(Footer).query(FooterKey))
+        assert keys and "q" in {k.key_display for k in keys}
+        assert all(k.region.right <= 80 and k.region.width > 0 for k in keys), [
+            (k.key_display, k.region) for k in keys]
+        app.exit()

@@ -19,6 +19,7 @@ from textual.widgets import DataTable, Footer
 
 from soaktop.engine.events import PhaseReason
 from soaktop.tui.feeds import AttachFeed, Feed, LiveFeed, ReplayFeed
+from soaktop.tui.text import client_bound_text
 from soaktop.tui.widgets.draw import clock, fmt
 from soaktop.tui.widgets.gpu_panel import GpuPanel
 from soaktop.tui.widgets.header_bar import HeaderBar
@@ -50,11 +51,19 @@ CHARTS = (  # id, title, (name, History series) drawn, unit, digits, from 0, tit
 ZOOMS = (1, 10, 60, 0)
 
 
+# Keys that go in pairs share one footer entry ("+ - Conc"), so that the footer's line holds
+# every key down to 80 columns, q included, instead of cutting off its end.
+ZOOM = Binding.Group("Zoom")
+CONCURRENCY = Binding.Group("Conc")
+SEEK = Binding.Group("Seek")
+SPEED = Binding.Group("Speed")
+
+
 class DashboardScreen(Screen):
     BINDINGS = [
-        Binding("z", "zoom(1)", "Zoom out"),
-        Binding("Z", "zoom(-1)", "Zoom in", key_display="Z", show=False),
-        Binding("v", "toggle_summary", "Summary/panels"),
+        Binding("z", "zoom(1)", "Zoom out", group=ZOOM),
+        Binding("Z", "zoom(-1)", "Zoom in", key_display="Z", group=ZOOM),
+        Binding("v", "toggle_summary", "Summary"),
     ]
 
     def __init__(self, feed: Feed) -> None:
@@ -77,7 +86,7 @@ class DashboardScreen(Screen):
         with Horizontal(id="below"):
             yield RequestsPanel()
             yield GpuPanel()
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
     def compose_extra(self) -> ComposeResult:
         yield from ()
@@ -98,7 +107,13 @@ class DashboardScreen(Screen):
         return self.client_state()
 
     def client_state(self) -> str:
-        return "CLIENT-BOUND: latencies are upper bounds" if self.feed.live.client_bound else ""
+        """Why the client was the bottleneck last second, or its headroom: how far it was
+        from biasing the numbers (0% is a limit crossed; soaktop.engine.metrics.client_health)."""
+        client = self.feed.live.client
+        if client is None:
+            return ""
+        return client_bound_text(client.client_bound_reasons) or (
+            f"client headroom {client.headroom * 100:.0f}%")
 
     def refresh_frame(self) -> None:
         parts = self._parts
@@ -176,9 +191,19 @@ class DashboardScreen(Screen):
             below.display = True
         self.refresh_bindings()
 
+    #: Keys that steer a run: off the footer once it has ended (nothing is left to steer),
+    #: which leaves room there for ``v``.
+    STEERING = frozenset({"concurrency", "step", "switch_model", "toggle_pause", "mark",
+                          "stop_run"})
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """``v`` is offered only once the run has ended: before, there is no summary."""
-        return self._ended if action == "toggle_summary" else True
+        """``v`` is offered only once the run has ended: before, there is no summary; a
+        live or attached run's steering keys only while it runs."""
+        if action == "toggle_summary":
+            return self._ended
+        if action in self.STEERING and self._ended and not isinstance(self, ReplayScreen):
+            return False
+        return True
 
     def action_toggle_summary(self) -> None:
         """After the end: the summary table, or the requests and GPU panels it replaced."""
@@ -204,10 +229,12 @@ class LiveScreen(DashboardScreen):
     """A running session: its keys steer the engine."""
 
     BINDINGS = [
-        Binding("plus,equals_sign", "concurrency(1)", "Concurrency +1", key_display="+"),
-        Binding("minus", "concurrency(-1)", "Concurrency -1", key_display="-"),
+        Binding("plus,equals_sign", "concurrency(1)", "Concurrency +1", key_display="+",
+                group=CONCURRENCY),
+        Binding("minus", "concurrency(-1)", "Concurrency -1", key_display="-",
+                group=CONCURRENCY),
         Binding("m", "switch_model", "Model"),
-        Binding("p", "toggle_pause", "Pause load"),
+        Binding("p", "toggle_pause", "Pause"),
         Binding("space", "mark", "Mark"),
     ]
     feed: LiveFeed
@@ -275,12 +302,12 @@ class ReplayScreen(DashboardScreen):
 
     BINDINGS = [
         Binding("space", "toggle_pause", "Pause"),
-        Binding("left", "seek(-10)", "-10 s", key_display="←"),
-        Binding("right", "seek(10)", "+10 s", key_display="→"),
-        Binding("n", "next_stop", "Next phase/mark"),
-        Binding("p", "previous_stop", "Previous"),
-        Binding("plus,equals_sign", "speed(10)", "Speed x10", key_display="+"),
-        Binding("minus", "speed(0.1)", "Speed /10", key_display="-"),
+        Binding("left", "seek(-10)", "-10 s", key_display="←", group=SEEK),
+        Binding("right", "seek(10)", "+10 s", key_display="→", group=SEEK),
+        Binding("n", "next_stop", "Next stop"),
+        Binding("p", "previous_stop", "Prev stop"),
+        Binding("plus,equals_sign", "speed(10)", "Speed x10", key_display="+", group=SPEED),
+        Binding("minus", "speed(0.1)", "Speed /10", key_display="-", group=SPEED),
     ]
     feed: ReplayFeed
 
@@ -370,12 +397,13 @@ class AttachScreen(DashboardScreen):
     ``q`` leaves the viewer, never the run; ``s`` stops the run, after asking."""
 
     BINDINGS = [
-        Binding("plus,equals_sign", "step(1)", "Concurrency +1", key_display="+"),
-        Binding("minus", "step(-1)", "Concurrency -1", key_display="-"),
-        Binding("p", "toggle_pause", "Pause load"),
+        Binding("plus,equals_sign", "step(1)", "Concurrency +1", key_display="+",
+                group=CONCURRENCY),
+        Binding("minus", "step(-1)", "Concurrency -1", key_display="-", group=CONCURRENCY),
+        Binding("p", "toggle_pause", "Pause"),
         Binding("space", "mark", "Mark"),
         Binding("m", "switch_model", "Model"),
-        Binding("s", "stop_run", "Stop the run"),
+        Binding("s", "stop_run", "Stop run"),
     ]
     feed: AttachFeed
 
