@@ -101,8 +101,10 @@ def test_a_coarse_column_draws_a_band_around_its_mean_as_the_charts_do():
 
 def test_extra_height_makes_the_curves_taller_temperature_first():
     rows = curves_for("0", sample(0), window(["0"]), GUTTER + 20, 7)
-    assert [text(r)[:GUTTER].rstrip() for r in rows] == [
-        "GPU0 60C-27", "", "SM 1980/1980", "", "300/700 W", "mem 40/80G", "throttle"]
+    # a curve of two rows says its bottom on the second: 50 C, half the maximum clock
+    assert [text(r)[:GUTTER].strip() for r in rows] == [
+        "GPU0 60C-27", "50C", "SM 1980/1980", "990 MHz", "300/700 W", "mem 40/80G",
+        "throttle"]
     # two rows: the threshold is on the top row in its own colour where the temperature is
     # not, and the cooler past is on the row below
     assert [k for _, k in rows[0]][-2:] == ["limit", "temp"]

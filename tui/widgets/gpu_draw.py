@@ -240,10 +240,16 @@ def curves_for(key: str, s: GpuSample, window: Window | None, width: int,
         curve(window, key, "power_ratio", n, heights[2], 0.0, 1.0, "power"),
         curve(window, key, "memory_ratio", n, heights[3], 0.0, 1.0, "memory"),
     ]
+    # a curve of two rows or more says its bottom on its last row, as the charts above do
+    # (its top is in its label: the threshold, the maximum clock, the limit, the size)
+    bottoms = [f"{t_lo:.0f}C", f"{mhz(c_lo * s.sm_clock_max_mhz)} MHz" if s.sm_clock_max_mhz
+               else f"{c_lo * 100:.0f}%", "0 W", "0 G"]
     rows: list[Row] = []
-    for label, chart in zip(labels, charts, strict=True):
+    for label, chart, bottom in zip(labels, charts, bottoms, strict=True):
         for i, chart_row in enumerate(chart):
             text = label if i == 0 and width_of(label) < GUTTER else []
+            if i and i == len(chart) - 1 and len(bottom) < GUTTER:
+                text = [(f"{bottom:>{GUTTER - 2}}", "muted")]
             rows.append(_pad(text, min(GUTTER, width)) + chart_row)
     rows.append(_pad([("throttle", "muted")], min(GUTTER, width)) + strip_row(window, key, n))
     return rows
