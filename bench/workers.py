@@ -8,10 +8,12 @@ ITL against the wire at p99 (ms, soaktop minus wire; :mod:`soaktop.engine.metric
 the CPU the session's process paid per token received are printed beside each other, then the
 highest rate each kept both p99 errors under 1 ms.
 
-The loopback server is on the same cores: where ``got`` falls short of the rate paced, the
-server (or the machine) did not keep up, not soaktop's reading, and the trusted rate is a floor
-of what the client can do. On 2 cores the server, the session and two workers share them. Run it
-on a quiet machine: anything else on the cores is measured too.
+The loopback server is on the same cores, with a process per 4,000 tokens/s asked (at most the
+cores less one; ``--server-processes`` to choose; the header says how many), so that it keeps
+its schedule: where ``got`` still falls short of the rate paced, the machine did not keep up,
+and the trusted rate is a floor of what the client can do. On 2 cores one loopback process, the
+session and two workers share them. Run it on a quiet machine: anything else on the cores is
+measured too.
 
     python bench/workers.py                                   # 64 streams, 2 workers
     python bench/workers.py --rates 4000,8000,16000 --concurrency 256 --workers 4
@@ -22,7 +24,9 @@ from __future__ import annotations
 import argparse
 
 from soaktop.engine.load.workers import usable_cores
+from soaktop.engine.loopback import processes_for
 from soaktop.engine.metrics.fidelity import Fidelity, measure, trusted_rate
+from soaktop.tui.calibrate_text import processes_note
 from soaktop.tui.cli import collector_frozen
 
 
@@ -40,23 +44,29 @@ def main() -> None:
     p.add_argument("--rates", default="2000,4000,6000,8000,12000",
                    help="total tokens/s the server is paced for")
     p.add_argument("--duration", type=float, default=8.0, help="seconds per rate and setup")
+    p.add_argument("--server-processes", type=int, default=None,
+                   help="loopback processes (default: one per 4,000 tokens/s asked)")
     args = p.parse_args()
     setups = (1, args.workers)
-    print(f"{args.concurrency} streams, {args.duration:g} s per rate, {usable_cores()} usable "
-          "cores; error = soaktop - wire at p99 (ms); CPU = the session's process, us per token")
+    rates = [float(r) for r in args.rates.split(",")]
+    processes = {r: args.server_processes or processes_for(r) for r in rates}
+    print(f"{args.concurrency} streams, {processes_note(processes)}, {args.duration:g} s per "
+          f"rate, {usable_cores()} usable cores; error = soaktop - wire at p99 (ms); CPU = the "
+          "session's process, us per token")
     names = [f"{n} worker{'s' if n > 1 else ''}" if n > 1 else "1 process" for n in setups]
     cell = "    got TTFTp99  ITLp99  CPU/tok bound"
     print(f"{'paced':>7} | " + " | ".join(f"{name:<{len(cell)}}" for name in names))
     print(f"{'tok/s':>7} | " + " | ".join(cell for _ in setups))
     results: dict[int, list[Fidelity]] = {n: [] for n in setups}
     short = []
-    for rate in (float(r) for r in args.rates.split(",")):
+    for rate in rates:
         lifetime_s = args.concurrency * 64 / rate  # as calibrate: room for the warm-up waves
         duration = max(args.duration, 4.5 * lifetime_s)
         row = []
         for n in setups:
             with collector_frozen():  # as a live run: its session runs in this process
-                f = measure(args.concurrency, rate, duration_s=duration, workers=n)
+                f = measure(args.concurrency, rate, duration_s=duration, workers=n,
+                            server_processes=processes[rate])
             results[n].append(f)
             row.append(_cells(f))
             if f.tokens_per_s < 0.85 * rate:
@@ -70,8 +80,8 @@ def main() -> None:
     if short:
         paced = ", ".join(f"{rate:,.0f} ({label[n]})" for rate, n in short)
         print(f"short of the pace at {paced}: the loopback server and soaktop share "
-              f"{usable_cores()} cores, so there the server or the machine was the bottleneck; "
-              "a trusted rate is then a floor, and a machine with more cores measures more")
+              f"{usable_cores()} cores, so there the machine was the bottleneck; a trusted rate "
+              "is then a floor, and a machine with more cores measures more")
     if usable_cores() < args.workers + 2:
         print(f"{usable_cores()} cores for the server, the session and {args.workers} workers: "
               "the workers have no core of their own here, so both trusted rates are bounded "

@@ -84,8 +84,11 @@ class RunConfig:
     duration_s: float | None = None  # None: until max_requests, or until stopped
     max_requests: int | None = None  # measured requests, warm-up not included
     warmup_requests: int | None = None  # None: as many as the starting concurrency
-    input_tokens: int = 128
-    output_tokens: int = 128
+    #: A fixed length (an int), or a distribution's normalised text: ``MEAN:SD`` (normal,
+    #: clipped at 1), ``MIN-MAX`` (uniform) or ``LEN:WEIGHT,...`` (buckets), drawn per
+    #: request from the seed (soaktop.engine.load.workloads).
+    input_tokens: int | str = 128
+    output_tokens: int | str = 128
     seed: int = 0
     prompt_pool: int = 256
     #: The server's base URL. A session's config (and so its record) holds it without
@@ -119,6 +122,19 @@ class RunConfig:
     #: process; None (``--workers auto``) lets :func:`soaktop.engine.load.workers.auto_workers`
     #: choose. A session's config holds the number it ran with.
     workers: int | None = None
+    #: ``--ray``: the workers as Ray actors on the nodes of the cluster at this address
+    #: (``auto``: the one running here), soaktop.engine.load.ray_workers; None: processes
+    #: of this host. With it, ``workers`` None is one worker per node.
+    ray: str | None = None
+    #: ``--prompts``: a prompt file (JSON Lines, ShareGPT JSON or text) sent instead of the
+    #: synthetic prompts, in a seeded order; the record's workload holds its sha256.
+    prompts: str | None = None
+    #: Every prompt starts with words of its own, so no prefix cache serves it; False
+    #: (``--no-unique-prefix``): prompts as they are (a file's repeats may hit the cache).
+    unique_prefix: bool = True
+    #: ``--tokenizer``: a local tokenizer.json (or a folder with one): synthetic prompts of
+    #: an exact token length (soaktop.engine.load.tokenizer).
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         # a record's header gives lists: keep tuples, so a config is hashable and compares equal
@@ -139,8 +155,12 @@ class RunConfig:
             raise ConfigError(f"requests must be at least 1 (got {self.max_requests})")
         if self.warmup_requests is not None and self.warmup_requests < 0:
             raise ConfigError("warm-up requests cannot be negative")
-        if self.input_tokens < 1 or self.output_tokens < 1:
-            raise ConfigError("input and output token counts must be at least 1")
+        from soaktop.engine.load.workloads import parse_lengths  # numpy: only when made
+
+        inputs = parse_lengths(self.input_tokens, "--input-tokens")
+        object.__setattr__(self, "input_tokens", inputs.text())
+        object.__setattr__(self, "output_tokens",
+                           parse_lengths(self.output_tokens, "--output-tokens").text())
         if min(self.connect_timeout_s, self.first_token_timeout_s, self.token_timeout_s) <= 0:
             raise ConfigError("timeouts must be positive")
         if not 0 < self.telemetry_hz <= 100:
@@ -167,9 +187,18 @@ class RunConfig:
             raise ConfigError("--rate is an open loop; --ramp and --slo step a concurrency")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, or auto (got {self.workers})")
-        if not 0 <= self.shared_prefix < self.input_tokens:
+        if self.ray is not None and (not self.ray.strip() or self.backend not in ("openai",
+                                                                              "ollama")):
+            raise ConfigError("--ray takes a Ray address (host:port) or auto, and applies to "
+                              "--backend openai or ollama")
+        if not 0 <= self.shared_prefix < inputs.floor:
             raise ConfigError(f"--shared-prefix must be below the input length "
-                              f"({self.input_tokens} tokens; got {self.shared_prefix})")
+                              f"({inputs.floor} tokens; got {self.shared_prefix})")
+        if self.prompts is not None and (not str(self.prompts).strip() or self.shared_prefix):
+            raise ConfigError("--prompts takes a file, and its prompts are sent as they are: "
+                              "leave --shared-prefix out")
+        if self.tokenizer is not None and not str(self.tokenizer).strip():
+            raise ConfigError("--tokenizer takes a tokenizer.json or a folder holding one")
 
     @property
     def warmup(self) -> int:
@@ -190,6 +219,14 @@ class RunConfig:
         version does not know are left out, and those a record lacks take their defaults, so
         a record from another version still reads."""
         known = {f.name for f in fields(cls)}
+        from soaktop.engine.load.workloads import parse_lengths
+
+        for key in ("input_tokens", "output_tokens"):  # a length the header cannot mean
+            try:
+                parse_lengths(data.get(key, 1))
+            except ConfigError as exc:
+                raise ConfigError(f"the recorded config is not one soaktop can run: "
+                                  f"{key} {exc}") from None
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
         except (TypeError, ValueError) as exc:  # a value of the wrong type: a damaged header

@@ -303,6 +303,20 @@ class ClientSample:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerClock:
+    """An estimate of a worker's clock on another host (``--ray``): its ``perf_counter_ns``
+    minus the session's, ``offset_ns``, true within ``uncertainty_ns`` (half the shortest
+    round trip of those it was estimated from). Its stamps reach the session moved by it.
+    Taken at the start (``t_ns`` 0) and every minute (soaktop.engine.load.ray_workers)."""
+
+    t_ns: int
+    worker_id: int
+    host: str
+    offset_ns: int
+    uncertainty_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class Mark:
     t_ns: int
     note: str
@@ -321,7 +335,7 @@ class SessionEnd:
 
 Event = (
     SessionStart | Phase | TokensArrived | RequestDone | GpuSample | HostSample | ServerSample
-    | TelemetryStatus | ClientSample | Mark | SessionEnd
+    | TelemetryStatus | ClientSample | WorkerClock | Mark | SessionEnd
 )
 
 #: The ``type`` tag of each event kind in a record.
@@ -334,6 +348,7 @@ TYPE_TAGS: dict[type, str] = {
     ServerSample: "server_sample",
     TelemetryStatus: "telemetry_status",
     ClientSample: "client_sample",
+    WorkerClock: "worker_clock",
     Mark: "mark",
     SessionEnd: "session_end",
 }

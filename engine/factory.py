@@ -106,13 +106,22 @@ async def build_session(config: RunConfig, *, api_key: str | None = None,
     the garbage collector's survivors there; a library leaves process state alone).
     ``steerable``: a session with a record listens on a control socket beside it while it
     runs (soaktop.engine.control), so that another process can steer it."""
-    workers, why_not = resolve_workers(config)
-    if why_not:
-        say(why_not)
-    if workers > 1:  # the streams read in worker processes (soaktop.engine.load.workers)
-        backend = WorkerPool(config.backend, backend_options(config, api_key), workers)
+    if config.ray is not None:  # the workers as Ray actors (soaktop.engine.load.ray_workers)
+        from soaktop.engine.load import ray_workers  # Ray is optional: imported only for this
+
+        ray, owns_ray = ray_workers.connect(config.ray)
+        workers = config.workers or max(1, len(ray_workers.nodes(ray)))
+        backend = ray_workers.RayPool(config.backend, backend_options(config, api_key),
+                                      workers, config.ray, owns_ray=owns_ray)
+        say(f"{workers} Ray workers on the cluster at {config.ray}")
     else:
-        backend = make_backend(config, api_key)
+        workers, why_not = resolve_workers(config)
+        if why_not:
+            say(why_not)
+        if workers > 1:  # the streams read in worker processes (soaktop.engine.load.workers)
+            backend = WorkerPool(config.backend, backend_options(config, api_key), workers)
+        else:
+            backend = make_backend(config, api_key)
     model = config.model
     if model is None:
         served = await backend.models()

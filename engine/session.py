@@ -49,9 +49,9 @@ from soaktop.engine.events import (
     TokensArrived,
 )
 from soaktop.engine.load.loops import ClosedLoop, Load, OpenLoop
-from soaktop.engine.load.prompts import PromptSet
 from soaktop.engine.load.turnstile import Turnstile
 from soaktop.engine.load.workers import worst_health
+from soaktop.engine.load.workloads import Workload
 from soaktop.engine.metrics.client_health import ClientHealth
 from soaktop.engine.records import environment
 from soaktop.engine.records.format import RecordWriter
@@ -83,6 +83,9 @@ class _RequestState:
     refused: bool = False
     end_ns: int | None = None
     worker_id: int = 0  # the worker process that read it (--workers); 0 in this process
+    #: Each arrival's text, kept only with ``--tokenizer``: to count its tokens at the end
+    #: when the server reports no count (soaktop.engine.load.tokenizer).
+    texts: list[str] | None = None
 
     @property
     def latency_from_ns(self) -> int:
@@ -122,8 +125,9 @@ class Session:
         self.record_path = record_path
         self.recorder: RecordWriter | None = None
         self._listeners: list[Listener] = list(listeners)
-        self.prompts = PromptSet(config.seed, config.prompt_pool, config.input_tokens,
-                                 config.shared_prefix)
+        #: Each request's prompt and output length (a PromptSet's prompts, unless a prompt
+        #: file, a length distribution or a tokenizer is asked for).
+        self.prompts = Workload(config)
         self._origin_ns = 0
         self._phase: Phase | None = None
         self._started = 0  # requests launched, warm-up included
@@ -211,6 +215,8 @@ class Session:
                 await asyncio.sleep(max(0.0, (tick - self.now_ns()) / 1e9))
                 now, tokens = self.now_ns(), self._tokens_received
                 health = worst_health(self._health.take(), self.backend.health())
+                for event in self.backend.events(self._origin_ns):  # a worker's clock
+                    self._emit(event)
                 self._emit(ClientSample(
                     now, self.in_flight, tokens - last_tokens, now - last_t,
                     loop_lag_p99_us=health.loop_lag_p99_us,
@@ -432,10 +438,12 @@ class Session:
             return  # the run ended before this request was ever sent
         prompt = self.prompts.prompt(request_id)
         worker = self.backend.pick_worker()
-        request = GenerationRequest(request_id, prompt, self.config.output_tokens, model,
-                                    worker)
+        request = GenerationRequest(request_id, prompt, self.prompts.max_tokens(request_id),
+                                    model, worker)
         state = _RequestState(request_id, due_ns, sent_ns=self.now_ns(), open_loop=open_loop,
                               worker_id=worker)
+        if self.prompts.tokenizer is not None:
+            state.texts = []
         try:
             async with contextlib.aclosing(self.backend.stream(request)) as stream:
                 await self._consume(stream, state)
@@ -493,7 +501,7 @@ class Session:
                 state.end_ns = (self.now_ns() if item.t_ns is None
                                 else item.t_ns - self._origin_ns)
                 state.finish, state.server = item.finish_reason, item.server
-                self._reconcile_tokens(state, item.arrival_tokens)
+                self._reconcile_tokens(state, item.arrival_tokens or self._counted(state))
                 # The stream is over; winding it down (the connection back to the pool) and
                 # the bookkeeping after it wait for their turn, as sends do.
                 try:
@@ -512,7 +520,19 @@ class Session:
         self._health.sent(state.due_ns, sent_ns)
 
     def _arrived(self, state: _RequestState, arrival: Arrival) -> None:
+        if state.texts is not None:
+            state.texts.append(arrival.text)
         self._arrived_at(state, arrival.t_ns, arrival.tokens, arrival.reasoning)
+
+    def _counted(self, state: _RequestState) -> tuple[int, ...] | None:
+        """With ``--tokenizer``, each arrival's tokens as the tokenizer counts its text (at
+        least 1), where the server reported no output count; else None."""
+        server = state.server or {}
+        if (state.texts is None or len(state.texts) != len(state.tokens)
+                or server.get("completion_tokens") or server.get("eval_count")):
+            return None
+        encode = self.prompts.tokenizer.encode
+        return tuple(max(1, len(encode(text))) for text in state.texts)
 
     def _arrived_at(self, state: _RequestState, stamp_ns: int, tokens: int,
                     reasoning: bool) -> None:
@@ -599,6 +619,8 @@ class Session:
                     workload=self.prompts.describe(),
                 )
             )
+            for event in self.backend.events(self._origin_ns):  # the workers' clocks
+                self._emit(event)
             open_loop = self.config.rate is not None
             first = (self.config.max_inflight or 0) if open_loop else self.config.concurrency
             self._new_phase(PhaseReason.START, concurrency=first)

@@ -81,6 +81,23 @@ def _workers(text: str) -> int | None:
     return _positive_int(text)
 
 
+def _file_path(text: str) -> str:
+    """A file's absolute path, so a rerun from another folder finds it."""
+    return str(Path(text).expanduser().absolute())
+
+
+def _input_lengths(text: str) -> int | str:
+    from soaktop.engine.load.workloads import normalise_lengths
+
+    return normalise_lengths(text)
+
+
+def _output_lengths(text: str) -> int | str:
+    from soaktop.engine.load.workloads import normalise_lengths
+
+    return normalise_lengths(text)
+
+
 def _argument(parse):
     """An argparse type from an engine parser: its SoaktopError is argparse's one line."""
 
@@ -172,14 +189,31 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="openai, ollama: read the streams in N processes (1: in this one); "
                    "default auto: 1 below 64 streams (or 4,000 tokens/s asked), else one per "
                    "64 streams, at most the usable cores less one")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="openai, ollama: the workers as Ray actors on the nodes of the Ray "
+                   "cluster at ADDRESS (auto: the one running here); --workers per cluster, "
+                   "default one per node (needs soaktop[cluster])")
     p.add_argument("--duration", type=_duration, default=None,
                    help="run time, warm-up included (e.g. 20s, 30m); default: until Ctrl-C")
     p.add_argument("--requests", type=_positive_int, default=None,
                    help="stop after this many measured requests")
     p.add_argument("--warmup", type=_non_negative_int, default=None,
                    help="warm-up requests left out of the statistics (default: concurrency)")
-    p.add_argument("--input-tokens", type=_positive_int, default=None, help="default 128")
-    p.add_argument("--output-tokens", type=_positive_int, default=None, help="default 128")
+    p.add_argument("--input-tokens", type=_argument(_input_lengths), default=None,
+                   metavar="LENGTH", help="prompt length: N, MEAN:SD (normal), MIN-MAX "
+                   "(uniform) or LEN:WEIGHT,... (buckets, e.g. 128:3,1024:1); default 128")
+    p.add_argument("--output-tokens", type=_argument(_output_lengths), default=None,
+                   metavar="LENGTH", help="output length, as --input-tokens; default 128")
+    p.add_argument("--prompts", type=_file_path, default=None, metavar="FILE",
+                   help="send this file's prompts (JSON Lines with prompt or messages and "
+                   "optional output_tokens, ShareGPT JSON, or text: one a line) in a seeded "
+                   "order, cycled")
+    p.add_argument("--unique-prefix", action=argparse.BooleanOptionalAction, default=None,
+                   help="start every prompt with words of its own, so no prefix cache serves "
+                   "it (default); --no-unique-prefix sends prompts as they are")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="a local tokenizer.json (or a folder with one): synthetic prompts of "
+                   "exact token length (needs soaktop[tokenizer]; never downloads)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the synthetic prompts and weights (default 0)")
     p.add_argument("--prometheus-port", type=_positive_int, default=None, metavar="PORT",
@@ -278,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "1000,2000,3000,4000,6000,8000)")
     calibrate.add_argument("--duration", type=_duration, default=10.0, metavar="DURATION",
                            help="per rate (default 10s)")
+    calibrate.add_argument("--workers", default="1", metavar="N|LIST",
+                           help="read the streams in 1..N worker processes (or a list, e.g. "
+                           "1,2,4) and print each count's errors side by side (default 1)")
     stop = sub.add_parser("stop", help="end a detached run cleanly (its record is closed)")
     stop.add_argument("path", type=Path, help="the record the detached run writes")
     _add_ctl_arguments(sub.add_parser(
@@ -570,11 +607,34 @@ def _ctl(args: argparse.Namespace) -> None:
     print(terminal_safe(reply.text))
 
 
+def _worker_counts(text: str) -> list[int]:
+    """``--workers`` of calibrate: ``N`` is 1..N, ``1,2,4`` those counts (sorted, once each)."""
+    try:
+        numbers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SoaktopError(f"--workers: not a count or a list of counts: {text!r}") from None
+    if not numbers or min(numbers) < 1:
+        raise SoaktopError("--workers needs counts of at least 1, e.g. 4 or 1,2,4")
+    if len(numbers) == 1 and "," not in text:
+        return list(range(1, numbers[0] + 1))
+    return sorted(set(numbers))
+
+
 def _calibrate(args: argparse.Namespace) -> None:
     """soaktop against a loopback server that records when each chunk left: its error at
-    p50/p90/p99, rate by rate, then the highest rate it can be trusted to within 1 ms."""
+    p50/p90/p99, rate by rate, then the highest rate it can be trusted to within 1 ms. With
+    several worker counts, their p99 errors side by side and a trusted rate for each, so a
+    client box can be sized before a soak."""
+    from soaktop.engine.loopback import processes_for
     from soaktop.engine.metrics import fidelity
-    from soaktop.tui.calibrate_text import calibration_header, calibration_row
+    from soaktop.tui.calibrate_text import (
+        calibration_header,
+        calibration_row,
+        processes_note,
+        trusted_line,
+        workers_header,
+        workers_row,
+    )
 
     try:
         rates = [float(r) for r in args.rates.split(",") if r.strip()]
@@ -582,29 +642,43 @@ def _calibrate(args: argparse.Namespace) -> None:
         raise SoaktopError(f"--rates: not numbers: {args.rates!r}") from None
     if not rates or min(rates) <= 0:
         raise SoaktopError("--rates needs token rates above 0, e.g. 1000,3000")
-    print(f"soaktop calibrate: {args.concurrency} streams against a loopback server, "
-          f"{args.duration:g} s per rate; error = soaktop - wire, in ms")
-    print(calibration_header(), flush=True)
-    results = []
+    counts = _worker_counts(args.workers)
+    side_by_side = counts != [1]
+    print(f"soaktop calibrate: {args.concurrency} streams against "
+          f"{processes_note({r: processes_for(r) for r in rates})}, "
+          f"{args.duration:g} s per rate; error = soaktop - wire, in ms"
+          + (" at p99; client-bound in s" if side_by_side else ""))
+    print("\n".join(workers_header(counts)) if side_by_side else calibration_header(),
+          flush=True)
+    results: dict[int, list[fidelity.Fidelity]] = {n: [] for n in counts}
     for rate in rates:
         # two waves of warm-up are left out, then enough requests to compare: at least two
         # more request lifetimes (a request of 64 tokens lasts concurrency * 64 / rate s)
         lifetime_s = args.concurrency * 64 / rate
         duration = max(args.duration, 4.5 * lifetime_s)
-        try:
-            with collector_frozen():  # its session runs in this process, as a live run's does
-                results.append(fidelity.measure(args.concurrency, rate, duration_s=duration))
-        except RuntimeError as exc:  # nothing complete to compare: too short for the rate
-            raise SoaktopError(f"at {rate:g} tokens/s: {exc}; give a longer --duration") from None
-        print(calibration_row(results[-1]), flush=True)
-    best = fidelity.trusted_rate(results)
-    print("p99 error under 1 ms at none of these rates: this client adds more than 1 ms"
-          if best is None else
-          f"highest rate with TTFT and ITL p99 error under 1 ms: {best:,.0f} tokens/s")
-    flagged = [f for f in results if f.client_bound_s]
+        for n in counts:
+            try:
+                with collector_frozen():  # its session runs in this process, as a live run's
+                    results[n].append(fidelity.measure(args.concurrency, rate,
+                                                       duration_s=duration, workers=n))
+            except RuntimeError as exc:  # nothing complete to compare: too short for the rate
+                raise SoaktopError(f"at {rate:g} tokens/s: {exc}; give a longer --duration"
+                                   ) from None
+        print(workers_row(rate, [results[n][-1] for n in counts]) if side_by_side
+              else calibration_row(results[1][-1]), flush=True)
+    if side_by_side:
+        print(trusted_line({n: fidelity.trusted_rate(results[n]) for n in counts}))
+    else:
+        best = fidelity.trusted_rate(results[1])
+        print("p99 error under 1 ms at none of these rates: this client adds more than 1 ms"
+              if best is None else
+              f"highest rate with TTFT and ITL p99 error under 1 ms: {best:,.0f} tokens/s")
+    flagged = [f for n in counts for f in results[n] if f.client_bound_s]
     if flagged:
         print("client-bound (its own check) at: " + ", ".join(
-            f"{f.tokens_per_s:,.0f} tokens/s ({f.client_bound_s:.0f} s)" for f in flagged))
+            f"{f.tokens_per_s:,.0f} tokens/s"
+            + (f" with {f.workers} worker{'s' if f.workers > 1 else ''}" if side_by_side
+               else "") + f" ({f.client_bound_s:.0f} s)" for f in flagged))
 
 
 def _models(args: argparse.Namespace) -> None:

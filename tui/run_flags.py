@@ -27,6 +27,8 @@ FLAGS: tuple[tuple[str, str], ...] = (
     ("first_token_timeout_s", "--first-token-timeout"), ("token_timeout_s", "--token-timeout"),
     ("telemetry", "--telemetry"), ("telemetry_hz", "--telemetry-hz"),
     ("watch_pid", "--watch-pid"), ("ambient_c", "--ambient-c"), ("workers", "--workers"),
+    ("ray", "--ray"), ("prompts", "--prompts"), ("unique_prefix", "--unique-prefix"),
+    ("tokenizer", "--tokenizer"),
 )
 _DURATIONS = ("phase_s", "duration_s", "connect_timeout_s", "first_token_timeout_s",
               "token_timeout_s")
@@ -59,7 +61,9 @@ def run_command(config: RunConfig) -> list[str]:
     argv = ["run"]
     for field, flag in FLAGS:
         value = getattr(config, field)
-        if value is not None and (value != () or field == "telemetry"):
+        if isinstance(value, bool):  # --unique-prefix / --no-unique-prefix
+            argv.append(flag if value else "--no-" + flag.removeprefix("--"))
+        elif value is not None and (value != () or field == "telemetry"):
             argv += [flag, _text(field, value)]
     return argv
 

@@ -210,6 +210,7 @@ def summary_table(summary: RunSummary, width: int | None = None) -> str:
         lines.append(f"warning: only {attained * 100:.0f}% of requests reached the output "
                      f"length asked for: the server stopped early (EOS), so per-token figures "
                      f"cover shorter outputs than configured")
+    lines.extend(input_lines(summary))
     if summary.client_bound_s:
         why = ", ".join(f"{reason} {seconds:.0f} s"
                         for reason, seconds in summary.client_bound_reasons.items())
@@ -221,6 +222,33 @@ def summary_table(summary: RunSummary, width: int | None = None) -> str:
         lines.append(f"soak verdict: {soak_explanation(summary.soak)}")
     lines.extend(telemetry_lines(summary))
     return "\n".join(part for line in lines for part in _fit(terminal_safe(line), width))
+
+
+#: The server's count of the input tokens may differ from soaktop's by this share before the
+#: summary warns (its tokenizer is not soaktop's: a chat template adds a few tokens).
+INPUT_TOKENS_TOLERANCE = 0.10
+
+
+def input_lines(summary: RunSummary) -> list[str]:
+    """A warning where the server counted the prompts otherwise than soaktop (more than
+    :data:`INPUT_TOKENS_TOLERANCE` apart), and the prefix cache's share of the prompt tokens,
+    per phase, where the server reports it."""
+    lines = []
+    counted = summary.input_tokens
+    ratio = counted.ratio
+    if ratio is not None and abs(counted.server - counted.asked) > (
+            INPUT_TOKENS_TOLERANCE * counted.asked):
+        lines.append(
+            f"warning: the server counted {ratio:.1f}x the input tokens asked "
+            f"({counted.server:,.0f} vs {counted.asked:,.0f} a request): its tokenizer is not "
+            f"the one soaktop counted with; give --tokenizer for the server's model, or read "
+            f"input lengths and per-token figures accordingly")
+    shares = [(p, p.cached_share) for p in summary.phases if p.cached_share is not None]
+    if shares:
+        lines.append("prefix cache: " + ", ".join(
+            f"phase {p.phase_id}{'w' if p.warmup else ''} {_pct(share)}" for p, share in shares)
+            + f" of prompt tokens served from it (run {_pct(summary.cached_share)})")
+    return lines
 
 
 def ended_text(summary: RunSummary) -> str:
@@ -356,6 +384,7 @@ _CSV_COUNTS = ("requests_ok", "requests_failed", "requests_cancelled", "error_ra
 _CSV_DISTRIBUTIONS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "output_speed_tps",
                       "server_speed_tps")
 _CSV_ENERGY = ("power_w", "energy_j_per_token", "tokens_per_s_per_w")
+_CSV_INPUT = ("input_tokens_asked", "input_tokens_server", "cached_share")
 
 
 def summary_csv(summary: RunSummary) -> str:
@@ -370,7 +399,8 @@ def summary_csv(summary: RunSummary) -> str:
         return (*(f"p{q}" for q in kind.QUANTILES), "mean")
 
     columns = [*_CSV_SCOPE, *_CSV_COUNTS,
-               *(f"{d}_{q}" for d in _CSV_DISTRIBUTIONS for q in quantiles(d)), *_CSV_ENERGY]
+               *(f"{d}_{q}" for d in _CSV_DISTRIBUTIONS for q in quantiles(d)), *_CSV_ENERGY,
+               *_CSV_INPUT]
 
     def row(scope: str, s: Figures) -> dict[str, Any]:
         out = {"scope": scope, **{k: getattr(s, k, None) for k in (*_CSV_SCOPE[1:],
@@ -379,6 +409,9 @@ def summary_csv(summary: RunSummary) -> str:
             values = getattr(s, d).to_dict()
             for q in quantiles(d):
                 out[f"{d}_{q}"] = values[q]
+        out["input_tokens_asked"] = s.input_tokens.asked
+        out["input_tokens_server"] = s.input_tokens.server
+        out["cached_share"] = s.cached_share
         return {k: ("" if v is None else v.value if isinstance(v, Enum) else v)
                 for k, v in out.items()}
 

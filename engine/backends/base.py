@@ -23,6 +23,9 @@ class Prompt:
     index: int
     token_ids: tuple[int, ...]
     text: str
+    #: A prompt file's chat messages (``role``, ``content``), sent as they are by a chat API;
+    #: ``text`` is their contents joined, for a completions API. None: one user turn of text.
+    messages: tuple[dict[str, str], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,11 @@ class Backend(abc.ABC):
     def health(self) -> list[tuple[int | None, float, float]]:
         """The latest health of each process of its own (loop lag p99 µs, CPU %, loop CPU
         %), each reading given once; none for a backend without worker processes."""
+        return []
+
+    def events(self, origin_ns: int) -> list[Any]:
+        """Events of its own for the record since last asked (a Ray worker's clock
+        estimates), on the session clock whose origin is ``origin_ns``; none by default."""
         return []
 
     def watch_reads(self, on_read: Callable[[int, int], None]) -> bool:

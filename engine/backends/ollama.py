@@ -74,7 +74,8 @@ class OllamaBackend(HttpBackend):
             "options": {"num_predict": request.max_tokens},
         }
         if self.api == "chat":
-            body["messages"] = [{"role": "user", "content": request.prompt.text}]
+            body["messages"] = (list(request.prompt.messages) if request.prompt.messages
+                                else [{"role": "user", "content": request.prompt.text}])
         else:
             body["prompt"] = request.prompt.text
         return body

@@ -7,6 +7,11 @@ shrink TTFT to zero. When the final ``usage`` says more tokens were generated th
 arrived, the tokens are shared among the chunks (see
 :func:`~soaktop.engine.backends.http.share_tokens`) and each arrival records how many it carried.
 
+The ``usage`` is kept whole in the record (``server_reported``): its ``prompt_tokens`` is the
+server's own count of the prompt (its tokenizer), and ``prompt_tokens_details.cached_tokens``
+(vLLM, SGLang) how many of them its prefix cache served; the summary sets both beside
+soaktop's count (``input_tokens``, ``cached_share``).
+
 ``stream_options.include_usage`` is asked for; a server that answers 400/422 to it is asked
 again without it, once, and never again in this run.
 
@@ -80,7 +85,8 @@ class OpenAIBackend(HttpBackend):
             "max_tokens": request.max_tokens,
         }
         if self.api == "chat":
-            body["messages"] = [{"role": "user", "content": request.prompt.text}]
+            body["messages"] = (list(request.prompt.messages) if request.prompt.messages
+                                else [{"role": "user", "content": request.prompt.text}])
         else:
             body["prompt"] = request.prompt.text
         if self._usage_supported:

@@ -55,24 +55,27 @@ class PromptSet:
     exactly ``input_tokens`` words in all."""
 
     def __init__(self, seed: int, pool: int, input_tokens: int, shared_prefix: int = 0,
-                 salt: str | None = None) -> None:
+                 salt: str | None = None, unique_prefix: bool = True) -> None:
         if shared_prefix < 0:
             raise ValueError("shared_prefix cannot be negative")
         self.seed, self.input_tokens, self.shared_prefix = seed, input_tokens, shared_prefix
-        self.unique = min(UNIQUE_PREFIX_TOKENS, max(0, input_tokens - shared_prefix))
+        # ``unique_prefix`` False (``--no-unique-prefix``): none, so a prefix cache may serve
+        self.unique = (min(UNIQUE_PREFIX_TOKENS, max(0, input_tokens - shared_prefix))
+                       if unique_prefix else 0)
         self.salt = salt if salt is not None else secrets.token_hex(8)
         self._pool = make_prompts(seed, pool, input_tokens)
         rng = np.random.default_rng([seed, 1])  # a stream of its own: the pool stays the same
         self._shared = tuple(rng.integers(0, VOCABULARY_SIZE, size=shared_prefix).tolist())
 
-    def _unique_ids(self, request_id: int) -> tuple[int, ...]:
+    def unique_ids(self, request_id: int) -> tuple[int, ...]:
+        """Request ``request_id``'s unique prefix (none when ``unique`` is 0)."""
         digest = hashlib.blake2b(f"{self.salt}:{request_id}".encode(), digest_size=8).digest()
         n = int.from_bytes(digest, "big")
         return tuple((n >> (12 * i)) % VOCABULARY_SIZE for i in range(self.unique))
 
     def prompt(self, request_id: int) -> Prompt:
         body = self._pool[request_id % len(self._pool)].token_ids
-        head = (self._shared + self._unique_ids(request_id))[: self.input_tokens]
+        head = (self._shared + self.unique_ids(request_id))[: self.input_tokens]
         ids = head + body[len(head):]
         return Prompt(index=request_id, token_ids=ids, text=" ".join(map(word, ids)))
 

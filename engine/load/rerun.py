@@ -47,8 +47,24 @@ def rerun_config(events: Sequence[Any]) -> RunConfig:
         duration = max(getattr(e, "t_ns", 0) for e in events) / 1e9  # as long as it ran
     if duration is not None:
         duration = round(max(duration, 0.001), 3)
+    _check_prompt_file(config.get("prompts"), header.workload or {})
     return RunConfig.from_dict({**config, "duration_s": duration, "watch_pid": None,
                                 "ambient_c": None})
+
+
+def _check_prompt_file(path: str | None, workload: dict[str, Any]) -> None:
+    """A run from a prompt file reruns from the same file: there, with the same sha256."""
+    if not path:
+        return
+    from soaktop.engine.load.workloads import file_sha256
+
+    recorded = (workload.get("prompt_file") or {}).get("sha256")
+    found = file_sha256(path)
+    if found is None:
+        raise ConfigError(f"the run's prompt file {path} is not there to rerun from")
+    if recorded and found != recorded:
+        raise ConfigError(f"the prompt file {path} has changed since the run "
+                          f"(sha256 {found[:12]}, recorded {recorded[:12]})")
 
 
 def recorded_changes(events: Sequence[Any]) -> tuple[Phase, ...]:

@@ -10,8 +10,9 @@ load loops and every event (:mod:`soaktop.engine.load.workers`).
 What crosses the pipe (pickled tuples, small ints for kinds):
 
 - main -> worker: lists of commands (one loop iteration's): ``(GO, request_id, model,
-  max_tokens, prompt_text)``: send it now (the main decided when it was due, and which
-  worker takes it); ``(CANCEL, request_id)``; ``(STOP,)``.
+  max_tokens, prompt)``, the prompt its text or ``(text, chat messages)``: send it now (the
+  main decided when it was due, and which worker takes it); ``(CANCEL, request_id)``;
+  ``(STOP,)``.
   The first message is the setup: the backend's kind and options (the API key among them: it
   crosses the pipe, never a command line) and the run's X-Request-Id prefix.
 - worker -> main: ``(READY, describe)`` or ``(FAILED, exception)`` once started, then lists
@@ -27,6 +28,9 @@ process on a Linux host, so the main subtracts its session origin from them as i
 own. Items are batched: a batch goes at most :data:`FLUSH_S` after its first item (or at
 :data:`BATCH_ITEMS` items), never a message per token; an ended request's batch goes at the end
 of the loop iteration, so the main's closed loop refills its slot without that wait.
+
+The serving loop (:class:`_Worker`, :func:`open_backend`, :func:`serve`) does not know its
+transport: a Ray actor on another host runs it too (:mod:`soaktop.engine.load.ray_workers`).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import os
 import pickle
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from typing import Any
@@ -59,8 +64,8 @@ HEALTH_S = 1.0
 class _Outbox:
     """Items for the main process, sent in batches (see the module docstring)."""
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, send: Callable[[list[tuple]], None]) -> None:
+        self._send = send  # a pipe's, or a Ray actor's buffer (soaktop.engine.load.ray_workers)
         self._loop = asyncio.get_running_loop()
         self._items: list[tuple] = []
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
@@ -85,24 +90,28 @@ class _Outbox:
         if self._items:
             items, self._items = self._items, []
             with contextlib.suppress(OSError):  # the main is gone: the worker ends on EOF
-                self._conn.send(items)
+                self._send(items)
 
 
 class _Worker:
-    def __init__(self, conn: Connection, backend: Any, health: ClientHealth) -> None:
-        self.conn = conn
+    """The serving loop, whatever carries its messages: ``send`` takes a batch of items for
+    the main, and the main's commands come to :meth:`command` (from a pipe, :meth:`readable`,
+    or a Ray actor's method)."""
+
+    def __init__(self, send: Callable[[list[tuple]], None], backend: Any,
+                 health: ClientHealth) -> None:
         self.backend = backend
-        self.out = _Outbox(conn)
+        self.out = _Outbox(send)
         self.tasks: dict[int, asyncio.Task] = {}
         self.turnstile = Turnstile()  # a wave of sends one per loop iteration, as in the main
         self.done = asyncio.get_running_loop().create_future()
         self.health = health  # a ClientHealth, told of this process's reads
 
-    def readable(self) -> None:
+    def readable(self, conn: Connection) -> None:
         """Commands from the main process: one message a call (the loop calls again while
         more wait)."""
         try:
-            for message in self.conn.recv():  # one iteration's commands, together
+            for message in conn.recv():  # one iteration's commands, together
                 self.command(message)
         except (EOFError, OSError):  # the main process is gone: so is the run
             self.finish()
@@ -126,10 +135,12 @@ class _Worker:
         if not self.done.done():
             self.done.set_result(None)
 
-    async def request(self, rid: int, model: str, max_tokens: int, text: str) -> None:
+    async def request(self, rid: int, model: str, max_tokens: int,
+                      prompt: str | tuple[str, tuple[dict[str, str], ...]]) -> None:
         put = self.out.put
         await self.turnstile.turn()
-        request = GenerationRequest(rid, Prompt(rid, (), text), max_tokens, model)
+        text, messages = (prompt, None) if isinstance(prompt, str) else prompt
+        request = GenerationRequest(rid, Prompt(rid, (), text, messages), max_tokens, model)
         try:
             async with contextlib.aclosing(self.backend.stream(request)) as stream:
                 async for item in stream:
@@ -163,38 +174,59 @@ class _Worker:
             probe.cancel()
 
 
-async def _serve(conn: Connection, setup: dict[str, Any]) -> None:
+async def open_backend(setup: dict[str, Any]) -> tuple[Any, ClientHealth]:
+    """The backend ``setup`` names, started, with the health that watches its reads; raises
+    what its start raised (the backend closed)."""
     backend = backends.create(setup["kind"], **setup["options"])
     backend.run_id = setup["run_id"]  # one X-Request-Id prefix for the whole run
     health = ClientHealth()
     backend.watch_reads(health.read)
     try:
         await backend.start()
+    except BaseException:
+        await backend.close()
+        raise
+    return backend, health
+
+
+async def serve(worker: _Worker) -> None:
+    """``worker``'s life once ready: its health each second until told to stop (or its main
+    is gone), then its requests cancelled, its last batch sent and its backend closed."""
+    reporting = asyncio.ensure_future(worker.report_health())
+    try:
+        await worker.done
+    finally:
+        reporting.cancel()
+        for task in list(worker.tasks.values()):
+            task.cancel()
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        worker.out.flush()
+        await worker.backend.close()
+
+
+async def _serve(conn: Connection, setup: dict[str, Any]) -> None:
+    try:
+        backend, health = await open_backend(setup)
     except BaseException as exc:
         conn.send((FAILED, _portable(exc)))
         return
+    # Everything alive now (imports, the client) out of the collector's sight for the run,
+    # as the command line does for the main process (soaktop.tui.cli.collector_frozen);
+    # before the word that starts the run's clock, since a collection takes milliseconds.
+    gc.collect()
+    gc.freeze()
     try:
-        # Everything alive now (imports, the client) out of the collector's sight for the run,
-        # as the command line does for the main process (soaktop.tui.cli.collector_frozen);
-        # before the word that starts the run's clock, since a collection takes milliseconds.
-        gc.collect()
-        gc.freeze()
         conn.send((READY, backend.describe()))
-        worker = _Worker(conn, backend, health)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(conn.fileno(), worker.readable)
-        health = asyncio.ensure_future(worker.report_health())
-        try:
-            await worker.done
-        finally:
-            loop.remove_reader(conn.fileno())
-            health.cancel()
-            for task in list(worker.tasks.values()):
-                task.cancel()
-            await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
-            worker.out.flush()
-    finally:
+    except BaseException:
         await backend.close()
+        raise
+    worker = _Worker(conn.send, backend, health)
+    loop = asyncio.get_running_loop()
+    loop.add_reader(conn.fileno(), worker.readable, conn)
+    try:
+        await serve(worker)
+    finally:
+        loop.remove_reader(conn.fileno())
 
 
 def _portable(exc: BaseException) -> BaseException:

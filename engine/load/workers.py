@@ -26,6 +26,11 @@ A worker that dies (killed, out of memory) is said in one line and recorded as a
 and the run goes on, the closed loop refilling on the workers left. With none left, the run
 stops as ``failed``.
 
+The transport is a detail of :class:`WorkerPool` (processes of this host over pipes):
+:class:`Pool` holds what every transport shares, and ``--ray`` puts the same workers on a Ray
+cluster's nodes as actors, their stamps moved onto the session's clock by each host's
+estimated offset (:mod:`soaktop.engine.load.ray_workers`).
+
 Only the HTTP backends (openai, ollama) go to workers: the local engine holds a model on one
 device and the fake backend a schedule in memory; both stay in the session's process.
 """
@@ -91,7 +96,10 @@ def auto_workers(config: RunConfig, cores: int | None = None) -> int:
         return 1
     cores = cores if cores is not None else usable_cores()
     if config.rate is not None:
-        need = math.ceil(config.rate * config.output_tokens / TOKENS_PER_S_PER_WORKER)
+        from soaktop.engine.load.workloads import parse_lengths  # a distribution: its mean
+
+        tokens = parse_lengths(config.output_tokens).mean
+        need = math.ceil(config.rate * tokens / TOKENS_PER_S_PER_WORKER)
     else:
         need = math.ceil(max((config.concurrency, *config.ramp)) / STREAMS_PER_WORKER)
     return max(1, min(need, cores - 1))
@@ -146,25 +154,29 @@ def start_process_helper() -> None:
 class _Flight:
     """One request in a worker, as this process sees it: what came back, and its waiter."""
 
-    __slots__ = ("items", "sink", "waiter")
+    __slots__ = ("items", "sink", "waiter", "offset_ns")
 
     def __init__(self) -> None:
         self.items: deque[tuple] = deque()
         self.waiter: asyncio.Future | None = None
         #: Where arrivals go as a batch is read (the session's, through DirectArrivals)
         self.sink: Callable[[int, int, bool], None] | None = None
+        #: A worker on another host (--ray): its clock's offset when this request was sent,
+        #: which every stamp of the request is moved by (soaktop.engine.load.ray_workers)
+        self.offset_ns: int | None = None
 
     def attach(self, sink: Callable[[int, int, bool], None]) -> None:
         self.sink = sink
 
 
-class _Proc:
-    """One worker process, its pipe and the requests it has in flight."""
+class Handle:
+    """One worker, as the pool sees it whatever carries its messages: the requests it has in
+    flight, its latest health, and the commands to send it, an iteration's together. A
+    transport (a process's pipe here, a Ray actor in soaktop.engine.load.ray_workers) says
+    how a list of commands goes (:meth:`send`) and what its loss is said as."""
 
-    def __init__(self, index: int, process: Any, conn: Connection) -> None:
+    def __init__(self, index: int) -> None:
         self.index = index
-        self.process = process
-        self.conn = conn
         self.alive = True
         self.flights: dict[int, _Flight] = {}
         self.health: HealthFigures | None = None
@@ -181,22 +193,47 @@ class _Proc:
     def flush(self) -> None:
         messages, self._outbox = self._outbox, []
         if messages and self.alive:
-            try:
-                self.conn.send(messages)
-            except OSError:  # it died: its pipe's end says so to the reader
-                pass
+            self.send(messages)
+
+    def send(self, messages: list[tuple]) -> None:
+        raise NotImplementedError
+
+    def lost(self) -> str:
+        """It is gone: stop listening to it; the line that says so."""
+        return f"worker {self.index} lost"
 
 
-class WorkerPool(Backend):
-    """The backend ``kind`` with ``options``, its streams read in ``workers`` processes.
+class _Proc(Handle):
+    """One worker process and its pipe."""
+
+    def __init__(self, index: int, process: Any, conn: Connection) -> None:
+        super().__init__(index)
+        self.process = process
+        self.conn = conn
+
+    def send(self, messages: list[tuple]) -> None:
+        try:
+            self.conn.send(messages)
+        except OSError:  # it died: its pipe's end says so to the reader
+            pass
+
+    def lost(self) -> str:
+        asyncio.get_running_loop().remove_reader(self.conn.fileno())
+        self.process.join(0.5)
+        return (f"worker {self.index} (pid {self.process.pid}) lost, exit code "
+                f"{self.process.exitcode}")
+
+
+class Pool(Backend):
+    """The backend ``kind`` with ``options``, its streams read by ``workers`` workers: what
+    every transport shares (a worker's requests, batches, loss, health). Subclasses start
+    and stop the workers (:attr:`_procs`, :class:`Handle` each) and hand each batch that
+    comes back to :meth:`_batch`.
 
     ``options`` are the backend's own (URL, model, API, timeouts, API key); they reach each
-    worker through its pipe, never its command line. A copy of the backend in this process,
-    never started, answers what needs no stream (:meth:`models`, ``url``, ``api``).
+    worker in its setup message, never a command line. A copy of the backend in this
+    process, never started, answers what needs no stream (:meth:`models`, ``url``, ``api``).
     """
-
-    #: A worker silent this long (it reports its health every second) is hung: killed, lost.
-    SILENT_S = 15.0
 
     def __init__(self, kind: str, options: dict[str, Any], workers: int) -> None:
         if kind not in WORKER_KINDS:
@@ -208,11 +245,14 @@ class WorkerPool(Backend):
         self._options = dict(options)
         self._here = backends.create(kind, **options)
         self.run_id = uuid.uuid4().hex[:8]  # X-Request-Id prefix: one for every worker
-        self._procs: list[_Proc] = []
+        self._procs: list[Handle] = []
         self._described: dict[str, Any] | None = None
-        self._watch: asyncio.Task | None = None
         #: Told a fact of the run in one line (a worker lost); ``fatal``: the run cannot go on.
         self.notice: Callable[[str, bool], None] | None = None
+
+    def _setup(self) -> dict[str, Any]:
+        """A worker's first message: its backend and the run's X-Request-Id prefix."""
+        return {"kind": self.kind, "options": self._options, "run_id": self.run_id}
 
     # -- what a copy in this process can answer -------------------------------------------
     @property
@@ -243,6 +283,116 @@ class WorkerPool(Backend):
         """What the first worker's backend said once started (the copy's before)."""
         return dict(self._described) if self._described is not None else self._here.describe()
 
+    # -- what comes back -------------------------------------------------------------------
+    def _batch(self, proc: Handle, items: list[tuple]) -> None:
+        flights = proc.flights
+        for item in items:
+            if item[0] == wp.HEALTH:
+                proc.health = HealthFigures(**item[1])
+                continue
+            if item[0] == wp.CRASHED:
+                proc.crash = item[1]
+                continue
+            flight = flights.get(item[1])
+            if flight is None:  # cancelled here already: what the worker still said is moot
+                continue
+            if item[0] == wp.ARRIVED and flight.sink is not None and not flight.items:
+                flight.sink(item[2], item[3], item[4])  # in order: nothing waits before it
+                continue
+            flight.items.append(item)
+            waiter = flight.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _lost(self, proc: Handle) -> None:
+        """``proc`` died: its requests fail as ``worker_lost`` and the run is told."""
+        if not proc.alive:
+            return
+        proc.alive = False
+        message = proc.lost() + (f" ({proc.crash})" if proc.crash else "")
+        for flight in proc.flights.values():
+            flight.items.append((wp.ERROR, None, "worker_lost", message, False, None))
+            if flight.waiter is not None and not flight.waiter.done():
+                flight.waiter.set_result(None)
+        left = sum(p.alive for p in self._procs)
+        line = (f"{message}: its {len(proc.flights)} requests in flight failed as "
+                f"worker_lost; " + (f"the run goes on on {left} workers" if left else
+                                    "no worker is left"))
+        if self.notice is not None:
+            self.notice(line, left == 0)
+
+    # -- requests --------------------------------------------------------------------------
+    def pick_worker(self) -> int:
+        """The live worker with the fewest requests in flight (the first of those tied)."""
+        best: Handle | None = None
+        for proc in self._procs:
+            if proc.alive and (best is None or len(proc.flights) < len(best.flights)):
+                best = proc
+        return best.index if best is not None else 0
+
+    def health(self) -> list[HealthFigures]:
+        """Each live worker's latest health (its second's figures), each given once."""
+        readings = []
+        for proc in self._procs:
+            if proc.alive and proc.health is not None:
+                readings.append(proc.health)
+                proc.health = None
+        return readings
+
+    async def stream(
+        self, request: GenerationRequest
+    ) -> AsyncIterator[RequestSent | Arrival | StreamEnd]:
+        procs = self._procs
+        proc = procs[request.worker_id] if request.worker_id < len(procs) else None
+        if proc is None or not proc.alive:
+            raise BackendError(f"worker {request.worker_id} is gone", "worker_lost")
+        rid = request.request_id
+        flight = _Flight()
+        proc.flights[rid] = flight
+        prompt = request.prompt  # a prompt file's chat messages cross as they are
+        proc.post((wp.GO, rid, request.model, request.max_tokens,
+                   (prompt.text, prompt.messages) if prompt.messages else prompt.text))
+        ended = False
+        loop = asyncio.get_running_loop()
+        try:
+            yield DirectArrivals(flight.attach)
+            while True:
+                items = flight.items
+                while items:
+                    item = items.popleft()
+                    kind = item[0]
+                    if kind == wp.ARRIVED:
+                        yield Arrival(item[2], item[3], "", item[4])
+                    elif kind == wp.SENT:
+                        yield RequestSent(item[2])
+                    elif kind == wp.END:
+                        ended = True
+                        yield StreamEnd(item[2], item[3], item[4], item[5])
+                        return
+                    else:  # wp.ERROR
+                        ended = True
+                        raise BackendError(item[3], item[2], retry_after_s=item[5],
+                                           refused=item[4])
+                flight.waiter = loop.create_future()
+                await flight.waiter
+                flight.waiter = None
+        finally:
+            proc.flights.pop(rid, None)
+            if not ended and proc.alive:
+                proc.post((wp.CANCEL, rid))
+
+
+class WorkerPool(Pool):
+    """The backend ``kind`` with ``options``, its streams read in ``workers`` processes of
+    this host, each over a pipe."""
+
+    #: A worker silent this long (it reports its health every second) is hung: killed, lost.
+    SILENT_S = 15.0
+
+    def __init__(self, kind: str, options: dict[str, Any], workers: int) -> None:
+        super().__init__(kind, options, workers)
+        self._watch: asyncio.Task | None = None
+
     def pids(self) -> list[int]:
         """The worker processes' ids, by worker id (for a drill that kills one)."""
         return [proc.process.pid for proc in self._procs]
@@ -250,7 +400,7 @@ class WorkerPool(Backend):
     # -- the processes ---------------------------------------------------------------------
     async def start(self) -> None:
         ctx = multiprocessing.get_context("spawn")  # the session's process may have threads
-        setup = {"kind": self.kind, "options": self._options, "run_id": self.run_id}
+        setup = self._setup()
         try:
             for index in range(self.workers):
                 mine, theirs = ctx.Pipe()
@@ -346,102 +496,3 @@ class WorkerPool(Backend):
             self._batch(proc, proc.conn.recv())
         except (EOFError, OSError):
             self._lost(proc)
-
-    def _batch(self, proc: _Proc, items: list[tuple]) -> None:
-        flights = proc.flights
-        for item in items:
-            if item[0] == wp.HEALTH:
-                proc.health = HealthFigures(**item[1])
-                continue
-            if item[0] == wp.CRASHED:
-                proc.crash = item[1]
-                continue
-            flight = flights.get(item[1])
-            if flight is None:  # cancelled here already: what the worker still said is moot
-                continue
-            if item[0] == wp.ARRIVED and flight.sink is not None and not flight.items:
-                flight.sink(item[2], item[3], item[4])  # in order: nothing waits before it
-                continue
-            flight.items.append(item)
-            waiter = flight.waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-
-    def _lost(self, proc: _Proc) -> None:
-        """``proc`` died: its requests fail as ``worker_lost`` and the run is told."""
-        if not proc.alive:
-            return
-        proc.alive = False
-        asyncio.get_running_loop().remove_reader(proc.conn.fileno())
-        proc.process.join(0.5)
-        code = proc.process.exitcode
-        message = f"worker {proc.index} (pid {proc.process.pid}) lost, exit code {code}" + (
-            f" ({proc.crash})" if proc.crash else "")
-        for flight in proc.flights.values():
-            flight.items.append((wp.ERROR, None, "worker_lost", message, False, None))
-            if flight.waiter is not None and not flight.waiter.done():
-                flight.waiter.set_result(None)
-        left = sum(p.alive for p in self._procs)
-        line = (f"{message}: its {len(proc.flights)} requests in flight failed as "
-                f"worker_lost; " + (f"the run goes on on {left} workers" if left else
-                                    "no worker is left"))
-        if self.notice is not None:
-            self.notice(line, left == 0)
-
-    # -- requests --------------------------------------------------------------------------
-    def pick_worker(self) -> int:
-        """The live worker with the fewest requests in flight (the first of those tied)."""
-        best: _Proc | None = None
-        for proc in self._procs:
-            if proc.alive and (best is None or len(proc.flights) < len(best.flights)):
-                best = proc
-        return best.index if best is not None else 0
-
-    def health(self) -> list[HealthFigures]:
-        """Each live worker's latest health (its second's figures), each given once."""
-        readings = []
-        for proc in self._procs:
-            if proc.alive and proc.health is not None:
-                readings.append(proc.health)
-                proc.health = None
-        return readings
-
-    async def stream(
-        self, request: GenerationRequest
-    ) -> AsyncIterator[RequestSent | Arrival | StreamEnd]:
-        procs = self._procs
-        proc = procs[request.worker_id] if request.worker_id < len(procs) else None
-        if proc is None or not proc.alive:
-            raise BackendError(f"worker {request.worker_id} is gone", "worker_lost")
-        rid = request.request_id
-        flight = _Flight()
-        proc.flights[rid] = flight
-        proc.post((wp.GO, rid, request.model, request.max_tokens, request.prompt.text))
-        ended = False
-        loop = asyncio.get_running_loop()
-        try:
-            yield DirectArrivals(flight.attach)
-            while True:
-                items = flight.items
-                while items:
-                    item = items.popleft()
-                    kind = item[0]
-                    if kind == wp.ARRIVED:
-                        yield Arrival(item[2], item[3], "", item[4])
-                    elif kind == wp.SENT:
-                        yield RequestSent(item[2])
-                    elif kind == wp.END:
-                        ended = True
-                        yield StreamEnd(item[2], item[3], item[4], item[5])
-                        return
-                    else:  # wp.ERROR
-                        ended = True
-                        raise BackendError(item[3], item[2], retry_after_s=item[5],
-                                           refused=item[4])
-                flight.waiter = loop.create_future()
-                await flight.waiter
-                flight.waiter = None
-        finally:
-            proc.flights.pop(rid, None)
-            if not ended and proc.alive:
-                proc.post((wp.CANCEL, rid))

@@ -52,14 +52,25 @@ As a process (what timing tests use, so client and server do not share a GIL)::
 
 or ``with spawn(Schedule(...)) as url: ...`` (``spawn_process`` when the test needs the process,
 to kill it; ``port=`` to start one again where a killed one listened).
+
+With ``--processes P`` (``spawn(..., processes=P)``), P server processes accept on the one
+port (``SO_REUSEPORT``), so the server is not the bottleneck at high rates; emissions and the
+simulated GPUs' load are those of all of them (:mod:`soaktop.engine.loopback.shared`).
+Faults then count each process's requests.
 """
 
 from soaktop.engine.loopback.dcgm import GpuModel, SimulatedGpus
-from soaktop.engine.loopback.process import READY, LoopbackProcess, spawn, spawn_process
+from soaktop.engine.loopback.process import (
+    READY,
+    LoopbackProcess,
+    processes_for,
+    spawn,
+    spawn_process,
+)
 from soaktop.engine.loopback.schedule import Emission, Schedule
 from soaktop.engine.loopback.server import FAULTS, LoopbackServer
 
 __all__ = [
     "FAULTS", "READY", "Emission", "GpuModel", "LoopbackProcess", "LoopbackServer", "Schedule",
-    "SimulatedGpus", "spawn", "spawn_process",
+    "SimulatedGpus", "processes_for", "spawn", "spawn_process",
 ]

@@ -47,8 +47,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from soaktop.engine.telemetry.reasons import BITS
+
+if TYPE_CHECKING:
+    from soaktop.engine.loopback.shared import TokenLedger
 
 _BIT = {name: bit for bit, name in BITS.items()}
 GPU_IDLE, SW_POWER_CAP, SW_THERMAL = _BIT["gpu_idle"], _BIT["sw_power_cap"], _BIT["sw_thermal"]
@@ -136,8 +140,12 @@ class SimulatedGpus:
     numbers whatever the run's length.
     """
 
-    def __init__(self, model: GpuModel | None = None) -> None:
+    def __init__(self, model: GpuModel | None = None, ledger: TokenLedger | None = None) -> None:
+        """``ledger``: with a multi-process loopback, the tokens of every process are counted
+        there (each process its own column), so the GPUs heat with the server's whole load
+        whichever process is scraped; without one, they are counted here."""
         self.model = model or GpuModel()
+        self._ledger = ledger
         n = self.model.gpus
         self._decay = math.exp(-self.model.step_s / self.model.tau_s)
         self._steps = 0  # steps integrated
@@ -152,6 +160,9 @@ class SimulatedGpus:
     def served(self, t_s: float, tokens: int) -> None:
         """``tokens`` left the server at ``t_s``; cheap, since the server calls it per chunk."""
         step = max(int(t_s // self.model.step_s), self._steps)
+        if self._ledger is not None:
+            self._ledger.add(step, tokens)
+            return
         self._counted[step] = self._counted.get(step, 0) + tokens
 
     def states(self, t_s: float) -> list[GpuState]:
@@ -194,7 +205,8 @@ class SimulatedGpus:
         m = self.model
         step_ns = round(m.step_s * 1e9)
         while self._steps < steps:
-            tokens = self._counted.pop(self._steps, 0)
+            tokens = (self._counted.pop(self._steps, 0) if self._ledger is None
+                      else self._ledger.total(self._steps))
             load = min(1.0, tokens / m.step_s / m.busy_tokens_per_s)
             for i, temp in enumerate(self._temps):
                 steady = m.idle_c + m.rise(i) * load

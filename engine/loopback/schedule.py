@@ -39,10 +39,21 @@ class Schedule:
     #: The "model" stops by itself (EOS, finish reason ``stop``) after this many tokens,
     #: however many were asked for: outputs shorter than the asked length.
     stop_after: int | None = None
+    #: The server's own count of a prompt, in the usage it reports (OpenAI ``prompt_tokens``,
+    #: Ollama's ``prompt_eval_count``): this many tokens a word, as a tokenizer that splits
+    #: words would count (3 for a byte-level vocabulary's pseudo-words).
+    prompt_tokens_per_word: int = 1
+    #: Prefix-cache hits reported as vLLM and SGLang do (OpenAI
+    #: ``usage.prompt_tokens_details.cached_tokens``): this many of each prompt's tokens
+    #: (at most all of them); 0: no ``prompt_tokens_details`` at all.
+    cached_prefix_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.ttft_ms < 0 or self.itl_ms < 0 or self.jitter_ms < 0:
             raise ValueError("ttft_ms, itl_ms and jitter_ms must not be negative")
+        if self.prompt_tokens_per_word < 1 or self.cached_prefix_tokens < 0:
+            raise ValueError("prompt_tokens_per_word must be at least 1 and "
+                             "cached_prefix_tokens not negative")
         if self.chunk_tokens < 1 or self.tokens < 0:
             raise ValueError("chunk_tokens must be at least 1 and tokens not negative")
 
@@ -77,6 +88,8 @@ class Emission:
     not content and are not listed. ``request`` counts generation requests from 1; ``fault``
     names the fault this request was given, if any; ``request_id`` is the client's
     ``X-Request-Id`` header (lower-cased), which pairs a client's record with this one.
+    ``process``: which process of a multi-process server (``--processes``) served it, from 0;
+    ``request`` then counts that process's requests.
     """
 
     request: int
@@ -88,6 +101,22 @@ class Emission:
     status: int
     fault: str | None
     request_id: str | None = None
+    process: int = 0
+    #: What the request asked for: its ``prompt`` (text, or a chat's ``messages`` list) as
+    #: the body held it, and its output length (``max_tokens`` or the API's own name for it;
+    #: the schedule's ``tokens`` when it named none). None where the body could not be read.
+    prompt: Any = None
+    max_tokens: int | None = None
+
+    def lateness_ns(self, schedule: Schedule, tokens: int | None = None) -> list[int]:
+        """How late each content chunk left against when ``schedule`` made it due (received
+        plus the plan's offset; negative: early, which the server never is by design). What
+        says whether the server kept its schedule or was itself the bottleneck. ``tokens``:
+        the output length asked (default: the tokens sent), since a chunk's size and place
+        in the plan follow from it."""
+        plan = schedule.plan(sum(self.chunk_tokens) if tokens is None else tokens, self.request)
+        return [sent - (self.received_ns + offset)
+                for sent, (offset, _) in zip(self.chunks_ns, plan)]
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form served at ``/_loopback/emissions``."""
@@ -99,4 +128,5 @@ class Emission:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Emission:
         """Inverse of :meth:`to_dict`, for clients that read the emissions over HTTP."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return cls(**{k: tuple(v) if isinstance(v, list) and k != "prompt" else v
+                      for k, v in data.items()})

@@ -24,6 +24,7 @@ from typing import Any
 from soaktop.engine import __version__
 from soaktop.engine.loopback.dcgm import GpuModel, SimulatedGpus
 from soaktop.engine.loopback.schedule import Emission, Schedule
+from soaktop.engine.loopback.shared import Shared, Spool, TokenLedger
 from soaktop.engine.loopback.wire import (
     WIRES,
     Wire,
@@ -69,12 +70,15 @@ class _Trace:
     status: int = 200
     fault: str | None = None
     request_id: str | None = None
+    process: int = 0
+    prompt: Any = None  # what the request asked with (text or chat messages), as received
+    max_tokens: int | None = None
 
     def freeze(self) -> Emission:
         return Emission(
             self.request, self.path, self.received_ns, self.first_byte_ns,
             tuple(self.chunks_ns), tuple(self.chunk_tokens), self.status, self.fault,
-            self.request_id,
+            self.request_id, self.process, self.prompt, self.max_tokens,
         )
 
 
@@ -313,6 +317,12 @@ class LoopbackServer:
     With ``gpus`` (a :class:`~soaktop.engine.loopback.dcgm.GpuModel`), ``GET /metrics`` serves
     those GPUs as a DCGM exporter would, heated by the tokens this server sends, on a clock
     that starts with :meth:`start`.
+
+    ``shared``: this server is one of several processes on one port (see
+    :mod:`soaktop.engine.loopback.shared`; :mod:`soaktop.engine.loopback.process` starts them):
+    it listens with ``SO_REUSEPORT``, spools its emissions where :meth:`emissions` of any of
+    them takes them, counts its tokens where every process's GPUs see them, and starts the
+    GPUs' clock at the parent's origin. Faults count each process's own requests.
     """
 
     def __init__(
@@ -323,6 +333,7 @@ class LoopbackServer:
         host: str = "127.0.0.1",
         port: int = 0,
         gpus: GpuModel | None = None,
+        shared: Shared | None = None,
     ) -> None:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; choose one of: {', '.join(FAULTS)}")
@@ -337,7 +348,11 @@ class LoopbackServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._requests = 0
         self._finished: list[Emission] = []
-        self.gpus = None if gpus is None else SimulatedGpus(gpus)
+        self.shared = shared
+        self._spool = None if shared is None else Spool(shared)
+        self._process = 0 if shared is None else shared.index
+        ledger = None if shared is None or gpus is None else TokenLedger(shared)
+        self.gpus = None if gpus is None else SimulatedGpus(gpus, ledger)
         self._origin_ns = time.perf_counter_ns()
         self._gets: dict[str, Callable[[], Any]] = {
             "/v1/models": lambda: openai_models(self.schedule.model),
@@ -357,8 +372,11 @@ class LoopbackServer:
 
     async def start(self) -> None:
         """Listen; with ``port=0`` the system picks a free port, then found in :attr:`port`."""
-        self._origin_ns = time.perf_counter_ns()  # the simulated GPUs' clock starts here
-        self._server = await asyncio.start_server(self._connection, self.host, self.port)
+        # the simulated GPUs' clock starts here (with processes, where the parent started)
+        self._origin_ns = (time.perf_counter_ns() if self.shared is None
+                           else self.shared.origin_ns)
+        self._server = await asyncio.start_server(
+            self._connection, self.host, self.port, reuse_port=self.shared is not None or None)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -380,7 +398,10 @@ class LoopbackServer:
         await self.stop()
 
     def emissions(self) -> list[Emission]:
-        """Every generation request finished since the last call, oldest first."""
+        """Every generation request finished since the last call, oldest first (with processes:
+        those of every process, by arrival)."""
+        if self._spool is not None:
+            return self._spool.take()
         finished, self._finished = self._finished, []
         return finished
 
@@ -420,11 +441,14 @@ class LoopbackServer:
         if wire is not None and request.method == "POST":
             self._requests += 1
             trace = _Trace(self._requests, request.path, request.received_ns,
-                           request_id=request.request_id)
+                           request_id=request.request_id, process=self._process)
             try:
                 return await self._generate(request, wire, trace, writer)
             finally:
-                self._finished.append(trace.freeze())
+                if self._spool is not None:
+                    self._spool.write(trace.freeze())
+                else:
+                    self._finished.append(trace.freeze())
         get = self._gets.get(request.path)
         post = self._posts.get(request.path)
         if request.path == "/metrics" and self.gpus is not None and request.method == "GET":
@@ -471,6 +495,7 @@ class LoopbackServer:
             error_body = wire_type.error_body(str(error), "invalid_request_error")
             trace.first_byte_ns = await _send_json(writer, 400, error_body, keep_alive)
             return keep_alive
+        trace.prompt, trace.max_tokens = body.get(wire.prompt_field), wire.tokens
 
         response = _Response(writer, wire, trace, keep_alive, self._fault_for(trace, body))
         if response.strikes_at(_At.BEFORE_HEADERS) and not await response.strike():

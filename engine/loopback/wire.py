@@ -64,7 +64,11 @@ class Wire(abc.ABC):
         self.tokens = schedule.tokens if limit is None else limit
         # A named limit is what ends the output; without one the "model" stops by itself.
         self.finish = "stop" if limit is None else "length"
-        self.prompt_tokens = count_words(body.get(self.prompt_field, ""))
+        # the server's count of the prompt: its tokenizer may make several tokens of a word
+        self.prompt_tokens = (count_words(body.get(self.prompt_field, ""))
+                              * schedule.prompt_tokens_per_word)
+        self.cached_tokens = min(schedule.cached_prefix_tokens, self.prompt_tokens)
+        self.reports_cached = schedule.cached_prefix_tokens > 0
 
     @abc.abstractmethod
     def _wants_stream(self, body: dict[str, Any]) -> bool: ...
@@ -144,12 +148,15 @@ class _OpenAI(Wire):
             "model": self.model, "choices": choices, **extra,
         })
 
-    def _usage(self) -> dict[str, int]:
-        return {
+    def _usage(self) -> dict[str, Any]:
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.tokens,
             "total_tokens": self.prompt_tokens + self.tokens,
         }
+        if self.reports_cached:  # as vLLM (with prompt token details on) and SGLang do
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return usage
 
     def closing(self, timing: tuple[int, int, int]) -> list[bytes]:
         usage = [self._chunk([], usage=self._usage())] if self.include_usage else []

@@ -8,7 +8,8 @@ counts as beyond noise when p < 0.01. Whole-run rates (tokens/s, requests/s, err
 one value per run, so they get the ratio and no verdict: one run per side cannot tell noise.
 
 Alongside, the facts that make two records not comparable are listed: a different backend,
-URL, model, device, concurrency, prompt or output length, soaktop version or GPU.
+URL, model, device, concurrency, prompt or output length (soaktop's and the server's count),
+soaktop version or GPU.
 """
 
 from __future__ import annotations
@@ -108,16 +109,32 @@ def _facts(summary: SessionSummary) -> dict[str, Any]:
         "server version": (backend.get("server") or {}).get("version"),
         "server": (backend.get("server") or {}).get("header"),
         "prompts": (header.workload or {}).get("prompts_sha256"),
+        "prompt file": _prompt_file((header.workload or {}).get("prompt_file")),
+        "unique prefix": config.get("unique_prefix", True),
         # keys newer than some records: their defaults, so an older record compares fairly
         "shared prefix": config.get("shared_prefix", 0),
         "rate": config.get("rate"), "arrival": config.get("arrival", "constant"),
         "device": backend.get("device"), "concurrency": config.get("concurrency"),
         "input tokens": config.get("input_tokens"), "output tokens": config.get("output_tokens"),
+        # the server's count of them (its tokenizer), to the token: another tokenizer (model,
+        # server) makes per-token figures of two runs measure different work
+        "server input tokens": _whole(summary.input_tokens().server),
         "seed": config.get("seed"), "soaktop": env.get("soaktop_version"),
         "workers": config.get("workers") or 1,  # processes reading streams; older: 1
         "torch": env.get("torch"), "host": env.get("hostname"),
         "GPUs": [g.get("name") for g in nvidia.get("gpus", [])] or None,
     }
+
+
+def _whole(value: float | None) -> int | None:
+    return None if value is None else round(value)
+
+
+def _prompt_file(info: dict[str, Any] | None) -> str | None:
+    """A prompt file as two runs compare it: its name and the start of its sha256."""
+    if not info:
+        return None
+    return f"{info.get('name')} ({str(info.get('sha256'))[:12]}, {info.get('size')} B)"
 
 
 @dataclass(frozen=True)

@@ -27,17 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import httpx
 import numpy as np
 
+from soaktop.engine.backends.base import Backend
 from soaktop.engine.backends.http import Timeouts, request_uuid
 from soaktop.engine.backends.openai import OpenAIBackend
 from soaktop.engine.config import RunConfig
 from soaktop.engine.events import RequestDone
 from soaktop.engine.load.workers import WorkerPool
-from soaktop.engine.loopback import Emission, Schedule, spawn
+from soaktop.engine.loopback import Emission, Schedule, processes_for, spawn
 from soaktop.engine.metrics.stats import itl_gaps
 from soaktop.engine.metrics.summary import SessionSummary
 from soaktop.engine.session import Session
@@ -56,6 +59,11 @@ class Fidelity:
     #: CPU of the session's process (its threads; not its workers') per content token
     #: received, over the whole run: what the one process that sees every event pays.
     session_cpu_us_per_token: float | None = None
+    server_processes: int = 1  # loopback processes that served the run (--processes)
+    workers: int = 1  # the processes that read the streams (1: the session's own)
+    #: Complete requests soaktop saw that the server's emissions did not hold: 0 unless the
+    #: truth was lost (emissions of a server process not gathered), so it is checked, not shown.
+    unpaired: int = 0
 
     def error_ms(self, metric: str, q: int) -> float:
         client, wire = getattr(self, metric)[q]
@@ -67,11 +75,14 @@ def compare(done: list[RequestDone], emissions: list[Emission], origin_ns: int, 
     """Quantiles over the complete requests seen by both sides, paired by request id."""
     wire = {e.request_id: e for e in emissions if e.status == 200 and e.fault is None}
     pairs = []
+    unpaired = 0
     for d in done:
         e = wire.get(request_uuid(run_id, d.request_id))
         complete = d.ok and d.output_tokens == tokens and not d.warmup
         if complete and e is not None and len(e.chunks_ns) == tokens:
             pairs.append((d, e))
+        elif complete and e is None:
+            unpaired += 1
     if not pairs:
         raise RuntimeError(f"nothing to compare: no complete request among {len(done)} seen "
                            f"by soaktop and {len(emissions)} by the server")
@@ -86,10 +97,13 @@ def compare(done: list[RequestDone], emissions: list[Emission], origin_ns: int, 
 
     received = sum(d.output_tokens for d in done)
     return Fidelity(concurrency, len(pairs), received / duration_s,
-                    quantiles(client_ttft, wire_ttft), quantiles(client_itl, wire_itl))
+                    quantiles(client_ttft, wire_ttft), quantiles(client_itl, wire_itl),
+                    unpaired=unpaired)
 
 
-async def _drive(url: str, concurrency: int, duration_s: float, tokens: int, workers: int = 1
+async def _drive(url: str, concurrency: int, duration_s: float, tokens: int, workers: int = 1,
+                 pool: Callable[[dict[str, Any]], Backend] | None = None,
+                 keep_all: Callable[[Any], None] | None = None,
                  ) -> tuple[list[RequestDone], int, str, float, float]:
     done: list[RequestDone] = []
     summary = SessionSummary()  # counts the client-bound seconds after warm-up, as run does
@@ -98,13 +112,16 @@ async def _drive(url: str, concurrency: int, duration_s: float, tokens: int, wor
         if isinstance(event, RequestDone):
             done.append(event)
         summary.add(event)
+        if keep_all is not None:
+            keep_all(event)
 
     config = RunConfig(backend="openai", model="loopback", concurrency=concurrency,
                        duration_s=duration_s, warmup_requests=2 * concurrency,
                        output_tokens=tokens,
                        input_tokens=32, url=url, workers=workers)
     options = {"url": url, "model": "loopback", "timeouts": Timeouts(first_token_s=30)}
-    backend = (WorkerPool("openai", options, workers) if workers > 1
+    backend = (pool(options) if pool is not None
+               else WorkerPool("openai", options, workers) if workers > 1
                else OpenAIBackend(**options))
     session = Session(config, backend, listeners=(keep,))
     cpu_s = time.process_time()
@@ -121,9 +138,17 @@ async def _emissions(url: str) -> list[Emission]:
 
 def measure(concurrency: int, tokens_per_s: float, duration_s: float = 10.0,
             tokens: int = 64, ttft_ms: float = 30.0, jitter_ms: float = 5.0,
-            workers: int = 1) -> Fidelity:
+            workers: int = 1, server_processes: int | None = None,
+            pool: Callable[[dict[str, Any]], Backend] | None = None,
+            keep_all: Callable[[Any], None] | None = None) -> Fidelity:
     """Run soaktop against a loopback server paced for ``tokens_per_s`` in total, its
     streams read in ``workers`` processes (1: in this one; see soaktop.engine.load.workers).
+    ``pool`` makes the backend from the openai backend's options instead (a
+    :class:`~soaktop.engine.load.ray_workers.RayPool`); ``keep_all`` is given every event.
+
+    The server runs in ``server_processes`` processes on one port (None: as many as the rate
+    needs, :func:`~soaktop.engine.loopback.processes_for`), so that it keeps its schedule and
+    what is measured is the client; their emissions are merged before pairing.
 
     Each stream emits a token every ``concurrency / tokens_per_s`` seconds (±``jitter_ms``, so
     the distributions have a spread for the quantiles to resolve).
@@ -134,14 +159,16 @@ def measure(concurrency: int, tokens_per_s: float, duration_s: float = 10.0,
 
     async def run(url: str) -> Fidelity:
         done, origin_ns, run_id, bound_s, cpu_s = await _drive(url, concurrency, duration_s,
-                                                               tokens, workers)
+                                                               tokens, workers, pool, keep_all)
         result = compare(done, await _emissions(url), origin_ns, run_id, tokens, concurrency,
                          duration_s)
         received = sum(d.output_tokens for d in done)
         return replace(result, client_bound_s=bound_s,
-                       session_cpu_us_per_token=1e6 * cpu_s / received if received else None)
+                       session_cpu_us_per_token=1e6 * cpu_s / received if received else None,
+                       server_processes=processes, workers=workers)
 
-    with spawn(schedule) as url:
+    processes = processes_for(tokens_per_s) if server_processes is None else server_processes
+    with spawn(schedule, processes=processes) as url:
         return asyncio.run(run(url))
 
 

@@ -60,6 +60,25 @@ class SpeedDistribution(Distribution):
     p25: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class InputTokens:
+    """A request's prompt length, on average over the successful requests of a window:
+    ``asked`` as soaktop counted it (the tokenizer's count with ``--tokenizer``, else the
+    prompt's words), ``server`` as the server did (its tokenizer; ``None`` where it reports
+    no count). A server whose tokenizer splits soaktop's words counts more."""
+
+    asked: float | None = None
+    server: float | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        """The server's count over soaktop's (``None`` where either is missing or 0)."""
+        return self.server / self.asked if self.asked and self.server is not None else None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"asked": self.asked, "server": self.server}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Figures:
     """The numbers of one window: a phase, or the measured phases of the run taken together
@@ -75,6 +94,10 @@ class Figures:
     output_tokens_per_s: float | None = None
     requests_per_s: float | None = None
     output_length_attained: float | None = None
+    input_tokens: InputTokens = field(default_factory=InputTokens)
+    #: Of the prompt tokens the server counted, the share its prefix cache served (where it
+    #: reports hits: vLLM, SGLang); what shared prefixes and later turns buy.
+    cached_share: float | None = None
     ttft_ms: Distribution = field(default_factory=Distribution)
     ttfo_ms: Distribution = field(default_factory=Distribution)
     reasoning_tokens: int = 0
@@ -98,14 +121,16 @@ class Figures:
         out: dict[str, Any] = {}
         for name in _FIGURES:
             value = getattr(self, name)
-            out[name] = value.to_dict() if isinstance(value, Distribution) else value
+            out[name] = (value.to_dict() if isinstance(value, (Distribution, InputTokens))
+                         else value)
         return out
 
 
 _FIGURES = (
     "requests_ok", "requests_failed", "requests_cancelled", "errors", "error_rate",
     "output_tokens", "duration_s", "output_tokens_per_s", "requests_per_s",
-    "output_length_attained", "ttft_ms", "ttfo_ms", "reasoning_tokens", "itl_ms",
+    "output_length_attained", "input_tokens", "cached_share", "ttft_ms", "ttfo_ms",
+    "reasoning_tokens", "itl_ms",
     "inter_chunk_ms", "tpot_ms", "e2e_ms", "output_speed_tps", "server_speed_tps", "queue_ms",
     "gpus", "power_w", "energy_j_per_token", "tokens_per_s_per_w", "host", "servers",
 )

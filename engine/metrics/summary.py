@@ -61,6 +61,7 @@ from soaktop.engine.metrics.drift import RECENT_REQUESTS, Drift
 from soaktop.engine.metrics.histogram import LogHistogram
 from soaktop.engine.metrics.results import (
     CUT_SHORT,
+    InputTokens,
     PhaseSummary,
     RunSummary,
     SloReport,
@@ -189,6 +190,23 @@ def _server_speed_tps(reported: dict | None) -> float | None:
     return None
 
 
+def server_input_tokens(reported: dict | None) -> tuple[int | None, int | None]:
+    """The server's own count of one request's prompt tokens (OpenAI ``usage.prompt_tokens``,
+    Ollama's ``prompt_eval_count``) and, of those, the prefix-cache hits it reports
+    (``usage.prompt_tokens_details.cached_tokens``: vLLM and SGLang); ``None`` for what it
+    does not say (the record's ``server_reported`` keeps them as the server sent them)."""
+    if not reported:
+        return None, None
+    prompt = reported.get("prompt_tokens")
+    if prompt is None:
+        prompt = reported.get("prompt_eval_count")
+    if type(prompt) is not int:
+        return None, None
+    details = reported.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return prompt, cached if type(cached) is int else None
+
+
 class _Telemetry:
     """The derived telemetry of one window (a phase, or the measured run)."""
 
@@ -238,6 +256,14 @@ class _PhaseStats:
     itl: LogHistogram = field(default_factory=LogHistogram)
     chunk_gaps: LogHistogram = field(default_factory=LogHistogram)  # arrival to arrival
     attained: int = 0  # measured requests that produced the output length asked for
+    # input tokens of the successful measured requests: soaktop's count (every one), the
+    # server's (those it reported for), and the prefix-cache hits among the server's count
+    # (those it reported hits for: cached of cached_of)
+    asked_tokens: int = 0
+    server_tokens: int = 0
+    server_reports: int = 0
+    cached_tokens: int = 0
+    cached_of: int = 0
     reasoning_tokens: int = 0
     ok: int = 0
     failed: int = 0
@@ -322,7 +348,10 @@ class SessionSummary:
             self._status[(event.source, event.host, event.gpu_index)] = event
         elif isinstance(event, SessionStart):
             self.header = event
-            self._target = event.config.get("output_tokens", 0)
+            target = event.config.get("output_tokens", 0)
+            # a distribution (text): its shortest length (a normal's: 1), since the record
+            # does not hold each request's asked length
+            self._target = target if isinstance(target, int) else _shortest(target)
         elif isinstance(event, SessionEnd):
             self.end = event
         elif isinstance(event, ClientSample):
@@ -352,7 +381,7 @@ class SessionSummary:
         if not done.arrival_tokens and not done.reasoning_tokens:
             self._add_plain(done.phase_id, done.warmup, done.finish_reason, done.error_class,
                             done.arrivals_us, done.sent_ns, done.end_us, done.queued_us,
-                            done.server_reported)
+                            done.server_reported, done.prompt_tokens)
             return
         order = self._order
         arrivals = done.arrivals_us
@@ -374,7 +403,7 @@ class SessionSummary:
             tokens = done.arrival_tokens if done.arrival_tokens else None
             n = sum(tokens) if tokens else len(arrivals)
             self._add_ok(stats, arrivals, n, done.end_us, done.queued_us, done.server_reported,
-                         done.reasoning_tokens, done.first_output_us)
+                         done.reasoning_tokens, done.first_output_us, done.prompt_tokens)
             if len(arrivals) > 1:
                 span = arrivals[-1] - arrivals[0]  # what the gaps add up to, exactly
                 stats.itl.add(itl_gaps(arrivals, tokens), total=span)
@@ -478,19 +507,18 @@ class SessionSummary:
         if stats.phase.rate is not None:
             columns["queued_us"].extend(
                 np.array([d.get("queued_us", 0) for d in lines], dtype=np.float64))
-        server = columns["server_speed_tps"]
+        stats.asked_tokens += sum([d["prompt_tokens"] for d in lines])
         for d in lines:
             reported = d.get("server_reported")
             if reported:
-                server_speed = _server_speed_tps(reported)
-                if server_speed is not None:
-                    server.append(server_speed)
+                _add_reported(stats, reported)
         target = self._target
         stats.attained += len(lines) if target is None else int(np.count_nonzero(n >= target))
 
     def _add_plain(self, phase_id: int, warmup: bool, finish_reason: str,
                    error_class: str | None, arrivals: tuple[int, ...], sent_ns: int,
-                   end_us: int, queued_us: int, server_reported: dict | None) -> None:
+                   end_us: int, queued_us: int, server_reported: dict | None,
+                   prompt_tokens: int) -> None:
         """A request whose arrivals carry one token each and that did not reason (nearly
         every one): its figures now, its tokens in the buffers (see :meth:`_add_request`)."""
         order = self._order
@@ -508,7 +536,7 @@ class SessionSummary:
             stats.errors[error_class] += 1
         else:
             self._add_ok(order[index], arrivals, len(arrivals), end_us, queued_us,
-                         server_reported, 0, None)
+                         server_reported, 0, None, prompt_tokens)
             feed = index
         if not (arrivals and order):
             return
@@ -536,7 +564,7 @@ class SessionSummary:
 
     def _add_ok(self, stats: _PhaseStats, arrivals: tuple[int, ...], n: int, end_us: int,
                 queued_us: int, server_reported: dict | None, reasoning_tokens: int,
-                first_output_us: int | None) -> None:
+                first_output_us: int | None, prompt_tokens: int) -> None:
         """One successful measured request's figures (the definitions of
         :func:`~soaktop.engine.metrics.stats.request_metrics`, in plain Python); ``n`` is
         its output tokens."""
@@ -561,10 +589,9 @@ class SessionSummary:
         columns["e2e_us"].append(float(end_us))
         if stats.phase.rate is not None:
             columns["queued_us"].append(queued_us)
+        stats.asked_tokens += prompt_tokens
         if server_reported:
-            server_speed = _server_speed_tps(server_reported)
-            if server_speed is not None:
-                columns["server_speed_tps"].append(server_speed)
+            _add_reported(stats, server_reported)
         if self._target is None or n >= self._target:
             stats.attained += 1
 
@@ -656,6 +683,11 @@ class SessionSummary:
         values = np.concatenate(arrays) if arrays else np.empty(0)
         return values[~np.isnan(values)]
 
+    def input_tokens(self) -> InputTokens:
+        """The measured run's ``input_tokens``, without the rest of :meth:`result`."""
+        self._flush()
+        return _input_figures([s for s in self._order if not s.phase.warmup])["input_tokens"]
+
     def telemetry_status(self) -> tuple[SourceStatus, ...]:
         """The last word on each source (and GPU): available or not, and what is missing."""
         return tuple(
@@ -731,6 +763,48 @@ class SessionSummary:
         return out
 
 
+def _add_reported(stats: _PhaseStats, reported: dict) -> None:
+    """What a successful measured request's server said of it (its ``server_reported``),
+    counted: its own output speed, its count of the prompt and its prefix-cache hits. Both
+    ways a request is counted (its event, its record line) come through here."""
+    server_speed = _server_speed_tps(reported)
+    if server_speed is not None:
+        stats.columns["server_speed_tps"].append(server_speed)
+    prompt, cached = server_input_tokens(reported)
+    if prompt is not None:
+        stats.server_tokens += prompt
+        stats.server_reports += 1
+        if cached is not None:
+            stats.cached_tokens += cached
+            stats.cached_of += prompt
+
+
+def _input_figures(stats: list[_PhaseStats]) -> dict[str, Any]:
+    """``input_tokens`` and ``cached_share`` of one phase, or of several taken together: means
+    a successful request, soaktop's count over all of them, the server's over those it
+    reported for; the cached share over the prompt tokens of those it reported hits for."""
+    ok = sum(s.ok for s in stats)
+    reports = sum(s.server_reports for s in stats)
+    cached_of = sum(s.cached_of for s in stats)
+    return {
+        "input_tokens": InputTokens(
+            asked=sum(s.asked_tokens for s in stats) / ok if ok else None,
+            server=sum(s.server_tokens for s in stats) / reports if reports else None),
+        "cached_share": sum(s.cached_tokens for s in stats) / cached_of if cached_of else None,
+    }
+
+
+def _shortest(lengths: Any) -> int:
+    """The shortest output length a recorded distribution asks for (0: unreadable)."""
+    from soaktop.engine.load.workloads import parse_lengths
+
+    try:
+        parsed = parse_lengths(lengths)
+    except SoaktopError:
+        return 0
+    return 1 if parsed.kind == "normal" else int(min(parsed.values))
+
+
 def summarise(events: Iterable[Any]) -> SessionSummary:
     """The summary of a whole stream of events (a record read back, a run's collected events)."""
     summary = SessionSummary()
@@ -785,6 +859,9 @@ def _figures(parts: list[tuple[_PhaseStats, int]]) -> dict[str, Any]:
         # the share of successful requests that produced the output length asked for: a
         # server stopping early (EOS) makes every per-token figure look different
         "output_length_attained": sum(s.attained for s, _ in parts) / ok if ok else None,
+        # the prompt's length as soaktop counted it and as the server did (its tokenizer), and
+        # the share of the server's count its prefix cache served
+        **_input_figures([s for s, _ in parts]),
         "ttft_ms": distribution(column("ttft_us"), 1e-3),
         # time to first *output* token: the answer, after any reasoning (= TTFT without it)
         "ttfo_ms": distribution(column("ttfo_us"), 1e-3),

@@ -288,3 +288,49 @@ async def test_a_compressed_stream_is_decoded_and_a_plain_one_read_raw():
             server.close()
         texts = [i.text for i in items if isinstance(i, Arrival)]
         assert texts == ["t0", "t1", "t2"], encoding
+
+
+@pytest.mark.parametrize("backend_cls, api", [(OpenAIBackend, "chat"), (OllamaBackend, None)])
+@pytest.mark.parametrize("per_word", [1, 3])
+async def test_the_servers_count_of_the_input_tokens_is_kept_and_warned_of(
+        tmp_path, backend_cls, api, per_word):
+    """A server whose tokenizer makes three tokens of each of soaktop's words: its count is
+    in each request's record, the summary's input_tokens.server is it (from the live events
+    and from the record's lines alike), and the summary warns; one token a word: silent."""
+    from soaktop.engine.metrics.summary import summarise
+    from soaktop.engine.records.format import RecordReader
+    from soaktop.tui.text import summary_table
+
+    schedule = Schedule(ttft_ms=2, itl_ms=1, tokens=4, model="m",
+                        prompt_tokens_per_word=per_word, cached_prefix_tokens=4)
+    async with LoopbackServer(schedule) as server:
+        summary = SessionSummary()
+        config = RunConfig(backend="openai", model="m", concurrency=2, max_requests=8,
+                           warmup_requests=0, output_tokens=4, input_tokens=16,
+                           url=server.url)
+        backend = backend_cls(server.url, model="m", api=api, timeouts=SHORT)
+        await Session(config, backend, record_path=tmp_path / "r.jsonl",
+                      listeners=(summary.add,)).run()
+    result = summary.result()
+    assert result.requests_ok == 8
+    assert result.input_tokens.asked == 16 and result.input_tokens.server == 16 * per_word
+    lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    reported = [r["server_reported"] for r in lines if r["type"] == "request_done"]
+    counts = [r.get("prompt_tokens", r.get("prompt_eval_count")) for r in reported]
+    assert counts == [16 * per_word] * 8
+    read_back = summarise(RecordReader(tmp_path / "r.jsonl").events(raw_requests=True))
+    assert read_back.result().input_tokens == result.input_tokens
+    text = summary_table(result, width=400)
+    warned = [line for line in text.splitlines() if "input tokens asked" in line]
+    if per_word == 3:
+        assert warned == ["warning: the server counted 3.0x the input tokens asked (48 vs 16 a "
+                          "request): its tokenizer is not the one soaktop counted with; give "
+                          "--tokenizer for the server's model, or read input lengths and "
+                          "per-token figures accordingly"]
+    else:
+        assert warned == []
+    if backend_cls is OpenAIBackend:  # prefix-cache hits: 4 of each prompt's tokens
+        assert result.cached_share == 4 / (16 * per_word) == result.phases[-1].cached_share
+        assert f"{4 / (16 * per_word) * 100:.0f}% of prompt tokens served" in text
+    else:  # Ollama reports none
+        assert result.cached_share is None and "prefix cache" not in text

@@ -42,6 +42,16 @@ def test_ttft_and_itl_are_within_1ms_of_the_wire_at_8_streams(workers):
     assert_within_1ms(f)
 
 
+def test_a_loopback_of_two_processes_is_measured_against_the_emissions_of_both():
+    """Two server processes on one port (SO_REUSEPORT), 16 connections spread over them: every
+    complete request pairs with its emission, gathered from whichever process served it, and
+    soaktop agrees with that wire within 1 ms."""
+    f = measure(concurrency=16, tokens_per_s=400, duration_s=4.0, tokens=16, server_processes=2)
+    assert f.server_processes == 2
+    assert f.requests >= 40 and f.unpaired == 0, (f.requests, f.unpaired)
+    assert_within_1ms(f)
+
+
 def test_compare_pairs_by_request_id_and_measures_against_the_wire():
     """The arithmetic the bar above rests on, on hand-made data with a known answer: each
     client arrival 0.2 ms after its chunk left the server, so every error is +0.2 ms."""
@@ -66,7 +76,9 @@ def test_compare_pairs_by_request_id_and_measures_against_the_wire():
     emissions.append(Emission(9, "/v1/chat/completions", 0, None, (1, 2, 3, 4), (1,) * 4, 200,
                               None, request_uuid("other", 0)))
     f = compare(done, emissions, origin_ns, run_id, tokens, concurrency=3, duration_s=1.0)
-    assert f.requests == 3 and f.concurrency == 3
+    assert f.requests == 3 and f.concurrency == 3 and f.unpaired == 0
+    lost = compare(done, emissions[1:], origin_ns, run_id, tokens, concurrency=3, duration_s=1)
+    assert lost.requests == 2 and lost.unpaired == 1  # a request the wire never told of
     assert f.tokens_per_s == pytest.approx(3 * tokens / 1.0)  # received over the 1 s run
     for q in QUANTILES:
         assert f.error_ms("ttft_ms", q) == pytest.approx(0.2)

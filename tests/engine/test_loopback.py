@@ -17,7 +17,17 @@ import pytest
 
 import soaktop.engine
 from soaktop.engine.errors import SoaktopError
-from soaktop.engine.loopback import FAULTS, READY, Emission, LoopbackServer, Schedule, spawn
+from soaktop.engine.loopback import (
+    FAULTS,
+    READY,
+    Emission,
+    GpuModel,
+    LoopbackServer,
+    Schedule,
+    processes_for,
+    spawn,
+    spawn_process,
+)
 
 FAST = Schedule(ttft_ms=2, itl_ms=1, tokens=6)
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "say five words"}], "stream": True}
@@ -457,3 +467,131 @@ def test_a_port_out_of_range_is_one_line():
     assert out.returncode == 2
     assert out.stderr.startswith("soaktop-loopback: ") and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+# -- several processes on one port ----------------------------------------------------------
+
+
+def request_ids_in_parallel(url, n, body=None, tokens=None):
+    """``n`` streamed chat requests at once, each on a connection of its own (so the kernel
+    spreads them over the processes listening on the port); their ids."""
+    body = {**CHAT, **({"max_tokens": tokens} if tokens else {}), **(body or {})}
+
+    async def one(i):
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            response = await client.post("/v1/chat/completions", json=body,
+                                         headers={"X-Request-Id": f"req-{i}"})
+            assert response.status_code == 200
+        return f"req-{i}"
+
+    async def run():
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+    return asyncio.run(run())
+
+
+def emissions_from_fresh_connections(url, times=6):
+    """The emissions, asked on ``times`` new connections (so any process may answer each)."""
+    taken = []
+    for _ in range(times):
+        with httpx.Client(base_url=url) as client:
+            taken.append([Emission.from_dict(e)
+                          for e in client.get("/_loopback/emissions").json()])
+    return taken
+
+
+def test_two_processes_on_one_port_both_serve_and_their_emissions_are_merged():
+    schedule = Schedule(ttft_ms=5, itl_ms=2, tokens=8)
+    with spawn(schedule, processes=2) as url:
+        ids = request_ids_in_parallel(url, 24)
+        first, *later = emissions_from_fresh_connections(url)
+    assert sorted(e.request_id for e in first) == sorted(ids)  # every request, once
+    by_process = {}
+    for e in first:
+        by_process.setdefault(e.process, []).append(e.request)
+    assert sorted(by_process) == [0, 1], by_process  # both accepted connections
+    for numbers in by_process.values():  # each counts its own requests
+        assert sorted(numbers) == list(range(1, len(numbers) + 1))
+    assert [e.received_ns for e in first] == sorted(e.received_ns for e in first)
+    assert later == [[]] * len(later)  # taken once, whichever process was asked
+    for e in first:  # each process paced its streams on the schedule
+        assert len(e.chunks_ns) == 8
+        assert all(0 <= late < 50e6 for late in e.lateness_ns(schedule)), e.lateness_ns(schedule)
+
+
+def test_the_simulated_gpus_see_the_tokens_of_every_process():
+    """Memory fills with every token served (``kv_mib`` per ``kv_fill_tokens``), so a scrape's
+    framebuffer figure tells how many tokens its GPUs were fed: it must be all processes'."""
+    model = GpuModel(gpus=2)
+    with spawn(Schedule(ttft_ms=2, itl_ms=1, tokens=40), processes=2, gpus=model) as url:
+        request_ids_in_parallel(url, 16)
+        served = sum(sum(e.chunk_tokens) for e in emissions_from_fresh_connections(url, 1)[0])
+        time.sleep(2.2)  # the steps that hold them are complete: a scrape integrates them
+        used = set()
+        for _ in range(8):  # fresh connections: whichever process answers, the same figure
+            text = httpx.get(f"{url}/metrics").text
+            used |= {float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                     if line.startswith("DCGM_FI_DEV_FB_USED{")}
+    assert served == 16 * 40
+    expected = model.weights_mib + round(model.kv_mib * served / model.kv_fill_tokens)
+    assert used == {expected}
+
+
+def test_a_parent_of_processes_takes_them_with_it_when_it_ends_or_is_killed():
+    for ending in ("terminate", "kill"):
+        with spawn_process(Schedule(ttft_ms=1, itl_ms=1, tokens=2), processes=2) as server:
+            assert httpx.get(f"{server.url}/v1/models").status_code == 200
+            getattr(server.process, ending)()
+            server.process.wait(timeout=10)
+            deadline = time.monotonic() + 5  # a killed parent: its children see stdin close
+            while time.monotonic() < deadline:
+                try:
+                    httpx.get(f"{server.url}/v1/models", timeout=1)
+                except httpx.ConnectError:
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail(f"a server process still listens after the parent's {ending}")
+
+
+def test_processes_for_a_rate_one_per_4000_tokens_per_s_leaving_a_core_to_the_client():
+    assert [processes_for(rate, cores=16) for rate in (500, 4000, 4001, 8000, 30000)] == [
+        1, 1, 2, 2, 8]
+    assert processes_for(100_000, cores=4) == 3
+    assert processes_for(100_000, cores=2) == 1 and processes_for(100_000, cores=1) == 1
+
+
+def test_bad_process_counts_are_one_line():
+    out = subprocess.run([sys.executable, "-m", "soaktop.engine.loopback", "--processes", "0"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "--processes must be at least 1" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+# -- the server's own count of the prompt -----------------------------------------------------
+
+
+async def test_usage_counts_the_prompt_as_a_tokenizer_that_splits_words_would():
+    """prompt_tokens_per_word: the usage's prompt_tokens (and Ollama's prompt_eval_count) are
+    that many tokens a word; cached_prefix_tokens: vLLM's and SGLang's prefix-cache hits."""
+    body = {**CHAT, "max_tokens": 4, "stream_options": {"include_usage": True}}
+    schedule = Schedule(ttft_ms=2, itl_ms=1, prompt_tokens_per_word=3, cached_prefix_tokens=5)
+    async with LoopbackServer(schedule) as server:
+        _, _, raw = await post_raw(server, "/v1/chat/completions", body)
+        _, _, whole = await post_raw(server, "/v1/chat/completions", {**body, "stream": False})
+        _, _, ndjson = await post_raw(server, "/api/generate", {**GENERATE, "stream": False})
+    usage = json.loads(sse_events(raw)[-2])["usage"]
+    # "say five words": three words, nine tokens, five of them from the prefix cache
+    assert usage == {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13,
+                     "prompt_tokens_details": {"cached_tokens": 5}}
+    assert json.loads(whole)["usage"] == usage
+    assert json.loads(ndjson)["prompt_eval_count"] == 9
+    tiny = Schedule(ttft_ms=2, itl_ms=1, cached_prefix_tokens=50)  # never more than the prompt
+    async with LoopbackServer(tiny) as server:
+        _, _, raw = await post_raw(server, "/v1/chat/completions", body)
+    assert json.loads(sse_events(raw)[-2])["usage"]["prompt_tokens_details"] == \
+        {"cached_tokens": 3}
+    with pytest.raises(ValueError):
+        Schedule(prompt_tokens_per_word=0)
+    with pytest.raises(ValueError):
+        Schedule(cached_prefix_tokens=-1)

@@ -4,7 +4,7 @@ import pytest
 
 from soaktop.engine.events import ClientSample, Phase, PhaseReason, RequestDone, SessionEnd
 from soaktop.engine.metrics.results import CUT_SHORT
-from soaktop.engine.metrics.summary import SessionSummary, summarise
+from soaktop.engine.metrics.summary import SessionSummary, server_input_tokens, summarise
 
 MS = 1_000_000  # ns
 
@@ -13,7 +13,7 @@ def done(rid, phase, sent_ns, arrivals_us, end_us=None, **kw):
     return RequestDone(
         t_ns=sent_ns + (end_us or (arrivals_us[-1] if arrivals_us else 0)) * 1000,
         worker_id=0, request_id=rid, phase_id=phase, backend="fake", model="m",
-        sent_ns=sent_ns, prompt_tokens=8, arrivals_us=tuple(arrivals_us),
+        sent_ns=sent_ns, prompt_tokens=kw.pop("prompt_tokens", 8), arrivals_us=tuple(arrivals_us),
         end_us=end_us or (arrivals_us[-1] if arrivals_us else 0),
         finish_reason=kw.pop("finish_reason", "length"), **kw,
     )
@@ -210,7 +210,8 @@ def test_one_phase_is_computed_alone_and_equals_that_phase_of_the_whole_run():
 FIGURE_KEYS = [
     "requests_ok", "requests_failed", "requests_cancelled", "errors", "error_rate",
     "output_tokens", "duration_s", "output_tokens_per_s", "requests_per_s",
-    "output_length_attained", "ttft_ms", "ttfo_ms", "reasoning_tokens", "itl_ms",
+    "output_length_attained", "input_tokens", "cached_share", "ttft_ms", "ttfo_ms",
+    "reasoning_tokens", "itl_ms",
     "inter_chunk_ms", "tpot_ms", "e2e_ms", "output_speed_tps", "server_speed_tps", "queue_ms",
     "gpus", "power_w", "energy_j_per_token", "tokens_per_s_per_w", "host", "servers",
 ]
@@ -280,11 +281,25 @@ def _mixed_events(seed: int, requests: int = 5000) -> list:
             finish_reason="cancelled" if kind < 0.05 else ("error" if kind < 0.1 else "length"),
             error_class="http_500" if 0.05 <= kind < 0.1 else None,
             warmup=kind > 0.9, queued_us=rng.randrange(0, 100),
-            server_reported={"eval_count": 5, "eval_duration": rng.randint(1, 10**9)}
-            if rng.random() < 0.3 else None))
+            prompt_tokens=rng.randint(1, 300), server_reported=_reported(rng)))
     events.sort(key=lambda e: e.t_ns)
     header = SessionStart(0, 1, "2026-11-23T00:00:00+00:00", {"output_tokens": 8}, {}, {})
     return [header, *events, SessionEnd(25_000 * MS, "completed")]
+
+
+def _reported(rng) -> dict | None:
+    """What a server said of a request, or nothing: Ollama's speed and prompt count, an
+    OpenAI usage with or without prefix-cache hits (details null as vLLM sends without them)."""
+    kind = rng.random()
+    if kind < 0.3:
+        return {"eval_count": 5, "eval_duration": rng.randint(1, 10**9),
+                **({"prompt_eval_count": rng.randint(1, 900)} if rng.random() < 0.5 else {})}
+    if kind < 0.6:
+        prompt = rng.randint(1, 900)
+        details = {"cached_tokens": rng.randint(0, prompt)} if rng.random() < 0.5 else None
+        return {"prompt_tokens": prompt, "completion_tokens": 5, "total_tokens": prompt + 5,
+                "prompt_tokens_details": details}
+    return None
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -357,6 +372,19 @@ def test_batched_counting_matches_each_request_counted_by_the_definitions():
         assert stats.itl.total == pytest.approx(itl[p.phase_id].total, rel=1e-12)
         assert stats.chunk_gaps.total == chunks[p.phase_id].total  # integers: exact
         assert stats.tokens_in_window == int(tokens[index])
+        # input tokens: the mean a successful measured request, soaktop's over all of them,
+        # the server's over those it counted; cached share over those that reported hits
+        mine = [e for e in events if isinstance(e, RequestDone) and e.ok and not e.warmup
+                and e.phase_id == p.phase_id]
+        counts = [server_input_tokens(e.server_reported) for e in mine]
+        server = [n for n, _ in counts if n is not None]
+        hits = [(n, c) for n, c in counts if c is not None]
+        figures = s.phase(p.phase_id)
+        assert figures.input_tokens.asked == (
+            sum(e.prompt_tokens for e in mine) / len(mine) if mine else None)
+        assert figures.input_tokens.server == (sum(server) / len(server) if server else None)
+        assert figures.cached_share == (
+            sum(c for _, c in hits) / sum(n for n, _ in hits) if hits else None)
     assert sum(len(v) for v in ttft.values()) > 2048
     assert sum(len(v) for v in ttfo.values()) > 2048
     assert sum(e.reasoning_tokens > 0 for e in events if isinstance(e, RequestDone)) > 100
@@ -441,6 +469,9 @@ def _same_state(a: SessionSummary, b: SessionSummary) -> None:
         assert np.array_equal(x.chunk_gaps.counts, y.chunk_gaps.counts)
         assert (x.tokens_in_window, x.ok, x.failed, x.cancelled, x.warmup, x.attained) == \
             (y.tokens_in_window, y.ok, y.failed, y.cancelled, y.warmup, y.attained)
+        counted = ("asked_tokens", "server_tokens", "server_reports", "cached_tokens",
+                   "cached_of")
+        assert [getattr(x, c) for c in counted] == [getattr(y, c) for c in counted]
     da, db = a._drift, b._drift
     assert np.array_equal(da._tokens, db._tokens) and da.end_ns == db.end_ns
     assert np.array_equal(da._first_t[: da._first_n], db._first_t[: db._first_n])
@@ -465,6 +496,19 @@ def test_record_lines_count_exactly_as_their_events(seed, phases_measured):
     assert result.soak is not None and result.gpus and result.host
     assert len(result.phases) == 1 + phases_measured
     _same_state(by_event, by_line)
+
+
+def test_record_lines_count_the_input_tokens_as_their_events():
+    """input_tokens and cached_share come out of record lines as out of events, per phase and
+    for the run, and there are some of each kind in the mix to count."""
+    events = _soak_events(1)
+    by_event, by_line = summarise(events), summarise(_record_lines(events))
+    a, b = by_event.result(), by_line.result()
+    assert a.input_tokens == b.input_tokens and a.cached_share == b.cached_share
+    assert [(p.input_tokens, p.cached_share) for p in a.phases] == \
+        [(p.input_tokens, p.cached_share) for p in b.phases]
+    assert a.input_tokens.asked and a.input_tokens.server and a.cached_share
+    assert by_line.input_tokens() == a.input_tokens
 
 
 @pytest.mark.parametrize("seed", [4, 5])
@@ -507,3 +551,81 @@ def test_the_run_telemetry_is_that_of_every_measured_sample():
                         starts[index] <= e.t_ns < starts[index + 1]:
                     alone.add(e)
             assert stats.telemetry.figures(100, 10.0) == alone.figures(100, 10.0)
+
+
+def test_input_tokens_set_the_servers_count_beside_soaktops():
+    s = SessionSummary()
+    s.add(phase(0, 0, warmup=True))
+    s.add(done(0, 0, 0, [1000], prompt_tokens=1, warmup=True,
+               server_reported={"prompt_tokens": 1000}))  # warm-up: not counted
+    s.add(phase(1, 10 * MS))
+    s.add(done(1, 1, 10 * MS, [1000], prompt_tokens=100,
+               server_reported={"prompt_tokens": 300, "completion_tokens": 1,
+                                "prompt_tokens_details": {"cached_tokens": 30}}))
+    s.add(done(2, 1, 10 * MS, [1000], prompt_tokens=120,
+               server_reported={"prompt_eval_count": 360, "eval_count": 1}))  # Ollama
+    s.add(done(3, 1, 10 * MS, [1000], prompt_tokens=140))  # the server said nothing
+    s.add(done(4, 1, 10 * MS, [], prompt_tokens=999, finish_reason="error",
+               error_class="http_500", server_reported={"prompt_tokens": 9999}))  # failed
+    s.add(done(5, 1, 10 * MS, [1000], prompt_tokens=100,
+               server_reported={"prompt_tokens": 300,  # vLLM without prefix-cache details
+                                "prompt_tokens_details": None}))
+    s.add(SessionEnd(20 * MS, "completed"))
+    r = s.result()
+    assert r.input_tokens.asked == (100 + 120 + 140 + 100) / 4  # every successful request
+    assert r.input_tokens.server == (300 + 360 + 300) / 3  # those the server counted
+    assert r.cached_share == 30 / 300  # of the prompts whose hits it reported
+    assert r.phases[1].input_tokens == r.input_tokens and r.phases[1].cached_share == 0.1
+    assert r.phases[0].input_tokens.asked is None and r.phases[0].cached_share is None
+    assert r.to_dict()["input_tokens"] == {"asked": 115.0, "server": 320.0}
+    assert s.input_tokens() == r.input_tokens
+
+
+def test_a_server_that_reports_no_counts_leaves_them_null():
+    s = SessionSummary()
+    s.add(phase(0, 0))
+    s.add(done(0, 0, 0, [1000], server_reported={"eval_count": 1, "eval_duration": 5}))
+    s.add(done(1, 0, 0, [1000], server_reported={"prompt_tokens": True}))  # not a count
+    r = s.result()
+    assert r.input_tokens.asked == 8 and r.input_tokens.server is None
+    assert r.cached_share is None and r.to_dict()["cached_share"] is None
+
+
+@pytest.mark.parametrize("server, warned", [(110.0, False), (90.0, False), (111.0, True),
+                                            (89.0, True), (None, False)])
+def test_the_input_tokens_warning_fires_beyond_ten_percent_either_way(server, warned):
+    import csv
+    import io
+
+    from soaktop.engine.metrics.results import InputTokens, PhaseSummary, RunSummary
+    from soaktop.tui.text import summary_csv, summary_table
+
+    counted = InputTokens(asked=100.0, server=server)
+    phases = (PhaseSummary(phase_id=0, concurrency=1, warmup=True),
+              PhaseSummary(phase_id=1, concurrency=1, input_tokens=counted, cached_share=0.25))
+    r = RunSummary(requests_ok=1, input_tokens=counted, cached_share=0.25, phases=phases)
+    text = summary_table(r, width=400)
+    assert ("warning: the server counted" in text) is warned
+    assert "prefix cache: phase 1 25% of prompt tokens served from it (run 25%)" in text
+    rows = list(csv.DictReader(io.StringIO(summary_csv(r))))
+    assert rows[0]["input_tokens_asked"] == "100.0" and rows[0]["cached_share"] == "0.25"
+    assert rows[0]["input_tokens_server"] == ("" if server is None else repr(server))
+    assert rows[1]["cached_share"] == "" and rows[2]["cached_share"] == "0.25"
+
+
+def test_compare_names_a_different_server_count_of_the_input_tokens():
+    from soaktop.engine.events import SessionStart
+    from soaktop.engine.metrics.compare import Difference, differences
+
+    def run(per_word):
+        s = SessionSummary()
+        s.add(SessionStart(0, 1, "2026-11-23T00:00:00+00:00", {"input_tokens": 8}, {}, {}))
+        s.add(phase(0, 0))
+        for rid in range(3):
+            s.add(done(rid, 0, 0, [1000], server_reported=None if per_word is None
+                       else {"prompt_tokens": 8 * per_word}))
+        return s
+
+    assert differences(run(1), run(1)) == []
+    assert differences(run(1), run(3)) == [Difference("server input tokens", 8, 24)]
+    assert differences(run(None), run(3)) == [Difference("server input tokens", None, 24)]

@@ -202,3 +202,41 @@ def test_soaktop_run_against_llama_cpp(llama_cpp_server):
     # flight at each edge (warm-up ones finishing inside it, unfinished ones at the stop).
     slack = 2 * CONCURRENCY * OUTPUT_TOKENS
     assert abs(result["output_tokens"] - OUTPUT_TOKENS * result["requests_ok"]) <= slack, context
+
+
+INPUT_WORDS = 16
+
+
+def test_the_servers_count_of_soaktops_prompt_and_what_the_summary_says_of_it(llama_cpp_server):
+    """soaktop's prompts are pseudo-words, which this model's byte-level vocabulary splits into
+    several tokens each: the server counts far more input tokens than soaktop asked for. Its
+    count comes only with a non-streamed answer: llama-cpp-python streams no ``usage`` (see
+    above), so soaktop cannot know it, and its summary says so (``input_tokens.server`` null,
+    no warning) rather than guess; a server that streams usage (vLLM, SGLang, llama.cpp's own
+    llama-server) has its count there (the loopback tests prove that path)."""
+    from soaktop.engine.load.prompts import make_prompts
+
+    prompt = make_prompts(0, 1, INPUT_WORDS)[0].text
+    response = httpx.post(
+        f"{llama_cpp_server.url}/v1/chat/completions",
+        json={"model": llama_cpp_server.model, "max_tokens": 1,
+              "messages": [{"role": "user", "content": prompt}]},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    served = response.json()["usage"]["prompt_tokens"]
+    assert served > 2 * INPUT_WORDS  # what the issue saw: far more than asked
+
+    proc = _soaktop(
+        "run", "--headless", "--backend", "openai",
+        "--url", llama_cpp_server.url, "--model", llama_cpp_server.model,
+        "--concurrency", "2", "--duration", "5s", "--json", "--no-record",
+        "--input-tokens", str(INPUT_WORDS), "--output-tokens", "4",
+        timeout=90,
+    )
+    assert proc.returncode == 0, _failure(proc, llama_cpp_server)
+    result = json.loads(proc.stdout)
+    assert result["requests_ok"] > 0, _failure(proc, llama_cpp_server)
+    assert result["input_tokens"] == {"asked": INPUT_WORDS, "server": None}
+    assert result["cached_share"] is None
+    assert "the server counted" not in proc.stdout + proc.stderr
