@@ -274,6 +274,9 @@ class ClientSample:
     kernel_stamps: bool | None = None
     read_lag_p99_us: int | None = None  # kernel stamp -> read, over the second's reads
     read_gap_p10_us: int | None = None  # a stream's arrival to its next, the short end
+    #: With --workers: each worker process's own figures this second (``worker_id``, loop and
+    #: read lag, its read gap, CPU and loop CPU); the fields above are the worst process's.
+    workers: tuple[dict[str, Any], ...] = ()
 
     def _health(self) -> dict[str, Any]:
         return {"kernel_stamps": self.kernel_stamps, "read_lag_p99_us": self.read_lag_p99_us,

@@ -214,7 +214,8 @@ class Session:
             while True:
                 await asyncio.sleep(max(0.0, (tick - self.now_ns()) / 1e9))
                 now, tokens = self.now_ns(), self._tokens_received
-                health = worst_health(self._health.take(), self.backend.health())
+                workers = self.backend.health()
+                health = worst_health(self._health.take(), workers)
                 for event in self.backend.events(self._origin_ns):  # a worker's clock
                     self._emit(event)
                 self._emit(ClientSample(
@@ -225,7 +226,8 @@ class Session:
                     loop_cpu_percent=round(health.loop_cpu_percent, 1),
                     kernel_stamps=self._kernel_stamps,
                     read_lag_p99_us=health.read_lag_p99_us,
-                    read_gap_p10_us=health.read_gap_p10_us))
+                    read_gap_p10_us=health.read_gap_p10_us,
+                    workers=tuple(w.of_worker() for w in workers)))
                 last_t, last_tokens = now, tokens
                 tick = (now // every_ns + 1) * every_ns
         finally:

@@ -288,7 +288,7 @@ class Pool(Backend):
         flights = proc.flights
         for item in items:
             if item[0] == wp.HEALTH:
-                proc.health = HealthFigures(**item[1])
+                proc.health = replace(HealthFigures(**item[1]), worker=proc.index)
                 continue
             if item[0] == wp.CRASHED:
                 proc.crash = item[1]

@@ -51,6 +51,7 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import psutil
@@ -109,6 +110,15 @@ class HealthFigures:
     loop_cpu_percent: float
     read_lag_p99_us: int | None
     read_gap_p10_us: int | None
+    worker: int | None = None  # the worker process these are of (--workers); None: this one
+
+    def of_worker(self) -> dict[str, Any]:
+        """The figures a ``client_sample`` keeps for one worker process (its ``workers``)."""
+        return {"worker_id": self.worker, "loop_lag_p99_us": self.loop_lag_p99_us,
+                "read_lag_p99_us": self.read_lag_p99_us,
+                "read_gap_p10_us": self.read_gap_p10_us,
+                "cpu_percent": round(self.cpu_percent, 1),
+                "loop_cpu_percent": round(self.loop_cpu_percent, 1)}
 
 
 class ClientHealth:

@@ -167,6 +167,13 @@ def test_a_record_of_two_workers_holds_both_and_summarises_as_the_live_run(tmp_p
     per_worker = [sum(d.worker_id == w for d in done) for w in (0, 1)]
     assert min(per_worker) > 0.3 * len(done), per_worker  # least in flight: shared evenly
     assert len(done) == sum(per_worker)
+    # each second keeps each worker's own health beside the worst process's
+    samples = [e for e in events if isinstance(e, ClientSample)]
+    per_second = [sorted(w["worker_id"] for w in s.workers) for s in samples[1:]]
+    assert per_second and all(ids == [0, 1] for ids in per_second), per_second
+    for sample in samples[1:]:
+        assert sample.loop_cpu_percent >= max(w["loop_cpu_percent"] for w in sample.workers)
+        assert all(w["read_lag_p99_us"] is not None for w in sample.workers)  # it reads
 
 
 def test_a_worker_killed_mid_run_costs_its_requests_and_one_line_and_the_run_goes_on(
