@@ -203,11 +203,7 @@ def _supervise(args: list[str], options: argparse.Namespace) -> int:
             if child.poll() is None:
                 child.terminate()
         for child in children:
-            try:
-                child.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+            _reap(child)
             child.stdin.close()
             child.stdout.close()
         shutil.rmtree(folder, ignore_errors=True)
@@ -318,12 +314,17 @@ def spawn_process(
             yield LoopbackProcess(url, int(url.rsplit(":", 1)[1]), child)
         finally:
             child.terminate()
-            try:
-                child.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+            _reap(child)
             child.stdout.close()
+
+
+def _reap(child: subprocess.Popen) -> None:
+    """Wait for a server process told to stop; kill one that has not within 5 s."""
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 @contextmanager
