@@ -18,6 +18,16 @@ def text_of(widget) -> str:
     return str(widget.render())
 
 
+async def until(pilot, condition, seconds: float = 5.0) -> bool:
+    """Let the app run until ``condition()`` holds (a busy machine draws later), at most
+    ``seconds``; whether it held."""
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return True
+        await pilot.pause(0.05)
+    return condition()
+
+
 async def started(app, pilot):
     for _ in range(200):
         session = app.feed.session
@@ -263,8 +273,8 @@ async def test_in_an_open_loop_plus_and_minus_step_the_rate():
 async def test_z_steps_the_time_axis_out_to_the_whole_run_and_shift_z_back():
     app = replay_app(at_s=8.0)
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause(0.2)
         axis = app.screen.query_one(AxisRow)
+        assert await until(pilot, lambda: axis.scale)  # the first frame drawn
         assert axis.scale == "15m · 10s/col"  # the default: 100 columns less the y labels' 8
         await pilot.press("Z")
         assert axis.scale == "92s · 1s/col"
@@ -374,8 +384,10 @@ async def test_the_footer_holds_every_key_down_to_80_columns_quit_included(kind,
     else:
         app = live_app() if kind == "live" else replay_app()
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.3)
-        keys = list(app.screen.query_one(Footer).query(FooterKey))
+        footer = app.screen.query_one(Footer)
+        assert await until(pilot, lambda: any(k.region.width for k in footer.query(FooterKey)))
+        await pilot.pause(0.1)  # every key laid out, not only the first
+        keys = list(footer.query(FooterKey))
         assert keys and "q" in {k.key_display for k in keys}
         assert all(k.region.right <= 80 and k.region.width > 0 for k in keys), [
             (k.key_display, k.region) for k in keys]
