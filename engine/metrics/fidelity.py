@@ -8,7 +8,11 @@ Linux), so the two views are directly comparable:
 - wire TTFT: the client's request left its socket -> the server sent the first content chunk
   (requests are paired by their ``X-Request-Id``);
 - wire ITL: gaps between the content chunks the server sent;
-- soaktop's TTFT and ITL: as defined in :mod:`soaktop.engine.metrics.stats`, from its arrival times.
+- soaktop's TTFT and ITL: as defined in :mod:`soaktop.engine.metrics.stats`, from its arrival times;
+- the send hop: the client's send stamp -> the server had read the request whole. TTFT on both
+  sides runs from the client's send stamp, so a wrong stamp cancels out there; the server's own
+  receive time checks the stamp itself. On loopback the hop is about ±0.2 ms: the server, woken
+  by the send, can read the request before the client's thread, preempted, takes its stamp.
 
 The error at a quantile is soaktop's quantile minus the wire's. It includes everything the
 client adds: sending the request, the kernel's loopback hop, event-loop delays and parsing.
@@ -28,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -46,6 +50,9 @@ from soaktop.engine.metrics.summary import SessionSummary
 from soaktop.engine.session import Session
 
 QUANTILES = (50, 90, 99)
+#: The send hop's: its low end is the hop itself; a server busy with other streams reads some
+#: requests late, which only its upper quantiles show.
+HOP_QUANTILES = (10, 25, 50, 90, 99)
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,9 @@ class Fidelity:
     #: Complete requests soaktop saw that the server's emissions did not hold: 0 unless the
     #: truth was lost (emissions of a server process not gathered), so it is checked, not shown.
     unpaired: int = 0
+    #: The send hop at each of :data:`HOP_QUANTILES` (ms): the server's receive time minus the
+    #: client's send stamp, both ``CLOCK_MONOTONIC``.
+    send_hop_ms: dict[int, float] = field(default_factory=dict)
 
     def error_ms(self, metric: str, q: int) -> float:
         client, wire = getattr(self, metric)[q]
@@ -90,6 +100,7 @@ def compare(done: list[RequestDone], emissions: list[Emission], origin_ns: int, 
     wire_ttft = np.array([(e.chunks_ns[0] - origin_ns - d.sent_ns) / 1e6 for d, e in pairs])
     client_itl = np.concatenate([itl_gaps(d.arrivals_us) for d, _ in pairs]) / 1e3
     wire_itl = np.concatenate([np.diff(e.chunks_ns) for _, e in pairs]) / 1e6
+    send_hop = np.array([(e.received_ns - origin_ns - d.sent_ns) / 1e6 for d, e in pairs])
 
     def quantiles(client: np.ndarray, truth: np.ndarray) -> dict[int, tuple[float, float]]:
         c, t = np.percentile(client, QUANTILES), np.percentile(truth, QUANTILES)
@@ -98,7 +109,8 @@ def compare(done: list[RequestDone], emissions: list[Emission], origin_ns: int, 
     received = sum(d.output_tokens for d in done)
     return Fidelity(concurrency, len(pairs), received / duration_s,
                     quantiles(client_ttft, wire_ttft), quantiles(client_itl, wire_itl),
-                    unpaired=unpaired)
+                    unpaired=unpaired, send_hop_ms=dict(zip(HOP_QUANTILES, map(
+                        float, np.percentile(send_hop, HOP_QUANTILES)))))
 
 
 async def _drive(url: str, concurrency: int, duration_s: float, tokens: int, workers: int = 1,

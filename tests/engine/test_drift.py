@@ -117,3 +117,23 @@ def test_tokens_counted_in_bulk_are_those_counted_one_request_at_a_time():
         d.add(SessionEnd(201 * S, "completed"))
     assert bulk.result() == each.result() and bulk.result().first.tokens_per_s > 0
     assert bulk._tokens.tolist() == each._tokens.tolist()
+
+
+# The thresholds are the verdict's definition (5% fewer tokens/s, a TTFT p95 25% higher), so
+# they are written out here, not imported: a test that read them from the module would move
+# with them. Each is tested just short of its edge and just past it.
+@pytest.mark.parametrize(("drop", "verdict"), [(0.045, "stable"), (0.055, "degrading")])
+def test_tokens_per_s_degrade_past_a_5_percent_drop_and_not_before(drop, verdict):
+    # the same requests sent 1/(1 - drop) times further apart: tokens/s falls by ``drop``
+    result = run([(30, 900, {}, None), (900, 1230, {"every_s": 0.1 / (1 - drop)}, None)])
+    assert result.change.tokens_per_s == pytest.approx(-drop, abs=0.002)
+    assert result.change.ttft_p95_ms == pytest.approx(0.0, abs=1e-6)
+    assert result.verdict == verdict
+
+
+@pytest.mark.parametrize(("rise", "verdict"), [(0.23, "stable"), (0.27, "degrading")])
+def test_ttft_p95_degrades_past_a_25_percent_rise_and_not_before(rise, verdict):
+    result = run([(30, 900, {}, None), (900, 1230, {"ttft_ms": 50.0 * (1 + rise)}, None)])
+    assert result.change.ttft_p95_ms == pytest.approx(rise, abs=0.002)
+    assert abs(result.change.tokens_per_s) < 0.002  # the same sends: TTFT alone decides
+    assert result.verdict == verdict

@@ -11,17 +11,58 @@ warm-up requests are not compared: here the closed loop's first two waves, durin
 client starts 64 requests at once and is CPU-bound (see engine/fidelity.py). Each bar holds
 with the streams read in the session's process and in 2 worker processes (``--workers 2``,
 soaktop.engine.load.workers), whose stamps cross into the session's clock.
+
+TTFT runs from the client's send stamp on both sides, so each run also holds that stamp against
+the server's own receive time. And each bar is the machine's as much as soaktop's: a run that
+misses one is run again only if soaktop flagged itself client-bound in it, as it must when
+other work on the machine starves it (see ``measure_within_1ms``).
 """
 
 import pytest
 
 from soaktop.engine.metrics.fidelity import QUANTILES, measure
 
+#: The send hop's lower quartile: from the client's send stamp to the server's receive time,
+#: -0.1 to +0.11 ms measured (8 to 64 streams, in-process and 2 workers, on 2 cores); with the
+#: stamp taken when the request's coroutine started instead, 0.41 to 0.98 ms. The lower
+#: quartile, as a machine's load only delays: a server busy with other streams reads some
+#: requests late (the hop's p90 reached 0.96 ms), but not a quarter of them.
+SEND_HOP_P25_MS = 0.25
+#: Runs of a test: one that misses a bar is run again only when soaktop flagged seconds of it
+#: client-bound (the machine's other work starved it: its numbers said they were at risk).
+ATTEMPTS = 3
 
-def assert_within_1ms(f):
+
+def misses(f):
+    """What in ``f`` misses a bar: errors of 1 ms or more at a quantile, or a send stamp that
+    disagrees with the server's receive time. TTFT runs from the send stamp on both sides,
+    so a stamp taken at the wrong moment (when the request was due, when its coroutine
+    started) cancels out of the TTFT error; the server's own receive time catches it."""
     errors = {(m, q): round(f.error_ms(m, q), 3) for m in ("ttft_ms", "itl_ms")
               for q in QUANTILES}
-    assert all(abs(e) < 1.0 for e in errors.values()), errors
+    found = [f"errors of 1 ms or more: {errors}"] if any(
+        abs(e) >= 1.0 for e in errors.values()) else []
+    hop = {q: round(ms, 3) for q, ms in f.send_hop_ms.items()}
+    if hop[25] >= SEND_HOP_P25_MS:
+        found.append(f"send stamps earlier than the request left (the hop to the server's "
+                     f"receive at p25 is {SEND_HOP_P25_MS} ms or more): {hop} ms")
+    return found
+
+
+def measure_within_1ms(**run):
+    """``measure(**run)``, which must meet every bar. A run that misses one is excused only
+    when the client flagged itself client-bound in it (after warm-up), as a run on a machine
+    busy with other work does; one that misses a bar unflagged fails at once (either soaktop's
+    timing or its self-check is wrong), and so do ``ATTEMPTS`` flagged ones."""
+    excused = []
+    for _ in range(ATTEMPTS):
+        f = measure(**run)
+        found = misses(f)
+        if not found:
+            return f
+        assert f.client_bound_s > 0, f"missed with no second flagged client-bound: {found}"
+        excused.append(f"{f.client_bound_s:.0f} s client-bound: {found}")
+    pytest.fail(f"client-bound in each of {ATTEMPTS} runs (a busy machine?): {excused}")
 
 
 WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "2-workers"])
@@ -30,26 +71,25 @@ WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "2-worke
 @WORKERS
 def test_ttft_and_itl_are_within_1ms_of_the_wire_at_64_streams_and_3000_tokens_per_s(workers):
     # paced for 3,400 tokens/s: ramp-up and the cut at the end leave about 95% of that
-    f = measure(concurrency=64, tokens_per_s=3400, duration_s=10.0, workers=workers)
+    f = measure_within_1ms(concurrency=64, tokens_per_s=3400, duration_s=10.0, workers=workers)
     assert f.tokens_per_s >= 3000, f"the run only reached {f.tokens_per_s:.0f} tokens/s"
-    assert_within_1ms(f)
 
 
 @WORKERS
 def test_ttft_and_itl_are_within_1ms_of_the_wire_at_8_streams(workers):
-    f = measure(concurrency=8, tokens_per_s=400, duration_s=4.0, tokens=32, workers=workers)
+    f = measure_within_1ms(concurrency=8, tokens_per_s=400, duration_s=4.0, tokens=32,
+                           workers=workers)
     assert f.requests >= 30
-    assert_within_1ms(f)
 
 
 def test_a_loopback_of_two_processes_is_measured_against_the_emissions_of_both():
     """Two server processes on one port (SO_REUSEPORT), 16 connections spread over them: every
     complete request pairs with its emission, gathered from whichever process served it, and
     soaktop agrees with that wire within 1 ms."""
-    f = measure(concurrency=16, tokens_per_s=400, duration_s=4.0, tokens=16, server_processes=2)
+    f = measure_within_1ms(concurrency=16, tokens_per_s=400, duration_s=4.0, tokens=16,
+                           server_processes=2)
     assert f.server_processes == 2
     assert f.requests >= 40 and f.unpaired == 0, (f.requests, f.unpaired)
-    assert_within_1ms(f)
 
 
 def test_compare_pairs_by_request_id_and_measures_against_the_wire():
@@ -69,7 +109,8 @@ def test_compare_pairs_by_request_id_and_measures_against_the_wire():
         arrivals_us = tuple((c - origin_ns - sent_ns + 200_000) // 1000 for c in chunks_ns)
         done.append(RequestDone(sent_ns + 60_000_000, 0, i, 1, "openai", "m", sent_ns, 8,
                                 arrivals_us, arrivals_us[-1], "length"))
-        emissions.append(Emission(i + 1, "/v1/chat/completions", origin_ns + sent_ns, None,
+        received_ns = origin_ns + sent_ns + 50_000 * (i + 1)  # 50, 100, 150 µs after
+        emissions.append(Emission(i + 1, "/v1/chat/completions", received_ns, None,
                                   chunks_ns, (1,) * tokens, 200, None,
                                   request_uuid(run_id, i)))
     # an emission of another run (its id does not pair) changes nothing
@@ -85,6 +126,8 @@ def test_compare_pairs_by_request_id_and_measures_against_the_wire():
         assert f.ttft_ms[q][1] == pytest.approx(20.0)  # the wire's TTFT: 20 ms for each
         assert f.error_ms("itl_ms", q) == pytest.approx(0.0, abs=1e-9)
     assert f.itl_ms[50][1] == pytest.approx(11.0)  # gaps of 10, 11 and 12 ms
+    # the send hop, from the client's send stamp to the server's receive time
+    assert f.send_hop_ms[50] == pytest.approx(0.1) and f.send_hop_ms[25] == pytest.approx(0.075)
 
 
 def test_the_trusted_rate_is_the_highest_whose_p99_errors_stay_under_1_ms():

@@ -224,8 +224,34 @@ def test_a_kill_mid_member_keeps_the_whole_members_before_it(tmp_path):
     path.write_bytes(data[:cut])
     reader = RecordReader(path)
     events = list(reader.events())
-    assert events[:6] == EVENTS[:6] and len(events) <= len(EVENTS) - 1
+    whole = _whole_lines_before(data[spans[2][0]:cut])
+    assert events == EVENTS[:6 + whole]
     assert reader.warnings and "cut short" in reader.warnings[-1]
+
+
+def _whole_lines_before(member_start):
+    """How many whole lines the start of a cut gzip member holds: what zlib can inflate of
+    it, up to its last newline."""
+    return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(member_start).count(b"\n")
+
+
+def test_a_kill_mid_member_keeps_every_whole_line_of_the_cut_member(tmp_path):
+    """A member cut short still holds the lines it inflates to before the cut: each cut that
+    leaves one, two or all three of its lines whole (its trailer cut) gives back exactly
+    those, not fewer."""
+    path = tmp_path / "r.jsonl.gz"
+    _write_in_batches(path, [EVENTS[:3], EVENTS[3:6], EVENTS[6:]])
+    start, end = _members(path)[2]
+    data = path.read_bytes()
+    cuts = {}  # whole lines left -> the first cut that leaves them
+    for cut in range(start + 1, end):
+        cuts.setdefault(_whole_lines_before(data[start:cut]), cut)
+    assert {1, 2, 3} <= cuts.keys(), cuts
+    for whole in (1, 2, 3):
+        path.write_bytes(data[:cuts[whole]])
+        reader = RecordReader(path)
+        assert list(reader.events()) == EVENTS[:6 + whole], whole
+        assert reader.warnings and "cut short" in reader.warnings[-1]
 
 
 def test_a_corrupt_member_loses_only_its_own_lines(tmp_path):

@@ -96,6 +96,30 @@ def test_position_follows_the_clock_scaled_and_stops_when_paused():
     assert replay.position_ns == replay.timeline.end_ns  # never past the end
 
 
+def test_a_speed_change_mid_playback_keeps_the_position_and_scales_what_follows():
+    # not right after a resume (the anchor just set, so any order of re-anchoring passes):
+    # half a second into the record, playing, the speed changes from x10 to x100 and back
+    clock = FakeClock()
+    replay, _ = _collect(speed=10, clock=clock)
+    clock.now += 0.05
+    assert replay.position_ns == 500_000_000
+    replay.set_speed(100)
+    assert replay.position_ns == 500_000_000  # where it was: the past is not rescaled
+    clock.now += 0.01
+    assert replay.position_ns == 1_500_000_000  # 10 ms at x100
+    replay.set_speed(1)
+    assert replay.position_ns == 1_500_000_000
+    clock.now += 0.2
+    assert replay.position_ns == 1_700_000_000  # 200 ms at x1
+    replay.pause()
+    replay.set_speed(4)  # paused: the position holds, and the new speed plays on from there
+    clock.now += 1.0
+    assert replay.position_ns == 1_700_000_000
+    replay.resume()
+    clock.now += 0.05
+    assert replay.position_ns == 1_900_000_000
+
+
 async def test_run_delivers_in_order_at_the_scaled_pace():
     replay, seen = _collect(speed=20)  # a 2 s record at x20: about 0.1 s
     t0 = time.perf_counter()
