@@ -135,6 +135,9 @@ class RunConfig:
     #: ``--tokenizer``: a local tokenizer.json (or a folder with one): synthetic prompts of
     #: an exact token length (soaktop.engine.load.tokenizer).
     tokenizer: str | None = None
+    #: ``--keep-going``: run on when every request fails alike from the start, where a run
+    #: would give up (soaktop.engine.session.Session._give_up_on_failures).
+    keep_going: bool = False
 
     def __post_init__(self) -> None:
         # a record's header gives lists: keep tuples, so a config is hashable and compares equal

@@ -14,15 +14,18 @@ A ``BackendError`` carries ``error_class``: the short, stable name under which f
 counted in the status line, the summary and the record. The HTTP backends use:
 ``connect_refused``, ``connect_error``, ``connect_timeout``, ``connection_reset``,
 ``read_timeout`` and ``http_error`` (other transport failures), ``first_token_timeout``,
-``inter_token_timeout``, ``http_<status>`` (``http_429``, ``http_500``, ...),
-``malformed_sse``, ``malformed_json``, ``non_utf8``, ``incomplete_stream`` (ended without
+``inter_token_timeout``, ``http_<status>`` (``http_429``, ``http_500``, ...; a redirect too,
+``http_302``, never followed), ``not_event_stream`` (a 200 whose Content-Type is not the
+stream asked for: a proxy's login page, a whole JSON answer), ``malformed_sse``,
+``malformed_json``, ``non_utf8``, ``incomplete_stream`` (a stream that ended without
 ``[DONE]`` or ``done: true``) and ``stream_error`` (an error object inside a 200 stream). The
 local engine uses ``oom``, ``engine_crash``, ``engine_closed`` and ``prompt_too_long``.
 ``retry_after_s`` is set when the server asked the client to wait (429/503 with
 ``Retry-After``); the session then holds new requests back until it has passed. ``refused`` says the
 request itself was rejected as invalid (an HTTP 4xx other than 408/429, a prompt too long for
 the local model): sending it again unchanged cannot succeed, so a run whose every request is
-refused stops with that message instead of repeating the mistake.
+refused stops sooner than one whose every request fails otherwise (see
+``Session._give_up_on_failures``).
 """
 
 from __future__ import annotations

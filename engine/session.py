@@ -139,7 +139,9 @@ class Session:
         self.model = config.model
         self._not_before_ns = 0  # a server's Retry-After holds new sends until then
         self._succeeded = False
-        self._refused = ("", 0)  # (error class, how many in a row) before any success
+        #: Before any success: the class of the last failures, how many in a row, whether
+        #: each was refused, and whether they are all the run's requests so far.
+        self._failing: tuple[str, int, bool, bool] = ("", 0, True, True)
         #: Why the run gave up, in one line, when ``SessionEnd.reason`` is ``EndReason.FAILED``.
         self.failure: str | None = None
         if sources is None:
@@ -394,26 +396,59 @@ class Session:
         )
         self._emit(self._phase)
 
-    def _give_up_on_refusals(self, done: RequestDone, refused: bool) -> None:
-        """Stop a run whose every request so far was refused, for one and the same reason.
+    #: When a run gives up on a failure that is certain (see :meth:`_give_up_on_failures`).
+    GIVE_UP_AFTER = 20  # requests failed alike in a row, or twice the concurrency if more
+    GIVE_UP_REFUSED = 8  # ... where each was refused, or the concurrency if more
+    GIVE_UP_WINDOW_S = 10.0  # ... or, this far into the run, every request so far
+    GIVE_UP_FEW = 4  # ... if at least this many
 
-        A wrong model name, a missing API key or a prompt too long for the model is a user
-        mistake, not a soak result: without this the closed loop would repeat it thousands of
-        times a second. Backends mark such errors ``refused`` (429 is load, not a mistake, and
-        is left to Retry-After); a single success anywhere disarms this for the run.
+    def _give_up_on_failures(self, done: RequestDone, refused: bool) -> None:
+        """Stop a run whose requests all fail, the same way, before any has succeeded.
+
+        A server that answers every request with a login page, a wrong model name, a missing
+        API key, a prompt too long for the model: a mistake or a broken set-up, not a soak
+        result, and without this the closed loop would repeat it thousands of times a second.
+        The run stops when nothing has succeeded yet and the last requests to end all failed
+        with one class, as many as:
+
+        - ``GIVE_UP_REFUSED`` (8) or the concurrency, if more, where each was ``refused``
+          (the request itself was wrong: an HTTP 4xx other than 408 and 429, a prompt too
+          long). The same request cannot succeed when sent again, so one round of the
+          closed loop is proof enough;
+        - ``GIVE_UP_AFTER`` (20) or twice the concurrency, if more, whatever the class. Two
+          rounds, because the first round goes out at once and may fail together from one
+          passing cause (a proxy or a server restarting): the second was sent after the
+          first had failed. And at least 20 because, at a low concurrency, a server that
+          fails half its requests at random fails 20 in a row once in a million runs, while
+          20 quick failures cost milliseconds;
+        - or, once the run is ``GIVE_UP_WINDOW_S`` (10 s) old, every request that ended so
+          far, if at least ``GIVE_UP_FEW`` (4): failures that come slowly (timeouts, an
+          open loop's low rate) would take minutes to reach 20.
+
+        A single success disarms this for the run (a server that fails some requests is a
+        soak result); another class starts the count again; requests cut off by the end of
+        the run do not count. ``--keep-going`` (``config.keep_going``) turns it off.
         """
         if done.ok:
             self._succeeded = True
-        if self._succeeded:
+        if self._succeeded or done.error_class is None or self.config.keep_going:
             return
-        if not refused:
-            self._refused = ("", 0)
-            return
-        cls, count = self._refused
-        count = count + 1 if done.error_class == cls else 1
-        self._refused = (done.error_class or "", count)
-        if count >= max(8, self.concurrency):
-            self.failure = f"every request was refused ({count} so far): {done.error_message}"
+        cls, count, all_refused, from_start = self._failing
+        if done.error_class == cls:
+            count, all_refused = count + 1, all_refused and refused
+        else:
+            count, all_refused, from_start = 1, refused, cls == ""
+        self._failing = (done.error_class, count, all_refused, from_start)
+        concurrency = self.concurrency
+        enough = (max(self.GIVE_UP_REFUSED, concurrency) if all_refused
+                  else max(self.GIVE_UP_AFTER, 2 * concurrency))
+        late = (from_start and count >= self.GIVE_UP_FEW
+                and done.t_ns >= self.GIVE_UP_WINDOW_S * 1e9)
+        if (count >= enough or late) and self.failure is None and not self._stopped.is_set():
+            how = "was refused" if all_refused else "failed"
+            example = " ".join((done.error_message or "").split())
+            self.failure = (f"every request {how} as {done.error_class} ({count} so far, "
+                            f"none succeeded; --keep-going runs on): {example}")
             self.stop(EndReason.FAILED)
 
     def _launch(self, due_ns: int | None = None):
@@ -462,7 +497,7 @@ class Session:
             state.end_ns = self.now_ns()
         done = self._request_done(state, phase_id, model, warmup, len(prompt.token_ids))
         self._emit(done)
-        self._give_up_on_refusals(done, state.refused)
+        self._give_up_on_failures(done, state.refused)
 
     # -- a request's parts: its wait, its stream, its record ---------------------------------
     async def _wait_to_send(self, due_ns: int, open_loop: bool) -> int | None:

@@ -216,6 +216,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    "exact token length (needs soaktop[tokenizer]; never downloads)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the synthetic prompts and weights (default 0)")
+    p.add_argument("--keep-going", action=argparse.BooleanOptionalAction, default=None,
+                   help="run on when every request fails the same way from the start "
+                   "(by default such a run stops, says why in one line and exits 2)")
     p.add_argument("--prometheus-port", type=_positive_int, default=None, metavar="PORT",
                    help="serve live metrics (TTFT/ITL/E2E histograms, tokens/s, in flight, "
                    "errors by class, GPU figures) for Prometheus on this port, all interfaces")

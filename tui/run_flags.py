@@ -28,7 +28,7 @@ FLAGS: tuple[tuple[str, str], ...] = (
     ("telemetry", "--telemetry"), ("telemetry_hz", "--telemetry-hz"),
     ("watch_pid", "--watch-pid"), ("ambient_c", "--ambient-c"), ("workers", "--workers"),
     ("ray", "--ray"), ("prompts", "--prompts"), ("unique_prefix", "--unique-prefix"),
-    ("tokenizer", "--tokenizer"),
+    ("tokenizer", "--tokenizer"), ("keep_going", "--keep-going"),
 )
 _DURATIONS = ("phase_s", "duration_s", "connect_timeout_s", "first_token_timeout_s",
               "token_timeout_s")
@@ -61,7 +61,7 @@ def run_command(config: RunConfig) -> list[str]:
     argv = ["run"]
     for field, flag in FLAGS:
         value = getattr(config, field)
-        if isinstance(value, bool):  # --unique-prefix / --no-unique-prefix
+        if isinstance(value, bool):  # --unique-prefix / --no-unique-prefix, --keep-going
             argv.append(flag if value else "--no-" + flag.removeprefix("--"))
         elif value is not None and (value != () or field == "telemetry"):
             argv += [flag, _text(field, value)]

@@ -20,6 +20,7 @@ tokens may end sooner than the one for the first token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import time
@@ -37,7 +38,9 @@ from soaktop.engine.backends.stamping import StampingTransport, arrival_ns
 from soaktop.engine.errors import BackendError, BackendUnavailable
 
 _SSE_FIELDS = ("data", "event", "id", "retry")
-BODY_EXCERPT = 200
+BODY_EXCERPT = 200  # characters of an error status's body kept in its message
+SHOWN_EXCERPT = 80  # characters of an unexpected body or header kept in a message
+FIRST_BYTES_WAIT_S = 1.0  # how long the first bytes of an unexpected body are waited for
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,19 +178,96 @@ class SendClock:
         return {"trace": self}
 
 
+def excerpt(data: bytes | str, limit: int = SHOWN_EXCERPT) -> str:
+    """Untrusted text (a body, a header) as it may be shown: on one line, whitespace runs as
+    one space, anything unprintable (control characters, a terminal's escape sequences,
+    invisible format characters) escaped as ``\\xNN``/``\\uNNNN``, bytes that are not UTF-8
+    as ``\\xNN``; at most ``limit`` characters, an ellipsis last where it was cut."""
+    text = data if isinstance(data, str) else data.decode("utf-8", "backslashreplace")
+    units = [c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+             for c in " ".join(text.split())]
+    shown = "".join(units)
+    if len(shown) <= limit:
+        return shown
+    kept, size = [], 0
+    for unit in units:  # whole escapes only: never half of one
+        if size + len(unit) > limit - 1:
+            break
+        kept.append(unit)
+        size += len(unit)
+    return "".join(kept) + "\u2026"
+
+
+def _redirect_target(response: httpx.Response) -> str:
+    """Where a redirect pointed, absolute, without credentials or query, escaped."""
+    location = response.headers.get("location")
+    if not location:
+        return "without a Location"
+    try:
+        target = strip_credentials(str(response.url.join(location)))
+    except (httpx.InvalidURL, ValueError):
+        target = location
+    return f"to {excerpt(target)}"
+
+
 async def raise_for_status(response: httpx.Response) -> None:
-    """An HTTP error status becomes ``http_<status>`` with an excerpt of the body."""
-    if response.status_code < 400:
-        return
-    body = (await response.aread())[:BODY_EXCERPT].decode("utf-8", "replace")
-    excerpt = " ".join(body.split())
+    """An HTTP error status becomes ``http_<status>`` with an excerpt of the body; a redirect
+    (3xx) is ``http_<status>`` too, with where it pointed: it is never followed (a request
+    sent again elsewhere would measure another server, often a login page)."""
     status = response.status_code
+    if 300 <= status < 400:
+        raise BackendError(f"HTTP {status}: a redirect {_redirect_target(response)}, not "
+                           f"followed", f"http_{status}",
+                           retry_after_s=retry_after_s(response.headers.get("retry-after")))
+    if status < 400:
+        return
+    shown = excerpt((await response.aread())[:BODY_EXCERPT * 4], BODY_EXCERPT)
     raise BackendError(
-        f"HTTP {status}: {excerpt}" if excerpt else f"HTTP {status}",
+        f"HTTP {status}: {shown}" if shown else f"HTTP {status}",
         f"http_{status}",
         retry_after_s=retry_after_s(response.headers.get("retry-after")),
         refused=status < 500 and status not in (408, 429),  # the request itself was wrong
     )
+
+
+async def check_stream_type(response: httpx.Response, accepted: tuple[str, ...],
+                            stream_name: str) -> None:
+    """A 200 that is not the stream asked for fails as ``not_event_stream``, naming its
+    Content-Type and how its body begins (escaped, :data:`SHOWN_EXCERPT` characters).
+
+    A login page or a proxy's error page answered with 200 would otherwise be read as a
+    stream that ended early, and a server that ignored ``stream: true`` (one JSON object) as
+    a broken one: neither says what happened. ``accepted`` are media types (parameters such
+    as ``charset`` aside); a response without a Content-Type is read as the stream it claims
+    to be, and its parser judges it. The first bytes are waited for at most a second (a body
+    that never comes is not worth the first-token limit here); the rest of a longer body is
+    not read.
+    """
+    content_type = response.headers.get("content-type")
+    if content_type is None:
+        return
+    media = content_type.partition(";")[0].strip().lower()
+    if media in accepted:
+        return
+    chunks: list[bytes] = []
+    with contextlib.suppress(asyncio.TimeoutError, httpx.HTTPError):
+        await asyncio.wait_for(_first_bytes(response, chunks, SHOWN_EXCERPT * 4),
+                               FIRST_BYTES_WAIT_S)
+    head = b"".join(chunks)
+    begins = excerpt(head) if head.strip() else "(empty)"
+    raise BackendError(
+        f"not {stream_name}: HTTP {response.status_code} with Content-Type "
+        f"{excerpt(content_type)}; the body begins {begins}", "not_event_stream")
+
+
+async def _first_bytes(response: httpx.Response, chunks: list[bytes], size: int) -> None:
+    """The body's first ``size`` bytes or so, into ``chunks`` as they come (what came is kept
+    when the wait for the rest is cut short)."""
+    async with contextlib.aclosing(_body(response)) as body:
+        async for chunk in body:
+            chunks.append(chunk)
+            if sum(map(len, chunks)) >= size:
+                return
 
 
 def _refused(exc: BaseException) -> bool:

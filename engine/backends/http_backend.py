@@ -24,6 +24,7 @@ from soaktop.engine.backends.http import (
     SendClock,
     Timeouts,
     Watchdog,
+    check_stream_type,
     get_json,
     make_client,
     probe,
@@ -40,7 +41,8 @@ from soaktop.engine.errors import BackendUnavailable, ConfigError
 class HttpBackend(Backend):
     """What the OpenAI-compatible and Ollama backends share; each supplies its wire format.
 
-    A subclass names ``kind``, ``APIS`` (the first is the default), ``MODELS_PATH``, and
+    A subclass names ``kind``, ``APIS`` (the first is the default), ``MODELS_PATH``,
+    ``STREAM_TYPES`` and ``STREAM_NAME`` (what a stream's Content-Type may be), and
     implements :meth:`_path`, :meth:`_body`, :meth:`_read` and :meth:`_model_names`.
     :meth:`_retry_without` lets it answer a refusal by asking again differently (once per
     refusal it recognises); :meth:`_identity_calls` and :meth:`_identity` say how its kind
@@ -49,6 +51,10 @@ class HttpBackend(Backend):
 
     APIS: ClassVar[tuple[str, ...]]
     MODELS_PATH: ClassVar[str]
+    #: The media types a streamed answer may come as, and what to call such a stream in a
+    #: ``not_event_stream`` message.
+    STREAM_TYPES: ClassVar[tuple[str, ...]]
+    STREAM_NAME: ClassVar[str]
 
     def __init__(
         self,
@@ -171,6 +177,7 @@ class HttpBackend(Backend):
                         if await self._retry_without(response):
                             continue
                         await raise_for_status(response)
+                        await check_stream_type(response, self.STREAM_TYPES, self.STREAM_NAME)
                         sent_at = sent_ns(response) or sent.t_ns
                         if sent_at is not None:
                             yield RequestSent(sent_at)

@@ -34,6 +34,10 @@ class OllamaBackend(HttpBackend):
     kind: ClassVar[str] = "ollama"
     APIS = ("generate", "chat")
     MODELS_PATH = "/api/tags"
+    #: Ollama's own (``application/x-ndjson``), and the other names NDJSON goes by
+    STREAM_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl",
+                    "application/x-jsonlines", "application/jsonlines")
+    STREAM_NAME = "an NDJSON stream"
 
     def __init__(self, url: str = DEFAULT_URL, *args: Any, **kwargs: Any) -> None:
         super().__init__(url, *args, **kwargs)

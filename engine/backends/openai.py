@@ -43,6 +43,8 @@ class OpenAIBackend(HttpBackend):
     kind: ClassVar[str] = "openai"
     APIS = ("chat", "completions")
     MODELS_PATH = "/v1/models"
+    STREAM_TYPES = ("text/event-stream",)
+    STREAM_NAME = "an event stream"
 
     def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(url.rstrip("/").removesuffix("/v1"), *args, **kwargs)

@@ -37,10 +37,12 @@ Faults (every ``fault_every``-th generation request, counted from 1):
 ``error_in_stream`` HTTP 200, two content chunks, an error event, end of stream and connection
 ``refuse_usage``    400 for a request with ``stream_options``; others are served normally
 ``finish_error``    the last content chunk's finish reason is ``error``: a failure inside a 200
+``html_200``        a proxy's login page instead: 200, ``text/html``, not a stream
+``redirect_302``    302 to ``/login?next=...`` (a proxy's login page), ``text/html``
 ==================  ===========================================================================
 
-Status faults (``http_*``, ``refuse_usage``) apply to any generation request; the others to
-streaming ones. In-process::
+Status faults (``http_*``, ``refuse_usage``, ``html_200``, ``redirect_302``) apply to any
+generation request; the others to streaming ones. In-process::
 
     async with LoopbackServer(Schedule(ttft_ms=50, itl_ms=20)) as server:
         ...  # talk to server.url; then server.emissions()

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 from soaktop.engine import __version__
 from soaktop.engine.loopback.dcgm import GpuModel, SimulatedGpus
@@ -244,6 +245,33 @@ def _inject(payload: Callable[[Wire], bytes]) -> Callable[[_Response], Awaitable
     return inject
 
 
+#: What a single sign-on proxy answers in a server's place: its login page, with 200.
+_LOGIN_PAGE = (b"<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">"
+               b"<title>Sign in</title></head>\n<body>\n<form method=\"post\" "
+               b"action=\"/login\">\n<input name=\"user\"><input name=\"password\" "
+               b"type=\"password\">\n<button>Sign in</button>\n</form>\n</body>\n</html>\n")
+_MOVED = b'<html><body>Found: <a href="/login">sign in</a></body></html>\n'
+
+
+def _page(status: int, body: bytes, to_login: bool = False
+          ) -> Callable[[_Response], Awaitable[bool]]:
+    """An HTML page of ``status`` in place of the answer, as a proxy in front of the server
+    gives it (not in the API's shape); ``to_login``: with a ``Location`` to its login page."""
+
+    async def page(response: _Response) -> bool:
+        response.trace.status = status
+        headers = [("Content-Type", "text/html; charset=utf-8"),
+                   ("Content-Length", str(len(body)))]
+        if to_login:
+            headers.append(("Location", "/login?next=" + quote(response.trace.path, safe="")))
+        response.writer.write(_head(status, headers, response.keep_alive) + body)
+        response.trace.first_byte_ns = time.perf_counter_ns()
+        await response.writer.drain()
+        return False
+
+    return page
+
+
 async def _stall(response: _Response) -> bool:
     response.keep_alive = False
     await asyncio.sleep(_STALL_S)
@@ -301,6 +329,10 @@ _FAULTS: dict[str, _Fault] = {
         only_if=lambda body: "stream_options" in body),
     # the last chunk's finish_reason is "error": a failure inside a 200
     "finish_error": _Fault(_At.LAST_CHUNK, _finish_with_error),
+    # a proxy in front of the server: its login page, with 200 (not a stream) ...
+    "html_200": _Fault(_At.BEFORE_HEADERS, _page(200, _LOGIN_PAGE)),
+    # ... or a redirect to that page
+    "redirect_302": _Fault(_At.BEFORE_HEADERS, _page(302, _MOVED, to_login=True)),
 }
 #: The faults' names, in the table's order: what ``fault=`` and ``--fault`` accept.
 FAULTS = tuple(_FAULTS)

@@ -59,6 +59,8 @@ async def test_a_clean_stream_over_a_socket():
         ("no_done", "incomplete_stream"),
         ("non_utf8", "non_utf8"),
         ("error_in_stream", "stream_error"),
+        ("html_200", "not_event_stream"),
+        ("redirect_302", "http_302"),
     ],
 )
 async def test_each_fault_is_classified(fault, error_class):
@@ -106,6 +108,25 @@ async def test_ollama_stream_without_done_line():
         with pytest.raises(BackendError) as info:
             await collect(OllamaBackend(server.url, timeouts=SHORT))
     assert info.value.error_class == "incomplete_stream"
+
+
+@pytest.mark.parametrize("make", [OpenAIBackend, OllamaBackend], ids=["openai", "ollama"])
+async def test_a_proxys_login_page_and_its_redirect_say_what_they_are(make):
+    """Over a socket: the page is ``not_event_stream`` naming ``text/html`` and how the page
+    begins; the redirect ``http_302`` naming where it pointed, not followed."""
+    async with LoopbackServer(FAST, fault="html_200") as server:
+        with pytest.raises(BackendError) as page:
+            await asyncio.wait_for(collect(make(server.url, timeouts=SHORT)), 10)
+    async with LoopbackServer(FAST, fault="redirect_302") as server:
+        with pytest.raises(BackendError) as moved:
+            await asyncio.wait_for(collect(make(server.url, timeouts=SHORT)), 10)
+        served = server.emissions()
+    assert page.value.error_class == "not_event_stream"
+    assert "Content-Type text/html; charset=utf-8; the body begins <!DOCTYPE html>" in str(
+        page.value)
+    assert moved.value.error_class == "http_302"
+    assert f"a redirect to {server.url}/login, not followed" in str(moved.value)
+    assert [(e.status, e.fault) for e in served] == [(302, "redirect_302")]
 
 
 async def test_models_lists_what_the_server_serves():
@@ -182,12 +203,12 @@ async def test_killed_server_then_restarted_load_resumes():
     assert late_ok, "load did not resume after the server came back"
 
 
-async def run_against(fault, fault_every=1, duration_s=3.0, concurrency=4):
+async def run_against(fault, fault_every=1, duration_s=3.0, concurrency=4, **config):
     async with LoopbackServer(FAST, fault=fault, fault_every=fault_every) as server:
         summary = SessionSummary()
         config = RunConfig(backend="openai", model="m", concurrency=concurrency,
                            duration_s=duration_s, warmup_requests=0, output_tokens=8,
-                           url=server.url)
+                           url=server.url, **config)
         session = Session(config, OpenAIBackend(server.url, timeouts=SHORT),
                           listeners=(summary.add,))
         end = await session.run()
@@ -201,6 +222,29 @@ async def test_a_run_whose_every_request_is_refused_gives_up_in_one_line():
     assert session.failure.startswith("every request was refused")
     assert "does not exist" in session.failure and "\n" not in session.failure
     assert end.detail == {"failure": session.failure}  # the record keeps why
+
+
+@pytest.mark.parametrize("fault, error_class, says", [
+    ("html_200", "not_event_stream", "Content-Type text/html"),
+    ("redirect_302", "http_302", "/login, not followed"),
+])
+async def test_a_run_whose_every_request_fails_alike_gives_up_in_one_line(fault, error_class,
+                                                                          says):
+    """Whatever the class: 20 alike in a row (at concurrency 4), none succeeded, and the run
+    stops, saying the class and one of the messages; not 3 s of failures."""
+    session, end, result = await run_against(fault)
+    assert end.reason == "failed" and end.t_ns < 1e9
+    assert result.errors.keys() == {error_class} and result.requests_ok == 0
+    assert 20 <= result.requests_failed < 20 + 4
+    assert session.failure.startswith(f"every request failed as {error_class} (20 so far")
+    assert says in session.failure and "\n" not in session.failure
+    assert end.detail == {"failure": session.failure}
+
+
+async def test_keep_going_runs_on_through_failures_that_are_certain():
+    session, end, result = await run_against("html_200", duration_s=1.0, keep_going=True)
+    assert end.reason == "completed" and session.failure is None
+    assert result.errors.keys() == {"not_event_stream"} and result.requests_failed > 20
 
 
 async def test_rate_limits_and_partial_failures_do_not_give_up():

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from soaktop.engine.backends.base import Arrival, GenerationRequest, Prompt, StreamEnd
-from soaktop.engine.backends.http import share_tokens, strip_credentials
+from soaktop.engine.backends.http import excerpt, share_tokens, strip_credentials
 from soaktop.engine.backends.ollama import OllamaBackend
 from soaktop.engine.backends.openai import OpenAIBackend
 from soaktop.engine.errors import BackendError
@@ -47,8 +47,11 @@ class Server:
             return httpx.Response(200, json={"data": [{"id": "m"}], "models": [{"name": "m"}]})
         if self.refuse_usage and b"stream_options" in request.content:
             return httpx.Response(400, json={"error": {"message": "unknown stream_options"}})
+        # each API's own stream type, as the servers send them (Ollama: NDJSON)
+        stream_type = ("application/x-ndjson" if request.url.path.startswith("/api/")
+                       else "text/event-stream")
         return httpx.Response(self.status, content=self.body,
-                              headers={"content-type": "text/event-stream", **self.headers})
+                              headers={"content-type": stream_type, **self.headers})
 
 
 async def collect(backend):
@@ -182,3 +185,152 @@ async def test_ollama_stream_without_done_is_incomplete():
     with pytest.raises(BackendError) as info:
         await collect(OllamaBackend("http://soaktop.test", transport=httpx.MockTransport(server)))
     assert info.value.error_class == "incomplete_stream"
+
+
+def ollama(server, **kw):
+    return OllamaBackend("http://soaktop.test", transport=httpx.MockTransport(server), **kw)
+
+
+LOGIN_PAGE = (b"<!DOCTYPE html>\n<html>\n<head><title>Sign in</title></head>\n<body>\n"
+              b"<form action=\"/login\"><input name=\"user\"></form>\n" + b" " * 4000
+              + b"</body></html>\n")
+NDJSON = (b'{"response": "a", "done": false}\n'
+          b'{"response": "", "done": true, "eval_count": 1}\n')
+
+
+def shown_body(message: str) -> str:
+    """What a ``not_event_stream`` message shows of the body."""
+    return message.partition("; the body begins ")[2]
+
+
+@pytest.mark.parametrize("make", [openai, ollama], ids=["openai", "ollama"])
+async def test_a_login_page_with_200_is_not_an_event_stream(make):
+    """A proxy's login page answered with 200: ``not_event_stream``, naming the content type
+    and showing how the body begins, on one line, at most 80 characters of it; not a stream
+    that ended early, which is what it was counted as before."""
+    server = Server(LOGIN_PAGE, headers={"content-type": "text/html; charset=utf-8"})
+    with pytest.raises(BackendError) as info:
+        await collect(make(server))
+    message = str(info.value)
+    assert info.value.error_class == "not_event_stream"
+    assert "Content-Type text/html; charset=utf-8" in message and "\n" not in message
+    body = shown_body(message)
+    assert body.startswith("<!DOCTYPE html> <html> <head><title>Sign in</title>")
+    assert len(body) == 80 and body.endswith("\u2026")  # cut, and said to be
+    assert not info.value.refused and info.value.retry_after_s is None
+
+
+@pytest.mark.parametrize(
+    "make, body, content_type",
+    [
+        # a server that ignored "stream": true and answered the whole completion at once
+        (openai, json.dumps({"id": "x", "choices": [{"message": {"content": "hi"}}]}).encode(),
+         "application/json"),
+        (ollama, b'{"model": "m", "response": "hi", "done": true}', "application/json"),
+        (ollama, sse(chunk("a")), "text/event-stream"),  # an OpenAI stream where NDJSON is due
+        (openai, NDJSON, "application/x-ndjson"),  # and the other way round
+        (openai, b"", "text/plain"),
+    ],
+    ids=["openai-json", "ollama-json", "ollama-sse", "openai-ndjson", "empty-text"],
+)
+async def test_a_200_of_another_type_is_not_an_event_stream(make, body, content_type):
+    server = Server(body, headers={"content-type": content_type})
+    with pytest.raises(BackendError) as info:
+        await collect(make(server))
+    assert info.value.error_class == "not_event_stream"
+    assert f"Content-Type {content_type};" in str(info.value)
+    assert shown_body(str(info.value)) == (excerpt(body) if body else "(empty)")
+
+
+@pytest.mark.parametrize(
+    "make, body, content_type",
+    [
+        (openai, sse(chunk("a")), "text/event-stream; charset=utf-8"),  # vLLM's
+        (openai, sse(chunk("a")), "Text/Event-Stream"),
+        (ollama, NDJSON, "application/x-ndjson"),
+        (ollama, NDJSON, "application/x-ndjson; charset=utf-8"),
+    ],
+)
+async def test_the_stream_types_are_read_with_any_parameters(make, body, content_type):
+    items = await collect(make(Server(body, headers={"content-type": content_type})))
+    assert [i.text for i in items if isinstance(i, Arrival)] == ["a"]
+
+
+@pytest.mark.parametrize("make, body", [(openai, sse(chunk("a"))), (ollama, NDJSON)],
+                         ids=["openai", "ollama"])
+async def test_a_stream_without_a_content_type_is_judged_by_its_bytes(make, body):
+    """No Content-Type at all is no proof of a wrong answer: the stream is read, and only a
+    body that is not one fails (as it did before)."""
+
+    def bare(request: httpx.Request) -> httpx.Response:
+        if request.url.path in ("/v1/models", "/api/tags"):
+            return httpx.Response(200, json={"data": [{"id": "m"}], "models": [{"name": "m"}]})
+        return httpx.Response(200, content=body)
+
+    items = await collect(make(bare))
+    assert [i.text for i in items if isinstance(i, Arrival)] == ["a"]
+    assert "content-type" not in bare(httpx.Request("POST", "http://x/v1/chat/completions")
+                                      ).headers
+
+
+@pytest.mark.parametrize("make", [openai, ollama], ids=["openai", "ollama"])
+@pytest.mark.parametrize("status", [301, 302, 307])
+async def test_a_redirect_is_http_3xx_with_where_it_pointed_and_never_followed(make, status):
+    server = Server(b"<html>Found</html>", status, headers={
+        "content-type": "text/html",
+        "location": "https://sso.example:8443/login?next=%2Fv1&token=s3cret"})
+    with pytest.raises(BackendError) as info:
+        await collect(make(server))
+    message = str(info.value)
+    assert info.value.error_class == f"http_{status}"
+    assert "to https://sso.example:8443/login" in message and "not followed" in message
+    assert "s3cret" not in message  # a query may carry a token: left out
+    assert not info.value.refused
+    assert [r.url.host for r in server.requests] == ["soaktop.test"] * len(server.requests)
+    asked = [r for r in server.requests if r.url.path in ("/v1/chat/completions",
+                                                          "/api/generate")]
+    assert len(asked) == 1  # asked once, not again where it pointed
+
+
+async def test_a_relative_redirect_is_named_in_full():
+    server = Server(b"", 302, headers={"location": "/login?next=x"})
+    with pytest.raises(BackendError) as info:
+        await collect(openai(server))
+    assert "a redirect to http://soaktop.test/login, not followed" in str(info.value)
+    server = Server(b"", 303)
+    with pytest.raises(BackendError) as info:
+        await collect(openai(server))
+    assert info.value.error_class == "http_303" and "without a Location" in str(info.value)
+
+
+async def test_what_a_message_shows_of_a_body_is_escaped():
+    """A body is untrusted: a terminal's escape sequences, invisible characters and bytes
+    that are not UTF-8 are shown escaped, never passed to the screen as they are."""
+    body = b"\x1b[2J\x1b]0;owned\x07<h1>\xe2\x80\xaeevil\xff\xfe</h1>"
+    server = Server(body, headers={"content-type": "text/html\x1b[31m"})
+    with pytest.raises(BackendError) as info:
+        await collect(openai(server))
+    message = str(info.value)
+    assert message.isprintable()
+    assert "Content-Type text/html\\x1b[31m;" in message
+    assert shown_body(message) == "\\x1b[2J\\x1b]0;owned\\x07<h1>\\u202eevil\\xff\\xfe</h1>"
+
+
+def test_an_excerpt_is_one_printable_line_of_at_most_its_limit():
+    assert excerpt(b"a\r\n\t b") == "a b"
+    assert excerpt("x" * 80) == "x" * 80
+    assert excerpt("x" * 81) == "x" * 79 + "\u2026"
+    # an escape is never cut in half: it goes whole, or not at all
+    cut = excerpt("x" * 76 + "\x1b" + "yyy")
+    assert cut == "x" * 76 + "\u2026" and len(cut) <= 80
+    assert excerpt(b"\x00" * 100, 20) == "\\x00" * 4 + "\u2026"
+    assert all(len(excerpt(bytes(range(256)) * k)) <= 80 for k in (1, 2, 3))
+
+
+async def test_an_error_status_body_is_escaped_too():
+    server = Server(b"\x1b[31mdown\x1b[0m " + b"z" * 500, 502)
+    with pytest.raises(BackendError) as info:
+        await collect(openai(server))
+    message = str(info.value)
+    assert message.startswith("HTTP 502: \\x1b[31mdown\\x1b[0m zzz") and message.isprintable()
+    assert len(message) == len("HTTP 502: ") + 200  # the 200 characters it always kept

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from soaktop.engine.backends.fake import FakeBackend
+from soaktop.engine.errors import BackendError
 from soaktop.engine.events import Phase, RequestDone, SessionEnd, SessionStart, TokensArrived
 from soaktop.engine.metrics.summary import summarise
 
@@ -268,3 +269,101 @@ async def test_pause_sends_nothing_new_and_resume_picks_up_the_level(make_sessio
     ends = [e.t_ns for e in done if e.phase_id == 0]
     assert max(ends) > paused_at  # in-flight requests finished after the pause
     assert len([e for e in done if e.phase_id == 2 and e.finish_reason != "cancelled"]) > 5
+
+
+# -- giving up on a failure that is certain ------------------------------------------------------
+class Failing(FakeBackend):
+    """Requests fail as ``classes(request_id)`` says (None: it succeeds), ``refused`` or not."""
+
+    def __init__(self, classes, refused=False, **kw):
+        super().__init__(ttft_s=kw.pop("ttft_s", 0.001), itl_s=0.0005, **kw)
+        self.classes, self.refused = classes, refused
+
+    async def _generate(self, request):
+        error_class = self.classes(request.request_id)
+        if error_class is not None:
+            await asyncio.sleep(self.ttft_s)
+            raise BackendError(f"request {request.request_id}:\nno such thing", error_class,
+                               refused=self.refused)
+        async for item in super()._generate(request):
+            yield item
+
+
+def failed(events):
+    return [d for d in events.of(RequestDone) if d.error_class is not None]
+
+
+@pytest.mark.parametrize("concurrency, enough", [(1, 20), (4, 20), (10, 20), (16, 32)])
+async def test_a_run_failing_alike_from_the_start_gives_up_after_enough(make_session,
+                                                                        concurrency, enough):
+    """Twenty alike in a row, or two rounds of the concurrency when that is more: the run
+    ends ``failed``, saying the class, how many and one message, on one line."""
+    session, events = make_session(Failing(lambda i: "not_event_stream"),
+                                   concurrency=concurrency, duration_s=10.0, output_tokens=4)
+    end = await asyncio.wait_for(session.run(), 10)
+    assert end.reason == "failed" and end.detail == {"failure": session.failure}
+    assert session.failure.startswith(
+        f"every request failed as not_event_stream ({enough} so far, none succeeded; "
+        f"--keep-going runs on): request ")
+    assert session.failure.endswith(": no such thing") and "\n" not in session.failure
+    # it gave up on the one that made it enough: requests already failing in the same turn
+    # of the loop may be counted too, none later
+    assert enough <= len(failed(events)) < enough + concurrency
+    assert end.t_ns < 5e9
+
+
+@pytest.mark.parametrize("concurrency, enough", [(2, 8), (12, 12)])
+async def test_refusals_give_up_sooner(make_session, concurrency, enough):
+    """The rule that was there before: requests the server refused as wrong (a 4xx), 8 in
+    a row or one round of the concurrency; sending them again cannot help."""
+    session, events = make_session(Failing(lambda i: "http_404", refused=True),
+                                   concurrency=concurrency, duration_s=10.0, output_tokens=4)
+    end = await asyncio.wait_for(session.run(), 10)
+    assert end.reason == "failed"
+    assert session.failure.startswith(f"every request was refused as http_404 ({enough} so far")
+
+
+async def test_one_success_and_the_run_never_gives_up(make_session):
+    session, events = make_session(Failing(lambda i: None if i == 0 else "http_500"),
+                                   concurrency=1, duration_s=0.5, output_tokens=4)
+    end = await session.run()
+    assert end.reason == "completed" and session.failure is None
+    assert len(failed(events)) > 40
+
+
+async def test_another_class_starts_the_count_again(make_session):
+    session, events = make_session(
+        Failing(lambda i: "connection_reset" if i < 15 else "not_event_stream"),
+        concurrency=1, duration_s=5.0, output_tokens=4)
+    end = await asyncio.wait_for(session.run(), 10)
+    assert end.reason == "failed" and "not_event_stream (20 so far" in session.failure
+    assert len(failed(events)) == 35
+
+
+async def test_keep_going_never_gives_up(make_session):
+    session, events = make_session(Failing(lambda i: "not_event_stream"), concurrency=2,
+                                   duration_s=0.5, output_tokens=4, keep_going=True)
+    end = await session.run()
+    assert end.reason == "completed" and session.failure is None
+    assert len(failed(events)) > 40
+    assert events.of(SessionStart)[0].config["keep_going"] is True  # the header says so
+
+
+async def test_slow_failures_give_up_once_the_window_has_passed(make_session):
+    """Failures that come slowly (timeouts) would take long to reach 20: once the run is
+    ``GIVE_UP_WINDOW_S`` old, four alike from the start are enough (a short window here)."""
+    session, events = make_session(Failing(lambda i: "first_token_timeout", ttft_s=0.1),
+                                   concurrency=1, duration_s=5.0, output_tokens=4)
+    session.GIVE_UP_WINDOW_S = 0.25
+    end = await asyncio.wait_for(session.run(), 10)
+    assert end.reason == "failed" and "first_token_timeout (4 so far" in session.failure
+    assert len(failed(events)) == 4
+
+
+async def test_the_window_wants_every_request_alike_from_the_start(make_session):
+    session, events = make_session(
+        Failing(lambda i: "connection_reset" if i == 0 else "first_token_timeout",
+                ttft_s=0.1), concurrency=1, duration_s=1.2, output_tokens=4)
+    session.GIVE_UP_WINDOW_S = 0.25
+    end = await asyncio.wait_for(session.run(), 10)
+    assert end.reason == "completed" and session.failure is None

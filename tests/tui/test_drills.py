@@ -352,3 +352,44 @@ async def test_drill_nvml_failing_mid_run(tmp_path, code, reason):
     assert reader.warnings == []
     assert recorded == [e for e in events if type(e) in TYPE_TAGS]
     assert summarise(events).result() == summarise(recorded).result()
+
+
+@pytest.mark.parametrize(
+    "fault, error_class, says",
+    [("html_200", "not_event_stream", "Content-Type text/html"),
+     ("redirect_302", "http_302", "/login, not followed")],
+)
+def test_drill_a_proxy_answering_every_request_with_its_login_page(tmp_path, fault, error_class,
+                                                                  says):
+    """A proxy in front of the server answers every request with its login page (200
+    ``text/html``), or a redirect to it. The run gives up within 10 s, exit 2: the summary
+    comes out, and then one line naming the class and what the server said (the content
+    type, or where it pointed). With ``--keep-going`` the same run goes on for its 3 s and
+    counts every failure under that class. Lost nothing, both times."""
+    record = tmp_path / f"{fault}.jsonl.gz"
+    with spawn(SCHEDULE, fault=fault) as url:
+        began = time.monotonic()
+        with reaped(start_soaktop(url, record, "--duration", "60s",
+                                  "--concurrency", "4")) as proc:
+            out, err = proc.communicate(timeout=30)
+        took, code = time.monotonic() - began, proc.returncode
+        kept = tmp_path / f"{fault}-kept.jsonl.gz"
+        with reaped(start_soaktop(url, kept, "--duration", "3s", "--concurrency", "4",
+                                  "--keep-going")) as proc:
+            went_on = finish(proc)
+    assert code == 2 and took < 10, (code, took)
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    assert last.startswith(f"soaktop: error: every request failed as {error_class} (20 so far")
+    assert says in last
+    assert [line for line in err.splitlines() if error_class in line] == [last]
+    live = json.loads(out)
+    assert live["ended"] == "failed" and live["requests_ok"] == 0
+    assert set(live["errors"]) == {error_class}
+    events = lost_nothing(record, live)
+    assert events[-1].reason == "failed" and events[-1].detail["failure"] in last
+    assert went_on["ended"] == "completed" and went_on["requests_ok"] == 0
+    assert set(went_on["errors"]) == {error_class}
+    assert went_on["errors"][error_class] > 20  # well past where it would have given up
+    header = lost_nothing(kept, went_on)[0]
+    assert header.config["keep_going"] is True
