@@ -131,7 +131,8 @@ def session_s(events: list[Any], wall: float) -> float:
 def test_drill_server_killed_mid_run_and_restarted(tmp_path):
     """The server crashes (SIGKILL) two seconds into an 8 s run at concurrency 4 and comes
     back on the same port two seconds later. The run must go on: the requests in flight at the
-    crash fail as ``connection_reset``, new ones as ``connect_refused`` while nothing listens
+    crash fail as ``connection_reset`` (a connect under way then, now and then, as
+    ``connect_error``), new ones as ``connect_refused`` while nothing listens
     (backing off, not in a hot loop), and load resumes once the server is back, every request
     sent after that succeeding. Lost nothing: the record summarises to the live ``--json``,
     the failures counted by class in both."""
@@ -152,7 +153,10 @@ def test_drill_server_killed_mid_run_and_restarted(tmp_path):
     events = lost_nothing(record, live)
     assert live["ended"] == "completed"
     errors = live["errors"]
-    assert set(errors) <= {"connection_reset", "connect_refused"}, errors
+    # a connect that was under way when the server died is reset by the dying kernel socket
+    # (ECONNRESET, not ECONNREFUSED): connect_error, at most once a stream
+    assert set(errors) <= {"connection_reset", "connect_refused", "connect_error"}, errors
+    assert errors.get("connect_error", 0) <= 4, errors
     assert errors.get("connection_reset", 0) >= 1  # in flight when it died
     assert errors.get("connect_refused", 0) >= 1  # sent while nothing listened
     # backed off: each of the 4 streams tries once per hold (50 ms doubling to 2 s), about 6
