@@ -508,10 +508,24 @@ class SessionSummary:
             columns["queued_us"].extend(
                 np.array([d.get("queued_us", 0) for d in lines], dtype=np.float64))
         stats.asked_tokens += sum([d["prompt_tokens"] for d in lines])
+        # most servers report their usage with every request: its plain OpenAI form is
+        # counted here, inline (a call a request cost a tenth of a 30-minute soak's summary);
+        # anything else (Ollama's durations, prefix-cache details, odd values) goes through
+        # _add_reported, as an event's does
+        server_tokens = server_reports = 0
         for d in lines:
             reported = d.get("server_reported")
-            if reported:
-                _add_reported(stats, reported)
+            if not reported:
+                continue
+            if len(reported) == 2 or (len(reported) == 3 and "total_tokens" in reported):
+                prompt = reported.get("prompt_tokens")
+                if type(prompt) is int and "completion_tokens" in reported:
+                    server_tokens += prompt
+                    server_reports += 1
+                    continue
+            _add_reported(stats, reported)
+        stats.server_tokens += server_tokens
+        stats.server_reports += server_reports
         target = self._target
         stats.attained += len(lines) if target is None else int(np.count_nonzero(n >= target))
 

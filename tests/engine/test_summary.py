@@ -629,3 +629,23 @@ def test_compare_names_a_different_server_count_of_the_input_tokens():
     assert differences(run(1), run(1)) == []
     assert differences(run(1), run(3)) == [Difference("server input tokens", 8, 24)]
     assert differences(run(None), run(3)) == [Difference("server input tokens", None, 24)]
+
+
+def test_record_lines_count_each_form_of_a_servers_usage_as_their_events():
+    """The plain OpenAI usage, with or without ``total_tokens``, is counted inline on the
+    record-line path; every other form goes the event's way. Worked by hand: 4 requests of
+    16 words each; the server counted 48, 48, 40 and 32 (Ollama) prompt tokens, and of one
+    of them 30 were cached."""
+    reports = [{"prompt_tokens": 48, "completion_tokens": 4},
+               {"prompt_tokens": 48, "completion_tokens": 4, "total_tokens": 52},
+               {"prompt_tokens": 40, "completion_tokens": 4,
+                "prompt_tokens_details": {"cached_tokens": 30}},
+               {"prompt_eval_count": 32, "eval_count": 4, "eval_duration": 10**8}]
+    events = [phase(0, 0)] + [
+        done(i, 0, i * 10**9, [1000, 2000, 3000, 4000], prompt_tokens=16,
+             server_reported=r) for i, r in enumerate(reports)]
+    events.append(SessionEnd(5 * 10**9, "completed"))
+    by_event, by_line = summarise(events).result(), summarise(_record_lines(events)).result()
+    assert by_line == by_event
+    assert by_line.input_tokens.asked == 16 and by_line.input_tokens.server == 168 / 4
+    assert by_line.cached_share == 30 / 40
