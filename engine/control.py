@@ -321,11 +321,7 @@ class ControlServer:
             if target < 1:
                 raise _Refused(f"concurrency must be at least 1 (got {target})")
         session.set_concurrency(target, reason=PhaseReason.KEY if key else PhaseReason.COMMAND)
-        if session.paused:
-            return f"concurrency {target} on resume (the load is paused)"
-        if target == before:
-            return f"concurrency stays {target}"
-        return f"concurrency {before} -> {target}"
+        return self._changed("concurrency", before, target)
 
     def _rate(self, request: dict[str, Any], key: bool) -> str:
         session = self.session
@@ -343,11 +339,16 @@ class ControlServer:
         if not rate > 0:
             raise _Refused(f"a rate must be above 0 requests/s (got {rate:g})")
         session.set_rate(rate, reason=PhaseReason.KEY if key else PhaseReason.COMMAND)
-        if session.paused:
-            return f"rate {rate:g} requests/s on resume (the load is paused)"
-        if rate == before:
-            return f"rate stays {rate:g} requests/s"
-        return f"rate {before:g} -> {rate:g} requests/s"
+        return self._changed("rate", before, rate, " requests/s")
+
+    def _changed(self, what: str, before: float, after: float, unit: str = "") -> str:
+        """What a new concurrency or rate did, in one line: held for the resume while the
+        load is paused, the same as before, or from one level to the other."""
+        if self.session.paused:
+            return f"{what} {after:g}{unit} on resume (the load is paused)"
+        if after == before:
+            return f"{what} stays {after:g}{unit}"
+        return f"{what} {before:g} -> {after:g}{unit}"
 
     def _pause(self, request: dict[str, Any], key: bool) -> str:
         session = self.session
