@@ -59,8 +59,7 @@ class StatusTicker:
         """The lines of a record being written, as of its latest event (``latest_ns()``)."""
         return cls(lambda: live, lambda stats, _: (
             stats.client_snapshot(latest_ns()),
-            stats.client.in_flight if stats.client else 0,
-            stats.client.client_bound_reasons if stats.client else ()),
+            stats.client.in_flight if stats.client else 0, stats.client_bound_reasons),
             out, every_s, after_each)
 
     def line(self, t_ns: int) -> str:

@@ -205,11 +205,6 @@ class LiveStats:
         return float(self.token_buckets[idx].sum()) / (n * BUCKET_NS / 1e9)
 
     @property
-    def client_bound(self) -> bool:
-        """The client's latest second was client-bound (soaktop.engine.metrics.client_health)."""
-        return self.client is not None and self.client.client_bound
-
-    @property
     def client_bound_reasons(self) -> tuple[str, ...]:
         """Why the client's latest second was client-bound (empty: it was not)."""
         return self.client.client_bound_reasons if self.client is not None else ()
