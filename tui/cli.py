@@ -389,12 +389,12 @@ async def _run(config: RunConfig, *, record: Path | None, api_key: str | None = 
 
     live.telemetry.on_status = say_telemetry
     exporter = _exporter(prometheus_port)
-    if config.backend == "local":
-        _say(f"loading local model {config.model} ...")
     session = await build_session(
         config, api_key=api_key, record=record, say=_say,
         listeners=(summary.add, live.add, *((exporter.add,) if exporter else ())),
         while_running=collector_frozen)
+    if config.backend == "local":  # the model is built when the session starts; a mistake
+        _say(f"loading local model {config.model} ...")  # in the config was said before
     loop = asyncio.get_running_loop()
 
     def interrupt(signum: int) -> None:

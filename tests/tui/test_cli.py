@@ -96,6 +96,11 @@ def test_ctrl_c_ends_the_run_and_closes_the_record(tmp_path):
         (["run", "--backend", "openai", "--no-record"], "needs --url"),
         (["run", "--url", "http://127.0.0.1:8000", "--no-record"], "--url is for --backend"),
         (["run", "--detach", "--record", "run.json"], "a record ends in .jsonl.gz"),
+        (["run", "--prompts", "/nonexistent/p.jsonl", "--no-record"], "not found"),
+        (["run", "--tokenizer", "/nonexistent", "--no-record"], "no tokenizer.json"),
+        (["run", "--input-tokens", "5:x"], "cannot read '5:x'"),
+        (["run", "--output-tokens", "10-5"], "MIN-MAX needs 1 <= MIN <= MAX"),
+        (["run", "--workers", "0"], "must be at least 1"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(args, message):
@@ -104,6 +109,13 @@ def test_user_mistakes_are_one_line_errors(args, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 2  # "loading ..." may precede it
+
+
+def test_a_missing_prompt_file_is_said_before_the_model_loads():
+    result = soaktop("run", "--prompts", "/nonexistent/p.jsonl", "--no-record",
+                     "--duration", "1s", "--headless")
+    assert result.returncode == 2
+    assert result.stderr == "soaktop: error: prompt file /nonexistent/p.jsonl not found\n"
 
 
 def test_models_lists_the_presets():
