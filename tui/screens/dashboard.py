@@ -201,7 +201,7 @@ class DashboardScreen(Screen):
         live or attached run's steering keys only while it runs."""
         if action == "toggle_summary":
             return self._ended
-        if action in self.STEERING and self._ended and not isinstance(self, ReplayScreen):
+        if action in self.STEERING and self._ended:
             return False
         return True
 
@@ -310,6 +310,7 @@ class ReplayScreen(DashboardScreen):
         Binding("minus", "speed(0.1)", "Speed /10", key_display="-", group=SPEED),
     ]
     feed: ReplayFeed
+    STEERING = frozenset()  # a replay's keys move in the record: they stay at its end
 
     def compose_extra(self) -> ComposeResult:
         yield Timeline()
