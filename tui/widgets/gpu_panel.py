@@ -85,6 +85,8 @@ class GpuPanel(Widget):
         """The row's height: its default share of the screen, or what the GPUs need, up to
         what the charts can give (they keep :data:`CHARTS_MIN` rows); a table that needs
         less than the default share takes only its rows (and the requests panel's)."""
+        if not self.is_attached:  # a frame can come while the panel is being removed
+            return
         row, screen = self.parent, self.screen
         if not isinstance(row, Widget) or row.id != "below":
             return
