@@ -37,6 +37,10 @@ class GenerationRequest:
     #: The worker process that reads it (``--workers``; :meth:`Backend.pick_worker`); 0 for
     #: a backend that reads every stream in the session's own process.
     worker_id: int = 0
+    #: The output's text is wanted (``--save-outputs``, ``--tokenizer``): a backend that
+    #: makes text only for it (the local engine's words, the fake's) makes it then, and a
+    #: worker process sends it back (:attr:`StreamEnd.output`); otherwise none crosses.
+    want_text: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,9 @@ class StreamEnd:
     #: When the stream ended (``perf_counter_ns``), where the backend stamped it apart from
     #: handing this over (a worker process: the session learns of it a pipe's hop later).
     t_ns: int | None = None
+    #: The whole output's text, (answer, reasoning), where a backend hands it over at the end
+    #: rather than with each arrival: a worker process, for a request that wanted text.
+    output: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,5 +63,6 @@ class FakeBackend(Backend):
                 await asyncio.sleep(self.itl_s * self.chunk)
             n = min(self.chunk, request.max_tokens - sent)
             sent += n
-            yield Arrival(t_ns=time.perf_counter_ns(), tokens=n, text="x " * n)
+            yield Arrival(t_ns=time.perf_counter_ns(), tokens=n,
+                          text="x " * n if request.want_text else "")
         yield StreamEnd("length")

@@ -139,9 +139,10 @@ class LocalBackend(Backend):
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Arrival | StreamEnd]:
         """Submit the prompt's ids (modulo the vocabulary) and yield each token as it comes.
 
-        Every token is one ``Arrival`` whose text is the pseudo-word of its id; the stream then
-        ends with ``StreamEnd("length")``, since generation never stops early. Closing or
-        cancelling the iteration cancels the request, which frees its cache slot.
+        Every token is one ``Arrival`` whose text is the pseudo-word of its id (where the
+        request wants text; else empty); the stream then ends with ``StreamEnd("length")``,
+        since generation never stops early. Closing or cancelling the iteration cancels the
+        request, which frees its cache slot.
         """
         outputs: asyncio.Queue[StepOutput] = asyncio.Queue()
         name = request.model if request.model in self._others else self._preset
@@ -150,12 +151,15 @@ class LocalBackend(Backend):
         handle = batcher.submit([t % vocab for t in request.prompt.token_ids],
                                 request.max_tokens, outputs.put_nowait)
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        want_text = request.want_text
         try:
             while True:
                 out = await outputs.get()
                 if out.error is not None:
                     raise out.error
-                yield Arrival(t_ns=out.t_ns, tokens=1, text=word(out.token_id) + " ")
+                # the word is made only for a request that wants text (a string a token)
+                yield Arrival(t_ns=out.t_ns, tokens=1,
+                              text=word(out.token_id) + " " if want_text else "")
                 if out.finished:
                     break
         finally:

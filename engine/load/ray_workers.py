@@ -124,7 +124,7 @@ def shifted(items: list[tuple], delta_ns: int) -> list[tuple]:
         if kind == wp.ARRIVED or kind == wp.SENT:
             item = (kind, item[1], item[2] + delta_ns, *item[3:])
         elif kind == wp.END:
-            item = (*item[:5], item[5] + delta_ns)
+            item = (*item[:5], item[5] + delta_ns, *item[6:])  # its output text kept
         out.append(item)
     return out
 
@@ -362,7 +362,7 @@ class RayPool(Pool):
                 if flight.offset_ns is None:
                     flight.offset_ns = now
                 if kind == wp.END:
-                    item = (*item[:5], item[5] - flight.offset_ns)
+                    item = (*item[:5], item[5] - flight.offset_ns, *item[6:])
                 else:
                     item = (kind, item[1], item[2] - flight.offset_ns, *item[3:])
             out.append(item)

@@ -10,14 +10,16 @@ load loops and every event (:mod:`soaktop.engine.load.workers`).
 What crosses the pipe (pickled tuples, small ints for kinds):
 
 - main -> worker: lists of commands (one loop iteration's): ``(GO, request_id, model,
-  max_tokens, prompt)``, the prompt its text or ``(text, chat messages)``: send it now (the
+  max_tokens, prompt)``, the prompt its text or ``(text, chat messages)``, and a sixth item,
+  True, for a request whose output text is wanted (``--save-outputs``): send it now (the
   main decided when it was due, and which worker takes it); ``(CANCEL, request_id)``;
   ``(STOP,)``.
   The first message is the setup: the backend's kind and options (the API key among them: it
   crosses the pipe, never a command line) and the run's X-Request-Id prefix.
 - worker -> main: ``(READY, describe)`` or ``(FAILED, exception)`` once started, then lists
   of items, each list a batch: ``(SENT, rid, t_ns)``, ``(ARRIVED, rid, t_ns, tokens,
-  reasoning)``, ``(END, rid, finish, arrival_tokens, server, t_ns)``, ``(ERROR, rid, class,
+  reasoning)``, ``(END, rid, finish, arrival_tokens, server, t_ns, output)`` (``output``:
+  ``(answer, reasoning)`` text where it was wanted, else None), ``(ERROR, rid, class,
   message, refused, retry_after_s)``, once a second ``(HEALTH, figures)``: this process's
   :class:`~soaktop.engine.metrics.client_health.HealthFigures` as a dict; and, last, ``(CRASHED,
   text)`` if a bug ends it. A worker writes nothing to the terminal (a full-screen app may own
@@ -119,9 +121,10 @@ class _Worker:
     def command(self, message: tuple) -> None:
         kind = message[0]
         if kind == GO:
-            _, rid, model, max_tokens, text = message
+            rid, model, max_tokens, text = message[1:5]
+            want_text = len(message) > 5 and message[5]
             task = asyncio.get_running_loop().create_task(self.request(rid, model, max_tokens,
-                                                                       text))
+                                                                       text, want_text))
             self.tasks[rid] = task
             task.add_done_callback(lambda _t, rid=rid: self.tasks.pop(rid, None))
         elif kind == CANCEL:
@@ -136,23 +139,31 @@ class _Worker:
             self.done.set_result(None)
 
     async def request(self, rid: int, model: str, max_tokens: int,
-                      prompt: str | tuple[str, tuple[dict[str, str], ...]]) -> None:
+                      prompt: str | tuple[str, tuple[dict[str, str], ...]],
+                      want_text: bool = False) -> None:
         put = self.out.put
         await self.turnstile.turn()
         text, messages = (prompt, None) if isinstance(prompt, str) else prompt
-        request = GenerationRequest(rid, Prompt(rid, (), text, messages), max_tokens, model)
+        request = GenerationRequest(rid, Prompt(rid, (), text, messages), max_tokens, model,
+                                    want_text=want_text)
+        # the output's text, kept only where wanted: it crosses the pipe once, at the end
+        answer: list[str] | None = [] if want_text else None
+        thought: list[str] = []
         try:
             async with contextlib.aclosing(self.backend.stream(request)) as stream:
                 async for item in stream:
                     if type(item) is Arrival:
                         put((ARRIVED, rid, item.t_ns, item.tokens, item.reasoning))
+                        if answer is not None:
+                            (thought if item.reasoning else answer).append(item.text)
                     elif type(item) is RequestSent:
                         put((SENT, rid, item.t_ns))
                     else:  # StreamEnd: the stream is over
                         put((END, rid, item.finish_reason, item.arrival_tokens, item.server,
-                             time.perf_counter_ns()), soon=True)
+                             time.perf_counter_ns(), _joined(answer, thought)), soon=True)
                         return
-            put((END, rid, "length", None, None, time.perf_counter_ns()), soon=True)
+            put((END, rid, "length", None, None, time.perf_counter_ns(),
+                 _joined(answer, thought)), soon=True)
         except BackendError as exc:
             put((ERROR, rid, exc.error_class, str(exc), exc.refused, exc.retry_after_s),
                 soon=True)
@@ -172,6 +183,11 @@ class _Worker:
                 self.out.put((HEALTH, asdict(self.health.take())))
         finally:
             probe.cancel()
+
+
+def _joined(answer: list[str] | None, thought: list[str]) -> tuple[str, str] | None:
+    """A request's ``(answer, reasoning)`` text for its END item; None where not wanted."""
+    return None if answer is None else ("".join(answer), "".join(thought))
 
 
 async def open_backend(setup: dict[str, Any]) -> tuple[Any, ClientHealth]:

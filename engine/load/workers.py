@@ -350,8 +350,9 @@ class Pool(Backend):
         flight = _Flight()
         proc.flights[rid] = flight
         prompt = request.prompt  # a prompt file's chat messages cross as they are
-        proc.post((wp.GO, rid, request.model, request.max_tokens,
-                   (prompt.text, prompt.messages) if prompt.messages else prompt.text))
+        command = (wp.GO, rid, request.model, request.max_tokens,
+                   (prompt.text, prompt.messages) if prompt.messages else prompt.text)
+        proc.post((*command, True) if request.want_text else command)
         ended = False
         loop = asyncio.get_running_loop()
         try:
@@ -367,7 +368,8 @@ class Pool(Backend):
                         yield RequestSent(item[2])
                     elif kind == wp.END:
                         ended = True
-                        yield StreamEnd(item[2], item[3], item[4], item[5])
+                        yield StreamEnd(item[2], item[3], item[4], item[5],
+                                        item[6] if len(item) > 6 else None)
                         return
                     else:  # wp.ERROR
                         ended = True

@@ -53,7 +53,9 @@ async def backend():
 
 
 async def test_one_stream_yields_exactly_max_tokens_in_time_order(backend) -> None:
-    items = await _collect(backend, _request(max_tokens=20))
+    from dataclasses import replace
+
+    items = await _collect(backend, replace(_request(max_tokens=20), want_text=True))
     arrivals, end = items[:-1], items[-1]
     assert len(arrivals) == 20 and all(isinstance(a, Arrival) for a in arrivals)
     times = [a.t_ns for a in arrivals]
@@ -61,6 +63,9 @@ async def test_one_stream_yields_exactly_max_tokens_in_time_order(backend) -> No
     assert all(a.tokens == 1 and a.text.endswith(" ") for a in arrivals)
     assert {a.text.strip() for a in arrivals} <= {word(i) for i in range(4096)}
     assert isinstance(end, StreamEnd) and end.finish_reason == "length" and end.server is None
+    # a request that does not want the text (no --save-outputs, no --tokenizer) gets none
+    plain = await _collect(backend, _request(max_tokens=5))
+    assert [a.text for a in plain[:-1]] == [""] * 5
 
 
 async def test_same_prompt_same_seed_gives_same_text(backend) -> None:
