@@ -309,6 +309,8 @@ class ControlServer:
 
     def _concurrency(self, request: dict[str, Any], key: bool) -> str:
         session = self.session
+        if session.config.trace is not None:
+            raise _Refused("a trace replay keeps the trace's own times")
         if session.config.rate is not None:
             raise _Refused("this run keeps a rate, not a concurrency: set the rate")
         before = session.target_concurrency
@@ -325,6 +327,8 @@ class ControlServer:
 
     def _rate(self, request: dict[str, Any], key: bool) -> str:
         session = self.session
+        if session.config.trace is not None:
+            raise _Refused("a trace replay keeps the trace's own times")
         if session.config.rate is None:
             raise _Refused("this run keeps a concurrency, not a rate (a run started with "
                            "--rate has one)")
@@ -405,7 +409,7 @@ class ControlServer:
     # -- what the run is doing -------------------------------------------------------------
     def _level(self) -> str:
         session = self.session
-        if session.config.rate is not None:
+        if session.target_rate is not None:  # --rate, or a trace's mean rate
             return f"rate {session.target_rate:g} requests/s"
         return f"concurrency {session.target_concurrency}"
 
@@ -427,7 +431,7 @@ class ControlServer:
         return {
             "t_s": round(session.now_ns() / 1e9, 3) if started else 0.0,
             "model": session.model,
-            "concurrency": session.target_concurrency if session.config.rate is None else None,
+            "concurrency": session.target_concurrency if session.target_rate is None else None,
             "rate": session.target_rate,
             "paused": session.paused,
             "in_flight": session.in_flight,

@@ -48,22 +48,25 @@ def rerun_config(events: Sequence[Any]) -> RunConfig:
     if duration is not None:
         duration = round(max(duration, 0.001), 3)
     _check_prompt_file(config.get("prompts"), header.workload or {})
+    _check_prompt_file(config.get("trace"), header.workload or {}, "trace_file", "trace")
     return RunConfig.from_dict({**config, "duration_s": duration, "watch_pid": None,
                                 "ambient_c": None})
 
 
-def _check_prompt_file(path: str | None, workload: dict[str, Any]) -> None:
-    """A run from a prompt file reruns from the same file: there, with the same sha256."""
+def _check_prompt_file(path: str | None, workload: dict[str, Any], key: str = "prompt_file",
+                       what: str = "prompt file") -> None:
+    """A run from a prompt file (or a trace: ``key`` its workload entry) reruns from the
+    same file: there, with the same sha256."""
     if not path:
         return
     from soaktop.engine.load.workloads import file_sha256
 
-    recorded = (workload.get("prompt_file") or {}).get("sha256")
+    recorded = (workload.get(key) or {}).get("sha256")
     found = file_sha256(path)
     if found is None:
-        raise ConfigError(f"the run's prompt file {path} is not there to rerun from")
+        raise ConfigError(f"the run's {what} {path} is not there to rerun from")
     if recorded and found != recorded:
-        raise ConfigError(f"the prompt file {path} has changed since the run "
+        raise ConfigError(f"the {what} {path} has changed since the run "
                           f"(sha256 {found[:12]}, recorded {recorded[:12]})")
 
 

@@ -408,7 +408,14 @@ class Workload:
         self.output = parse_lengths(config.output_tokens, "--output-tokens")
         self._outputs = LengthDraws(self.output, config.seed, _OUTPUT_STREAM)
         self.file: FilePrompts | None = None
-        if getattr(config, "prompts", None):
+        self.trace = None  # a TracePrompts (--trace)
+        if getattr(config, "trace", None):
+            from soaktop.engine.load.traces import TracePrompts
+
+            self.trace = TracePrompts(config.trace, config.trace_speed, config.seed, unique,
+                                      salt, tokenizer)
+            self.source: Any = self.trace
+        elif getattr(config, "prompts", None):
             self.file = FilePrompts(config.prompts, config.seed, unique, salt, tokenizer)
             self.source: Any = self.file
         elif inputs.kind == "fixed" and tokenizer is None:
@@ -419,6 +426,17 @@ class Workload:
                                            config.shared_prefix, salt, unique, tokenizer)
         self.tokenizer = tokenizer
         self.salt = self.source.salt
+        self.turns = getattr(config, "turns", 1)
+        self.seed = config.seed
+        if self.turns > 1:
+            from soaktop.engine.load.conversations import parse_think_time
+
+            self.think_time = parse_think_time(config.think_time)
+
+    def encode(self, text: str) -> list[int]:
+        """A text's token ids: the tokenizer's, else one a word (the local engine's ids)."""
+        return self.tokenizer.encode(text) if self.tokenizer is not None else \
+            list(_word_ids(text))
 
     def prompt(self, request_id: int) -> Prompt:
         return self.source.prompt(request_id)
@@ -429,6 +447,10 @@ class Workload:
             asked = self.file.entry(request_id).output_tokens
             if asked is not None:
                 return asked
+        if self.trace is not None:
+            asked = self.trace.output_length(request_id)
+            if asked is not None:
+                return asked
         return self._outputs(request_id)
 
     def describe(self) -> dict[str, Any]:
@@ -437,4 +459,7 @@ class Workload:
             out["output_tokens"] = self.output.text()
         if self.tokenizer is not None:
             out["tokenizer"] = self.tokenizer.describe()
+        if self.turns > 1:
+            out["turns"] = self.turns
+            out["think_time_s"] = self.think_time.text()
         return out

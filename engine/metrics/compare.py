@@ -110,6 +110,9 @@ def _facts(summary: SessionSummary) -> dict[str, Any]:
         "server": (backend.get("server") or {}).get("header"),
         "prompts": (header.workload or {}).get("prompts_sha256"),
         "prompt file": _prompt_file((header.workload or {}).get("prompt_file")),
+        "trace": _prompt_file((header.workload or {}).get("trace_file")),
+        "trace speed": (header.workload or {}).get("trace_speed"),
+        "turns": config.get("turns", 1), "think time": config.get("think_time", 0.0),
         "unique prefix": config.get("unique_prefix", True),
         # keys newer than some records: their defaults, so an older record compares fairly
         "shared prefix": config.get("shared_prefix", 0),
