@@ -6,6 +6,8 @@
     ├── DeviceError              a device that is not there (``--device cuda`` without CUDA)
     ├── RecordError              a session record that cannot be written or read
     ├── BackendUnavailable       a server that cannot be reached or listed at start-up
+    ├── RunStopped               a --stop-when term or over-saturation ended the run: the
+    │                            CLI prints the summary, then ``soaktop: stopped: LINE``, exit 3
     └── BackendError             one request failed; the run goes on and counts it by class
         ├── EngineCrashed        the local engine's batch loop died; pending requests fail
         └── OutOfMemory          the device ran out of memory for this batch
@@ -49,6 +51,14 @@ class RecordError(SoaktopError):
 
 class BackendUnavailable(SoaktopError):
     """The server is not there (or not what we expected) before the run even starts."""
+
+
+class RunStopped(SoaktopError):
+    """A stop condition ended the run (``session_end`` reason ``stop_condition`` or
+    ``saturated``): the server failed what the run was told to watch. Exit status 3, apart
+    from 2 (soaktop could not run as asked), so a CI job can tell the two apart."""
+
+    exit_code = 3
 
 
 class BackendError(SoaktopError):

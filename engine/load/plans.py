@@ -70,16 +70,18 @@ class Condition:
                 ">": v > self.value}[self.op]
 
 
-def parse_slo(text: str) -> tuple[Condition, ...]:
+def parse_slo(text: str, what: str = "SLO") -> tuple[Condition, ...]:
     """``"ttft_p95<=2s,speed_p25>=30"``: latencies (ttft/itl/tpot/e2e with p50, p90, p95, p99)
     in ms unless given in s; speed (per-request output tokens/s, p25 to p99); tokens_per_s
-    (the system's); error_rate as a fraction or with %."""
+    (the system's); error_rate as a fraction or with %. ``what`` names the terms in an error
+    (``--stop-when`` reads the same grammar: soaktop.engine.load.stop_when)."""
     conditions = []
     for term in (t for t in text.split(",") if t.strip()):
         match = _CONDITION.match(term)
         if not match:
-            raise ConfigError(f"cannot read SLO term {term.strip()!r}: use e.g. ttft_p95<=2s, "
-                              "speed_p25>=30, error_rate<=1%")
+            example = ("error_rate>5%, ttft_p95>30s" if what != "SLO"
+                       else "ttft_p95<=2s, speed_p25>=30, error_rate<=1%")
+            raise ConfigError(f"cannot read {what} term {term.strip()!r}: use e.g. {example}")
         metric, op, number, unit = match.groups()
         value = float(number)
         name, _, quantile = metric.rpartition("_p")
@@ -98,11 +100,13 @@ def parse_slo(text: str) -> tuple[Condition, ...]:
             if unit:
                 raise ConfigError(f"tokens_per_s takes a bare number ({term.strip()})")
         else:
-            raise ConfigError(f"unknown SLO metric {metric!r}: use ttft/itl/tpot/e2e_p50..p99, "
-                              "speed_p25..p99, tokens_per_s or error_rate")
+            raise ConfigError(f"unknown {what} metric {metric!r} in {term.strip()!r}: use "
+                              "ttft/itl/tpot/e2e_p50..p99, speed_p25..p99, tokens_per_s or "
+                              "error_rate")
         conditions.append(Condition(metric, op, value, term.strip()))
     if not conditions:
-        raise ConfigError("an SLO needs at least one term, e.g. ttft_p95<=2s")
+        raise ConfigError(f"{'an SLO' if what == 'SLO' else what} needs at least one term, "
+                          f"e.g. {'ttft_p95<=2s' if what == 'SLO' else 'error_rate>5%'}")
     return tuple(conditions)
 
 

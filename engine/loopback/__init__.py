@@ -21,7 +21,8 @@ It speaks, over HTTP/1.1 with keep-alive:
 
 Every response carries ``Server: soaktop-loopback``.
 
-Faults (every ``fault_every``-th generation request, counted from 1):
+Faults (every ``fault_every``-th generation request, counted from 1, after the first
+``fault_after``: a server that degrades on cue):
 
 ==================  ===========================================================================
 ``reset``           three content chunks, then the connection is reset (RST)
@@ -50,7 +51,11 @@ generation request; the others to streaming ones. In-process::
 As a process (what timing tests use, so client and server do not share a GIL)::
 
     python -m soaktop.engine.loopback --port 0 --ttft-ms 50 --itl-ms 20 [--fault reset --fault-every
-    5] [--gpus 8 --gpu-tau-s 120]
+    5 --fault-after 100] [--max-active 4] [--gpus 8 --gpu-tau-s 120]
+
+``--max-active N`` (``max_active=``) answers at most N generation requests at once and queues
+the rest, each schedule starting when it gets a place: a fixed service rate, N over one
+request's length, so an open loop asking more than that saturates it on cue.
 
 or ``with spawn(Schedule(...)) as url: ...`` (``spawn_process`` when the test needs the process,
 to kill it; ``port=`` to start one again where a killed one listened).

@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fault", choices=FAULTS)
     parser.add_argument("--fault-every", type=int, default=1,
                         help="every N-th generation request gets the fault (default: all)")
+    parser.add_argument("--fault-after", type=int, default=0,
+                        help="only requests after the first N get the fault (default 0)")
+    parser.add_argument("--max-active", type=int, default=None,
+                        help="answer at most N generation requests at once; the others queue "
+                        "(a fixed service rate; per process with --processes)")
     gpu = GpuModel()
     parser.add_argument("--gpus", type=int, default=0,
                         help="serve N simulated GPUs at GET /metrics, as a DCGM exporter "
@@ -101,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def argv(schedule: Schedule, fault: str | None = None, fault_every: int = 1,
-         gpus: GpuModel | None = None, processes: int = 1) -> list[str]:
+         gpus: GpuModel | None = None, processes: int = 1, fault_after: int = 0,
+         max_active: int | None = None) -> list[str]:
     """The command-line arguments that make a server with this schedule, fault, GPUs and
     processes (only the GPU fields that have flags are passed on)."""
     args = [
@@ -118,6 +124,10 @@ def argv(schedule: Schedule, fault: str | None = None, fault_every: int = 1,
         args.append("--no-role-chunk")
     if fault is not None:
         args += ["--fault", fault]
+    if fault_after:
+        args += ["--fault-after", str(fault_after)]
+    if max_active is not None:
+        args += ["--max-active", str(max_active)]
     if gpus is not None:
         args += ["--gpus", str(gpus.gpus), "--gpu-tau-s", repr(gpus.tau_s),
                  "--gpu-busy-tokens-per-s", repr(gpus.busy_tokens_per_s),
@@ -237,7 +247,7 @@ def main(args: list[str] | None = None) -> int:
                             hot_gpu=options.hot_gpu)
         server = LoopbackServer(
             schedule, options.fault, options.fault_every, options.host, options.port, gpus,
-            shared,
+            shared, fault_after=options.fault_after, max_active=options.max_active,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -284,6 +294,8 @@ def spawn_process(
     timeout_s: float = 10.0,
     gpus: GpuModel | None = None,
     processes: int = 1,
+    fault_after: int = 0,
+    max_active: int | None = None,
 ) -> Iterator[LoopbackProcess]:
     """Run a loopback server in a child process for the ``with`` block.
 
@@ -293,10 +305,12 @@ def spawn_process(
     leaving, the child gets SIGTERM (SIGKILL if it has not gone 5 s later); one that was
     killed inside the block is only reaped. ``gpus``: simulated GPUs at ``/metrics``.
     ``processes``: server processes on the port (the process is then their parent; see
-    :func:`processes_for` for how many a rate needs).
+    :func:`processes_for` for how many a rate needs). ``fault_after``, ``max_active``: a
+    server that degrades on cue (see :class:`~soaktop.engine.loopback.LoopbackServer`).
     """
     command = [sys.executable, "-m", "soaktop.engine.loopback",
-               *argv(schedule or Schedule(), fault, fault_every, gpus, processes),
+               *argv(schedule or Schedule(), fault, fault_every, gpus, processes,
+                     fault_after, max_active),
                "--port", str(port)]
     with tempfile.TemporaryFile() as stderr:
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
@@ -337,14 +351,17 @@ def spawn(
     timeout_s: float = 10.0,
     gpus: GpuModel | None = None,
     processes: int = 1,
+    fault_after: int = 0,
+    max_active: int | None = None,
 ) -> Iterator[str]:
     """Run a loopback server in a child process for the ``with`` block; yields its URL.
 
-    ``port``, ``gpus`` and ``processes`` as for :func:`spawn_process` (0: any free port),
-    which this wraps.
+    ``port``, ``gpus``, ``processes``, ``fault_after`` and ``max_active`` as for
+    :func:`spawn_process` (0: any free port), which this wraps.
     """
     with spawn_process(schedule, fault, fault_every, port=port, timeout_s=timeout_s,
-                       gpus=gpus, processes=processes) as server:
+                       gpus=gpus, processes=processes, fault_after=fault_after,
+                       max_active=max_active) as server:
         yield server.url
 
 

@@ -107,6 +107,9 @@ class Emission:
     #: the schedule's ``tokens`` when it named none). None where the body could not be read.
     prompt: Any = None
     max_tokens: int | None = None
+    #: When its schedule started, where that was after ``received_ns``: it waited for one
+    #: of a ``max_active`` server's places (None: it started at once).
+    admitted_ns: int | None = None
 
     def lateness_ns(self, schedule: Schedule, tokens: int | None = None) -> list[int]:
         """How late each content chunk left against when ``schedule`` made it due (received
@@ -115,7 +118,8 @@ class Emission:
         the output length asked (default: the tokens sent), since a chunk's size and place
         in the plan follow from it."""
         plan = schedule.plan(sum(self.chunk_tokens) if tokens is None else tokens, self.request)
-        return [sent - (self.received_ns + offset)
+        start = self.received_ns if self.admitted_ns is None else self.admitted_ns
+        return [sent - (start + offset)
                 for sent, (offset, _) in zip(self.chunks_ns, plan)]
 
     def to_dict(self) -> dict[str, Any]:

@@ -74,12 +74,19 @@ class _Trace:
     process: int = 0
     prompt: Any = None  # what the request asked with (text or chat messages), as received
     max_tokens: int | None = None
+    #: When its schedule started: ``received_ns``, or later when it waited for one of
+    #: ``max_active`` places (the server's queue).
+    admitted_ns: int = 0
+
+    def __post_init__(self) -> None:
+        self.admitted_ns = self.admitted_ns or self.received_ns
 
     def freeze(self) -> Emission:
         return Emission(
             self.request, self.path, self.received_ns, self.first_byte_ns,
             tuple(self.chunks_ns), tuple(self.chunk_tokens), self.status, self.fault,
             self.request_id, self.process, self.prompt, self.max_tokens,
+            None if self.admitted_ns == self.received_ns else self.admitted_ns,
         )
 
 
@@ -341,10 +348,13 @@ FAULTS = tuple(_FAULTS)
 class LoopbackServer:
     """An OpenAI-compatible and Ollama server that emits tokens on a :class:`Schedule`.
 
-    Every ``fault_every``-th generation request (counted from 1; 1 means all) gets ``fault``,
-    one of :data:`FAULTS`. What was sent, and when, is kept per request until
-    :meth:`emissions` (or ``GET /_loopback/emissions``) takes it: read it now and then on long
-    runs, since it grows with every chunk.
+    Every ``fault_every``-th generation request (counted from 1; 1 means all) after the first
+    ``fault_after`` gets ``fault``, one of :data:`FAULTS`. ``max_active``: at most this many
+    generation requests are answered at once, the others wait in order and their schedule
+    starts when they get a place: a server with a fixed service rate (``max_active`` over a
+    request's length), whose queue grows when more is asked of it. What was sent, and when,
+    is kept per request until :meth:`emissions` (or ``GET /_loopback/emissions``) takes it:
+    read it now and then on long runs, since it grows with every chunk.
 
     With ``gpus`` (a :class:`~soaktop.engine.loopback.dcgm.GpuModel`), ``GET /metrics`` serves
     those GPUs as a DCGM exporter would, heated by the tokens this server sends, on a clock
@@ -366,14 +376,22 @@ class LoopbackServer:
         port: int = 0,
         gpus: GpuModel | None = None,
         shared: Shared | None = None,
+        fault_after: int = 0,
+        max_active: int | None = None,
     ) -> None:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; choose one of: {', '.join(FAULTS)}")
-        if fault_every < 1:
-            raise ValueError("fault_every must be at least 1")
+        if fault_every < 1 or fault_after < 0:
+            raise ValueError("fault_every must be at least 1 and fault_after not negative")
+        if max_active is not None and max_active < 1:
+            raise ValueError("max_active must be at least 1")
         self.schedule = schedule or Schedule()
         self.fault = fault
         self.fault_every = fault_every
+        self.fault_after = fault_after
+        self.max_active = max_active
+        # at most max_active generation requests answered at once; the rest wait, in order
+        self._places = None if max_active is None else asyncio.Semaphore(max_active)
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
@@ -475,7 +493,11 @@ class LoopbackServer:
             trace = _Trace(self._requests, request.path, request.received_ns,
                            request_id=request.request_id, process=self._process)
             try:
-                return await self._generate(request, wire, trace, writer)
+                if self._places is None:
+                    return await self._generate(request, wire, trace, writer)
+                async with self._places:  # queued until a place is free: a server at capacity
+                    trace.admitted_ns = time.perf_counter_ns()
+                    return await self._generate(request, wire, trace, writer)
             finally:
                 if self._spool is not None:
                     self._spool.write(trace.freeze())
@@ -540,8 +562,10 @@ class LoopbackServer:
         return await self._stream(request, plan, response)
 
     def _fault_for(self, trace: _Trace, body: dict[str, Any]) -> str | None:
-        """The fault this request gets: every ``fault_every``-th one, where the fault applies."""
-        if self.fault is None or trace.request % self.fault_every != 0:
+        """The fault this request gets: every ``fault_every``-th one after the first
+        ``fault_after`` (a server that degrades on cue), where the fault applies."""
+        if (self.fault is None or trace.request <= self.fault_after
+                or trace.request % self.fault_every != 0):
             return None
         only_if = _FAULTS[self.fault].only_if
         return self.fault if only_if is None or only_if(body) else None
@@ -565,7 +589,7 @@ class LoopbackServer:
         strike_at = response.chunk_to_strike_before(len(plan))
         sent = 0
         for index, (offset_ns, tokens) in enumerate(plan):
-            await _sleep_until(request.received_ns + offset_ns)
+            await _sleep_until(trace.admitted_ns + offset_ns)
             if index == strike_at and not await response.strike():
                 return response.keep_alive
             payload = wire.content(words(sent, tokens), last=index == len(plan) - 1,
@@ -594,8 +618,8 @@ class LoopbackServer:
         """A non-streaming answer, sent when the last token is due. Stream faults do not apply;
         Ollama's timings take the first token as sent when it was planned."""
         if plan:
-            await _sleep_until(trace.received_ns + plan[-1][0])
-        first_ns = trace.received_ns + plan[0][0] if plan else time.perf_counter_ns()
+            await _sleep_until(trace.admitted_ns + plan[-1][0])
+        first_ns = trace.admitted_ns + plan[0][0] if plan else time.perf_counter_ns()
         timing = (trace.received_ns, first_ns, time.perf_counter_ns())
         body = wire.response(words(0, wire.tokens), timing)
         trace.first_byte_ns = await _send_json(writer, 200, body, keep_alive)
