@@ -4,6 +4,7 @@ run ended, the soak verdict's sentence), and a CSV that is data, not screen text
 import csv
 import io
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -17,7 +18,14 @@ from soaktop.engine.events import (
     SessionStart,
     TelemetryStatus,
 )
-from soaktop.engine.metrics.results import DriftFigures, SoakVerdict, Verdict
+from soaktop.engine.metrics.results import (
+    Direction,
+    DriftMeasure,
+    GpuDrift,
+    RunSummary,
+    SoakVerdict,
+    Verdict,
+)
 from soaktop.engine.metrics.summary import summarise
 from soaktop.tui.text import (
     ended_text,
@@ -112,27 +120,67 @@ def test_a_cut_record_ends_with_a_code_and_the_table_says_it_in_words():
     assert summary_document(result)["ended"] == "cut_short"  # the JSON keeps the code
 
 
-def _verdict(first_clock, last_clock, reasons) -> SoakVerdict:
+def _measure(early, late, change, low, high, p, direction, test="requests"):
+    return DriftMeasure(early, late, change, low, high, p, Direction(direction), test, 3000,
+                        3000)
+
+
+def _verdict(gpu: GpuDrift | None, verdict=Verdict.THROTTLED, settled=True) -> SoakVerdict:
     return SoakVerdict(
-        window_s=300.0,
-        first=DriftFigures(2980.0, 61.0, first_clock, 71.0 if first_clock else None),
-        last=DriftFigures(2410.0, 88.2, last_clock, 87.0 if last_clock else None),
-        change=DriftFigures(2410 / 2980 - 1, 88.2 / 61 - 1,
-                           last_clock / first_clock - 1 if first_clock else None,
-                           16.0 if first_clock else None),
-        verdict=Verdict.THROTTLED if reasons else Verdict.DEGRADING,
-        throttle_reasons=reasons)
+        verdict=verdict, measured_s=1800.4, steady_state_s=45.0, settled=settled,
+        window_s=300.0, early_from_s=45.0, late_from_s=1500.0,
+        measures={
+            "tokens_per_s": _measure(2980.0, 2410.0, -0.191, -0.2, -0.18, 1e-5, "worse",
+                                     "blocks"),
+            "ttft_ms": _measure(61.0, 70.2, 0.151, 0.14, 0.16, 2e-40, "worse"),
+            "itl_ms": _measure(20.0, 19.9, -0.004, -0.01, 0.002, 0.2, "better"),
+        },
+        gpus={} if gpu is None else {gpu.key: gpu}, worst_gpu=None if gpu is None else gpu.key,
+        deciding=("tokens_per_s", "ttft_ms"))
+
+
+THROTTLED_GPU = GpuDrift(
+    key="3", name="NVIDIA H100 80GB HBM3",
+    sm_clock_mhz=_measure(1980.0, 1500.0, -0.2424, -0.25, -0.24, 1.8e-4, "worse", "blocks"),
+    temperature_c=_measure(70.0, 88.0, 18.0, 17.5, 18.5, 1.8e-4, "worse", "blocks"),
+    throttle_reasons={"sw_thermal": 0.64}, reasons_reported=True, held_back=True)
 
 
 def test_the_soak_verdict_in_words():
-    assert soak_explanation(_verdict(1980.0, 1605.0, {"sw_thermal": 0.64})) == (
-        "throttled: the last 300 s against the first: tokens/s 2,980 -> 2,410 (-19.1%), "
-        "TTFT p95 61.0 -> 88.2 ms (+44.6%), SM clock 1,980 -> 1,605 MHz (-18.9%), "
-        "GPU 71 -> 87 C; throttling then: sw_thermal 64% of samples")
-    assert soak_explanation(_verdict(None, None, {})) == (
-        "degrading: the last 300 s against the first: tokens/s 2,980 -> 2,410 (-19.1%), "
-        "TTFT p95 61.0 -> 88.2 ms (+44.6%); no GPU telemetry to tell throttling from other "
-        "causes")
+    assert soak_explanation(_verdict(THROTTLED_GPU)) == (
+        "throttled: steady from 45 s after warm-up (MSER-5); the last 300 s against 300 s "
+        "from 45 s: tokens/s 2,980 -> 2,410 (-19.1% [-20.0, -18.0], p<0.001, worse), "
+        "TTFT median 61.0 -> 70.2 ms (+15.1% [+14.0, +16.0], p<0.001, worse), "
+        "ITL median 20.00 -> 19.90 ms (-0.4% [-1.0, +0.2], p=0.2, within noise); "
+        "throttled GPU 3 (NVIDIA H100 80GB HBM3): SM clock 1,980 -> 1,500 MHz "
+        "(-24.2% [-25.0, -24.0], p<0.001, worse), temperature 70 -> 88 C "
+        "(+18.0 C [+17.5, +18.5], p<0.001, worse); throttling then: sw_thermal 64% of samples")
+    assert soak_explanation(_verdict(None, Verdict.DEGRADING, settled=False)) == (
+        "degrading: no steady state within the first 45 s (still settling); the last 300 s "
+        "against 300 s from 45 s: tokens/s 2,980 -> 2,410 (-19.1% [-20.0, -18.0], p<0.001, "
+        "worse), TTFT median 61.0 -> 70.2 ms (+15.1% [+14.0, +16.0], p<0.001, worse), "
+        "ITL median 20.00 -> 19.90 ms (-0.4% [-1.0, +0.2], p=0.2, within noise); "
+        "no GPU telemetry to tell throttling from other causes")
+    unreported = replace(THROTTLED_GPU, key="node7/0", name=None, throttle_reasons={},
+                         reasons_reported=False)
+    assert soak_explanation(_verdict(unreported)).endswith(
+        "; throttled GPU node7/0: SM clock 1,980 -> 1,500 MHz (-24.2% [-25.0, -24.0], "
+        "p<0.001, worse), temperature 70 -> 88 C (+18.0 C [+17.5, +18.5], p<0.001, worse); "
+        "its clock-event reasons are not reported")
+    # a GPU held back while tokens/s and latency held: the verdict is stable, and the
+    # sentence must not read as if the run were throttled
+    held = soak_explanation(_verdict(THROTTLED_GPU, Verdict.STABLE))
+    assert held.startswith("stable: ") and "; GPU 3 (NVIDIA H100 80GB HBM3) held back " \
+        "(no loss beyond the thresholds): SM clock 1,980" in held and "throttled" not in held
+
+
+def test_a_run_too_short_says_so_and_what_a_verdict_needs():
+    short = SoakVerdict(Verdict.TOO_SHORT, measured_s=53.2, steady_state_s=5.0, settled=True)
+    assert soak_explanation(short) == (
+        "too short to judge: 53 s measured after warm-up, steady from 5 s after warm-up "
+        "(MSER-5); a verdict needs 300 s of steady running")
+    document = summary_document(RunSummary(soak=short))["soak"]
+    assert document["verdict"] == "too short to judge" and document["measures"] == {}
 
 
 def test_the_json_carries_the_verdict_in_words_beside_its_figures():
