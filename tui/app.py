@@ -36,6 +36,7 @@ Attach:    + / -, m, p, space as in a live run, over the run's control socket
            s       stop the run (asks first) q   leave the viewer; the run goes on
 Everywhere: z / Z   zoom the time axis out / in: 1 s, 10 s, 1 min a column, the whole run
            v       at the run's end (whole run and summary shown): summary or panels
+           r       write the report page of the record so far, beside it (soaktop report)
            ? this help, ctrl+p the command palette (every action is there too)
 
 Charts: newest on the right (the whole run: from its start); a blank is a column with no
