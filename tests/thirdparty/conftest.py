@@ -9,6 +9,11 @@ Every test here carries the ``thirdparty`` marker (``-m thirdparty`` runs only t
 ``-m 'not thirdparty'`` skips them). Without llama-cpp-python installed the tests are skipped
 with the install command, except under CI (the ``CI`` environment variable set), where they
 fail: the tier must not vanish silently from CI because an install step went missing.
+
+A second server, llama.cpp's own C++ ``llama-server`` (``llama_server`` fixture), is built
+from the same llama.cpp source on first use and cached (see ``llama_server.py``): it streams
+the ``usage`` llama-cpp-python's server leaves out. Without a compiler and cmake it is skipped,
+and under CI a missing tool or a failed build fails.
 """
 
 from __future__ import annotations
@@ -81,8 +86,9 @@ def _tail(path: Path, n_chars: int) -> str:
         return f"(no server log: {exc})"
 
 
-def _wait_until_ready(proc: subprocess.Popen, url: str, log_path: Path) -> None:
-    """Poll ``GET /v1/models`` until the server answers 200, it exits, or the timeout passes."""
+def _wait_until_ready(proc: subprocess.Popen, url: str, log_path: Path,
+                      path: str = "/v1/models", name: str = "llama_cpp.server") -> None:
+    """Poll ``GET path`` until the server answers 200, it exits, or the timeout passes."""
     import httpx
 
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -90,12 +96,12 @@ def _wait_until_ready(proc: subprocess.Popen, url: str, log_path: Path) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(
-                f"llama_cpp.server exited with code {proc.returncode} before serving; "
+                f"{name} exited with code {proc.returncode} before serving; "
                 f"its output ends:\n{_tail(log_path, 4000)}",
                 pytrace=False,
             )
         try:
-            response = httpx.get(f"{url}/v1/models", timeout=2.0)
+            response = httpx.get(f"{url}{path}", timeout=2.0)
             if response.status_code == 200:
                 return
             last_error = f"HTTP {response.status_code}"
@@ -103,7 +109,7 @@ def _wait_until_ready(proc: subprocess.Popen, url: str, log_path: Path) -> None:
             last_error = f"{type(exc).__name__}: {exc}"
         time.sleep(0.2)
     pytest.fail(
-        f"llama_cpp.server did not answer GET {url}/v1/models within {STARTUP_TIMEOUT_S:.0f} s "
+        f"{name} did not answer GET {url}{path} within {STARTUP_TIMEOUT_S:.0f} s "
         f"(last: {last_error}); its output ends:\n{_tail(log_path, 4000)}",
         pytrace=False,
     )
@@ -164,5 +170,87 @@ def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Llama
     try:
         _wait_until_ready(proc, url, log_path)
         yield LlamaCppServer(url=url, model=MODEL_ALIAS, log_path=log_path)
+    finally:
+        _stop(proc)
+
+
+@dataclass(frozen=True)
+class LlamaServer:
+    """A running C++ ``llama-server``: its base URL (no ``/v1``), the model name it serves,
+    the GGUF it serves (for the tokenizer built from the same vocabulary) and its log."""
+
+    url: str
+    model: str
+    model_path: Path
+    log_path: Path
+
+    def log_tail(self, n_chars: int = 4000) -> str:
+        """The end of the server's output, for failure messages."""
+        return _tail(self.log_path, n_chars)
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set, so the thirdparty tier must run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _llama_server_binary() -> Path:
+    """The binary to run: ``$SOAKTOP_LLAMA_SERVER``, or the cached build, built if missing."""
+    from llama_server import (
+        BINARY_ENV,
+        BuildError,
+        ensure_built,
+        missing_tools,
+        source_version,
+    )
+
+    given = os.environ.get(BINARY_ENV)
+    if given:
+        if not Path(given).is_file():
+            pytest.fail(f"{BINARY_ENV}={given}: no such file", pytrace=False)
+        return Path(given)
+    version = source_version()
+    if version is None or _missing_modules():
+        _skip_or_fail(f"llama-server is built from llama-cpp-python's source, which is not "
+                      f"installed: {_INSTALL_HINT}")
+    tools = missing_tools()
+    if tools:
+        _skip_or_fail(f"building llama-server needs {', '.join(tools)} on PATH")
+    try:
+        return ensure_built(version)
+    except BuildError as exc:
+        pytest.fail(f"llama-server build: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """Start llama.cpp's C++ ``llama-server`` on the tiny GGUF; stop it after the session.
+    The first use on a machine builds the server (minutes; see ``llama_server.py``)."""
+    binary = _llama_server_binary()
+    from make_tiny_gguf import write_tiny_gguf
+
+    workdir = tmp_path_factory.mktemp("llama_server")
+    model_path = write_tiny_gguf(workdir / "tiny-llama.gguf", seed=0)
+    log_path = workdir / "server.log"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        str(binary), "--model", str(model_path), "--alias", MODEL_ALIAS,
+        "--host", "127.0.0.1", "--port", str(port),
+        # 4 slots of 1024 tokens each: room for the prompts here and what soaktop keeps in
+        # flight; one thread, as for llama-cpp-python's server above.
+        "--ctx-size", "4096", "--parallel", "4", "--threads", "1",
+        "--no-webui", "--no-warmup",
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=workdir,
+        )
+    try:
+        # /health is 503 while the model loads, 200 once it serves; /v1/models answers sooner
+        _wait_until_ready(proc, url, log_path, path="/health", name="llama-server")
+        yield LlamaServer(url=url, model=MODEL_ALIAS, model_path=model_path, log_path=log_path)
     finally:
         _stop(proc)

@@ -213,7 +213,8 @@ def test_the_servers_count_of_soaktops_prompt_and_what_the_summary_says_of_it(ll
     count comes only with a non-streamed answer: llama-cpp-python streams no ``usage`` (see
     above), so soaktop cannot know it, and its summary says so (``input_tokens.server`` null,
     no warning) rather than guess; a server that streams usage (vLLM, SGLang, llama.cpp's own
-    llama-server) has its count there (the loopback tests prove that path)."""
+    llama-server) has its count there (``test_llama_server_usage.py`` proves that path against
+    llama-server, the loopback tests against a server of ours)."""
     from soaktop.engine.load.prompts import make_prompts
 
     prompt = make_prompts(0, 1, INPUT_WORDS)[0].text
