@@ -138,6 +138,25 @@ class RunConfig:
     #: ``--keep-going``: run on when every request fails alike from the start, where a run
     #: would give up (soaktop.engine.session.Session._give_up_on_failures).
     keep_going: bool = False
+    #: ``--trace``: a timestamped trace (JSON Lines, or Mooncake's) replayed open loop at its
+    #: own times, ``trace_speed`` times as fast (soaktop.engine.load.traces).
+    trace: str | None = None
+    trace_speed: float = 1.0
+    #: ``--turns``: requests a conversation makes, each with the history so far; and the
+    #: think time before each later turn, seconds: ``S``, ``MEAN:SD`` or ``MIN-MAX``
+    #: (soaktop.engine.load.conversations).
+    turns: int = 1
+    think_time: float | str = 0.0
+    #: ``--save-outputs``: each request's output text to a side file beside the record
+    #: (soaktop.engine.records.outputs); off by default, so a soak's record stays small.
+    save_outputs: bool = False
+    #: ``--stop-when``: end the run when a term (the ``--slo`` grammar, e.g.
+    #: ``error_rate>5%,ttft_p95>30s``) holds over the last ``stop_window_s``; and what an open
+    #: loop does when its server stops keeping up: ``stop`` or ``warn`` (None: ``warn``).
+    #: See soaktop.engine.load.stop_conditions.
+    stop_when: str | None = None
+    stop_window_s: float = 30.0
+    on_saturation: str | None = None
 
     def __post_init__(self) -> None:
         # a record's header gives lists: keep tuples, so a config is hashable and compares equal
@@ -184,7 +203,9 @@ class RunConfig:
             raise ConfigError(f"--arrival is constant or poisson (got {self.arrival!r})")
         if self.max_inflight is not None and self.max_inflight < 1:
             raise ConfigError("--max-inflight must be at least 1")
-        if self.rate is None and (self.max_inflight is not None or self.arrival != "constant"):
+        if self.rate is None and (
+                (self.max_inflight is not None and self.trace is None)
+                or self.arrival != "constant"):
             raise ConfigError("--max-inflight and --arrival shape an open loop: give --rate too")
         if self.rate is not None and (self.ramp or self.slo):
             raise ConfigError("--rate is an open loop; --ramp and --slo step a concurrency")
@@ -200,8 +221,51 @@ class RunConfig:
         if self.prompts is not None and (not str(self.prompts).strip() or self.shared_prefix):
             raise ConfigError("--prompts takes a file, and its prompts are sent as they are: "
                               "leave --shared-prefix out")
+        self._check_trace_and_turns()
+        self._check_stop_conditions()
         if self.tokenizer is not None and not str(self.tokenizer).strip():
             raise ConfigError("--tokenizer takes a tokenizer.json or a folder holding one")
+
+    def _check_stop_conditions(self) -> None:
+        if self.stop_when is not None:
+            from soaktop.engine.load.stop_conditions import parse_stop_when
+
+            parse_stop_when(str(self.stop_when))  # one line naming a term it cannot read
+        if not (isinstance(self.stop_window_s, (int, float)) and self.stop_window_s > 0
+                and math.isfinite(self.stop_window_s)):
+            raise ConfigError(f"--stop-window must be above 0 s (got {self.stop_window_s!r})")
+        if self.on_saturation is not None:
+            if self.on_saturation not in ("stop", "warn"):
+                raise ConfigError(f"--on-saturation is stop or warn (got "
+                                  f"{self.on_saturation!r})")
+            if self.rate is None:
+                raise ConfigError("--on-saturation watches an open loop: give --rate too")
+
+    def _check_trace_and_turns(self) -> None:
+        if self.trace is not None:
+            if not str(self.trace).strip():
+                raise ConfigError("--trace takes a trace file (JSON Lines)")
+            if self.rate is not None or self.ramp or self.slo:
+                raise ConfigError("--trace sets its own arrival times: leave --rate, --ramp "
+                                  "and --slo out")
+            if self.prompts is not None or self.shared_prefix:
+                raise ConfigError("--trace says each request's prompt: leave --prompts and "
+                                  "--shared-prefix out")
+            if self.turns != 1:
+                raise ConfigError("--trace and --turns cannot be combined yet")
+        if not (isinstance(self.trace_speed, (int, float)) and self.trace_speed > 0
+                and math.isfinite(self.trace_speed)):
+            raise ConfigError(f"--trace-speed must be above 0 (got {self.trace_speed!r})")
+        if self.trace is None and self.trace_speed != 1:
+            raise ConfigError("--trace-speed applies to --trace")
+        if isinstance(self.turns, bool) or not isinstance(self.turns, int) or self.turns < 1:
+            raise ConfigError(f"--turns must be at least 1 (got {self.turns!r})")
+        from soaktop.engine.load.conversations import parse_think_time
+
+        object.__setattr__(self, "think_time", parse_think_time(self.think_time).text())
+        if self.turns == 1 and self.think_time != 0:
+            raise ConfigError("--think-time is the pause between a conversation's turns: "
+                              "give --turns too")
 
     @property
     def warmup(self) -> int:
@@ -209,6 +273,8 @@ class RunConfig:
         arrivals (open loop)."""
         if self.warmup_requests is not None:
             return self.warmup_requests
+        if self.trace is not None:  # every line of a trace is its workload
+            return 0
         return math.ceil(self.rate) if self.rate is not None else self.concurrency
 
     def to_dict(self) -> dict[str, Any]:

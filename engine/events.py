@@ -93,6 +93,8 @@ class EndReason(RecordedCode):
     INTERRUPTED = "interrupted"  # stopped by the user: Ctrl-C, SIGTERM, q, ``soaktop stop``
     FAILED = "failed"  # every request so far was refused for one reason: the request was wrong
     CRASHED = "crashed"  # soaktop itself failed; the record is closed all the same
+    STOP_CONDITION = "stop_condition"  # a --stop-when term held over its window
+    SATURATED = "saturated"  # an open loop's server stopped keeping up (--on-saturation stop)
     CUT_SHORT = "cut_short"  # never written: a record with no session_end (its writer died)
 
 
@@ -141,6 +143,10 @@ class RequestDone:
     #: their defaults for a model that does not reason (TTFO is then TTFT).
     reasoning_tokens: int = 0
     first_output_us: int | None = None
+    #: ``--turns``: the conversation it belongs to (the request id of its first turn), and
+    #: which turn it is, from 0; None outside conversations.
+    conversation: int | None = None
+    turn: int = 0
 
     @property
     def output_tokens(self) -> int:

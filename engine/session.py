@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -31,6 +32,7 @@ from soaktop.engine.backends.base import (
     Backend,
     DirectArrivals,
     GenerationRequest,
+    Prompt,
     RequestSent,
     StreamEnd,
 )
@@ -48,13 +50,16 @@ from soaktop.engine.events import (
     SessionStart,
     TokensArrived,
 )
+from soaktop.engine.load.conversations import Conversation, placeholder
 from soaktop.engine.load.loops import ClosedLoop, Load, OpenLoop
+from soaktop.engine.load.stop_conditions import RunWatch
 from soaktop.engine.load.turnstile import Turnstile
 from soaktop.engine.load.workers import worst_health
 from soaktop.engine.load.workloads import Workload
 from soaktop.engine.metrics.client_health import ClientHealth
 from soaktop.engine.records import environment
 from soaktop.engine.records.format import RecordWriter
+from soaktop.engine.records.outputs import OutputWriter, outputs_path
 from soaktop.engine.telemetry import Sampler, Source, build_sources
 
 Listener = Callable[[Any], None]
@@ -83,9 +88,14 @@ class _RequestState:
     refused: bool = False
     end_ns: int | None = None
     worker_id: int = 0  # the worker process that read it (--workers); 0 in this process
-    #: Each arrival's text, kept only with ``--tokenizer``: to count its tokens at the end
-    #: when the server reports no count (soaktop.engine.load.tokenizer).
+    #: Each arrival's text, kept only with ``--tokenizer`` (to count its tokens at the end
+    #: when the server reports no count: soaktop.engine.load.tokenizer) or
+    #: ``--save-outputs`` (soaktop.engine.records.outputs); None otherwise, so a run that
+    #: wants neither holds no text.
     texts: list[str] | None = None
+    #: The whole (answer, reasoning) text, where the backend handed it over at the end
+    #: (a worker process) instead of with each arrival.
+    output: tuple[str, str] | None = None
 
     @property
     def latency_from_ns(self) -> int:
@@ -124,6 +134,8 @@ class Session:
         self.backend = backend
         self.record_path = record_path
         self.recorder: RecordWriter | None = None
+        #: ``--save-outputs``: the side file's writer, beside the record, while the run runs.
+        self.outputs: OutputWriter | None = None
         self._listeners: list[Listener] = list(listeners)
         #: Each request's prompt and output length (a PromptSet's prompts, unless a prompt
         #: file, a length distribution or a tokenizer is asked for).
@@ -144,6 +156,12 @@ class Session:
         self._failing: tuple[str, int, bool, bool] = ("", 0, True, True)
         #: Why the run gave up, in one line, when ``SessionEnd.reason`` is ``EndReason.FAILED``.
         self.failure: str | None = None
+        #: Why a ``--stop-when`` term or over-saturation ended the run, in one line (reason
+        #: ``stop_condition`` or ``saturated``), and the session_end's detail for it; the
+        #: latest over-saturation warning when it only warns (soaktop.engine.load.stop_conditions).
+        self.stopped_by: str | None = None
+        self._stop_detail: dict[str, Any] = {}
+        self.warning: str | None = None
         if sources is None:
             sources = build_sources(config.telemetry, config.watch_pid,
                                     local_engine=config.backend == "local")
@@ -156,6 +174,7 @@ class Session:
         #: Arrivals stamped by the kernel: read lag, not the loop's, says if they were biased.
         self._kernel_stamps = backend.watch_reads(self._health.read)
         self._turnstile = Turnstile()
+        self._placeholder_said = False  # conversations: a reply without text was said
         #: Where a fact of the run is said in one line (the command line's stderr); the
         #: factory sets it. A backend's notices (a worker lost) go here and into the record.
         self.say: Callable[[str], None] = lambda text: None
@@ -237,6 +256,19 @@ class Session:
 
     # -- commands --------------------------------------------------------------------------
     @property
+    def _open_loop(self) -> bool:
+        """Requests go out at planned times (``--rate``, or a trace's own), not to keep a
+        concurrency."""
+        return self.config.rate is not None or self.prompts.trace is not None
+
+    @property
+    def _first_rate(self) -> float | None:
+        """The rate a run starts at: ``--rate``, or a trace's mean over its replay."""
+        if self.prompts.trace is not None:
+            return self.prompts.trace.mean_rate
+        return self.config.rate
+
+    @property
     def in_flight(self) -> int:
         return self._loop.in_flight if self._loop else 0
 
@@ -273,7 +305,7 @@ class Session:
             raise ConfigError("a model name is needed")
         if self._phase is None:
             return
-        if concurrency is not None and self.config.rate is not None:
+        if concurrency is not None and self._open_loop:
             raise ConfigError("this run keeps a rate, not a concurrency: use set_rate")
         if self._resume_to is not None and concurrency is not None:
             self._resume_to = concurrency  # paused: the new level applies on resume
@@ -304,17 +336,19 @@ class Session:
     @property
     def target_rate(self) -> float | None:
         """The open loop's rate, or the one it returns to when paused; None: closed loop."""
-        if self.config.rate is None:
+        if not self._open_loop:
             return None
         return self._resume_to if self.paused else self.rate
 
     @property
     def rate(self) -> float | None:
         """Requests a second in an open loop (0 while paused); None in a closed loop."""
-        return self._phase.rate if self._phase else self.config.rate
+        return self._phase.rate if self._phase else self._first_rate
 
     def set_rate(self, rate: float, reason: PhaseReason | str = PhaseReason.COMMAND) -> None:
         """A new arrival rate (open loop only), in a new phase, from now on."""
+        if self.config.trace is not None:
+            raise ConfigError("a trace replay keeps the trace's own times (--trace-speed)")
         if self.config.rate is None:
             raise ConfigError("this run keeps a concurrency, not a rate (--rate starts one)")
         if rate <= 0:
@@ -337,7 +371,7 @@ class Session:
         """Send nothing new (a phase at concurrency 0); requests in flight finish."""
         if self._phase is None or self.paused:
             return
-        if self.config.rate is not None:  # open loop: pause the arrivals
+        if self._open_loop:  # open loop: pause the arrivals
             self._resume_to = self._phase.rate
             self._new_phase(reason, rate=0.0)
         else:
@@ -351,7 +385,7 @@ class Session:
         if not self.paused:
             return
         level, self._resume_to = self._resume_to, None
-        if self.config.rate is not None:
+        if self._open_loop:
             self._new_phase(reason, rate=level)
         else:
             self._new_phase(reason, concurrency=level)
@@ -360,6 +394,35 @@ class Session:
 
     def mark(self, note: str) -> None:
         self._emit(Mark(t_ns=self.now_ns(), note=note))
+
+    async def _watch_conditions(self) -> None:
+        """``--stop-when`` and an open loop's over-saturation, judged every tick while the run
+        runs (soaktop.engine.load.stop_conditions): one that stops ends the run with its
+        reason and its line (``stopped_by``, the session_end's detail); a warning is said,
+        marked in the record and kept in ``warning``, and the run goes on."""
+        watch = RunWatch(self.config)
+        if not watch.needed:
+            return
+        self.add_listener(watch.add)
+        if self._phase is not None:
+            watch.add(self._phase)  # the phase that began before this watch
+        warned_in: int | None = None  # the phase of the warning: a new one clears it
+        while not self._stopped.is_set():
+            await asyncio.sleep(watch.every_s)
+            phase_id = self._phase.phase_id if self._phase is not None else None
+            if self.warning and phase_id != warned_in:
+                self.warning = None
+            owed = self.in_flight + getattr(self._loop, "backlog", 0)
+            verdict = watch.tick(self.now_ns(), owed, self._tokens_received)
+            if verdict is None or self._stopped.is_set():
+                continue
+            if verdict.stop:
+                self.stopped_by, self._stop_detail = verdict.explanation, verdict.detail
+                self.stop(verdict.reason)
+                return
+            self.warning, warned_in = verdict.explanation, phase_id
+            self.say(f"warning: {verdict.explanation}")
+            self.mark(verdict.explanation)
 
     def _notice(self, line: str, fatal: bool = False) -> None:
         """A backend's fact of the run (a worker process lost): said, and a mark in the
@@ -382,7 +445,7 @@ class Session:
                    rate: float | None = None) -> None:
         previous = self._phase
         if rate is None:
-            rate = previous.rate if previous is not None else self.config.rate
+            rate = previous.rate if previous is not None else self._first_rate
         self._phase = Phase(
             t_ns=self.now_ns(),
             phase_id=0 if previous is None else previous.phase_id + 1,
@@ -451,9 +514,9 @@ class Session:
                             f"none succeeded; --keep-going runs on): {example}")
             self.stop(EndReason.FAILED)
 
-    def _launch(self, due_ns: int | None = None):
-        """The next request's coroutine (None when the request budget is spent); ``due_ns``
-        is its planned time in an open loop."""
+    def _take(self) -> tuple[int, bool] | None:
+        """The next request's number and whether it warms up; None when the request budget
+        is spent."""
         cfg = self.config
         if cfg.max_requests is not None and self._started >= cfg.warmup + cfg.max_requests:
             return None
@@ -462,24 +525,71 @@ class Session:
             self._new_phase(PhaseReason.WARMUP_DONE)
         request_id = self._started
         self._started += 1
+        return request_id, warmup
+
+    def _launch(self, due_ns: int | None = None):
+        """The next request's coroutine, or conversation's (``--turns``); None when the
+        request budget is spent. ``due_ns`` is its planned time in an open loop."""
+        taken = self._take()
+        if taken is None:
+            return None
+        request_id, warmup = taken
         open_loop = due_ns is not None
+        due_ns = due_ns if open_loop else self.now_ns()
+        if self.prompts.turns > 1:
+            return self._conversation(request_id, warmup, due_ns, open_loop)
         return self._request(request_id, self._phase.phase_id, self.model, warmup,
-                             due_ns=due_ns if open_loop else self.now_ns(), open_loop=open_loop)
+                             due_ns=due_ns, open_loop=open_loop)
+
+    async def _conversation(self, request_id: int, warmup: bool, due_ns: int,
+                            open_loop: bool) -> None:
+        """A conversation's turns, one after another, each with the history so far
+        (soaktop.engine.load.conversations). Its first turn is due as any request; a later
+        one goes out after the think time, due from then. A turn that fails or is cut off
+        ends the conversation: there is no reply to carry on with."""
+        first = self.prompts.prompt(request_id)
+        talk = Conversation(request_id, self.prompts.turns, first)
+        for turn in range(talk.turns):
+            if turn:
+                await asyncio.sleep(self.prompts.think_time.draw(self.prompts.seed,
+                                                                 talk.conversation_id, turn))
+                while self.paused:  # a pause sends nothing new: later turns wait it out
+                    await asyncio.sleep(0.05)
+                taken = self._take()
+                if taken is None:
+                    return
+                request_id, warmup = taken
+                due_ns, open_loop = self.now_ns(), False
+            own = None if talk.script is not None else (
+                first if turn == 0 else self.prompts.prompt(request_id))
+            prompt = talk.prompt(turn, request_id, own, self.prompts.encode)
+            reply = await self._request(request_id, self._phase.phase_id, self.model, warmup,
+                                        due_ns, open_loop, prompt=prompt, turn=(talk, turn))
+            if reply is None:
+                return
+            talk.reply(reply)
 
     async def _request(self, request_id: int, phase_id: int, model: str, warmup: bool,
-                       due_ns: int = 0, open_loop: bool = False) -> None:
+                       due_ns: int = 0, open_loop: bool = False, prompt: Prompt | None = None,
+                       turn: tuple[Conversation, int] | None = None) -> str | None:
         """One request, from its wait to be sent to its ``RequestDone``; ``due_ns`` is when it
-        should have gone out (its slot freed, or its planned time in an open loop)."""
+        should have gone out (its slot freed, or its planned time in an open loop).
+
+        ``prompt`` and ``turn``: a conversation's turn, its prompt made with the history;
+        then it returns the reply's text for the next turn (None where it did not succeed)."""
         due_ns = await self._wait_to_send(due_ns, open_loop)
         if due_ns is None:
-            return  # the run ended before this request was ever sent
-        prompt = self.prompts.prompt(request_id)
+            return None  # the run ended before this request was ever sent
+        if prompt is None:
+            prompt = self.prompts.prompt(request_id)
         worker = self.backend.pick_worker()
+        want_text = (self.prompts.tokenizer is not None or self.outputs is not None
+                     or turn is not None)
         request = GenerationRequest(request_id, prompt, self.prompts.max_tokens(request_id),
-                                    model, worker)
+                                    model, worker, want_text=want_text)
         state = _RequestState(request_id, due_ns, sent_ns=self.now_ns(), open_loop=open_loop,
                               worker_id=worker)
-        if self.prompts.tokenizer is not None:
+        if want_text:
             state.texts = []
         try:
             async with contextlib.aclosing(self.backend.stream(request)) as stream:
@@ -495,9 +605,31 @@ class Session:
             state.fail("unexpected", f"{type(exc).__name__}: {exc}")
         if state.end_ns is None:
             state.end_ns = self.now_ns()
+        if self.outputs is not None:
+            self._save_output(state)
         done = self._request_done(state, phase_id, model, warmup, len(prompt.token_ids))
+        if turn is not None:
+            done = dataclasses.replace(done, conversation=turn[0].conversation_id,
+                                       turn=turn[1])
         self._emit(done)
         self._give_up_on_failures(done, state.refused)
+        return self._reply(state) if turn is not None and done.ok else None
+
+    def _reply(self, state: _RequestState) -> str:
+        """A conversation turn's answer, as the next turn carries it: its text (reasoning left
+        out), or, where the backend gave none, a placeholder of its length (said once)."""
+        if state.output is not None:
+            answer = state.output[0]
+        else:
+            answer = "".join(t for t, r in zip(state.texts or (), state.thinking) if not r)
+        if answer or not state.tokens:
+            return answer
+        if not self._placeholder_said:
+            self._placeholder_said = True
+            self._notice("conversations: the backend gave no reply text; later turns carry "
+                         "a placeholder of one pseudo-word per output token")
+        tokens = sum(k for k, r in zip(state.tokens, state.thinking) if not r)
+        return placeholder(tokens)
 
     # -- a request's parts: its wait, its stream, its record ---------------------------------
     async def _wait_to_send(self, due_ns: int, open_loop: bool) -> int | None:
@@ -538,6 +670,8 @@ class Session:
                 state.end_ns = (self.now_ns() if item.t_ns is None
                                 else item.t_ns - self._origin_ns)
                 state.finish, state.server = item.finish_reason, item.server
+                if item.output is not None:
+                    state.output = item.output
                 self._reconcile_tokens(state, item.arrival_tokens or self._counted(state))
                 # The stream is over; winding it down (the connection back to the pool) and
                 # the bookkeeping after it wait for their turn, as sends do.
@@ -565,7 +699,8 @@ class Session:
         """With ``--tokenizer``, each arrival's tokens as the tokenizer counts its text (at
         least 1), where the server reported no output count; else None."""
         server = state.server or {}
-        if (state.texts is None or len(state.texts) != len(state.tokens)
+        if (state.texts is None or self.prompts.tokenizer is None
+                or len(state.texts) != len(state.tokens)
                 or server.get("completion_tokens") or server.get("eval_count")):
             return None
         encode = self.prompts.tokenizer.encode
@@ -584,6 +719,18 @@ class Session:
         self._tokens_received += tokens
         self._emit(TokensArrived(t_ns, state.worker_id, state.request_id, tokens,
                                  len(state.arrivals) == 1))
+
+    def _save_output(self, state: _RequestState) -> None:
+        """The request's output text to the side file: its arrivals' text, the answer apart
+        from the reasoning, or the whole text a worker handed over at the end."""
+        if state.output is not None:
+            answer, reasoning = state.output
+        elif any(state.thinking):
+            answer = "".join(t for t, r in zip(state.texts, state.thinking) if not r)
+            reasoning = "".join(t for t, r in zip(state.texts, state.thinking) if r)
+        else:
+            answer, reasoning = "".join(state.texts or ()), ""
+        self.outputs.add(state.request_id, state.worker_id, answer, reasoning)
 
     def _reconcile_tokens(self, state: _RequestState, server_counts: tuple[int, ...] | None
                           ) -> None:
@@ -642,6 +789,13 @@ class Session:
         if self.record_path is not None:
             self.recorder = RecordWriter(self.record_path)
             self._listeners.insert(0, self.recorder.write)
+            if self.config.save_outputs:
+                try:
+                    self.outputs = OutputWriter(outputs_path(self.record_path))
+                except BaseException:  # no run: the record just made, still empty, goes
+                    self.recorder.close()
+                    self.record_path.unlink(missing_ok=True)
+                    raise
         self._origin_ns = time.perf_counter_ns()
         end: SessionEnd | None = None
         try:
@@ -653,17 +807,21 @@ class Session:
                     config=self.config.to_dict(),
                     environment=environment.collect(),
                     backend=self.backend.describe(),
-                    workload=self.prompts.describe(),
+                    workload=self._workload(),
                 )
             )
             for event in self.backend.events(self._origin_ns):  # the workers' clocks
                 self._emit(event)
-            open_loop = self.config.rate is not None
+            open_loop = self._open_loop
             first = (self.config.max_inflight or 0) if open_loop else self.config.concurrency
             self._new_phase(PhaseReason.START, concurrency=first)
             self._start_telemetry()
             self.started.set()
-            if self.config.rate is not None:
+            if self.prompts.trace is not None:  # its own times, open loop
+                self._loop = OpenLoop(self._first_rate, self._launch, self.now_ns,
+                                      max_inflight=self.config.max_inflight,
+                                      dues=self.prompts.trace.due_offsets_ns())
+            elif self.config.rate is not None:
                 self._loop = OpenLoop(self.config.rate, self._launch, self.now_ns,
                                       self.config.arrival, self.config.max_inflight,
                                       seed=self.config.seed)
@@ -672,6 +830,7 @@ class Session:
             load = asyncio.ensure_future(self._loop.run())
             stopped = asyncio.ensure_future(self._stopped.wait())
             heartbeat = asyncio.ensure_future(self._client_samples())
+            guard = asyncio.ensure_future(self._watch_conditions())
             waiters = {load, stopped}
             if self.config.duration_s is not None:
                 waiters.add(asyncio.ensure_future(asyncio.sleep(self.config.duration_s)))
@@ -679,6 +838,7 @@ class Session:
                 done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 heartbeat.cancel()
+                guard.cancel()
                 await self._loop.stop()
                 for waiter in waiters:
                     waiter.cancel()
@@ -686,7 +846,7 @@ class Session:
                 reason = self._end_reason
             else:
                 reason = EndReason.COMPLETED
-            detail = {"failure": self.failure} if self.failure else {}
+            detail = {"failure": self.failure} if self.failure else dict(self._stop_detail)
             end = SessionEnd(t_ns=self.now_ns(), reason=reason, detail=detail)
         except BaseException:
             end = SessionEnd(t_ns=self.now_ns(), reason=EndReason.CRASHED)
@@ -697,4 +857,14 @@ class Session:
             self._emit(end)
             if self.recorder is not None:
                 self.recorder.close()
+            if self.outputs is not None:
+                self.outputs.close()
         return end
+
+    def _workload(self) -> dict[str, Any]:
+        """The header's ``workload``: the prompts, and the side file of saved outputs (its
+        name, beside the record) where ``--save-outputs`` asked for one."""
+        workload = self.prompts.describe()
+        if self.outputs is not None:
+            workload = {**workload, "outputs_file": self.outputs.path.name}
+        return workload

@@ -126,7 +126,9 @@ def test_what_each_number_means_names_every_key_the_summary_json_holds():
     """Every key of ``--json`` (the run, a phase, a telemetry status, the soak verdict, an SLO
     report) is named in README's "What each number means"; a new one without a word fails."""
     from soaktop.engine.metrics.results import (
-        DriftFigures,
+        Direction,
+        DriftMeasure,
+        GpuDrift,
         PhaseSummary,
         RunSummary,
         SloReport,
@@ -140,16 +142,19 @@ def test_what_each_number_means_names_every_key_the_summary_json_holds():
                       re.MULTILINE | re.DOTALL)
     assert match, "README has no '## What each number means' section"
     text = match.group(1)
-    window = DriftFigures(1.0, 2.0, 3.0, 4.0)
+    measure = DriftMeasure(1.0, 2.0, 1.0, 0.5, 1.5, 0.001, Direction.WORSE, "blocks", 10, 10)
+    gpu = GpuDrift("0", "GPU", measure, measure, {}, True, False)
     run = RunSummary(
         telemetry=(SourceStatus("nvml", False, gpu_index=0, host="h", reason="r",
                                 unavailable_fields={"power_w": "n/a"}),),
         phases=(PhaseSummary(phase_id=0, concurrency=1),), ramp=(),
         slo=SloReport(slo="ttft_p95<=2s"),
-        soak=SoakVerdict(10.0, window, window, DriftFigures(0.0, 0.0, 0.0, 0.0), Verdict.STABLE,
-                         {}))
+        soak=SoakVerdict(Verdict.STABLE, 600.0, 0.0, True, 300.0, 0.0, 300.0,
+                         {"tokens_per_s": measure}, {"0": gpu}, "0", ()))
     document = summary_document(run)
-    keys = {*document, *document["phases"][0], *document["telemetry"][0], *document["soak"],
+    soak = document["soak"]
+    keys = {*document, *document["phases"][0], *document["telemetry"][0], *soak,
+            *soak["measures"]["tokens_per_s"], *soak["gpus"]["0"],
             *document["slo"], *SloReport("x", error="e").to_dict()}
     missing = sorted(k for k in keys if f"`{k}`" not in text)
     assert missing == [], f"README's 'What each number means' does not name {missing}"

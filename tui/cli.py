@@ -24,7 +24,7 @@ from pathlib import Path
 
 from soaktop.engine import __version__, backends
 from soaktop.engine.config import RunConfig, parse_duration, parse_telemetry
-from soaktop.engine.errors import SoaktopError
+from soaktop.engine.errors import ConfigError, RunStopped, SoaktopError
 from soaktop.engine.events import EndReason, Phase, TelemetryStatus
 from soaktop.engine.factory import build_session, make_backend, names_a_file, record_file
 from soaktop.engine.load.plans import parse_ramp, parse_slo, plan_for, run_with_plan
@@ -92,6 +92,12 @@ def _input_lengths(text: str) -> int | str:
     return normalise_lengths(text)
 
 
+def _think_time(text: str) -> float | str:
+    from soaktop.engine.load.conversations import parse_think_time
+
+    return parse_think_time(text).text()
+
+
 def _output_lengths(text: str) -> int | str:
     from soaktop.engine.load.workloads import normalise_lengths
 
@@ -119,6 +125,16 @@ _duration = _argument(parse_duration)
 _telemetry = _argument(parse_telemetry)
 _ramp = _argument(parse_ramp)
 _slo = _argument(_checked_slo)
+
+
+def _checked_stop_when(text: str) -> str:
+    from soaktop.engine.load.stop_conditions import parse_stop_when
+
+    parse_stop_when(text)  # one line naming a term it cannot read; the record keeps the text
+    return text
+
+
+_stop_when = _argument(_checked_stop_when)
 
 
 _hz = _number(float, 0, 100, above=True)
@@ -214,11 +230,37 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, metavar="PATH",
                    help="a local tokenizer.json (or a folder with one): synthetic prompts of "
                    "exact token length (needs soaktop[tokenizer]; never downloads)")
+    p.add_argument("--trace", type=_file_path, default=None, metavar="FILE",
+                   help="replay a timestamped trace open loop at its own times (JSON Lines: "
+                   "timestamp ms, input_length, output_length; Mooncake's hash_ids read as "
+                   "shared 512-token prefix blocks); the run ends with the trace")
+    p.add_argument("--trace-speed", type=_positive_float, default=None, metavar="X",
+                   help="replay the trace X times as fast (2: every gap halved; default 1)")
+    p.add_argument("--turns", type=_positive_int, default=None, metavar="N",
+                   help="conversations of N turns, each sent with the history so far (the "
+                   "server's replies included); the concurrency counts conversations")
+    p.add_argument("--think-time", type=_argument(_think_time), default=None,
+                   metavar="SECONDS", help="pause before each later turn: S, MEAN:SD (normal) "
+                   "or MIN-MAX (uniform); default 0")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the synthetic prompts and weights (default 0)")
+    p.add_argument("--save-outputs", action=argparse.BooleanOptionalAction, default=None,
+                   help="write each request's output text to a side file beside the record "
+                   "(RECORD.outputs.jsonl.gz; read it with soaktop outputs RECORD)")
     p.add_argument("--keep-going", action=argparse.BooleanOptionalAction, default=None,
                    help="run on when every request fails the same way from the start "
                    "(by default such a run stops, says why in one line and exits 2)")
+    p.add_argument("--stop-when", type=_stop_when, default=None, metavar="TERMS",
+                   help="end the run when a term holds over the last --stop-window, e.g. "
+                   "'error_rate>5%%,ttft_p95>30s' (the --slo metrics); the summary, then one "
+                   "line naming the term and its value, exit 3")
+    p.add_argument("--stop-window", type=_duration, default=None, metavar="DURATION",
+                   help="the sliding window --stop-when and saturation are judged over "
+                   "(default 30s)")
+    p.add_argument("--on-saturation", choices=("stop", "warn"), default=None,
+                   help="open loop: when the server stops keeping up with --rate (owed "
+                   "requests rising, completions flat): warn (default: a mark and a line) "
+                   "or stop (exit 3)")
     p.add_argument("--prometheus-port", type=_positive_int, default=None, metavar="PORT",
                    help="serve live metrics (TTFT/ITL/E2E histograms, tokens/s, in flight, "
                    "errors by class, GPU figures) for Prometheus on this port, all interfaces")
@@ -301,11 +343,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="record file, or folder for one (default: ./sessions/)")
     group.add_argument("--no-record", action="store_true", help="keep no record")
     _add_output_arguments(rerun)
+    outputs = sub.add_parser("outputs", help="the output texts a run made with --save-outputs "
+                             "saved, escaped for the terminal")
+    outputs.add_argument("path", type=Path, help="the record")
+    outputs.add_argument("--request", type=_non_negative_int, default=None, metavar="N",
+                         help="only request N's output")
+    outputs.add_argument("--json", action="store_true", help="one JSON object a line, as saved")
     compare = sub.add_parser("compare", help="two session records side by side, with whether "
                              "each difference is beyond noise")
     compare.add_argument("a", type=Path)
     compare.add_argument("b", type=Path)
     compare.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    from soaktop.tui.report.command import add_arguments as add_report_arguments
+
+    add_report_arguments(sub.add_parser(
+        "report", help="a record (or several, overlaid) drawn as one self-contained HTML page, "
+        "and with --png/--svg as images"))
     calibrate = sub.add_parser(
         "calibrate", help="how far to trust this machine as a client: soaktop's own TTFT/ITL "
         "error against a loopback server with a known schedule, at rising token rates")
@@ -349,6 +402,8 @@ def _add_ctl_arguments(p: argparse.ArgumentParser) -> None:
 def _record_target(args: argparse.Namespace) -> Path | None:
     """``--record``'s file or folder, checked at once; None with ``--no-record``."""
     if args.no_record:
+        if getattr(args, "save_outputs", False):
+            raise ConfigError("--save-outputs writes beside the record: leave out --no-record")
         return None
     names_a_file(args.record)  # a wrong name is one line before anything starts
     return args.record
@@ -436,10 +491,23 @@ async def _run(config: RunConfig, *, record: Path | None, api_key: str | None = 
     if exporter is not None:
         exporter.close()
     say_recording_stopped()
+    _say_outputs_lost(session)
     if session.failure:
         print_summary(summary.result(), as_json)  # what it saw, then the reason, and exit 2
         raise SoaktopError(session.failure)
+    if session.stopped_by:  # a --stop-when term or over-saturation: the summary, then exit 3
+        print_summary(summary.result(), as_json)
+        raise RunStopped(session.stopped_by)
     return summary
+
+
+def _say_outputs_lost(session: Session) -> None:
+    """Where ``--save-outputs`` could not save every output, one line each why."""
+    outputs = session.outputs
+    if outputs is not None and outputs.error:
+        _say(outputs.error)
+    if outputs is not None and outputs.lost:
+        _say(f"{outputs.lost} outputs not saved: the disk could not keep up with them")
 
 
 def _forget_own_pid(record: Path | None) -> None:
@@ -509,11 +577,16 @@ def _run_dashboard(args: argparse.Namespace) -> SessionSummary:
     session = feed.session
     if session is not None and session.recorder is not None and session.recorder.error:
         _say(session.recorder.error)
+    if session is not None:
+        _say_outputs_lost(session)
     if session is not None and session.failure:
         print_summary(feed.summary.result(), False)
         raise SoaktopError(session.failure)
     if session is not None and session.record_path:
         _say(f"record: {session.record_path}")
+    if session is not None and session.stopped_by:
+        print_summary(feed.summary.result(), False)
+        raise RunStopped(session.stopped_by)
     return feed.summary
 
 
@@ -727,8 +800,17 @@ def main(argv: list[str] | None = None) -> int:
             record_commands.rerun(args, _run)
         elif args.command == "compare":
             record_commands.compare_records(args)
+        elif args.command == "report":
+            from soaktop.tui.report.command import report
+
+            report(args)
+        elif args.command == "outputs":
+            record_commands.outputs(args)
         elif args.command == "models":
             _models(args)
+    except RunStopped as exc:  # the run was judged, not soaktop wrong: its own status
+        print(f"soaktop: stopped: {terminal_safe(str(exc))}", file=sys.stderr)
+        return exc.exit_code
     except SoaktopError as exc:
         print(f"soaktop: error: {terminal_safe(str(exc))}", file=sys.stderr)
         return 2

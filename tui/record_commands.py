@@ -1,4 +1,4 @@
-"""The commands that read records: summary, replay, attach, compare and rerun.
+"""The commands that read records: summary, replay, attach, compare, rerun and outputs.
 
 Each reads a record with :class:`~soaktop.engine.records.format.RecordReader` and feeds the same
 statistics a live run feeds (:class:`~soaktop.engine.metrics.summary.SessionSummary`,
@@ -21,12 +21,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from soaktop.engine.errors import RecordError
 from soaktop.engine.events import SessionStart
 from soaktop.engine.load.rerun import recorded_changes, rerun_config
 from soaktop.engine.metrics.live import LiveStats
 from soaktop.engine.metrics.results import RunSummary
 from soaktop.engine.metrics.summary import SessionSummary, summarise
 from soaktop.engine.records.format import RecordReader
+from soaktop.engine.records.outputs import OutputReader
 from soaktop.engine.records.replay import Replay, Timeline
 from soaktop.tui.replay_keys import key_control
 from soaktop.tui.run_flags import run_command, shell_line
@@ -266,3 +268,44 @@ def compare_records(args: argparse.Namespace) -> None:
     a, b = summarise(read_events(args.a)), summarise(read_events(args.b))
     print_comparison(str(args.a), str(args.b), compare(a, b),
                      difference_lines(differences(a, b)), args.json)
+
+
+def outputs(args: argparse.Namespace) -> None:
+    """Prints the output texts a run made with ``--save-outputs`` saved beside its record
+    (soaktop.engine.records.outputs), all of them or request ``--request N``'s.
+
+    Model output is untrusted: every control character but newline and tab is written as a
+    visible escape (``\\x1b``), never sent to the terminal to obey. ``--json`` prints each
+    saved line as JSON instead (JSON escapes them too). A side file cut by a kill prints what
+    it holds and says, on stderr, that it was cut.
+    """
+    header = next(RecordReader(args.path).events(), None)  # the header: it names the file
+    name = (header.workload or {}).get("outputs_file") if header is not None else None
+    if not name:
+        raise RecordError(f"{args.path}: the run was not made with --save-outputs, so no "
+                          f"outputs were saved")
+    if not isinstance(name, str) or Path(name).name != name:  # only ever a file beside it
+        raise RecordError(f"{args.path}: its header names no usable outputs file")
+    path = args.path.with_name(name)
+    if not path.is_file():
+        raise RecordError(f"the outputs file {path} that {args.path} names is missing")
+    reader = OutputReader(path)
+    found = False
+    try:
+        for output in reader.outputs():
+            if args.request is not None and output.request_id != args.request:
+                continue
+            found = True
+            if args.json:
+                print(json.dumps(dataclasses.asdict(output)))
+                continue
+            worker = f" (worker {output.worker_id})" if output.worker_id else ""
+            print(f"--- request {output.request_id}{worker} ---")
+            if output.reasoning:
+                print(f"[reasoning] {terminal_safe(output.reasoning)}")
+            print(terminal_safe(output.text))
+    finally:
+        for warning in reader.warnings:
+            print(f"soaktop: warning: {terminal_safe(str(path))}: {warning}", file=sys.stderr)
+    if args.request is not None and not found:
+        raise RecordError(f"no output of request {args.request} in {path}")

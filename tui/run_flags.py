@@ -29,9 +29,13 @@ FLAGS: tuple[tuple[str, str], ...] = (
     ("watch_pid", "--watch-pid"), ("ambient_c", "--ambient-c"), ("workers", "--workers"),
     ("ray", "--ray"), ("prompts", "--prompts"), ("unique_prefix", "--unique-prefix"),
     ("tokenizer", "--tokenizer"), ("keep_going", "--keep-going"),
+    ("save_outputs", "--save-outputs"), ("trace", "--trace"),
+    ("trace_speed", "--trace-speed"), ("turns", "--turns"), ("think_time", "--think-time"),
+    ("stop_when", "--stop-when"), ("stop_window_s", "--stop-window"),
+    ("on_saturation", "--on-saturation"),
 )
 _DURATIONS = ("phase_s", "duration_s", "connect_timeout_s", "first_token_timeout_s",
-              "token_timeout_s")
+              "token_timeout_s", "stop_window_s")
 
 
 def _dest(flag: str) -> str:
@@ -61,7 +65,7 @@ def run_command(config: RunConfig) -> list[str]:
     argv = ["run"]
     for field, flag in FLAGS:
         value = getattr(config, field)
-        if isinstance(value, bool):  # --unique-prefix / --no-unique-prefix, --keep-going
+        if isinstance(value, bool):  # --unique-prefix / --no-unique-prefix, --keep-going, ...
             argv.append(flag if value else "--no-" + flag.removeprefix("--"))
         elif value is not None and (value != () or field == "telemetry"):
             argv += [flag, _text(field, value)]

@@ -19,14 +19,17 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from soaktop.engine.metrics.drift import ALPHA, MIN_JUDGED_S
 from soaktop.engine.metrics.live import LiveSnapshot
 from soaktop.engine.metrics.results import (
     CUT_SHORT,
     Distribution,
+    DriftMeasure,
     Figures,
     RunSummary,
     SoakVerdict,
     SpeedDistribution,
+    Verdict,
 )
 from soaktop.engine.telemetry.live import TelemetrySnapshot
 from soaktop.engine.telemetry.reasons import THROTTLING
@@ -203,6 +206,11 @@ def summary_table(summary: RunSummary, width: int | None = None) -> str:
     lines.append(f"{summary.requests_warmup} warm-up requests not counted (phases marked w);"
                  f" {summary.requests_cancelled} cut off at the end")
     lines.append(f"ended: {ended_text(summary)}")
+    if summary.marks:
+        shown = summary.marks[:MARKS_SHOWN]
+        more = len(summary.marks) - len(shown)
+        lines.append("marks: " + "; ".join(f"{t_s:.1f} s {note}" for t_s, note in shown)
+                     + (f"; and {more} more (--json lists them)" if more > 0 else ""))
     if summary.errors:
         lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in summary.errors.items()))
     attained = summary.output_length_attained
@@ -210,7 +218,9 @@ def summary_table(summary: RunSummary, width: int | None = None) -> str:
         lines.append(f"warning: only {attained * 100:.0f}% of requests reached the output "
                      f"length asked for: the server stopped early (EOS), so per-token figures "
                      f"cover shorter outputs than configured")
+    lines.extend(length_lines(summary))
     lines.extend(input_lines(summary))
+    lines.extend(turn_lines(summary))
     if summary.client_bound_s:
         why = ", ".join(f"{reason} {seconds:.0f} s"
                         for reason, seconds in summary.client_bound_reasons.items())
@@ -222,6 +232,27 @@ def summary_table(summary: RunSummary, width: int | None = None) -> str:
         lines.append(f"soak verdict: {soak_explanation(summary.soak)}")
     lines.extend(telemetry_lines(summary))
     return "\n".join(part for line in lines for part in _fit(terminal_safe(line), width))
+
+
+def length_lines(summary: RunSummary) -> list[str]:
+    """``lengths in tokens, p50/p90/p99 (mean): input 98/138/148 (99.2), server 98/138/148
+    (99.2); output 20/26/29 (20.1), server 20/26/29 (20.1)``: what the successful requests
+    sent and got, by soaktop's count and, where it reported one, the server's; none without
+    a successful request."""
+    def spread(d: Distribution) -> str:
+        return f"{d.p50:,.0f}/{d.p90:,.0f}/{d.p99:,.0f} ({d.mean:,.1f})"
+
+    sent, got = summary.input_lengths, summary.output_lengths
+    if sent.asked.p50 is None:
+        return []
+    parts = [f"input {spread(sent.asked)}"]
+    if sent.server.p50 is not None:
+        parts[-1] += f", server {spread(sent.server)}"
+    if got.received.p50 is not None:
+        parts.append(f"output {spread(got.received)}")
+        if got.server.p50 is not None:
+            parts[-1] += f", server {spread(got.server)}"
+    return ["lengths in tokens, p50/p90/p99 (mean): " + "; ".join(parts)]
 
 
 #: The server's count of the input tokens may differ from soaktop's by this share before the
@@ -251,37 +282,93 @@ def input_lines(summary: RunSummary) -> list[str]:
     return lines
 
 
+def turn_lines(summary: RunSummary) -> list[str]:
+    """Conversations (``--turns``): TTFT of first turns against later ones, which resend
+    the history (where a prefix cache serves most of the prompt)."""
+    split = summary.turns
+    if split is None:
+        return []
+
+    def part(label: str, d, n: int) -> str:
+        return f"{label} p50 {_ms(d.p50)} ms, p95 {_ms(d.p95)} ms ({n:,} requests)"
+
+    return ["conversations: TTFT " + part("first turns", split.first_ttft_ms, split.first)
+            + "; " + part("later turns", split.later_ttft_ms, split.later)]
+
+
 def ended_text(summary: RunSummary) -> str:
-    """How the run ended, in words: the ``session_end`` reason, or why there was none."""
+    """How the run ended, in words: the ``session_end`` reason, or why there was none; with
+    its one line where it has one (``stop_condition: error_rate>5%: 12.5% over ...``)."""
     if summary.ended == CUT_SHORT:
         return (f"cut short at {summary.ended_at_s:.1f} s: no session_end (the writer was "
                 f"killed, or recording stopped)")
+    if summary.ended_explanation:
+        return f"{summary.ended}: {summary.ended_explanation}"
     return summary.ended
 
 
+MARKS_SHOWN = 5  # marks the summary table lists; --json has them all (the first 100)
+
+
 def soak_explanation(soak: SoakVerdict) -> str:
-    """``throttled: the last 300 s against the first: tokens/s 2,980 -> 2,410 (-19.1%), ...``:
-    the verdict and the figures that decided it."""
-    first, last, change = soak.first, soak.last, soak.change
-    parts = []
-    if change.tokens_per_s is not None:
-        parts.append(f"tokens/s {first.tokens_per_s:,.0f} -> {last.tokens_per_s:,.0f} "
-                     f"({change.tokens_per_s * 100:+.1f}%)")
-    if change.ttft_p95_ms is not None:
-        parts.append(f"TTFT p95 {first.ttft_p95_ms:,.1f} -> {last.ttft_p95_ms:,.1f} ms "
-                     f"({change.ttft_p95_ms * 100:+.1f}%)")
-    if change.sm_clock_mhz is not None:
-        parts.append(f"SM clock {first.sm_clock_mhz:,.0f} -> {last.sm_clock_mhz:,.0f} MHz "
-                     f"({change.sm_clock_mhz * 100:+.1f}%)")
-    if change.temperature_c is not None:
-        parts.append(f"GPU {first.temperature_c:.0f} -> {last.temperature_c:.0f} C")
-    text = f"{soak.verdict}: the last {soak.window_s:.0f} s against the first: " + ", ".join(parts)
-    if soak.throttle_reasons:
+    """``degrading: steady from 15 s after warm-up (MSER-5); the last 300 s against 300 s
+    from 15 s: tokens/s ... (-0.1% [-0.3, +0.2], p=0.52, within noise), TTFT median ...``:
+    the verdict, when steady state began, each measure's change with its interval, p and
+    direction, and the GPU whose clock fell most, with its throttling reasons."""
+    if soak.verdict is Verdict.TOO_SHORT:
+        return (f"{soak.verdict}: {soak.measured_s:.0f} s measured after warm-up, "
+                f"{_settling(soak)}; a verdict needs {MIN_JUDGED_S} s of steady running")
+    m = soak.measures
+    parts = [_measure_text("tokens/s", m.get("tokens_per_s"), "", 0),
+             _measure_text("TTFT median", m.get("ttft_ms"), " ms", 1),
+             _measure_text("ITL median", m.get("itl_ms"), " ms", 2)]
+    text = (f"{soak.verdict}: {_settling(soak)}; the last {soak.window_s:.0f} s against "
+            f"{soak.window_s:.0f} s from {soak.early_from_s:.0f} s: "
+            + ", ".join(p for p in parts if p))
+    gpu = soak.gpus.get(soak.worst_gpu) if soak.worst_gpu is not None else None
+    if gpu is None:
+        return text + "; no GPU telemetry to tell throttling from other causes"
+    name = f" ({gpu.name})" if gpu.name else ""
+    if not gpu.held_back:
+        who = f"worst GPU {gpu.key}{name}"
+    elif soak.verdict is Verdict.THROTTLED:
+        who = f"throttled GPU {gpu.key}{name}"
+    else:  # its clock fell, but tokens/s and latency held: not to be read as "throttled"
+        who = f"GPU {gpu.key}{name} held back (no loss beyond the thresholds)"
+    text += (f"; {who}: "
+             + ", ".join(p for p in (_measure_text("SM clock", gpu.sm_clock_mhz, " MHz", 0),
+                                     _measure_text("temperature", gpu.temperature_c, " C", 0,
+                                                   relative=False)) if p))
+    if gpu.throttle_reasons:
         text += "; throttling then: " + ", ".join(
-            f"{r} {f * 100:.0f}% of samples" for r, f in soak.throttle_reasons.items())
-    elif first.sm_clock_mhz is None:
-        text += "; no GPU telemetry to tell throttling from other causes"
+            f"{r} {f * 100:.0f}% of samples" for r, f in gpu.throttle_reasons.items())
+    elif not gpu.reasons_reported:
+        text += "; its clock-event reasons are not reported"
     return text
+
+
+def _settling(soak: SoakVerdict) -> str:
+    if soak.settled:
+        return f"steady from {soak.steady_state_s:.0f} s after warm-up (MSER-5)"
+    return f"no steady state within the first {soak.steady_state_s:.0f} s (still settling)"
+
+
+def _measure_text(label: str, m: DriftMeasure | None, unit: str, digits: int,
+                  relative: bool = True) -> str:
+    """``TTFT median 50.0 -> 57.5 ms (+15.0% [+14.8, +15.2], p<0.001, worse)``; "" where
+    the measure has no values."""
+    if m is None or m.change is None or m.early is None or m.late is None:
+        return ""
+    if relative:
+        size = f"{m.change * 100:+.1f}% [{m.low * 100:+.1f}, {m.high * 100:+.1f}]"
+    else:
+        size = f"{m.change:+.1f}{unit} [{m.low:+.1f}, {m.high:+.1f}]"
+    if m.p_value is None:
+        p, word = "too few to test", ""
+    else:
+        p = "p<0.001" if m.p_value < 0.001 else f"p={m.p_value:.2g}"
+        word = f", {m.direction}" if m.p_value < ALPHA else ", within noise"
+    return f"{label} {m.early:,.{digits}f} -> {m.late:,.{digits}f}{unit} ({size}, {p}{word})"
 
 
 def summary_document(summary: RunSummary) -> dict[str, Any]:

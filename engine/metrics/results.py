@@ -79,6 +79,49 @@ class InputTokens:
         return {"asked": self.asked, "server": self.server}
 
 
+@dataclass(frozen=True, slots=True)
+class TurnSplit:
+    """``--turns``: TTFT of conversations' first turns apart from their later ones (which
+    resend the history, so a prefix cache serves most of their prompt), over the successful
+    measured requests of each kind."""
+
+    first_ttft_ms: Distribution = field(default_factory=Distribution)
+    later_ttft_ms: Distribution = field(default_factory=Distribution)
+    first: int = 0
+    later: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"first": {"requests": self.first, "ttft_ms": self.first_ttft_ms.to_dict()},
+                "later": {"requests": self.later, "ttft_ms": self.later_ttft_ms.to_dict()}}
+
+
+@dataclass(frozen=True, slots=True)
+class InputLengths:
+    """The prompt lengths the successful requests of a window had, in tokens, over the
+    requests: ``asked`` as soaktop counted each (as :class:`InputTokens`), ``server`` as the
+    server did, over those it reported a count for (all ``None`` where none)."""
+
+    asked: Distribution = field(default_factory=Distribution)
+    server: Distribution = field(default_factory=Distribution)
+
+    def to_dict(self) -> dict[str, dict[str, float | None]]:
+        return {"asked": self.asked.to_dict(), "server": self.server.to_dict()}
+
+
+@dataclass(frozen=True, slots=True)
+class OutputLengths:
+    """The output lengths the successful requests of a window had, in tokens, over the
+    requests: ``received`` as soaktop counted what arrived (the server's usage where it gave
+    one, reasoning included), ``server`` the server's own count (OpenAI
+    ``usage.completion_tokens``, Ollama's ``eval_count``) over those it reported one for."""
+
+    received: Distribution = field(default_factory=Distribution)
+    server: Distribution = field(default_factory=Distribution)
+
+    def to_dict(self) -> dict[str, dict[str, float | None]]:
+        return {"received": self.received.to_dict(), "server": self.server.to_dict()}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Figures:
     """The numbers of one window: a phase, or the measured phases of the run taken together
@@ -98,6 +141,9 @@ class Figures:
     #: Of the prompt tokens the server counted, the share its prefix cache served (where it
     #: reports hits: vLLM, SGLang); what shared prefixes and later turns buy.
     cached_share: float | None = None
+    #: What a distribution of lengths (``--input-tokens 50-150``) sent and got, per request.
+    input_lengths: InputLengths = field(default_factory=InputLengths)
+    output_lengths: OutputLengths = field(default_factory=OutputLengths)
     ttft_ms: Distribution = field(default_factory=Distribution)
     ttfo_ms: Distribution = field(default_factory=Distribution)
     reasoning_tokens: int = 0
@@ -121,15 +167,16 @@ class Figures:
         out: dict[str, Any] = {}
         for name in _FIGURES:
             value = getattr(self, name)
-            out[name] = (value.to_dict() if isinstance(value, (Distribution, InputTokens))
-                         else value)
+            out[name] = (value.to_dict() if isinstance(
+                value, (Distribution, InputTokens, InputLengths, OutputLengths)) else value)
         return out
 
 
 _FIGURES = (
     "requests_ok", "requests_failed", "requests_cancelled", "errors", "error_rate",
     "output_tokens", "duration_s", "output_tokens_per_s", "requests_per_s",
-    "output_length_attained", "input_tokens", "cached_share", "ttft_ms", "ttfo_ms",
+    "output_length_attained", "input_tokens", "cached_share", "input_lengths",
+    "output_lengths", "ttft_ms", "ttfo_ms",
     "reasoning_tokens", "itl_ms",
     "inter_chunk_ms", "tpot_ms", "e2e_ms", "output_speed_tps", "server_speed_tps", "queue_ms",
     "gpus", "power_w", "energy_j_per_token", "tokens_per_s_per_w", "host", "servers",
@@ -237,6 +284,7 @@ class Verdict(str, Enum):
     STABLE = "stable"
     DEGRADING = "degrading"
     THROTTLED = "throttled"
+    TOO_SHORT = "too short to judge"
 
     def __str__(self) -> str:
         return self.value
@@ -245,39 +293,103 @@ class Verdict(str, Enum):
         return format(self.value, spec)
 
 
-@dataclass(frozen=True, slots=True)
-class DriftFigures:
-    """The four figures a soak verdict compares: tokens/s, TTFT p95, SM clock (mean of the
-    samples) and GPU temperature (max). As ``first`` and ``last``, a window's values; as
-    ``change``, last against first: relative (``-0.19`` is 19% down), except the temperature,
-    whose difference is in °C. ``None`` where there was nothing to measure."""
+class Direction(str, Enum):
+    """Which way a measure moved from the early window to the late one, as the user feels
+    it: fewer tokens/s, a longer TTFT, a slower clock or a hotter GPU are ``worse``."""
 
-    tokens_per_s: float | None
-    ttft_p95_ms: float | None
-    sm_clock_mhz: float | None
-    temperature_c: float | None
+    BETTER = "better"
+    WORSE = "worse"
+    SAME = "same"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class DriftMeasure:
+    """One measure of the soak verdict, the late window against the early one.
+
+    ``early`` and ``late`` are the windows' levels: the mean for a per-second series
+    (tokens/s, SM clock, temperature), the median for a per-request value (TTFT, ITL).
+    ``change`` is the Hodges-Lehmann shift (the median of every late-minus-early difference)
+    over the early level, so ``-0.05`` is 5% down; for the temperature it is the shift
+    itself, in °C. ``low`` and ``high`` bound it (95%, Moses' interval from the rank test's
+    own distribution); ``p_value`` is the two-sided Mann-Whitney test's. ``test`` says what
+    was ranked: ``requests`` (each request's value) or ``blocks`` (block means of a
+    per-second series: neighbouring seconds are not independent, block means nearly are);
+    ``n_early``/``n_late`` how many of them. ``None`` where there was nothing to measure."""
+
+    early: float | None
+    late: float | None
+    change: float | None
+    low: float | None
+    high: float | None
+    p_value: float | None
+    direction: Direction | None
+    test: str
+    n_early: int
+    n_late: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return {name: _plain(getattr(self, name)) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class GpuDrift:
+    """One GPU across the soak: its SM clock and temperature, early against late, and the
+    throttling clock-event reasons active in the late window (share of its samples, largest
+    first; ``reasons_reported`` False where its source gives none). ``held_back``: its clock
+    fell significantly, by more than the verdict's threshold, with a throttling reason
+    active (or none reported) then: what turns ``degrading`` into ``throttled``."""
+
+    key: str  # gpu_key: "3", or "node7/3" for a GPU scraped from node7
+    name: str | None
+    sm_clock_mhz: DriftMeasure
+    temperature_c: DriftMeasure
+    throttle_reasons: dict[str, float]
+    reasons_reported: bool
+    held_back: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "name": self.name,
+                "sm_clock_mhz": self.sm_clock_mhz.to_dict(),
+                "temperature_c": self.temperature_c.to_dict(),
+                "throttle_reasons": dict(self.throttle_reasons),
+                "reasons_reported": self.reasons_reported, "held_back": self.held_back}
 
 
 @dataclass(frozen=True, slots=True)
 class SoakVerdict:
-    """The last ``window_s`` of the measured run against its first: the figures of each, the
-    changes, the verdict, and the throttling reasons active in the last window (share of its
-    samples, largest first)."""
+    """Did the run hold up? (:mod:`soaktop.engine.metrics.drift`.)
 
-    window_s: float
-    first: DriftFigures
-    last: DriftFigures
-    change: DriftFigures
+    ``measured_s``: the run after warm-up; ``steady_state_s``: when, counted from the
+    warm-up's end, it reached steady state (MSER-5), ``settled`` False where the search
+    range ended first (the early window then starts at its end). ``window_s``, and the
+    windows' starts ``early_from_s``/``late_from_s`` (same origin): ``None`` for a run
+    ``too short to judge``. ``measures``: tokens/s, TTFT and ITL, by name; ``gpus``: each
+    GPU, by key; ``worst_gpu`` the one named (its clock fell most, held-back ones first);
+    ``deciding`` the measures that made it degrading (or throttled)."""
+
     verdict: Verdict
-    throttle_reasons: dict[str, float]
+    measured_s: float
+    steady_state_s: float
+    settled: bool
+    window_s: float | None = None
+    early_from_s: float | None = None
+    late_from_s: float | None = None
+    measures: dict[str, DriftMeasure] = field(default_factory=dict)
+    gpus: dict[str, GpuDrift] = field(default_factory=dict)
+    worst_gpu: str | None = None
+    deciding: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"window_s": self.window_s, "first": self.first.to_dict(),
-                "last": self.last.to_dict(), "change": self.change.to_dict(),
-                "verdict": self.verdict.value, "throttle_reasons": dict(self.throttle_reasons)}
+        return {"verdict": self.verdict.value, "measured_s": self.measured_s,
+                "steady_state_s": self.steady_state_s, "settled": self.settled,
+                "window_s": self.window_s, "early_from_s": self.early_from_s,
+                "late_from_s": self.late_from_s,
+                "measures": {k: m.to_dict() for k, m in self.measures.items()},
+                "gpus": {k: g.to_dict() for k, g in self.gpus.items()},
+                "worst_gpu": self.worst_gpu, "deciding": list(self.deciding)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -290,21 +402,31 @@ class RunSummary(Figures):
     requests_warmup: int = 0
     ended: EndReason | str = CUT_SHORT  # a SessionEnd's reason, or CUT_SHORT
     ended_at_s: float = 0.0  # the session_end's time; for CUT_SHORT the last event's
+    #: The session_end's one line: why it ``failed``, or the stop condition that ended it
+    #: (``stop_condition``, ``saturated``) with its measured value; None for other reasons.
+    ended_explanation: str | None = None
+    #: The run's marks, (seconds, note), the first 100: a user's, a lost worker's, an
+    #: over-saturation warning's.
+    marks: tuple[tuple[float, str], ...] = ()
     phases: tuple[PhaseSummary, ...] = ()
     ramp: tuple[RampStep, ...] | None = None  # a ramp's steps; None: no ramp
     slo: SloReport | None = None  # an SLO search's report; None: no search
-    soak: SoakVerdict | None = None  # None: a measured run too short to judge
+    soak: SoakVerdict | None = None  # None: no measured phase (warm-up only)
     client_bound_s: float = 0.0
     #: Of those seconds, how many each reason fired in (a second may have several).
     client_bound_reasons: dict[str, float] = field(default_factory=dict)
+    turns: TurnSplit | None = None  # conversations (--turns): first turns against later
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form; ``ramp`` and ``slo`` are left out for a run without them."""
+        """The JSON form; ``ramp``, ``slo`` and ``turns`` are left out for a run without
+        them."""
         out = self.figures_dict()
         out["telemetry"] = [s.to_dict() for s in self.telemetry]
         out["requests_warmup"] = self.requests_warmup
         out["ended"] = self.ended
         out["ended_at_s"] = self.ended_at_s
+        out["ended_explanation"] = self.ended_explanation
+        out["marks"] = [{"t_s": t_s, "note": note} for t_s, note in self.marks]
         out["phases"] = [p.to_dict() for p in self.phases]
         if self.ramp is not None:
             out["ramp"] = [r.to_dict() for r in self.ramp]
@@ -313,6 +435,8 @@ class RunSummary(Figures):
         out["soak"] = None if self.soak is None else self.soak.to_dict()
         out["client_bound_s"] = self.client_bound_s
         out["client_bound_reasons"] = dict(self.client_bound_reasons)
+        if self.turns is not None:
+            out["turns"] = self.turns.to_dict()
         return out
 
 

@@ -33,6 +33,7 @@ whole run, its drift analysis included, is not recomputed for it).
 from __future__ import annotations
 
 import copy
+import math
 from array import array
 from bisect import bisect_right
 from collections import Counter
@@ -48,6 +49,7 @@ from soaktop.engine.events import (
     ClientSample,
     GpuSample,
     HostSample,
+    Mark,
     Phase,
     RequestDone,
     ServerSample,
@@ -61,12 +63,15 @@ from soaktop.engine.metrics.drift import RECENT_REQUESTS, Drift
 from soaktop.engine.metrics.histogram import LogHistogram
 from soaktop.engine.metrics.results import (
     CUT_SHORT,
+    InputLengths,
     InputTokens,
+    OutputLengths,
     PhaseSummary,
     RunSummary,
     SloReport,
     SourceStatus,
     SpeedDistribution,
+    TurnSplit,
 )
 from soaktop.engine.metrics.stats import (
     distribution,
@@ -89,18 +94,20 @@ class _Drift(Drift):
     :meth:`SessionSummary._flush_lines`).
 
     A subclass here because the record-line path is the summary's: it fills the same state
-    :meth:`Drift.add` fills a request at a time (tokens per second of the measured run, the
-    first window's TTFTs and the latest ones' ring), so it follows Drift's internals; the
-    tests check that a summary fed record lines and one fed events give the same verdict
-    figures, bit for bit.
+    :meth:`Drift.add` fills a request at a time (tokens and TTFTs per second of the measured
+    run, the first requests' TTFTs and ITLs, the latest ones' ring), so it follows Drift's
+    internals; the tests check that a summary fed record lines and one fed events give the
+    same verdict figures, bit for bit.
     """
 
     def add_lines(self, t_max: int, sent: np.ndarray, lens: np.ndarray, offsets: np.ndarray,
-                  first: np.ndarray, warmup: np.ndarray, with_ttft: np.ndarray) -> None:
+                  first: np.ndarray, last: np.ndarray, warmup: np.ndarray,
+                  with_ttft: np.ndarray) -> None:
         """What :meth:`Drift.add` does for requests whose arrivals carry one token each, in
         order: ``sent`` their send times, ``lens`` their arrivals, ``offsets`` those end to
-        end (µs from each send), ``first`` each one's first, ``warmup`` which were warm-up,
-        ``with_ttft`` which were successful measured ones with arrivals (their TTFT counts)."""
+        end (µs from each send), ``first`` and ``last`` each one's first and last,
+        ``warmup`` which were warm-up, ``with_ttft`` which were successful measured ones with
+        arrivals (their TTFT and ITL count)."""
         if t_max > self.end_ns:
             self.end_ns = t_max
         if self.start_ns is None:
@@ -111,23 +118,39 @@ class _Drift(Drift):
         m = int(np.count_nonzero(with_ttft))
         if not m:
             return
-        t_s = (sent[with_ttft] - self.start_ns) / 1e9
-        ttft_ms = first[with_ttft] / 1e3
-        early = sent[with_ttft] < self.start_ns + self.window_ns
+        sent, first, last, n = sent[with_ttft], first[with_ttft], last[with_ttft], lens[with_ttft]
+        # the same arithmetic, in the same order, as Drift._add_request's, so the same bits
+        itl_ms = np.full(m, np.nan)
+        two = n >= 2
+        itl_ms[two] = (last[two] - first[two]) / (n[two] - 1) / 1e3
+        seconds = (sent - self.start_ns) // 10**9
+        counted = seconds >= 0
+        if counted.any():
+            self._grow(int(seconds[counted].max()))
+            # math.log, as Drift._add_request takes it (numpy's vectorised log is not promised
+            # to round as the C library's), added in order by np.add.at: the same bits
+            logs = np.fromiter(map(math.log, np.maximum(first[counted], 1).tolist()),
+                               dtype=np.float64, count=int(np.count_nonzero(counted)))
+            np.add.at(self._ttft_log_sum, seconds[counted], logs)
+            np.add.at(self._ttft_n, seconds[counted], 1)
+        t_s = (sent - self.start_ns) / 1e9
+        ttft_ms = first / 1e3
+        early = sent < self.start_ns + self.first_ns
         e = int(np.count_nonzero(early))
         if e:
-            while self._first_n + e > self._first_t.size:
-                self._first_t = np.concatenate([self._first_t, np.empty_like(self._first_t)])
-                self._first_v = np.concatenate([self._first_v, np.empty_like(self._first_v)])
-            self._first_t[self._first_n : self._first_n + e] = t_s[early]
-            self._first_v[self._first_n : self._first_n + e] = ttft_ms[early]
+            self._make_room(e)
+            at = slice(self._first_n, self._first_n + e)
+            self._first_t[at], self._first_ttft[at] = t_s[early], ttft_ms[early]
+            self._first_itl[at] = itl_ms[early]
             self._first_n += e
         if m > RECENT_REQUESTS:  # only the latest fit
             t_s, ttft_ms = t_s[-RECENT_REQUESTS:], ttft_ms[-RECENT_REQUESTS:]
+            itl_ms = itl_ms[-RECENT_REQUESTS:]
             self._ring_next += m - RECENT_REQUESTS
             m = RECENT_REQUESTS
         slots = (self._ring_next + np.arange(m)) % RECENT_REQUESTS
-        self._ring_t[slots], self._ring_v[slots] = t_s, ttft_ms
+        self._ring_t[slots], self._ring_ttft[slots] = t_s, ttft_ms
+        self._ring_itl[slots] = itl_ms
         self._ring_next += m
 
 
@@ -161,6 +184,7 @@ class _Column:
 
 _NAN = float("nan")
 
+MAX_MARKS = 100  # marks a summary lists (a user may drop thousands): the first ones
 
 #: The arrival offsets, and the requests, gathered before their tokens are counted together
 #: (see SessionSummary._add_request): fixed buffers, so memory holds the same however long
@@ -176,8 +200,22 @@ _BESIDE_REQUESTS = frozenset({GpuSample, HostSample, ServerSample, ClientSample,
 #: a few MB of dicts at most.
 BATCH_LINES = 4096
 
+#: Each successful request's lengths in tokens (a column each, as the latencies): the prompt
+#: by soaktop's count and the server's, the output received and the server's count of it.
+_LENGTHS = ("input_asked", "input_server", "output_received", "output_server")
 _METRICS = ("ttft_us", "tpot_us", "e2e_us", "speed_tps", "server_speed_tps",
-            "queued_us")
+            "queued_us", *_LENGTHS)
+
+
+def server_output_tokens(reported: dict | None) -> int | None:
+    """The server's own count of one request's output tokens (OpenAI
+    ``usage.completion_tokens``, Ollama's ``eval_count``); ``None`` where it gave none."""
+    if not reported:
+        return None
+    count = reported.get("completion_tokens")
+    if count is None:
+        count = reported.get("eval_count")
+    return count if type(count) is int else None
 
 
 def _server_speed_tps(reported: dict | None) -> float | None:
@@ -287,6 +325,7 @@ class SessionSummary:
     def __init__(self) -> None:
         self.header: SessionStart | None = None
         self.end: SessionEnd | None = None
+        self._marks: list[tuple[float, str]] = []  # (s, note), the first MAX_MARKS
         self._phases: dict[int, int] = {}  # phase_id -> its index in _order
         self._order: list[_PhaseStats] = []
         self._starts = np.empty(0, dtype=np.int64)  # each phase's start, for numpy ...
@@ -310,6 +349,9 @@ class SessionSummary:
         self._n_offsets = 0
         self._n_requests = 0
         self._lines: list[dict[str, Any]] = []  # record lines not counted yet (_add_line)
+        #: Conversations (--turns): the TTFT (µs) of successful measured first turns, and of
+        #: later ones; None until a request of a conversation comes
+        self._turn_ttft: tuple[_Column, _Column] | None = None
 
     def add(self, event: Any) -> None:
         if type(event) is dict:  # a request_done's record line (see _add_line)
@@ -327,8 +369,10 @@ class SessionSummary:
         if type(event) is RequestDone:  # most of a record: the shortest way through
             self._drift.add(event)
             self._add_request(event)
+            if event.conversation is not None and event.ok and not event.warmup:
+                self._add_turn(event.turn, event.arrivals_us[0] if event.arrivals_us else None)
             return
-        if isinstance(event, (RequestDone, GpuSample, Phase, SessionEnd)):
+        if isinstance(event, (RequestDone, GpuSample, Phase, SessionEnd, SessionStart)):
             self._drift.add(event)
         if isinstance(event, RequestDone):
             self._add_request(event)
@@ -354,6 +398,8 @@ class SessionSummary:
             self._target = target if isinstance(target, int) else _shortest(target)
         elif isinstance(event, SessionEnd):
             self.end = event
+        elif isinstance(event, Mark) and len(self._marks) < MAX_MARKS:
+            self._marks.append((event.t_ns / 1e9, event.note))
         elif isinstance(event, ClientSample):
             # a second counts when all of it was measured: the one the warm-up ended in
             # holds the warm-up's start-of-run turbulence too
@@ -409,6 +455,20 @@ class SessionSummary:
                 stats.itl.add(itl_gaps(arrivals, tokens), total=span)
                 stats.chunk_gaps.add(np.diff(np.asarray(arrivals, dtype=np.int64)), total=span)
 
+    def _add_turn(self, turn: int, ttft_us: int | None) -> None:
+        """A successful measured conversation turn's TTFT, first turns apart from later."""
+        if self._turn_ttft is None:
+            self._turn_ttft = (_Column(), _Column())
+        if ttft_us is not None:
+            self._turn_ttft[1 if turn else 0].append(float(ttft_us))
+
+    def _turn_split(self) -> TurnSplit | None:
+        if self._turn_ttft is None:
+            return None
+        first, later = (c.values() for c in self._turn_ttft)
+        return TurnSplit(distribution(first, 1e-3), distribution(later, 1e-3),
+                         len(first), len(later))
+
     def _add_line(self, data: dict[str, Any]) -> None:
         """One ``request_done`` as its record line (see :meth:`RecordReader.events
         <soaktop.engine.records.format.RecordReader.events>`): the same counts as :meth:`add`
@@ -422,6 +482,10 @@ class SessionSummary:
                 self._flush_lines()
             self.add(decode(data))
             return
+        if (data.get("conversation") is not None and not data.get("warmup")
+                and data.get("error_class") is None and data["finish_reason"] != "cancelled"):
+            deltas = data["arrivals_dus"]
+            self._add_turn(data.get("turn", 0), deltas[0] if deltas else None)
         self._lines.append(data)
         if len(self._lines) == BATCH_LINES:
             self._flush_lines()
@@ -479,7 +543,8 @@ class SessionSummary:
         feeds = np.array(feed_list, dtype=np.int64)
         ok = np.array(ok_list, dtype=bool)
         warmup = np.array(warmup_list, dtype=bool)
-        self._drift.add_lines(t_max, sent, lens, offsets, first, warmup, ok & has & ~warmup)
+        self._drift.add_lines(t_max, sent, lens, offsets, first, last, warmup,
+                              ok & has & ~warmup)
         counted = feeds >= 0
         for index in np.unique(feeds[counted]).tolist():
             mine = np.flatnonzero(feeds == index)
@@ -507,25 +572,34 @@ class SessionSummary:
         if stats.phase.rate is not None:
             columns["queued_us"].extend(
                 np.array([d.get("queued_us", 0) for d in lines], dtype=np.float64))
-        stats.asked_tokens += sum([d["prompt_tokens"] for d in lines])
+        asked = [d["prompt_tokens"] for d in lines]
+        stats.asked_tokens += sum(asked)
+        columns["input_asked"].extend(np.array(asked, dtype=np.float64))
+        columns["output_received"].extend(n.astype(np.float64))
         # most servers report their usage with every request: its plain OpenAI form is
         # counted here, inline (a call a request cost a tenth of a 30-minute soak's summary);
         # anything else (Ollama's durations, prefix-cache details, odd values) goes through
         # _add_reported, as an event's does
         server_tokens = server_reports = 0
+        prompts, completions = [], []  # the server's lengths, as _add_reported keeps them
         for d in lines:
             reported = d.get("server_reported")
             if not reported:
                 continue
             if len(reported) == 2 or (len(reported) == 3 and "total_tokens" in reported):
                 prompt = reported.get("prompt_tokens")
-                if type(prompt) is int and "completion_tokens" in reported:
+                completion = reported.get("completion_tokens")
+                if type(prompt) is int and type(completion) is int:
                     server_tokens += prompt
                     server_reports += 1
+                    prompts.append(prompt)
+                    completions.append(completion)
                     continue
             _add_reported(stats, reported)
         stats.server_tokens += server_tokens
         stats.server_reports += server_reports
+        columns["input_server"].extend(np.array(prompts, dtype=np.float64))
+        columns["output_server"].extend(np.array(completions, dtype=np.float64))
         target = self._target
         stats.attained += len(lines) if target is None else int(np.count_nonzero(n >= target))
 
@@ -604,6 +678,8 @@ class SessionSummary:
         if stats.phase.rate is not None:
             columns["queued_us"].append(queued_us)
         stats.asked_tokens += prompt_tokens
+        columns["input_asked"].append(prompt_tokens)
+        columns["output_received"].append(n)
         if server_reported:
             _add_reported(stats, server_reported)
         if self._target is None or n >= self._target:
@@ -754,13 +830,23 @@ class SessionSummary:
             requests_warmup=sum(s.warmup for s in self._order),
             ended=self.end.reason if self.end is not None else CUT_SHORT,
             ended_at_s=ended_ns / 1e9,
+            ended_explanation=self._ended_explanation(),
+            marks=tuple(self._marks),
             phases=tuple(phases),
             **self._plans(phases),
             soak=self._drift.result(),
             client_bound_s=self._client_bound_ns / 1e9,
             client_bound_reasons={reason: ns / 1e9
                                   for reason, ns in sorted(self._client_bound_by.items())},
+            turns=self._turn_split(),
         )
+
+    def _ended_explanation(self) -> str | None:
+        """The session_end's one line, where its reason has one: why a run ``failed``, or
+        which stop condition ended it (``stop_condition``, ``saturated``)."""
+        detail = self.end.detail if self.end is not None else {}
+        line = detail.get("explanation") or detail.get("failure")
+        return str(line) if line else None
 
     def _plans(self, phases: list[PhaseSummary]) -> dict[str, Any]:
         """What a ramp or an SLO search concluded, from the phases (see
@@ -784,8 +870,12 @@ def _add_reported(stats: _PhaseStats, reported: dict) -> None:
     server_speed = _server_speed_tps(reported)
     if server_speed is not None:
         stats.columns["server_speed_tps"].append(server_speed)
+    output = server_output_tokens(reported)
+    if output is not None:
+        stats.columns["output_server"].append(output)
     prompt, cached = server_input_tokens(reported)
     if prompt is not None:
+        stats.columns["input_server"].append(prompt)
         stats.server_tokens += prompt
         stats.server_reports += 1
         if cached is not None:
@@ -876,6 +966,11 @@ def _figures(parts: list[tuple[_PhaseStats, int]]) -> dict[str, Any]:
         # the prompt's length as soaktop counted it and as the server did (its tokenizer), and
         # the share of the server's count its prefix cache served
         **_input_figures([s for s, _ in parts]),
+        # each request's lengths, as distributions: what a length distribution sent and got
+        "input_lengths": InputLengths(asked=distribution(column("input_asked")),
+                                      server=distribution(column("input_server"))),
+        "output_lengths": OutputLengths(received=distribution(column("output_received")),
+                                        server=distribution(column("output_server"))),
         "ttft_ms": distribution(column("ttft_us"), 1e-3),
         # time to first *output* token: the answer, after any reasoning (= TTFT without it)
         "ttfo_ms": distribution(column("ttfo_us"), 1e-3),

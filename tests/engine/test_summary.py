@@ -210,12 +210,14 @@ def test_one_phase_is_computed_alone_and_equals_that_phase_of_the_whole_run():
 FIGURE_KEYS = [
     "requests_ok", "requests_failed", "requests_cancelled", "errors", "error_rate",
     "output_tokens", "duration_s", "output_tokens_per_s", "requests_per_s",
-    "output_length_attained", "input_tokens", "cached_share", "ttft_ms", "ttfo_ms",
+    "output_length_attained", "input_tokens", "cached_share", "input_lengths",
+    "output_lengths", "ttft_ms", "ttfo_ms",
     "reasoning_tokens", "itl_ms",
     "inter_chunk_ms", "tpot_ms", "e2e_ms", "output_speed_tps", "server_speed_tps", "queue_ms",
     "gpus", "power_w", "energy_j_per_token", "tokens_per_s_per_w", "host", "servers",
 ]
-RUN_KEYS = [*FIGURE_KEYS, "telemetry", "requests_warmup", "ended", "ended_at_s", "phases",
+RUN_KEYS = [*FIGURE_KEYS, "telemetry", "requests_warmup", "ended", "ended_at_s",
+            "ended_explanation", "marks", "phases",
             "soak", "client_bound_s", "client_bound_reasons"]
 PHASE_KEYS = ["phase_id", "concurrency", "model", "backend", "reason", "warmup", "start_s",
               *FIGURE_KEYS]
@@ -412,9 +414,9 @@ def _record_lines(events: list) -> list:
 
 
 def _soak_events(seed: int, phases_measured: int = 4) -> list:
-    """:func:`_mixed_events` stretched over 4 minutes (long enough for a soak verdict), with
-    two GPUs and the host sampled every 250 ms and the client every second; with
-    ``phases_measured=1`` one measured phase after the warm-up."""
+    """:func:`_mixed_events` stretched over 4 minutes (a soak verdict's state, though too short
+    to judge), with two GPUs and the host sampled every 250 ms and the client every second;
+    with ``phases_measured=1`` one measured phase after the warm-up."""
     import dataclasses
     import random
 
@@ -462,7 +464,8 @@ def _same_state(a: SessionSummary, b: SessionSummary) -> None:
 
     a.result(), b.result()  # count what waits in the buffers
     for metric in ("ttft_us", "ttfo_us", "tpot_us", "e2e_us", "speed_tps", "queued_us",
-                   "server_speed_tps"):
+                   "server_speed_tps", "input_asked", "input_server", "output_received",
+                   "output_server"):
         assert np.array_equal(a.request_values(metric), b.request_values(metric)), metric
     for x, y in zip(a._order, b._order, strict=True):
         assert np.array_equal(x.itl.counts, y.itl.counts)
@@ -474,12 +477,17 @@ def _same_state(a: SessionSummary, b: SessionSummary) -> None:
         assert [getattr(x, c) for c in counted] == [getattr(y, c) for c in counted]
     da, db = a._drift, b._drift
     assert np.array_equal(da._tokens, db._tokens) and da.end_ns == db.end_ns
-    assert np.array_equal(da._first_t[: da._first_n], db._first_t[: db._first_n])
-    assert np.array_equal(da._first_v[: da._first_n], db._first_v[: db._first_n])
+    assert np.array_equal(da._ttft_n, db._ttft_n) and da._ttft_n.sum() > 0
+    assert np.array_equal(da._ttft_log_sum, db._ttft_log_sum)  # the same bits
+    assert da._first_n == db._first_n > 0
+    for column in ("_first_t", "_first_ttft", "_first_itl"):
+        assert np.array_equal(getattr(da, column)[: da._first_n],
+                              getattr(db, column)[: db._first_n], equal_nan=True), column
     assert da._ring_next == db._ring_next
     used = min(da._ring_next, da._ring_t.size)  # the rest was never written
-    assert np.array_equal(da._ring_t[:used], db._ring_t[:used])
-    assert np.array_equal(da._ring_v[:used], db._ring_v[:used])
+    for column in ("_ring_t", "_ring_ttft", "_ring_itl"):
+        assert np.array_equal(getattr(da, column)[:used], getattr(db, column)[:used],
+                              equal_nan=True), column
 
 
 @pytest.mark.parametrize("seed, phases_measured", [(1, 4), (2, 4), (3, 1)])
@@ -495,6 +503,39 @@ def test_record_lines_count_exactly_as_their_events(seed, phases_measured):
     assert result == by_event.result()
     assert result.soak is not None and result.gpus and result.host
     assert len(result.phases) == 1 + phases_measured
+    _same_state(by_event, by_line)
+
+
+def test_record_lines_give_the_judged_soak_verdict_of_their_events():
+    """A run long enough to be judged (12 minutes after warm-up, TTFT 20% up at the end,
+    noisy, gaps of varying length, two GPUs slowing), as events and as record lines: the same
+    verdict, figure for figure, and the state behind it bit for bit."""
+    import numpy as np
+
+    from soaktop.engine.events import GpuSample
+
+    rng = np.random.default_rng(4)
+    s = 10**9
+    events: list = [Phase(0, 0, 4, "m", "f", "start", True)]
+    for i in range(7200):  # one every 0.1 s from 29 s (warm-up until 30 s)
+        sent = int((29 + i * 0.1) * s)
+        ttft = 50_000 * rng.lognormal(0, 0.3) * (1.2 if i > 5400 else 1.0)
+        gaps = rng.integers(15_000, 25_000, size=int(rng.integers(1, 30)))
+        offsets = tuple((int(ttft) + np.concatenate([[0], np.cumsum(gaps)])).tolist())
+        if i == 10:
+            events.append(Phase(30 * s, 1, 4, "m", "f", "warm-up done"))
+        events.append(RequestDone(sent + offsets[-1] * 1000, 0, i, int(i >= 10), "f", "m",
+                                  sent, 8, offsets, offsets[-1], "length", warmup=i < 10))
+    samples = [GpuSample(t * s // 4, gpu, temperature_c=60.0 + gpu, sm_clock_mhz=1900.0 - t)
+               for t in range(4 * 30, 4 * 750) for gpu in (0, 1)]
+    events = sorted(events[1:] + samples, key=lambda e: e.t_ns)
+    events = [Phase(0, 0, 4, "m", "f", "start", True), *events, SessionEnd(750 * s, "completed")]
+    by_event, by_line = summarise(events), summarise(_record_lines(events))
+    soak = by_line.result().soak
+    assert soak == by_event.result().soak
+    # the clocks fell (1 MHz a sample) with no reasons reported to clear them: throttled
+    assert soak.verdict == "throttled" and soak.deciding == ("ttft_ms",)
+    assert soak.measures["itl_ms"].n_early > 2000 and set(soak.gpus) == {"0", "1"}
     _same_state(by_event, by_line)
 
 

@@ -98,9 +98,24 @@ def test_ctrl_c_ends_the_run_and_closes_the_record(tmp_path):
         (["run", "--detach", "--record", "run.json"], "a record ends in .jsonl.gz"),
         (["run", "--prompts", "/nonexistent/p.jsonl", "--no-record"], "not found"),
         (["run", "--tokenizer", "/nonexistent", "--no-record"], "no tokenizer.json"),
+        (["run", "--trace", "/nonexistent/t.jsonl", "--no-record"],
+         "trace /nonexistent/t.jsonl not found"),
+        (["run", "--trace-speed", "0"], "must be above 0"),
+        (["run", "--trace-speed", "2", "--no-record"], "--trace-speed applies to --trace"),
+        (["run", "--turns", "0"], "must be at least 1"),
+        (["run", "--think-time", "soon"], "--think-time: cannot read 'soon'"),
+        (["run", "--think-time", "2", "--no-record"], "give --turns too"),
         (["run", "--input-tokens", "5:x"], "cannot read '5:x'"),
         (["run", "--output-tokens", "10-5"], "MIN-MAX needs 1 <= MIN <= MAX"),
         (["run", "--workers", "0"], "must be at least 1"),
+        (["run", "--save-outputs", "--no-record"], "--save-outputs writes beside the record"),
+        (["outputs", "/nonexistent/run.jsonl.gz"], "no such record"),
+        (["outputs", "sessions/sample.jsonl"], "not made with --save-outputs"),
+        (["run", "--stop-when", "error_rate>5%,ttft_p95=>3s"],
+         "cannot read --stop-when term 'ttft_p95=>3s'"),
+        (["run", "--stop-when", "errors>5%"], "unknown --stop-when metric 'errors'"),
+        (["run", "--stop-window", "0s", "--no-record"], "--stop-window must be above 0"),
+        (["run", "--on-saturation", "stop", "--no-record"], "watches an open loop"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(args, message):
@@ -298,3 +313,31 @@ def test_a_wrong_record_name_is_said_before_the_model_loads():
     assert result.stderr.strip().splitlines() == [
         "soaktop: error: --record run.json: a record ends in .jsonl.gz (compressed) or .jsonl "
         "(plain); give one of those, or a folder"]
+
+
+def test_a_stop_condition_ends_the_run_with_exit_3_and_the_summary_names_it(tmp_path):
+    """A server that fails every request after its 40th: the run stops on its --stop-when
+    term within the 1 s window (not its 30 s), prints the summary with the reason and the
+    term's measured value, says it in one last line, and exits 3; the record's summary says
+    the same."""
+    from soaktop.engine.loopback import Schedule, spawn
+
+    record = tmp_path / "run.jsonl"
+    with spawn(Schedule(ttft_ms=5, itl_ms=2, tokens=8), fault="http_500",
+               fault_after=40) as url:
+        result = soaktop("run", "--backend", "openai", "--url", url, "--concurrency", "4",
+                         "--warmup", "0", "--duration", "30s", "--record", str(record),
+                         "--json", "--stop-when", "ttft_p99>20s,error_rate>20%",
+                         "--stop-window", "1s")
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("soaktop: stopped: error_rate>20%: ") and "over the last 1 s" in last
+    summary = json.loads(result.stdout)
+    assert summary["ended"] == "stop_condition" and summary["ended_at_s"] < 15
+    assert summary["ended_explanation"] == last.removeprefix("soaktop: stopped: ")
+    assert summary["requests_ok"] >= 36 and summary["requests_failed"] >= 2
+    text = soaktop("summary", str(record))
+    assert text.returncode == 0  # reading a record is no run: its ending is no exit status
+    assert f"ended: stop_condition: {summary['ended_explanation']}" in text.stdout
+

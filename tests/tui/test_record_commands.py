@@ -163,6 +163,8 @@ def test_attach_and_replay_refuse_bad_input_in_one_line(tmp_path):
               phase_s=90.25, max_requests=500, first_token_timeout_s=0.5),
     RunConfig(ramp=(1, 2, 4), phase_s=30.0, telemetry_hz=10.0, ambient_c=-3.5, watch_pid=7),
     RunConfig(rate=12.5, arrival="poisson", max_inflight=64, duration_s=0.001),
+    RunConfig(rate=12.5, stop_when="error_rate>5%,ttft_p95>30s", stop_window_s=12.5,
+              on_saturation="stop"),
 ])
 def test_the_run_line_a_config_stands_for_asks_for_that_config(config):
     """What a rerun prints is a `run` command line that, run, makes the same config: one table

@@ -64,6 +64,8 @@ class DashboardScreen(Screen):
         Binding("z", "zoom(1)", "Zoom out", group=ZOOM),
         Binding("Z", "zoom(-1)", "Zoom in", key_display="Z", group=ZOOM),
         Binding("v", "toggle_summary", "Summary"),
+        # not in the footer (its snapshots stay as they are); in the help and the palette
+        Binding("r", "report", "Report", show=False),
     ]
 
     def __init__(self, feed: Feed) -> None:
@@ -162,9 +164,13 @@ class DashboardScreen(Screen):
         return False
 
     def ended_state(self, after: str = "q quits") -> str:
-        """``ENDED after 12:00 (completed) · q quits``: the header of a finished run."""
+        """``ENDED after 12:00 (completed) · q quits``: the header of a finished run; a stop
+        condition's line too (``(stop_condition: error_rate>5%: 12.5% over ...)``)."""
         end = self.feed.summary.end
-        reason = f" ({getattr(end.reason, 'value', end.reason)})" if end is not None else ""
+        reason = ""
+        if end is not None:
+            why = end.detail.get("explanation")
+            reason = f" ({getattr(end.reason, 'value', end.reason)}{f': {why}' if why else ''})"
         return f"ENDED after {clock(self.feed.run_length_s)}{reason} · {after}"
 
     def _run_ended(self, ended: bool) -> None:
@@ -214,6 +220,33 @@ class DashboardScreen(Screen):
         below.display = not below.display
         panels[0].display = not below.display
 
+    def action_report(self) -> None:
+        """Write the report page of the session so far (its record as written until now)
+        beside the record, and say where. On a worker thread: reading a long record takes
+        seconds, and the screen goes on drawing meanwhile."""
+        path = self.feed.record_path
+        if path is None:
+            self.notify("no report: this session keeps no record (--no-record)",
+                        severity="warning", markup=False)
+            return
+        self.notify(f"writing the report of {path.name} ...", timeout=3, markup=False)
+        self.run_worker(lambda: self._write_report(path), thread=True, group="report",
+                        exclusive=True, exit_on_error=False)
+
+    def _write_report(self, record) -> None:
+        from soaktop.engine.errors import SoaktopError
+        from soaktop.tui.report.command import default_output, write_report
+        from soaktop.tui.report.series import read_series
+
+        try:
+            written = write_report([read_series(record)], default_output([record]))
+        except (SoaktopError, OSError, ValueError) as exc:  # the run goes on regardless
+            self.app.call_from_thread(self.notify, f"report not written: {exc}",
+                                      severity="error", timeout=10, markup=False)
+            return
+        self.app.call_from_thread(self.notify, f"report written to {written.page}",
+                                  timeout=15, markup=False)
+
     def action_zoom(self, step: int) -> None:
         """Coarser (``z``) or finer (``Z``) time axis: 1 s, 10 s, 1 min a column, whole run."""
         zoom = min(len(ZOOMS) - 1, max(0, self.zoom + step))
@@ -256,11 +289,22 @@ class LiveScreen(DashboardScreen):
     def header_state(self) -> str:
         if self.feed.ended:
             return self.ended_state()
-        return "PAUSED" if self.paused_load() else self.client_state()
+        if self.paused_load():
+            return "PAUSED"
+        session = self.feed.session
+        warning = session.warning if session is not None else None
+        if warning and warning != getattr(self, "_warned", None):
+            self._warned = warning  # said once, as it comes; the header keeps saying it
+            self.notify(warning, severity="warning", timeout=10, markup=False)
+        return "SATURATED: the server does not keep up" if warning else self.client_state()
 
     def action_concurrency(self, step: int) -> None:
         session = self.running_session()
         if session is None:
+            return
+        if session.config.trace is not None:  # the trace's own times: nothing to step
+            self.notify("a trace replay keeps the trace's times (--trace-speed sets them)",
+                        severity="warning", markup=False)
             return
         if session.config.rate is not None:  # open loop: the keys step the rate by 25%
             rate = session.target_rate or 1.0
