@@ -178,6 +178,10 @@ class FilePrompt:
     messages: tuple[dict[str, str], ...] | None
     output_tokens: int | None
     where: int
+    #: A ShareGPT entry of several human turns: all its turns through the last human one.
+    #: A one-request run sends ``messages`` (up to the first human turn); a conversation run
+    #: (``--turns``) sends these turn by turn (soaktop.engine.load.conversations).
+    conversation: tuple[dict[str, str], ...] | None = None
 
 
 _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
@@ -242,20 +246,21 @@ def _sharegpt(text: str, name: str) -> list[FilePrompt]:
         turns = entry.get("conversations") if isinstance(entry, dict) else None
         if not isinstance(turns, list):
             raise ConfigError(f"{at}: no 'conversations' list")
-        messages = []
+        every = []
         for turn in turns:
             if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
                 raise ConfigError(f"{at}: each turn needs 'from' and a 'value' string")
             role = _SHAREGPT_ROLES.get(str(turn.get("from")).lower())
             if role is None:
                 raise ConfigError(f"{at}: unknown speaker {turn.get('from')!r}")
-            messages.append({"role": role, "content": turn["value"]})
-            if role == "user":
-                break
-        if not messages or messages[-1]["role"] != "user":
+            every.append({"role": role, "content": turn["value"]})
+        users = [i for i, m in enumerate(every) if m["role"] == "user"]
+        if not users:
             continue  # a conversation without a human turn: nothing to send
-        prompts.append(FilePrompt("\n".join(m["content"] for m in messages), tuple(messages),
-                                  None, n))
+        messages = tuple(every[: users[0] + 1])
+        whole = tuple(every[: users[-1] + 1]) if len(users) > 1 else None
+        prompts.append(FilePrompt("\n".join(m["content"] for m in messages), messages,
+                                  None, n, whole))
     return prompts
 
 
@@ -311,8 +316,11 @@ class FilePrompts:
     one each time through it; the unique prefix (``UNIQUE_PREFIX_TOKENS`` pseudo-words) first."""
 
     def __init__(self, path: str, seed: int, unique_prefix: bool = True,
-                 salt: str | None = None, tokenizer: Any = None) -> None:
+                 salt: str | None = None, tokenizer: Any = None,
+                 conversations: bool = False) -> None:
         self.entries, self.info = read_prompt_file(path)
+        #: ``--turns``: a ShareGPT entry's prompt is its whole conversation, to send turn by turn
+        self.conversations = conversations
         self.seed, self.tokenizer = seed, tokenizer
         # the unique prefix's words come from PromptSet's, seeded by the same salt
         self._prefix = PromptSet(seed, 1, UNIQUE_PREFIX_TOKENS if unique_prefix else 1, 0, salt,
@@ -334,7 +342,8 @@ class FilePrompts:
     def prompt(self, request_id: int) -> Prompt:
         entry = self.entry(request_id)
         head = " ".join(map(word, self._prefix.unique_ids(request_id)))
-        messages = entry.messages
+        messages = (entry.conversation or entry.messages) if self.conversations \
+            else entry.messages
         if head:
             if messages:
                 first = {**messages[0], "content": f"{head} {messages[0]['content']}"}
@@ -416,7 +425,8 @@ class Workload:
                                       salt, tokenizer)
             self.source: Any = self.trace
         elif getattr(config, "prompts", None):
-            self.file = FilePrompts(config.prompts, config.seed, unique, salt, tokenizer)
+            self.file = FilePrompts(config.prompts, config.seed, unique, salt, tokenizer,
+                                    conversations=getattr(config, "turns", 1) > 1)
             self.source: Any = self.file
         elif inputs.kind == "fixed" and tokenizer is None:
             self.source = PromptSet(config.seed, config.prompt_pool, inputs.text(),

@@ -111,6 +111,30 @@ async def test_a_prompt_files_multi_turn_entry_is_sent_turn_by_turn(tmp_path):
     assert [d.turn for d in done] == [0, 1, 2]
 
 
+async def test_a_sharegpt_entrys_human_turns_are_sent_turn_by_turn(tmp_path):
+    """A ShareGPT conversation of three human turns: with --turns its turns go one a request,
+    the server's replies replacing the dataset's; without --turns only its first human turn
+    is sent, as before."""
+    talk = [{"from": "system", "value": "be brief"}, {"from": "human", "value": "one"},
+            {"from": "gpt", "value": "canned"}, {"from": "human", "value": "two"},
+            {"from": "gpt", "value": "canned"}, {"from": "human", "value": "three"},
+            {"from": "gpt", "value": "canned, after the last human turn"}]
+    path = tmp_path / "share.json"
+    path.write_text(json.dumps([{"conversations": talk}]))
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "one"},
+            {"role": "user", "content": "two"}, {"role": "user", "content": "three"}]
+    reply = {"role": "assistant", "content": words(0, 3)}
+    done, sent, _ = await converse(requests=3, concurrency=1, turns=5, prompts=str(path),
+                                   unique_prefix=False)
+    got = [sent[d.request_id].prompt for d in done]
+    assert got == [chat[:2], [*chat[:2], reply, chat[2]],
+                   [*chat[:2], reply, chat[2], reply, chat[3]]]
+    assert [d.turn for d in done] == [0, 1, 2]
+    done, sent, _ = await converse(requests=2, concurrency=1, turns=1, prompts=str(path),
+                                   unique_prefix=False)
+    assert [sent[d.request_id].prompt for d in done] == [chat[:2], chat[:2]]
+
+
 class _Textless(Backend):
     """Streams tokens with no text, as a backend that cannot give it."""
 
