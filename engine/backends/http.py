@@ -163,16 +163,20 @@ def request_uuid(run_id: str, request_id: int) -> str:
 
 
 class SendClock:
-    """Stamps the moment httpcore finished writing the request (its trace extension)."""
+    """Stamps the moment httpcore finished writing the request (its trace extension), and
+    notes whether the request opened a connection of its own or went out on a pooled one."""
 
-    __slots__ = ("t_ns",)
+    __slots__ = ("t_ns", "connected")
 
     def __init__(self) -> None:
         self.t_ns: int | None = None
+        self.connected = False  # it opened a new connection (else it reused a pooled one)
 
     async def __call__(self, event: str, info: dict[str, Any]) -> None:
         if event == "http11.send_request_body.complete":
             self.t_ns = time.perf_counter_ns()
+        elif event == "connection.connect_tcp.started":
+            self.connected = True
 
     def extensions(self) -> dict[str, Any]:
         return {"trace": self}
@@ -303,6 +307,22 @@ def transport_error(exc: httpx.HTTPError) -> BackendError:
     if isinstance(exc, httpx.TimeoutException):
         return BackendError(f"timed out: {text}", "read_timeout")
     return BackendError(f"{type(exc).__name__}: {text}", "http_error")
+
+
+def stale_connection(exc: httpx.HTTPError, clock: SendClock) -> bool:
+    """Whether a request that failed before any answer came did so because it went out on a
+    pooled connection the server had closed meanwhile: safe to send once more, since the
+    server never answered it.
+
+    Servers that close idle keep-alive connections without saying so (llama.cpp's, on
+    cpp-httplib) race every request sent on one: it is read by no one, and the client sees
+    the connection end (``RemoteProtocolError``: no response), or a reset or broken pipe
+    (``ReadError``, ``WriteError``). Browsers and common clients send such a request again;
+    only on a reused connection, as they do: a new connection that ends unanswered is the
+    server failing, not a stale socket, and is reported.
+    """
+    return (isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
+            and not clock.connected)
 
 
 def _body(response: httpx.Response) -> AsyncIterator[bytes]:

@@ -30,6 +30,7 @@ from soaktop.engine.backends.http import (
     probe,
     raise_for_status,
     request_uuid,
+    stale_connection,
     strip_credentials,
     transport_error,
 )
@@ -79,6 +80,9 @@ class HttpBackend(Backend):
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._backoff = ConnectBackoff()
+        #: Requests sent a second time because their pooled connection had been closed
+        #: by the server before it answered (see :func:`~.http.stale_connection`).
+        self.resent = 0
         self.server: dict[str, Any] = {}
         # path -> absolute URL: httpx parses and merges a relative URL again for every
         # request, a fifth of a send's cost; an absolute URL object it takes as it is
@@ -164,15 +168,18 @@ class HttpBackend(Backend):
             raise RuntimeError(f"{type(self).__name__}.start() has not been awaited")
         headers = {"X-Request-Id": request_uuid(self.run_id, request.request_id)}
         watchdog = Watchdog(self.timeouts)
+        resent = False
         try:
             while True:
-                sent = SendClock()
+                sent = SendClock()  # each attempt its own: RequestSent is the last one's send
+                answered = False
                 try:
                     async with self._client.stream(
                         "POST", self._url(self._path()), json=self._body(request),
                         headers=headers,
                         extensions=sent.extensions(),
                     ) as response:
+                        answered = True
                         self._backoff.connected()
                         if await self._retry_without(response):
                             continue
@@ -193,6 +200,13 @@ class HttpBackend(Backend):
                             response.stream = httpx.ByteStream(b"")
                         return
                 except httpx.HTTPError as exc:
+                    # Sent again once, before any answer and never after one (a response
+                    # may have been partly read); the stale socket is no server failure, so
+                    # it does not touch the back-off.
+                    if not answered and not resent and stale_connection(exc, sent):
+                        resent = True
+                        self._note_resent()
+                        continue
                     raise self._backoff.failed(transport_error(exc)) from None
         except asyncio.CancelledError:
             if watchdog.fired is None:
@@ -200,6 +214,15 @@ class HttpBackend(Backend):
             raise watchdog.error() from None
         finally:
             watchdog.close()
+
+    def _note_resent(self) -> None:
+        """Count a request sent again after a stale pooled connection; the first time, say so
+        in the run (a mark in the record), since the server drops idle connections unasked."""
+        self.resent += 1
+        if self.resent == 1 and self.notice is not None:
+            self.notice("the server closed a kept-alive connection as a request went out on it, "
+                        "without answering; such requests are sent again once, on a new "
+                        "connection", False)
 
     async def _retry_without(self, response: httpx.Response) -> bool:
         """Whether ``response`` is a refusal to answer by asking again differently."""

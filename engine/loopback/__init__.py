@@ -40,10 +40,14 @@ Faults (every ``fault_every``-th generation request, counted from 1, after the f
 ``finish_error``    the last content chunk's finish reason is ``error``: a failure inside a 200
 ``html_200``        a proxy's login page instead: 200, ``text/html``, not a stream
 ``redirect_302``    302 to ``/login?next=...`` (a proxy's login page), ``text/html``
+``hang_up``         the connection is closed (FIN) with the request read and nothing answered
+``close_idle``      ``hang_up``, only for a request on a kept-alive connection that already
+                    carried a generation request (llama.cpp's server closing idle ones)
 ==================  ===========================================================================
 
-Status faults (``http_*``, ``refuse_usage``, ``html_200``, ``redirect_302``) apply to any
-generation request; the others to streaming ones. In-process::
+Status faults (``http_*``, ``refuse_usage``, ``html_200``, ``redirect_302``) and
+``hang_up``/``close_idle`` apply to any generation request; the others to streaming ones.
+In-process::
 
     async with LoopbackServer(Schedule(ttft_ms=50, itl_ms=20)) as server:
         ...  # talk to server.url; then server.emissions()

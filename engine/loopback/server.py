@@ -56,6 +56,8 @@ class _Request:
     received_ns: int
     keep_alive: bool
     request_id: str | None = None
+    #: Its connection already carried a generation request: a kept-alive one used again.
+    reused: bool = False
 
 
 @dataclass(slots=True)
@@ -192,6 +194,8 @@ class _Fault:
     after_chunks: int = 0  # MID_STREAM: content chunks sent before it strikes
     #: The requests it applies to, by their JSON body (None: all); others are served normally.
     only_if: Callable[[dict[str, Any]], bool] | None = None
+    #: Only requests on a connection that already carried a generation request.
+    reused_only: bool = False
 
 
 @dataclass(slots=True)
@@ -294,6 +298,14 @@ async def _reset(response: _Response) -> bool:
     return False
 
 
+async def _hang_up(response: _Response) -> bool:
+    """The connection closes (FIN) with the request read and not a byte of answer sent:
+    what a server that drops idle keep-alive connections does to a request that raced the
+    close (llama.cpp's server, cpp-httplib, does it without a ``Connection: close``)."""
+    response.keep_alive = False
+    return False
+
+
 async def _error_event(response: _Response) -> bool:
     """An error event, then the body ends well and the server closes the connection."""
     await _send_chunk(response.writer, response.wire.frame(response.wire.error_event()))
@@ -340,6 +352,11 @@ _FAULTS: dict[str, _Fault] = {
     "html_200": _Fault(_At.BEFORE_HEADERS, _page(200, _LOGIN_PAGE)),
     # ... or a redirect to that page
     "redirect_302": _Fault(_At.BEFORE_HEADERS, _page(302, _MOVED, to_login=True)),
+    # closes the connection unanswered: every time, or only where it was kept alive after
+    # a generation request (a server closing idle connections as a request goes out on one;
+    # set-up calls' connections are spared, so a request sent again finds a live one)
+    "hang_up": _Fault(_At.BEFORE_HEADERS, _hang_up),
+    "close_idle": _Fault(_At.BEFORE_HEADERS, _hang_up, reused_only=True),
 }
 #: The faults' names, in the table's order: what ``fault=`` and ``--fault`` accept.
 FAULTS = tuple(_FAULTS)
@@ -464,7 +481,7 @@ class LoopbackServer:
         # asyncio sets this already on TCP transports; said again because timing depends on it.
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            keep_alive = True
+            keep_alive, generated = True, False
             while keep_alive:
                 try:
                     request = await _read_request(reader)
@@ -474,6 +491,8 @@ class LoopbackServer:
                     break
                 if request is None:
                     break
+                request.reused = generated
+                generated = generated or (request.method == "POST" and request.path in WIRES)
                 keep_alive = await self._dispatch(request, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away; there is no one left to answer
@@ -551,7 +570,8 @@ class LoopbackServer:
             return keep_alive
         trace.prompt, trace.max_tokens = body.get(wire.prompt_field), wire.tokens
 
-        response = _Response(writer, wire, trace, keep_alive, self._fault_for(trace, body))
+        fault = self._fault_for(trace, body, request.reused)
+        response = _Response(writer, wire, trace, keep_alive, fault)
         if response.strikes_at(_At.BEFORE_HEADERS) and not await response.strike():
             return response.keep_alive
         if self.schedule.stop_after is not None and wire.tokens > self.schedule.stop_after:
@@ -561,14 +581,17 @@ class LoopbackServer:
             return await self._respond_whole(wire, plan, trace, writer, keep_alive)
         return await self._stream(request, plan, response)
 
-    def _fault_for(self, trace: _Trace, body: dict[str, Any]) -> str | None:
+    def _fault_for(self, trace: _Trace, body: dict[str, Any], reused: bool) -> str | None:
         """The fault this request gets: every ``fault_every``-th one after the first
-        ``fault_after`` (a server that degrades on cue), where the fault applies."""
+        ``fault_after`` (a server that degrades on cue), where the fault applies (``reused``:
+        the request came on a connection that already carried a generation request)."""
         if (self.fault is None or trace.request <= self.fault_after
                 or trace.request % self.fault_every != 0):
             return None
-        only_if = _FAULTS[self.fault].only_if
-        return self.fault if only_if is None or only_if(body) else None
+        fault = _FAULTS[self.fault]
+        if fault.reused_only and not reused:
+            return None
+        return self.fault if fault.only_if is None or fault.only_if(body) else None
 
     async def _stream(
         self, request: _Request, plan: list[tuple[int, int]], response: _Response

@@ -101,10 +101,10 @@ def _run(server, tmp_path: Path, *extra: str) -> tuple[dict, str]:
     result = json.loads(summary.stdout)
     assert result["requests_ok"] > 0, context
     # llama-server (cpp-httplib) closes idle keep-alive connections without a
-    # ``Connection: close``; a request sent on one just then fails with "Server disconnected
-    # without sending a response" (a few % of requests at this rate, plain httpx alike). Any
-    # other failure is a new one.
-    assert set(result["errors"]) <= {"connection_reset"}, context
+    # ``Connection: close``; a request sent on one just then got no answer (a few % of
+    # requests at this rate, plain httpx alike) until soaktop sent such requests again
+    # (engine/backends/http.py stale_connection). No failure at all is expected now.
+    assert not result["errors"], context
     return result, proc.stdout + proc.stderr
 
 
