@@ -45,7 +45,7 @@ from soaktop.engine.load.prompts import (
     PromptSet,
     word,
 )
-from soaktop.engine.load.workloads import _messages, _word_ids
+from soaktop.engine.load.workloads import _messages, _word_ids, read_text_file
 
 #: Tokens a ``hash_ids`` block stands for: Mooncake's block size.
 BLOCK_TOKENS = 512
@@ -104,17 +104,7 @@ def read_trace(path: str | os.PathLike) -> tuple[list[TraceEntry], dict[str, Any
     """A trace's requests and what the record says of the file (name, size, sha256)."""
     p = Path(path)
     name = p.name
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"trace {path} not found") from None
-    except OSError as exc:
-        raise ConfigError(f"trace {path}: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{name} line {line}: not UTF-8 text") from None
+    raw, text = read_text_file(path, "trace")
     entries: list[TraceEntry] = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():

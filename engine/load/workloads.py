@@ -264,6 +264,23 @@ def _sharegpt(text: str, name: str) -> list[FilePrompt]:
     return prompts
 
 
+def read_text_file(path: str | os.PathLike, what: str) -> tuple[bytes, str]:
+    """A workload file's bytes (for its sha256) and its UTF-8 text; a missing or unreadable
+    file, or one that is not UTF-8, is a one-line error naming it (``what``: "prompt file",
+    "trace") or the line."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
+    try:
+        return raw, raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{Path(path).name} line {line}: not UTF-8 text") from None
+
+
 def read_prompt_file(path: str | os.PathLike) -> tuple[list[FilePrompt], dict[str, Any]]:
     """The prompts of a file and what the record says of it (name, size, sha256, format).
 
@@ -271,17 +288,7 @@ def read_prompt_file(path: str | os.PathLike) -> tuple[list[FilePrompt], dict[st
     is ShareGPT, ``{`` JSON Lines, anything else plain text (one prompt a line)."""
     p = Path(path)
     name = p.name
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"prompt file {path} not found") from None
-    except OSError as exc:
-        raise ConfigError(f"prompt file {path}: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{name} line {line}: not UTF-8 text") from None
+    raw, text = read_text_file(path, "prompt file")
     first = text.lstrip()[:1]
     if p.suffix == ".jsonl" or (p.suffix != ".json" and first == "{"):
         kind, prompts = "jsonl", _jsonl(text.splitlines(), name)

@@ -30,3 +30,23 @@ def make_session(tmp_path):
         return session, events
 
     return make
+
+
+@pytest.fixture
+def tokenizer_path(tmp_path):
+    """A small BPE tokenizer.json trained on soaktop's pseudo-words (never downloaded), in a
+    folder, as --tokenizer takes it."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import models, pre_tokenizers, trainers
+
+    from soaktop.engine.load.prompts import word
+
+    tok = tokenizers.Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["[UNK]"])
+    tok.train_from_iterator([" ".join(word(i) for i in range(j, 4096, 7)) for j in range(7)],
+                            trainer)
+    path = tmp_path / "tok"
+    path.mkdir()
+    tok.save(str(path / "tokenizer.json"))
+    return str(path)

@@ -145,24 +145,6 @@ def test_with_a_tokenizer_a_block_is_exactly_512_tokens(tmp_path, tokenizer_path
     assert len(w.prompt(0).token_ids) == 600
 
 
-@pytest.fixture
-def tokenizer_path(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import models, pre_tokenizers, trainers
-
-    from soaktop.engine.load.prompts import word
-
-    tok = tokenizers.Tokenizer(models.BPE(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["[UNK]"])
-    tok.train_from_iterator([" ".join(word(i) for i in range(j, 4096, 7)) for j in range(7)],
-                            trainer)
-    path = tmp_path / "tok"
-    path.mkdir()
-    tok.save(str(path / "tokenizer.json"))
-    return str(path)
-
-
 async def test_a_traces_sends_land_at_its_timestamps(tmp_path):
     """1,000 requests, 8 s of trace at 2x speed: each is due exactly at its timestamp / 2
     from the start (the record's sent_ns, in an open loop), and how late it went out (the

@@ -223,24 +223,6 @@ async def test_the_server_receives_the_asked_length_distributions(tmp_path):
 # -- a local tokenizer ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def tokenizer_path(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import models, pre_tokenizers, trainers
-
-    from soaktop.engine.load.prompts import word
-
-    tok = tokenizers.Tokenizer(models.BPE(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["[UNK]"])
-    tok.train_from_iterator([" ".join(word(i) for i in range(j, 4096, 7)) for j in range(7)],
-                            trainer)
-    path = tmp_path / "tok"
-    path.mkdir()
-    tok.save(str(path / "tokenizer.json"))
-    return str(path)
-
-
 def test_synthetic_prompts_encode_to_exactly_the_asked_length(tokenizer_path):
     from tokenizers import Tokenizer
 
