@@ -114,19 +114,23 @@ def nodes(ray: Any) -> list[dict[str, Any]]:
     return sorted(alive, key=lambda n: n["NodeID"])
 
 
+#: The items that carry a stamp: a send, an arrival, an end.
+_STAMPED = frozenset((wp.SENT, wp.ARRIVED, wp.END))
+
+
+def _moved(item: tuple, delta_ns: int) -> tuple:
+    """A stamped item (one of :data:`_STAMPED`) with its stamp moved by ``delta_ns``: the one
+    place that knows where each item keeps its stamp."""
+    if item[0] == wp.END:
+        return (*item[:5], item[5] + delta_ns, *item[6:])  # its output text kept
+    return (item[0], item[1], item[2] + delta_ns, *item[3:])
+
+
 def shifted(items: list[tuple], delta_ns: int) -> list[tuple]:
     """``items`` with every stamp moved by ``delta_ns`` (a send, an arrival, an end)."""
     if not delta_ns:
         return items
-    out = []
-    for item in items:
-        kind = item[0]
-        if kind == wp.ARRIVED or kind == wp.SENT:
-            item = (kind, item[1], item[2] + delta_ns, *item[3:])
-        elif kind == wp.END:
-            item = (*item[:5], item[5] + delta_ns, *item[6:])  # its output text kept
-        out.append(item)
-    return out
+    return [_moved(item, delta_ns) if item[0] in _STAMPED else item for item in items]
 
 
 class _Worker:
@@ -236,10 +240,10 @@ class RayPool(Pool):
         self.clock_shifts_ns = tuple(clock_shifts_ns)
         self.owns_ray = owns_ray
         self.clock_every_s = CLOCK_EVERY_S
-        #: Each clock estimate, in order: ``(perf_counter_ns, worker_id, host, offset_ns,
-        #: uncertainty_ns)``; the session records them (``worker_clock``) as it takes them.
+        #: The clock estimates the session has not yet recorded, in order: ``(perf_counter_ns,
+        #: worker_id, host, offset_ns, uncertainty_ns)``; :meth:`events` takes them (and so
+        #: empties it: a long run holds none it has recorded).
         self.clock_estimates: list[tuple[int, int, str, int, int]] = []
-        self._recorded = 0  # of clock_estimates, those the session has had
         self._clock_task: asyncio.Task | None = None
         self._ray: Any = None
 
@@ -354,17 +358,13 @@ class RayPool(Pool):
         flights, now = proc.flights, proc.offset_ns
         out = []
         for item in items:
-            kind = item[0]
-            if kind == wp.ARRIVED or kind == wp.SENT or kind == wp.END:
+            if item[0] in _STAMPED:
                 flight = flights.get(item[1])
                 if flight is None:  # cancelled here already: dropped by _batch
                     continue
                 if flight.offset_ns is None:
                     flight.offset_ns = now
-                if kind == wp.END:
-                    item = (*item[:5], item[5] - flight.offset_ns, *item[6:])
-                else:
-                    item = (kind, item[1], item[2] - flight.offset_ns, *item[3:])
+                item = _moved(item, -flight.offset_ns)
             out.append(item)
         return out
 
@@ -394,8 +394,7 @@ class RayPool(Pool):
 
     def events(self, origin_ns: int) -> list[WorkerClock]:
         """A ``worker_clock`` for each estimate not yet recorded (those of the start at 0)."""
-        taken = self.clock_estimates[self._recorded:]
-        self._recorded = len(self.clock_estimates)
+        taken, self.clock_estimates = self.clock_estimates, []
         return [WorkerClock(max(0, t - origin_ns), index, host, offset, uncertainty)
                 for t, index, host, offset, uncertainty in taken]
 

@@ -10,10 +10,10 @@ load loops and every event (:mod:`soaktop.engine.load.workers`).
 What crosses the pipe (pickled tuples, small ints for kinds):
 
 - main -> worker: lists of commands (one loop iteration's): ``(GO, request_id, model,
-  max_tokens, prompt)``, the prompt its text or ``(text, chat messages)``, and a sixth item,
-  True, for a request whose output text is wanted (``--save-outputs``): send it now (the
-  main decided when it was due, and which worker takes it); ``(CANCEL, request_id)``;
-  ``(STOP,)``.
+  max_tokens, prompt, want_text)``, the prompt its text or ``(text, chat messages)``,
+  ``want_text`` whether the output's text is wanted (``--save-outputs``, a tokenizer, a
+  conversation's next turn): send it now (the main decided when it was due, and which
+  worker takes it); ``(CANCEL, request_id)``; ``(STOP,)``.
   The first message is the setup: the backend's kind and options (the API key among them: it
   crosses the pipe, never a command line) and the run's X-Request-Id prefix.
 - worker -> main: ``(READY, describe)`` or ``(FAILED, exception)`` once started, then lists
@@ -121,8 +121,7 @@ class _Worker:
     def command(self, message: tuple) -> None:
         kind = message[0]
         if kind == GO:
-            rid, model, max_tokens, text = message[1:5]
-            want_text = len(message) > 5 and message[5]
+            _, rid, model, max_tokens, text, want_text = message
             task = asyncio.get_running_loop().create_task(self.request(rid, model, max_tokens,
                                                                        text, want_text))
             self.tasks[rid] = task

@@ -350,9 +350,9 @@ class Pool(Backend):
         flight = _Flight()
         proc.flights[rid] = flight
         prompt = request.prompt  # a prompt file's chat messages cross as they are
-        command = (wp.GO, rid, request.model, request.max_tokens,
-                   (prompt.text, prompt.messages) if prompt.messages else prompt.text)
-        proc.post((*command, True) if request.want_text else command)
+        proc.post((wp.GO, rid, request.model, request.max_tokens,
+                   (prompt.text, prompt.messages) if prompt.messages else prompt.text,
+                   request.want_text))
         ended = False
         loop = asyncio.get_running_loop()
         try:
@@ -368,8 +368,8 @@ class Pool(Backend):
                         yield RequestSent(item[2])
                     elif kind == wp.END:
                         ended = True
-                        yield StreamEnd(item[2], item[3], item[4], item[5],
-                                        item[6] if len(item) > 6 else None)
+                        # finish, arrival tokens, server figures, stamp, output text
+                        yield StreamEnd(*item[2:7])
                         return
                     else:  # wp.ERROR
                         ended = True

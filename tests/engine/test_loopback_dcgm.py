@@ -95,6 +95,47 @@ def test_a_loaded_server_warms_its_gpus_toward_the_steady_state_with_the_time_co
         assert abs(g.temperature_c - temperature(g.gpu_index, 0.5, 100.0)) <= 0.5
 
 
+def test_processes_sharing_a_ledger_heat_their_gpus_with_the_load_of_all(tmp_path):
+    """Two processes of one loopback (``--processes 2``), each streaming 750 tokens/s: the
+    GPUs either one serves are those of 1,500 tokens/s, half load, as the first-order model
+    puts them by hand; a process's own share alone would be a quarter."""
+    from soaktop.engine.loopback.shared import Shared, TokenLedger
+
+    model = GpuModel(gpus=8, tau_s=TAU, busy_tokens_per_s=3000)
+    ledgers = [TokenLedger(Shared(tmp_path, i, 2, 0)) for i in (0, 1)]
+    try:
+        sims = [SimulatedGpus(model, ledger) for ledger in ledgers]
+        for sim in sims:
+            feed(sim, 750, 0.0, 12.0, chunks_per_s=25)
+        for sim in sims:
+            for g in gpus_at(sim, 12.0):
+                assert abs(g.temperature_c - temperature(g.gpu_index, 0.5, 12.0)) <= 0.5
+                assert g.gpu_utilization_percent == 50.0
+    finally:
+        for ledger in ledgers:
+            ledger.close()
+
+
+def test_a_ledger_cell_of_an_older_step_reads_as_no_tokens(tmp_path):
+    """Each process's column wraps after LEDGER_STEPS steps: a cell holding another step's
+    count is stale and counts nothing, in the writer's column or another's."""
+    from soaktop.engine.loopback.shared import LEDGER_STEPS, Shared, TokenLedger
+
+    ledgers = [TokenLedger(Shared(tmp_path, i, 2, 0)) for i in (0, 1)]
+    try:
+        ledgers[0].add(5, 10)
+        ledgers[1].add(5, 7)
+        ledgers[1].add(5, 1)
+        assert [ledger.total(5) for ledger in ledgers] == [18, 18]  # every column, summed
+        ledgers[0].add(5 + LEDGER_STEPS, 3)  # the same cell, a wrap later: 10 is gone
+        assert ledgers[1].total(5 + LEDGER_STEPS) == 3
+        assert ledgers[1].total(5) == 8  # only column 1 still holds step 5
+        assert ledgers[0].total(6) == 0
+    finally:
+        for ledger in ledgers:
+            ledger.close()
+
+
 def test_the_hot_gpu_throttles_only_after_it_crosses_its_slowdown_threshold():
     """Full load: every GPU is power-capped (740 W asked, 700 allowed: clock 1980 x 700/740);
     the hot one crosses 87 C at 10 ln(58/3) = 29.6 s, then its thermal limit takes the clock

@@ -166,6 +166,9 @@ def test_stamps_move_by_the_offset_and_nothing_else_does():
                      (wp.END, 1, "length", None, None, 120), (wp.HEALTH, {"x": 1}),
                      (wp.ERROR, 2, "http_500", "boom", False, None)]
     assert shifted(items, 0) is items
+    # an end that carries its output text (a request that wanted it) keeps it as it was
+    ended = (wp.END, 3, "stop", (1, 2), {"usage": 3}, 900, ("answer", "thought"))
+    assert shifted([ended], 100) == [(*ended[:5], 1000, ("answer", "thought"))]
 
 
 def test_a_request_keeps_the_offset_it_was_sent_with_when_a_new_estimate_comes():
@@ -187,6 +190,18 @@ def test_a_request_keeps_the_offset_it_was_sent_with_when_a_new_estimate_comes()
                      (wp.END, 1, "length", None, None, 6000)]  # request 9: cancelled here
 
 
+def test_each_clock_estimate_is_recorded_once_from_the_session_origin_and_then_let_go():
+    """The session takes the estimates as ``worker_clock`` events, stamped from its origin
+    (one before it, the start's, at 0); each once, and the pool keeps none it has given
+    (an estimate a minute per worker must not pile up over a long run)."""
+    pool = RayPool("openai", _options("http://127.0.0.1:9"), 2)
+    pool.clock_estimates += [(1_000, 0, "a", 5, 1), (3_000, 1, "b", -7, 2)]
+    assert pool.events(2_000) == [WorkerClock(0, 0, "a", 5, 1), WorkerClock(1_000, 1, "b", -7, 2)]
+    assert pool.events(2_000) == [] and pool.clock_estimates == []
+    pool.clock_estimates.append((62_000, 0, "a", 6, 1))
+    assert pool.events(2_000) == [WorkerClock(60_000, 0, "a", 6, 1)]
+
+
 def test_commands_that_arrive_out_of_order_are_applied_in_the_order_sent():
     """An async actor may run one caller's calls out of order: a CANCEL must never pass its
     GO. Each list of commands is numbered and waits for the lists before it."""
@@ -197,9 +212,9 @@ def test_commands_that_arrive_out_of_order_are_applied_in_the_order_sent():
     worker.worker = type("W", (), {"command": staticmethod(seen.append)})()
     asyncio.run(worker.post(1, [(wp.CANCEL, 7)]))
     assert seen == []  # its turn has not come
-    asyncio.run(worker.post(0, [(wp.GO, 7, "m", 8, "hi")]))
+    asyncio.run(worker.post(0, [(wp.GO, 7, "m", 8, "hi", False)]))
     asyncio.run(worker.post(2, [(wp.STOP,)]))
-    assert seen == [(wp.GO, 7, "m", 8, "hi"), (wp.CANCEL, 7), (wp.STOP,)]
+    assert seen == [(wp.GO, 7, "m", 8, "hi", False), (wp.CANCEL, 7), (wp.STOP,)]
 
 
 @_ray

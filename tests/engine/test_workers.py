@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
+from soaktop.engine.backends.base import Arrival, RequestSent, StreamEnd
 from soaktop.engine.config import RunConfig
 from soaktop.engine.events import ClientSample, Mark, RequestDone, SessionEnd, TokensArrived
 from soaktop.engine.factory import build_session
@@ -71,6 +72,43 @@ def test_the_worst_process_decides_a_seconds_health():
     merged = worst_health(main, [a, b])
     assert merged == HealthFigures(1500, 800, 205.0, 92.0, 2500, 1800)
     assert worst_health(main, []) is main
+
+
+class _Talker:
+    """A backend whose every arrival carries its text, as an HTTP backend's does whether or
+    not the text is wanted: a thought, then an answer in two pieces."""
+
+    async def stream(self, request):
+        yield RequestSent(1)
+        yield Arrival(2, 1, "hm", reasoning=True)
+        yield Arrival(3, 1, "Hello ")
+        yield Arrival(4, 2, "world")
+        yield StreamEnd("stop")
+
+
+def test_a_worker_sends_the_output_text_once_at_the_end_and_only_when_asked():
+    """The text crosses the pipe in the END item, (answer, reasoning), for a request whose GO
+    asked for it; never with each arrival, and not at all for one that did not ask."""
+    from soaktop.engine.load import worker_process as wp
+    from soaktop.engine.metrics.client_health import ClientHealth
+
+    async def items(want_text: bool) -> list[tuple]:
+        sent: list[tuple] = []
+        worker = wp._Worker(sent.extend, _Talker(), ClientHealth())
+        worker.command((wp.GO, 7, "m", 8, "hi", want_text))
+        await worker.tasks[7]
+        worker.out.flush()
+        return sent
+
+    asked, unasked = asyncio.run(items(True)), asyncio.run(items(False))
+    for sent in (asked, unasked):  # arrivals carry their stamps and counts, never text
+        assert [i for i in sent if i[0] == wp.ARRIVED] == [
+            (wp.ARRIVED, 7, 2, 1, True), (wp.ARRIVED, 7, 3, 1, False),
+            (wp.ARRIVED, 7, 4, 2, False)]
+    (end,) = [i for i in asked if i[0] == wp.END]
+    assert end[:3] == (wp.END, 7, "stop") and end[6] == ("Hello world", "hm")
+    (end,) = [i for i in unasked if i[0] == wp.END]
+    assert end[:3] == (wp.END, 7, "stop") and end[6] is None
 
 
 # -- against the loopback ----------------------------------------------------------------------
