@@ -34,17 +34,27 @@ from soaktop.engine.metrics.results import (
 from soaktop.engine.telemetry.live import TelemetrySnapshot
 from soaktop.engine.telemetry.reasons import THROTTLING
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: C0 and C1 controls but newline and tab, and the bidirectional controls, which make a
+#: terminal show a line's characters in another order than they come (what "Trojan Source"
+#: hides code with): untrusted text shows them as escapes.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e"
+                      r"\u2066-\u2069]")
 
 
 def terminal_safe(text: str) -> str:
-    """``text`` with every control character but newline and tab written as an escape.
+    """``text`` with every control character but newline and tab, and every bidirectional
+    control, written as an escape (``\\x1b``, ``\\u202e``).
 
     Model names, error classes, exporter reasons and whatever a record holds are untrusted: a
     terminal would obey an ESC sequence in them (recolour, retitle, clear the screen), so every
     line meant for a terminal goes through here.
     """
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _ms(value: float | None) -> str:
@@ -203,8 +213,12 @@ def summary_table(summary: RunSummary, width: int | None = None) -> str:
     lines = [" ".join(name.rjust(w) for (name, _, _), w in zip(columns, widths))]
     for i in range(len(labels)):
         lines.append(" ".join(values[i].rjust(w) for (_, _, values), w in zip(columns, widths)))
-    lines.append(f"{summary.requests_warmup} warm-up requests not counted (phases marked w);"
-                 f" {summary.requests_cancelled} cut off at the end")
+    left_out = [f"{summary.requests_warmup} warm-up requests not counted (phases marked w)"
+                if summary.requests_warmup else "",
+                f"{summary.requests_cancelled} cut off at the end"
+                if summary.requests_cancelled else ""]
+    if any(left_out):  # a trace run has no warm-up; nothing said of what did not happen
+        lines.append("; ".join(part for part in left_out if part))
     lines.append(f"ended: {ended_text(summary)}")
     if summary.marks:
         shown = summary.marks[:MARKS_SHOWN]
@@ -289,7 +303,9 @@ def turn_lines(summary: RunSummary) -> list[str]:
     if split is None:
         return []
 
-    def part(label: str, d, n: int) -> str:
+    def part(label: str, d: Distribution, n: int) -> str:
+        if not n:  # none succeeded yet (a run of one turn a conversation has no later ones)
+            return f"no {label}"
         return f"{label} p50 {_ms(d.p50)} ms, p95 {_ms(d.p95)} ms ({n:,} requests)"
 
     return ["conversations: TTFT " + part("first turns", split.first_ttft_ms, split.first)
@@ -350,6 +366,8 @@ def soak_explanation(soak: SoakVerdict) -> str:
 def _settling(soak: SoakVerdict) -> str:
     if soak.settled:
         return f"steady from {soak.steady_state_s:.0f} s after warm-up (MSER-5)"
+    if not soak.steady_state_s:  # under two 5 s batches: nothing to search for it in
+        return "too short to look for a steady state"
     return f"no steady state within the first {soak.steady_state_s:.0f} s (still settling)"
 
 

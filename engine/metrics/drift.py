@@ -136,6 +136,9 @@ class _GpuSeconds:
 
 
 class Drift:
+    """The soak verdict's state, fed events (:meth:`add`) or a summary's batches of
+    record lines (:meth:`add_lines`); :meth:`result` judges it (the module docstring)."""
+
     def __init__(self, window_s: int = WINDOW_S) -> None:
         self.window_s = int(window_s)
         self.first_ns = (SETTLE_MAX_S + self.window_s) * 10**9
@@ -229,6 +232,64 @@ class Drift:
             self._ring_t[slot], self._ring_ttft[slot] = t_s, ttft_ms
             self._ring_itl[slot] = itl_ms
             self._ring_next += 1
+
+    def add_lines(self, t_max: int, sent: np.ndarray, lens: np.ndarray, offsets: np.ndarray,
+                  first: np.ndarray, last: np.ndarray, warmup: np.ndarray,
+                  with_ttft: np.ndarray) -> None:
+        """What :meth:`add` does for requests whose arrivals carry one token each, in
+        order: ``sent`` their send times, ``lens`` their arrivals, ``offsets`` those end to
+        end (µs from each send), ``first`` and ``last`` each one's first and last,
+        ``warmup`` which were warm-up, ``with_ttft`` which were successful measured ones with
+        arrivals (their TTFT and ITL count).
+
+        The summary's record-line path (:meth:`SessionSummary._flush_lines
+        <soaktop.engine.metrics.summary.SessionSummary._flush_lines>`) calls it with a batch's
+        arrays; it sits here, beside :meth:`_add_request`, because it fills the same state the
+        same way (the summary tests compare the two, bit for bit)."""
+        if t_max > self.end_ns:
+            self.end_ns = t_max
+        if self.start_ns is None:
+            return
+        measured = np.repeat(~warmup, lens)
+        if measured.any():
+            self._count_tokens(np.repeat(sent, lens)[measured] + offsets[measured] * 1000, None)
+        m = int(np.count_nonzero(with_ttft))
+        if not m:
+            return
+        sent, first, last, n = sent[with_ttft], first[with_ttft], last[with_ttft], lens[with_ttft]
+        # the same arithmetic, in the same order, as _add_request's, so the same bits
+        itl_ms = np.full(m, np.nan)
+        two = n >= 2
+        itl_ms[two] = (last[two] - first[two]) / (n[two] - 1) / 1e3
+        seconds = (sent - self.start_ns) // 10**9
+        counted = seconds >= 0
+        if counted.any():
+            self._grow(int(seconds[counted].max()))
+            # math.log, as _add_request takes it (numpy's vectorised log is not promised
+            # to round as the C library's), added in order by np.add.at: the same bits
+            logs = np.fromiter(map(math.log, np.maximum(first[counted], 1).tolist()),
+                               dtype=np.float64, count=int(np.count_nonzero(counted)))
+            np.add.at(self._ttft_log_sum, seconds[counted], logs)
+            np.add.at(self._ttft_n, seconds[counted], 1)
+        t_s = (sent - self.start_ns) / 1e9
+        ttft_ms = first / 1e3
+        early = sent < self.start_ns + self.first_ns
+        e = int(np.count_nonzero(early))
+        if e:
+            self._make_room(e)
+            at = slice(self._first_n, self._first_n + e)
+            self._first_t[at], self._first_ttft[at] = t_s[early], ttft_ms[early]
+            self._first_itl[at] = itl_ms[early]
+            self._first_n += e
+        if m > RECENT_REQUESTS:  # only the latest fit
+            t_s, ttft_ms = t_s[-RECENT_REQUESTS:], ttft_ms[-RECENT_REQUESTS:]
+            itl_ms = itl_ms[-RECENT_REQUESTS:]
+            self._ring_next += m - RECENT_REQUESTS
+            m = RECENT_REQUESTS
+        slots = (self._ring_next + np.arange(m)) % RECENT_REQUESTS
+        self._ring_t[slots], self._ring_ttft[slots] = t_s, ttft_ms
+        self._ring_itl[slots] = itl_ms
+        self._ring_next += m
 
     def _make_room(self, more: int) -> None:
         """The first requests' arrays grown (doubling) to hold ``more``."""

@@ -33,7 +33,6 @@ whole run, its drift analysis included, is not recomputed for it).
 from __future__ import annotations
 
 import copy
-import math
 from array import array
 from bisect import bisect_right
 from collections import Counter
@@ -59,7 +58,7 @@ from soaktop.engine.events import (
     TokensArrived,
 )
 from soaktop.engine.load.plans import parse_slo, ramp_table, slo_report
-from soaktop.engine.metrics.drift import RECENT_REQUESTS, Drift
+from soaktop.engine.metrics.drift import Drift
 from soaktop.engine.metrics.histogram import LogHistogram
 from soaktop.engine.metrics.results import (
     CUT_SHORT,
@@ -87,71 +86,6 @@ from soaktop.engine.telemetry.derived import (
     energy_figures,
     gpu_key,
 )
-
-
-class _Drift(Drift):
-    """The soak verdict, fed many requests' arrays at once (see
-    :meth:`SessionSummary._flush_lines`).
-
-    A subclass here because the record-line path is the summary's: it fills the same state
-    :meth:`Drift.add` fills a request at a time (tokens and TTFTs per second of the measured
-    run, the first requests' TTFTs and ITLs, the latest ones' ring), so it follows Drift's
-    internals; the tests check that a summary fed record lines and one fed events give the
-    same verdict figures, bit for bit.
-    """
-
-    def add_lines(self, t_max: int, sent: np.ndarray, lens: np.ndarray, offsets: np.ndarray,
-                  first: np.ndarray, last: np.ndarray, warmup: np.ndarray,
-                  with_ttft: np.ndarray) -> None:
-        """What :meth:`Drift.add` does for requests whose arrivals carry one token each, in
-        order: ``sent`` their send times, ``lens`` their arrivals, ``offsets`` those end to
-        end (µs from each send), ``first`` and ``last`` each one's first and last,
-        ``warmup`` which were warm-up, ``with_ttft`` which were successful measured ones with
-        arrivals (their TTFT and ITL count)."""
-        if t_max > self.end_ns:
-            self.end_ns = t_max
-        if self.start_ns is None:
-            return
-        measured = np.repeat(~warmup, lens)
-        if measured.any():
-            self._count_tokens(np.repeat(sent, lens)[measured] + offsets[measured] * 1000, None)
-        m = int(np.count_nonzero(with_ttft))
-        if not m:
-            return
-        sent, first, last, n = sent[with_ttft], first[with_ttft], last[with_ttft], lens[with_ttft]
-        # the same arithmetic, in the same order, as Drift._add_request's, so the same bits
-        itl_ms = np.full(m, np.nan)
-        two = n >= 2
-        itl_ms[two] = (last[two] - first[two]) / (n[two] - 1) / 1e3
-        seconds = (sent - self.start_ns) // 10**9
-        counted = seconds >= 0
-        if counted.any():
-            self._grow(int(seconds[counted].max()))
-            # math.log, as Drift._add_request takes it (numpy's vectorised log is not promised
-            # to round as the C library's), added in order by np.add.at: the same bits
-            logs = np.fromiter(map(math.log, np.maximum(first[counted], 1).tolist()),
-                               dtype=np.float64, count=int(np.count_nonzero(counted)))
-            np.add.at(self._ttft_log_sum, seconds[counted], logs)
-            np.add.at(self._ttft_n, seconds[counted], 1)
-        t_s = (sent - self.start_ns) / 1e9
-        ttft_ms = first / 1e3
-        early = sent < self.start_ns + self.first_ns
-        e = int(np.count_nonzero(early))
-        if e:
-            self._make_room(e)
-            at = slice(self._first_n, self._first_n + e)
-            self._first_t[at], self._first_ttft[at] = t_s[early], ttft_ms[early]
-            self._first_itl[at] = itl_ms[early]
-            self._first_n += e
-        if m > RECENT_REQUESTS:  # only the latest fit
-            t_s, ttft_ms = t_s[-RECENT_REQUESTS:], ttft_ms[-RECENT_REQUESTS:]
-            itl_ms = itl_ms[-RECENT_REQUESTS:]
-            self._ring_next += m - RECENT_REQUESTS
-            m = RECENT_REQUESTS
-        slots = (self._ring_next + np.arange(m)) % RECENT_REQUESTS
-        self._ring_t[slots], self._ring_ttft[slots] = t_s, ttft_ms
-        self._ring_itl[slots] = itl_ms
-        self._ring_next += m
 
 
 class _Column:
@@ -337,7 +271,7 @@ class SessionSummary:
         self._run_alias: _PhaseStats | None = None
         self._status: dict[tuple, TelemetryStatus] = {}
         self._target: int | None = None  # output tokens asked for (header); None: no header
-        self._drift = _Drift()  # the soak verdict: the last minutes against the first
+        self._drift = Drift()  # the soak verdict: the last minutes against the first
         self._client_bound_ns = 0  # measured time the client itself was the bottleneck
         self._client_bound_by: Counter[str] = Counter()  # that time by reason (overlapping)
         self._measured_from_ns: int | None = None  # when the warm-up ended
@@ -394,8 +328,12 @@ class SessionSummary:
             self.header = event
             target = event.config.get("output_tokens", 0)
             # a distribution (text): its shortest length (a normal's: 1), since the record
-            # does not hold each request's asked length
-            self._target = target if isinstance(target, int) else _shortest(target)
+            # does not hold each request's asked length; nor does it hold a trace line's
+            # output_length or a prompt file entry's output_tokens, which override the
+            # config's per request: then any output counts as attained (the shortest, 1)
+            per_request = bool(event.workload.get("trace_file") or event.config.get("prompts"))
+            self._target = 1 if per_request else (
+                target if isinstance(target, int) else _shortest(target))
         elif isinstance(event, SessionEnd):
             self.end = event
         elif isinstance(event, Mark) and len(self._marks) < MAX_MARKS:
@@ -433,18 +371,9 @@ class SessionSummary:
         arrivals = done.arrivals_us
         if arrivals and order:
             self._add_tokens(done)
-        index = self._phases.get(done.phase_id)
-        if index is None:
-            pass  # a request from a phase this summary never saw (a cut record)
-        elif done.warmup:
-            order[index].warmup += 1
-        elif done.finish_reason == "cancelled":
-            order[index].cancelled += 1
-        elif done.error_class is not None:
-            stats = order[index]
-            stats.failed += 1
-            stats.errors[done.error_class] += 1
-        else:
+        index = self._phases.get(done.phase_id)  # None: a phase never seen (a cut record)
+        if index is not None and _count_outcome(order[index], done.warmup, done.finish_reason,
+                                                done.error_class):
             stats = order[index]
             tokens = done.arrival_tokens if done.arrival_tokens else None
             n = sum(tokens) if tokens else len(arrivals)
@@ -524,22 +453,9 @@ class SessionSummary:
             finish_reason, error_class = d["finish_reason"], d.get("error_class")
             warmup_list.append(True if is_warmup else False)
             ok_list.append(error_class is None and finish_reason != "cancelled")
-            index = phases.get(d["phase_id"])
-            if index is None:
-                feed_list.append(-1)  # a request from a phase this summary never saw
-                continue
-            stats = order[index]
-            if is_warmup:
-                stats.warmup += 1
-            elif finish_reason == "cancelled":
-                stats.cancelled += 1
-            elif error_class is not None:
-                stats.failed += 1
-                stats.errors[error_class] += 1
-            else:
-                feed_list.append(index)
-                continue
-            feed_list.append(-1)
+            index = phases.get(d["phase_id"])  # None: a phase never seen
+            feed_list.append(index if index is not None and _count_outcome(
+                order[index], is_warmup, finish_reason, error_class) else -1)
         feeds = np.array(feed_list, dtype=np.int64)
         ok = np.array(ok_list, dtype=bool)
         warmup = np.array(warmup_list, dtype=bool)
@@ -581,7 +497,10 @@ class SessionSummary:
         # anything else (Ollama's durations, prefix-cache details, odd values) goes through
         # _add_reported, as an event's does
         server_tokens = server_reports = 0
-        prompts, completions = [], []  # the server's lengths, as _add_reported keeps them
+        # the server's lengths, as _add_reported keeps them: gathered, and put in the columns
+        # before any request _add_reported counts, so they stay in the order requests came
+        prompts: list[int] = []
+        completions: list[int] = []
         for d in lines:
             reported = d.get("server_reported")
             if not reported:
@@ -595,11 +514,13 @@ class SessionSummary:
                     prompts.append(prompt)
                     completions.append(completion)
                     continue
+            if prompts:
+                _extend_server_lengths(stats, prompts, completions)
             _add_reported(stats, reported)
         stats.server_tokens += server_tokens
         stats.server_reports += server_reports
-        columns["input_server"].extend(np.array(prompts, dtype=np.float64))
-        columns["output_server"].extend(np.array(completions, dtype=np.float64))
+        if prompts:
+            _extend_server_lengths(stats, prompts, completions)
         target = self._target
         stats.attained += len(lines) if target is None else int(np.count_nonzero(n >= target))
 
@@ -612,17 +533,9 @@ class SessionSummary:
         order = self._order
         index = self._phases.get(phase_id)
         feed = -1
-        if index is None:
-            pass  # a request from a phase this summary never saw (a cut record)
-        elif warmup:
-            order[index].warmup += 1
-        elif finish_reason == "cancelled":
-            order[index].cancelled += 1
-        elif error_class is not None:
-            stats = order[index]
-            stats.failed += 1
-            stats.errors[error_class] += 1
-        else:
+        # index None: a request from a phase this summary never saw (a cut record)
+        if index is not None and _count_outcome(order[index], warmup, finish_reason,
+                                                error_class):
             self._add_ok(order[index], arrivals, len(arrivals), end_us, queued_us,
                          server_reported, 0, None, prompt_tokens)
             feed = index
@@ -861,6 +774,33 @@ class SessionSummary:
             except SoaktopError as exc:  # a record with an SLO this soaktop cannot read
                 out["slo"] = SloReport(slo=str(config["slo"]), error=str(exc))
         return out
+
+
+def _count_outcome(stats: _PhaseStats, warmup: bool, finish_reason: str,
+                   error_class: str | None) -> bool:
+    """Count one request of ``stats``'s phase as warm-up, cancelled or failed, or say that it
+    is none of these (True): a successful measured request, whose figures the caller counts.
+    The one definition each way a request is counted (its event, its record line) uses."""
+    if warmup:
+        stats.warmup += 1
+    elif finish_reason == "cancelled":
+        stats.cancelled += 1
+    elif error_class is not None:
+        stats.failed += 1
+        stats.errors[error_class] += 1
+    else:
+        return True
+    return False
+
+
+def _extend_server_lengths(stats: _PhaseStats, prompts: list[int],
+                           completions: list[int]) -> None:
+    """The server's prompt and output lengths gathered on the record-line path, into their
+    columns (the lists emptied for the next)."""
+    stats.columns["input_server"].extend(np.array(prompts, dtype=np.float64))
+    stats.columns["output_server"].extend(np.array(completions, dtype=np.float64))
+    prompts.clear()
+    completions.clear()
 
 
 def _add_reported(stats: _PhaseStats, reported: dict) -> None:

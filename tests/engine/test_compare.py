@@ -79,3 +79,25 @@ def test_differences_name_other_prompts_and_another_load_shape():
     b.header = dataclasses.replace(b.header, workload={"prompts_sha256": "bb"},
                                    config={**b.header.config, "rate": 5.0})
     assert differences(a, b) == [Difference("prompts", "aa", "bb"), Difference("rate", None, 5.0)]
+
+
+def test_differences_name_the_prompt_file_trace_and_conversation_settings():
+    """Facts newer than some records: a prompt file or trace by name, hash and size; turns,
+    think time and unique prefixes with their defaults where a record has none."""
+    def run(config=None, workload=None):
+        s = SessionSummary()
+        s.add(SessionStart(0, 1, "2026-11-23T00:00:00+00:00", dict(config or {}), {}, {},
+                           dict(workload or {})))
+        return s
+
+    file = {"name": "p.jsonl", "sha256": "0123456789abcdef" * 4, "size": 42}
+    assert differences(run(), run(workload={"prompt_file": file})) == [
+        Difference("prompt file", None, "p.jsonl (0123456789ab, 42 B)")]
+    assert differences(run(workload={"trace_file": file, "trace_speed": 2.0}), run()) == [
+        Difference("trace", "p.jsonl (0123456789ab, 42 B)", None),
+        Difference("trace speed", 2.0, None)]
+    # an older record says nothing of them: it ran one turn, no think time, unique prefixes
+    assert differences(run(), run({"turns": 1, "think_time": 0.0, "unique_prefix": True})) == []
+    assert differences(run(), run({"turns": 3, "think_time": 0.5, "unique_prefix": False})) == [
+        Difference("turns", 1, 3), Difference("think time", 0.0, 0.5),
+        Difference("unique prefix", True, False)]

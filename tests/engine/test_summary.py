@@ -252,6 +252,26 @@ def test_a_plan_adds_its_key_and_an_unreadable_slo_is_reported_not_raised():
     assert list(bad) == ["slo", "error"]
 
 
+def test_output_length_is_judged_only_against_a_length_the_record_holds():
+    """A trace's output_length and a prompt file's output_tokens override --output-tokens per
+    request and are not in the record: asking 10 of a config that says 128 is no shortfall."""
+    from soaktop.engine.events import SessionStart
+
+    def attained(config, workload):
+        header = SessionStart(0, 1, "2026-11-23T00:00:00+00:00", config, {}, {}, workload)
+        done = [RequestDone(t_ns=(i + 1) * MS, worker_id=0, request_id=i, phase_id=0,
+                            backend="fake", model="m", sent_ns=i * MS,
+                            arrivals_us=tuple(range(100, 1100, 100)), end_us=1200,
+                            finish_reason="length", prompt_tokens=8) for i in range(4)]
+        return summarise([header, Phase(0, 0, 1, "m", "fake", "start"), *done]) \
+            .result().output_length_attained
+
+    assert attained({"output_tokens": 128}, {}) == 0.0  # 10 of 128: the warning's case
+    assert attained({"output_tokens": 10}, {}) == 1.0
+    assert attained({"output_tokens": 128}, {"trace_file": {"name": "t.jsonl"}}) == 1.0
+    assert attained({"output_tokens": 128, "prompts": "/p/chats.jsonl"}, {}) == 1.0
+
+
 def _mixed_events(seed: int, requests: int = 5000) -> list:
     """A run of every kind of request (one token an arrival, chunks of several, reasoning,
     failed, cancelled, warm-up, open loop, a server's own speed), over phases that change
@@ -677,6 +697,8 @@ def test_record_lines_count_each_form_of_a_servers_usage_as_their_events():
     record-line path; every other form goes the event's way. Worked by hand: 4 requests of
     16 words each; the server counted 48, 48, 40 and 32 (Ollama) prompt tokens, and of one
     of them 30 were cached."""
+    import numpy as np
+
     reports = [{"prompt_tokens": 48, "completion_tokens": 4},
                {"prompt_tokens": 48, "completion_tokens": 4, "total_tokens": 52},
                {"prompt_tokens": 40, "completion_tokens": 4,
@@ -688,5 +710,10 @@ def test_record_lines_count_each_form_of_a_servers_usage_as_their_events():
     events.append(SessionEnd(5 * 10**9, "completed"))
     by_event, by_line = summarise(events).result(), summarise(_record_lines(events)).result()
     assert by_line == by_event
+    # each column in the order the requests came, whichever way each form was counted
+    for metric in ("input_server", "output_server", "server_speed_tps"):
+        assert np.array_equal(summarise(events).request_values(metric),
+                              summarise(_record_lines(events)).request_values(metric)), metric
+    assert summarise(events).request_values("input_server").tolist() == [48, 48, 40, 32]
     assert by_line.input_tokens.asked == 16 and by_line.input_tokens.server == 168 / 4
     assert by_line.cached_share == 30 / 40

@@ -181,6 +181,22 @@ def test_a_run_too_short_says_so_and_what_a_verdict_needs():
         "(MSER-5); a verdict needs 300 s of steady running")
     document = summary_document(RunSummary(soak=short))["soak"]
     assert document["verdict"] == "too short to judge" and document["measures"] == {}
+    # an 8-second run is too short even to look for steady state: said so, not "no steady
+    # state within the first 0 s"
+    eight = SoakVerdict(Verdict.TOO_SHORT, measured_s=8.0, steady_state_s=0.0, settled=False)
+    assert soak_explanation(eight) == (
+        "too short to judge: 8 s measured after warm-up, too short to look for a steady "
+        "state; a verdict needs 300 s of steady running")
+
+
+def test_the_table_says_what_it_left_out_only_when_something_was():
+    lines = summary_table(RunSummary(requests_warmup=4, requests_cancelled=2),
+                          width=400).splitlines()
+    assert "4 warm-up requests not counted (phases marked w); 2 cut off at the end" in lines
+    lines = summary_table(RunSummary(requests_cancelled=3), width=400).splitlines()
+    assert "3 cut off at the end" in lines
+    assert not any("warm-up" in line or "cut off" in line
+                   for line in summary_table(RunSummary(), width=400).splitlines())
 
 
 def test_the_json_carries_the_verdict_in_words_beside_its_figures():
@@ -210,3 +226,41 @@ def test_a_status_line_says_why_the_client_was_the_bottleneck():
     line = status_line(snap, 2, 4, ("reads late", "sends late"))
     assert line.endswith("| CLIENT-BOUND (reads late, sends late): latencies are upper bounds")
     assert client_bound_text(()) == ""
+
+
+def test_the_table_lists_the_first_five_marks_escaped_and_counts_the_rest():
+    marks = tuple((i * 1.25, f"note {i}") for i in range(6)) + ((99.0, EVIL),)
+    lines = summary_table(RunSummary(marks=marks), width=400).splitlines()
+    (line,) = [line for line in lines if line.startswith("marks: ")]
+    assert line == ("marks: 0.0 s note 0; 1.2 s note 1; 2.5 s note 2; 3.8 s note 3; "
+                    "5.0 s note 4; and 2 more (--json lists them)")
+    five = summary_table(RunSummary(marks=marks[:4] + marks[-1:]), width=400)
+    (line,) = [line for line in five.splitlines() if line.startswith("marks: ")]
+    assert line.startswith("marks: 0.0 s note 0; ") and "more" not in line
+    assert "\x1b" not in line and "\\x1b[2J" in line  # the note is shown, not obeyed
+    assert not any(line.startswith("marks") for line in
+                   summary_table(RunSummary(), width=400).splitlines())
+
+
+def test_the_turn_split_in_words():
+    from soaktop.engine.metrics.results import Distribution, TurnSplit
+    from soaktop.tui.text import turn_lines
+
+    first = Distribution(p50=120.04, p90=140.0, p95=150.26, p99=160.0, mean=125.0)
+    later = Distribution(p50=30.0, p90=35.0, p95=38.96, p99=40.0, mean=31.0)
+    assert turn_lines(RunSummary(turns=TurnSplit(first, later, 1234, 2468))) == [
+        "conversations: TTFT first turns p50 120.0 ms, p95 150.3 ms (1,234 requests); "
+        "later turns p50 30.0 ms, p95 39.0 ms (2,468 requests)"]
+    assert turn_lines(RunSummary(turns=TurnSplit(first, Distribution(), 10, 0))) == [
+        "conversations: TTFT first turns p50 120.0 ms, p95 150.3 ms (10 requests); "
+        "no later turns"]
+    assert turn_lines(RunSummary()) == []
+
+
+def test_bidirectional_controls_are_shown_as_escapes_not_obeyed():
+    """A right-to-left override in a model's output would make the terminal show the rest of
+    the line reversed; it is written as an escape, as a control character is."""
+    from soaktop.tui.text import terminal_safe
+
+    assert terminal_safe("ok\u202ecod.exe\u2066x\u2069\x1b[31m\ttab\nline é") == (
+        "ok\\u202ecod.exe\\u2066x\\u2069\\x1b[31m\ttab\nline é")
