@@ -17,6 +17,7 @@ import gc
 import json
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,14 @@ def collector_paused() -> Iterator[None]:
     reference cycles; the collector's full passes over the whole import graph they trigger
     cost a 30-minute soak's ``summary`` 0.2 s for nothing (measured). Memory still goes back
     as each line is dropped (reference counting).
+
+    Only on the main thread (a command's own read): the collector is the whole process's,
+    and a dashboard writing its report from a worker thread must not switch it off under the
+    live screen for as long as the read takes.
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -309,3 +317,6 @@ def outputs(args: argparse.Namespace) -> None:
             print(f"soaktop: warning: {terminal_safe(str(path))}: {warning}", file=sys.stderr)
     if args.request is not None and not found:
         raise RecordError(f"no output of request {args.request} in {path}")
+    if not found and not reader.warnings:  # a run killed before its first write: not a
+        # mistake, but never silence (a cut or garbled file's warnings already said why)
+        print(f"soaktop: no outputs in {terminal_safe(str(path))}", file=sys.stderr)

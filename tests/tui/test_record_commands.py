@@ -480,3 +480,27 @@ def test_a_dashboard_whose_run_ended_exits_when_its_terminal_goes_away(tmp_path)
     finally:
         proc.kill()
         os.close(master)
+
+
+def test_the_collector_is_paused_for_a_read_on_the_main_thread_only():
+    """A dashboard writes its report from a worker thread: the collector is the whole
+    process's, so that read must leave it on under the live screen."""
+    import gc
+    import threading
+
+    from soaktop.tui.record_commands import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    seen = []
+
+    def read():
+        with collector_paused():
+            seen.append(gc.isenabled())
+
+    worker = threading.Thread(target=read)
+    worker.start()
+    worker.join()
+    assert seen == [True] and gc.isenabled()

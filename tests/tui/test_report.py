@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from soaktop.engine.events import Phase, RequestDone, SessionEnd, SessionStart
 from soaktop.engine.loopback.process import spawn
 from soaktop.engine.loopback.schedule import Schedule
+from soaktop.engine.records.format import RecordWriter
 from soaktop.tui.report.command import default_output, write_report
 from soaktop.tui.report.series import MIDDLES_MS, bin_of, quantile_of_counts, read_series
 from tests.tui import report_records as known
@@ -83,6 +85,12 @@ def test_gpu_rows_limits_reasons_phases_and_marks_are_where_the_record_put_them(
     assert r.marks == [(known.MARK_S, "fan swapped")]
     assert np.nanmean(r.series["in_flight"]) == 4.0
     assert np.nanmax(r.series["loop_lag_p99_ms"]) == pytest.approx(0.3)
+    # each sampled row as the record put it (GPU memory in GiB: 40 of 80)
+    for name, value in (("power_w", 500.0), ("memory_gib", 40.0)):
+        assert np.nanmin(r.gpus["GPU 0"][name]) == np.nanmax(r.gpus["GPU 0"][name]) == value
+    for name, value in (("host_cpu_percent", 25.0), ("soaktop_cpu_percent", 12.0),
+                        ("client_cpu_percent", 12.0)):
+        assert np.nanmin(r.series[name]) == np.nanmax(r.series[name]) == value
     # the per-phase distribution holds the measured requests only (not the warm-up's)
     assert sorted(r.ttft_by_phase) == [1]
     assert r.ttft_by_phase[1].sum() == r.summary.result().requests_ok
@@ -102,6 +110,32 @@ def test_a_long_run_widens_its_buckets_and_keeps_every_token(tmp_path, monkeypat
         (result.requests_ok + result.requests_warmup) * known.TOKENS)
     assert r.errors["timeout"].sum() == len(known.ERROR_SECONDS)
     assert r.errors["timeout"][1] == len(known.ERROR_SECONDS)  # seconds 5 and 6: bucket 4-7
+
+
+def test_an_arrival_of_several_tokens_counts_as_that_many_itl_gaps(tmp_path):
+    """As the summary counts ITL (engine/metrics/stats.py ``itl_gaps``): an arrival of 4
+    tokens 20 ms after the one before is 4 gaps of 5 ms. Each request here: its first token
+    (TTFT), 2 single tokens 20 ms apart, then 4 tokens at once 20 ms later: gaps 20, 20, 5, 5,
+    5, 5, so the p50 is 5 ms (counted once an arrival it would be 20) and the p95 20 ms."""
+    w = RecordWriter(tmp_path / "chunks.jsonl")
+    w.write(SessionStart(0, 1, "2026-11-23T00:00:00+00:00", {"model": "m"}, {}, {}, {}))
+    w.write(Phase(0, 1, 1, "m", "openai", "start"))
+    arrivals, tokens = (40_000, 60_000, 80_000, 100_000), (1, 1, 1, 4)
+    requests = 0
+    for t_ms in range(0, 5000, 200):
+        sent = t_ms * 10**6
+        w.write(RequestDone(sent + 10**8, 0, requests, 1, "openai", "m", sent, 8,
+                                  arrivals, 100_000, "length", arrival_tokens=tokens))
+        requests += 1
+    w.write(SessionEnd(5 * known.S, "completed"))
+    w.close()
+    r = read_series(tmp_path / "chunks.jsonl")
+    assert r.summary.result().itl_ms.p50 == pytest.approx(5.0, rel=0.01)  # the summary's
+    assert all(_within_bin(v, 5.0) for v in r.series["itl_p50_ms"][:5])
+    assert all(_within_bin(v, 20.0) for v in r.series["itl_p95_ms"][:5])
+    assert r.itl_by_phase[1].sum() == requests * 6
+    assert _within_bin(quantile_of_counts(r.itl_by_phase[1], 0.5)[0], 5.0)
+    assert r.series["tokens_per_s"].sum() == requests * 7
 
 
 def test_the_series_match_a_loopback_servers_schedule(tmp_path):
@@ -211,11 +245,16 @@ def test_the_cli_writes_beside_the_record_and_refuses_bad_input_in_one_line(reco
     for args, message in (
             ([str(tmp_path / "missing.jsonl")], "no such record"),
             ([str(local), "-o", str(tmp_path / "no" / "dir" / "r.html")], "cannot write"),
-            ([str(tmp_path)], "is a folder")):
+            ([str(tmp_path)], "is a folder"),
+            ([str(local), "-o", ""], "cannot write"),
+            ([str(local), "-o", str(tmp_path / "known.html" / "r.html")], "cannot write"),
+            ([str(local), "--png", str(tmp_path / "known.html")], "cannot make folder"),
+            ([str(local), "-o", str(local)], "would overwrite it")):
         bad = soaktop("report", *args)
         assert bad.returncode == 2, bad.stderr
         lines = bad.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in bad.stderr
+    assert local.read_bytes() == record.read_bytes()  # the record is never written over
 
 
 async def test_r_on_the_dashboard_writes_the_report_beside_the_record_and_says_where(tmp_path):

@@ -9,6 +9,7 @@ have been read, with its non-interactive backend (no display needed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -78,25 +79,30 @@ def write_report(series: list[RecordSeries], out: Path | None,
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """The page appears whole or not at all (a browser open on the old one never sees half)."""
+    if not path.name or path.name in (".", ".."):  # "-o ''", "-o .": a folder, no file name
+        raise SoaktopError(f"cannot write {path}: a folder, not a page's file name")
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         temporary.write_bytes(data)
         os.replace(temporary, path)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # its folder may be missing or a file
+            temporary.unlink(missing_ok=True)
         raise SoaktopError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def report(args: argparse.Namespace) -> Written:
     """The CLI's ``report``: read each record, write the page (and images), say where."""
     paths: list[Path] = args.records
+    out = args.output if args.output is not None else default_output(paths)
+    if any(out.resolve() == p.resolve() for p in paths):  # before the long read, not after
+        raise SoaktopError(f"{out} is a record of this report: the page would overwrite it")
     series = []
     for path in paths:
         one = read_series(path)  # a RecordError (no such file, not a record) is one line
         for warning in one.warnings:
             print(f"soaktop: warning: {path}: {warning}", file=sys.stderr)
         series.append(one)
-    out = args.output if args.output is not None else default_output(paths)
     written = write_report(series, out, args.png, args.svg)
     print(f"soaktop: report written to {written.page} ({written.page_bytes / 1e6:.1f} MB)")
     if written.images:

@@ -16,7 +16,6 @@ page's table; the charts show their shape over time.
 from __future__ import annotations
 
 import dataclasses
-import gc
 from collections.abc import Iterable
 from itertools import chain
 from pathlib import Path
@@ -35,6 +34,7 @@ from soaktop.engine.events import (
 )
 from soaktop.engine.metrics.summary import SessionSummary
 from soaktop.engine.records.format import RecordReader
+from soaktop.tui.record_commands import collector_paused
 
 #: Buckets a series holds at most: past this the bucket width doubles (a 30-minute run
 #: keeps 1 s buckets; a day's run 32 s ones).
@@ -335,11 +335,15 @@ class SeriesBuilder:
         later[starts[has]] = False
         later &= ok[owner]
         if later.any():
-            gaps_ms = np.diff(offsets_us, prepend=0)[later] / 1000.0 / weights[later]
+            # an arrival of n tokens is n gaps of its gap / n, as the summary counts them
+            # (:func:`~soaktop.engine.metrics.stats.itl_gaps`): each bin gets n, not 1
+            tokens = weights[later]
+            gaps_ms = np.diff(offsets_us, prepend=0)[later] / 1000.0 / tokens
             bins = bin_of(gaps_ms)
             columns = b.column(at_ns[later] // 10**9)
-            b.add("itl", columns, None, (BINS,), bins)
-            self._by_phase(self._itl_phase, phase[owner[later]], measured[owner[later]], bins)
+            b.add("itl", columns, tokens, (BINS,), bins)
+            self._by_phase(self._itl_phase, phase[owner[later]], measured[owner[later]], bins,
+                           tokens)
         for i, d in enumerate(lines):
             error_class = d.get("error_class")
             if error_class is None:
@@ -353,10 +357,12 @@ class SeriesBuilder:
 
     @staticmethod
     def _by_phase(table: dict[int, np.ndarray], phases: np.ndarray, measured: np.ndarray,
-                  bins: np.ndarray) -> None:
+                  bins: np.ndarray, weights: np.ndarray | None = None) -> None:
         for phase_id in np.unique(phases[measured]).tolist():
             counts = table.setdefault(phase_id, np.zeros(BINS))
-            counts += np.bincount(bins[measured & (phases == phase_id)], minlength=BINS)
+            chosen = measured & (phases == phase_id)
+            counts += np.bincount(bins[chosen], minlength=BINS,
+                                  weights=None if weights is None else weights[chosen])
 
     # -- out ----------------------------------------------------------------------------
     def result(self, path: Path, summary: SessionSummary,
@@ -442,11 +448,6 @@ def read_series(path: Path) -> RecordSeries:
     """Read the record at ``path`` once into its series and its summary."""
     reader = RecordReader(Path(path))
     builder, summary = SeriesBuilder(), SessionSummary()
-    enabled = gc.isenabled()
-    gc.disable()  # millions of short-lived containers and no cycles (as `summary` reads)
-    try:
+    with collector_paused():  # millions of short-lived containers, no cycles: as `summary`
         feed(reader.events(raw_requests=True), builder, summary)
-    finally:
-        if enabled:
-            gc.enable()
     return builder.result(path, summary, reader.warnings)
