@@ -86,7 +86,9 @@ def _file_path(text: str) -> str:
     return str(Path(text).expanduser().absolute())
 
 
-def _input_lengths(text: str) -> int | str:
+def _lengths(text: str) -> int | str:
+    """--input-tokens / --output-tokens: N, MEAN:SD, MIN-MAX or LEN:WEIGHT,... (imported when
+    given: the workloads module is not needed to start)."""
     from soaktop.engine.load.workloads import normalise_lengths
 
     return normalise_lengths(text)
@@ -96,12 +98,6 @@ def _think_time(text: str) -> float | str:
     from soaktop.engine.load.conversations import parse_think_time
 
     return parse_think_time(text).text()
-
-
-def _output_lengths(text: str) -> int | str:
-    from soaktop.engine.load.workloads import normalise_lengths
-
-    return normalise_lengths(text)
 
 
 def _argument(parse):
@@ -215,10 +211,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after this many measured requests")
     p.add_argument("--warmup", type=_non_negative_int, default=None,
                    help="warm-up requests left out of the statistics (default: concurrency)")
-    p.add_argument("--input-tokens", type=_argument(_input_lengths), default=None,
+    p.add_argument("--input-tokens", type=_argument(_lengths), default=None,
                    metavar="LENGTH", help="prompt length: N, MEAN:SD (normal), MIN-MAX "
                    "(uniform) or LEN:WEIGHT,... (buckets, e.g. 128:3,1024:1); default 128")
-    p.add_argument("--output-tokens", type=_argument(_output_lengths), default=None,
+    p.add_argument("--output-tokens", type=_argument(_lengths), default=None,
                    metavar="LENGTH", help="output length, as --input-tokens; default 128")
     p.add_argument("--prompts", type=_file_path, default=None, metavar="FILE",
                    help="send this file's prompts (JSON Lines with prompt or messages and "

@@ -398,8 +398,10 @@ class LoopbackServer:
     ) -> None:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; choose one of: {', '.join(FAULTS)}")
-        if fault_every < 1 or fault_after < 0:
-            raise ValueError("fault_every must be at least 1 and fault_after not negative")
+        if fault_every < 1:
+            raise ValueError(f"fault_every must be at least 1 (got {fault_every})")
+        if fault_after < 0:
+            raise ValueError(f"fault_after must not be negative (got {fault_after})")
         if max_active is not None and max_active < 1:
             raise ValueError("max_active must be at least 1")
         self.schedule = schedule or Schedule()

@@ -23,6 +23,7 @@ import asyncio
 import dataclasses
 import gzip
 import json
+import math
 import os
 import queue
 import re
@@ -33,7 +34,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
@@ -176,74 +177,113 @@ def default_path(directory: Path, wall_start: datetime, host: str, model: str) -
     return directory / f"{stamp}_{safe(host)}_{safe(model)}.jsonl.gz"
 
 
-class RecordWriter:
+class BackgroundWriter:
+    """Appends batches to a file from a background thread, so the event loop never waits for
+    the disk: the record (:class:`RecordWriter`) and the saved outputs
+    (:class:`~soaktop.engine.records.outputs.OutputWriter`) share it.
+
+    A batch is what came in ``FLUSH_INTERVAL_S`` from its first item (or, where a subclass
+    sizes items, up to ``batch_limit``), written at once and flushed into the kernel: a kill of
+    the process loses nothing written, a cut gzip file reads up to its last whole member.
+    A subclass opens the file (its own messages), then calls :meth:`_start`, and supplies
+    :meth:`_encode`; ``STOPPED`` begins the message of a write that failed.
+    """
+
+    STOPPED: ClassVar[str]
+    #: A batch is written early once its items' :meth:`_size` add up to this.
+    batch_limit: float = math.inf
+
+    def _start(self, path: Path, file: BinaryIO, thread_name: str) -> None:
+        self.path = path
+        self.error: str | None = None
+        self._file = file
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Writes what is left, syncs and closes the file."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _encode(self, batch: list[Any]) -> bytes:
+        raise NotImplementedError
+
+    def _size(self, item: Any) -> int:
+        """An item's weight against ``batch_limit``; none by default."""
+        return 0
+
+    def _written(self, size: int) -> None:
+        """A batch of that total :meth:`_size` has left the queue (written or not)."""
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            # Gather for FLUSH_INTERVAL_S from the first item of a batch, then write it all:
+            # one write and one gzip member per half second, not one per event (measured at
+            # concurrency 64: 4.9 bytes/token written as events came, 3.2 gathered).
+            batch = [self._queue.get()]
+            size = 0 if batch[0] is None else self._size(batch[0])
+            deadline = time.monotonic() + FLUSH_INTERVAL_S
+            while batch[-1] is not None and size < self.batch_limit:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                batch.append(item)
+                if item is not None:
+                    size += self._size(item)
+            if batch[-1] is None:
+                done = True
+                batch.pop()
+            if batch and self.error is None:
+                try:
+                    self._file.write(self._encode(batch))
+                    self._file.flush()  # in the kernel now: a kill of this process loses nothing
+                except (OSError, ValueError) as exc:  # ENOSPC, EIO, a file closed under us
+                    reason = getattr(exc, "strerror", None) or str(exc)
+                    self.error = f"{self.STOPPED}: cannot write {self.path}: {reason}"
+            self._written(size)
+        try:
+            if self.error is None:
+                os.fsync(self._file.fileno())  # and on the disk: a power cut loses nothing
+            self._file.close()
+        except (OSError, ValueError) as exc:
+            self.error = self.error or f"{self.STOPPED}: cannot close {self.path}: {exc}"
+
+
+class RecordWriter(BackgroundWriter):
     """Appends events to a record file from a background thread.
 
     ``write`` never blocks and never raises; ``close`` drains the queue, flushes and syncs.
     A path ending in ``.gz`` is written compressed, one gzip member per flush.
     """
 
+    STOPPED = "recording stopped"
+
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.error: str | None = None
-        self._compress = self.path.name.endswith(".gz")
+        path = Path(path)
+        self._compress = path.name.endswith(".gz")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "xb")  # noqa: SIM115 - owned by the thread
+            path.parent.mkdir(parents=True, exist_ok=True)
+            file = open(path, "xb")  # noqa: SIM115 - owned by the thread
         except FileExistsError:
-            raise RecordError(f"record {self.path} already exists; choose another path") from None
+            raise RecordError(f"record {path} already exists; choose another path") from None
         except OSError as exc:
-            raise RecordError(f"cannot create record {self.path}: {exc.strerror}") from None
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="soaktop-record", daemon=True)
-        self._thread.start()
+            raise RecordError(f"cannot create record {path}: {exc.strerror}") from None
+        self._start(path, file, "soaktop-record")
 
     def write(self, event: Any) -> None:
         if type(event) in TYPE_TAGS and self.error is None:
             self._queue.put(event)
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
     def _encode(self, batch: list[Any]) -> bytes:
         text = "".join(json.dumps(encode(e), separators=(",", ":")) + "\n" for e in batch)
         data = text.encode("utf-8")
         return gzip.compress(data, GZIP_LEVEL, mtime=0) if self._compress else data
-
-    def _run(self) -> None:
-        done = False
-        while not done:
-            # Gather for FLUSH_INTERVAL_S from the first event of a batch, then write it all:
-            # one write and one gzip member per half second, not one per event (measured at
-            # concurrency 64: 4.9 bytes/token written as events came, 3.2 gathered).
-            batch = [self._queue.get()]
-            deadline = time.monotonic() + FLUSH_INTERVAL_S
-            while batch[-1] is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(self._queue.get(timeout=remaining))
-                except queue.Empty:
-                    break
-            if batch[-1] is None:
-                done = True
-                batch.pop()
-            if self.error is not None or not batch:
-                continue
-            try:
-                self._file.write(self._encode(batch))
-                self._file.flush()  # in the kernel now: a kill of this process loses nothing
-            except (OSError, ValueError) as exc:  # ENOSPC, EIO, a file closed under us
-                reason = getattr(exc, "strerror", None) or str(exc)
-                self.error = f"recording stopped: cannot write {self.path}: {reason}"
-        try:
-            if self.error is None:
-                os.fsync(self._file.fileno())  # and on the disk: a power cut loses nothing
-            self._file.close()
-        except (OSError, ValueError) as exc:
-            self.error = self.error or f"recording stopped: cannot close {self.path}: {exc}"
 
 
 class _LineSource:

@@ -7,30 +7,28 @@ named in the record's header (``workload.outputs_file``), one JSON object a line
 ``request_id``, ``worker_id`` (left out when 0), ``text`` (the answer) and ``reasoning`` (the
 thinking of a model that reasons; left out when none). Lines go in the order requests ended.
 
-Written as :class:`~soaktop.engine.records.format.RecordWriter` writes the record, and for the
-same reasons: the event loop only hands the text to a thread, which writes one gzip member per
-half second (so ``kill -9`` loses about the last half second, and a cut file reads up to its
-last whole member). Memory stays flat however long the run: the text not yet written is held
-up to :data:`MAX_PENDING_CHARS` characters, and an output that would go past it (a disk that
-cannot keep up) is counted in :attr:`OutputWriter.lost`, never queued without bound; the event
-loop never waits for the disk.
+Written by the record's own background writer
+(:class:`~soaktop.engine.records.format.BackgroundWriter`), for the same reasons: the event
+loop only hands the text to a thread, which writes one gzip member per half second (so
+``kill -9`` loses about the last half second, and a cut file reads up to its last whole member).
+Memory stays flat however long the run: the text not yet written is held up to
+:data:`MAX_PENDING_CHARS` characters, and an output that would go past it (a disk that cannot
+keep up) is counted in :attr:`OutputWriter.lost`, never queued without bound; the event loop
+never waits for the disk.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import os
-import queue
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from soaktop.engine.errors import RecordError
-from soaktop.engine.records.format import FLUSH_INTERVAL_S, GZIP_LEVEL, _LineSource
+from soaktop.engine.records.format import GZIP_LEVEL, BackgroundWriter, _LineSource
 
 SUFFIX = ".outputs.jsonl.gz"
 #: Text (answer and reasoning, in characters) handed to the writer and not yet written, at
@@ -50,16 +48,18 @@ def outputs_path(record: Path) -> Path:
     return record.with_name(name + SUFFIX)
 
 
-class OutputWriter:
+class OutputWriter(BackgroundWriter):
     """Appends each request's output to the side file from a background thread.
 
     :meth:`add` never blocks and never raises; :meth:`close` writes what is left and syncs.
     """
 
+    STOPPED = "saving outputs stopped"
+    batch_limit = BATCH_CHARS
+
     def __init__(self, path: Path, max_pending_chars: int = MAX_PENDING_CHARS) -> None:
-        self.path = Path(path)
+        path = Path(path)
         self.max_pending_chars = max_pending_chars
-        self.error: str | None = None
         #: Outputs not saved because the text waiting to be written was at its bound.
         self.lost = 0
         #: The most text (characters) ever waiting at once: never above ``max_pending_chars``.
@@ -67,15 +67,13 @@ class OutputWriter:
         self._pending = 0
         self._lock = threading.Lock()
         try:
-            self._file = open(self.path, "xb")  # noqa: SIM115 - owned by the thread
+            file = open(path, "xb")  # noqa: SIM115 - owned by the thread
         except FileExistsError:
-            raise RecordError(f"outputs file {self.path} already exists; choose another "
+            raise RecordError(f"outputs file {path} already exists; choose another "
                               "record path") from None
         except OSError as exc:
-            raise RecordError(f"cannot create outputs file {self.path}: {exc.strerror}") from None
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="soaktop-outputs", daemon=True)
-        self._thread.start()
+            raise RecordError(f"cannot create outputs file {path}: {exc.strerror}") from None
+        self._start(path, file, "soaktop-outputs")
 
     def add(self, request_id: int, worker_id: int, text: str, reasoning: str = "") -> None:
         """One request's output; dropped (and counted in :attr:`lost`) rather than held when
@@ -92,9 +90,17 @@ class OutputWriter:
                 self.peak_pending_chars = self._pending
         self._queue.put((request_id, worker_id, text, reasoning))
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+    def _size(self, item: tuple[int, int, str, str]) -> int:
+        return len(item[2]) + len(item[3])
+
+    def _written(self, size: int) -> None:
+        with self._lock:
+            self._pending -= size
+
+    def _encode(self, batch: list[tuple[int, int, str, str]]) -> bytes:
+        # ASCII only: a lone surrogate a server sent still writes, and the file is compressed
+        data = "".join(map(self._line, batch)).encode("ascii")
+        return gzip.compress(data, GZIP_LEVEL, mtime=0)
 
     @staticmethod
     def _line(item: tuple[int, int, str, str]) -> str:
@@ -105,45 +111,7 @@ class OutputWriter:
         data["text"] = text
         if reasoning:
             data["reasoning"] = reasoning
-        # ASCII only: a lone surrogate a server sent still writes, and the file is compressed
         return json.dumps(data, separators=(",", ":")) + "\n"
-
-    def _run(self) -> None:
-        done = False
-        while not done:
-            batch = [self._queue.get()]
-            chars = 0 if batch[0] is None else len(batch[0][2]) + len(batch[0][3])
-            deadline = time.monotonic() + FLUSH_INTERVAL_S
-            while batch[-1] is not None and chars < BATCH_CHARS:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-                batch.append(item)
-                if item is not None:
-                    chars += len(item[2]) + len(item[3])
-            if batch[-1] is None:
-                done = True
-                batch.pop()
-            if batch and self.error is None:
-                try:
-                    data = "".join(map(self._line, batch)).encode("ascii")
-                    self._file.write(gzip.compress(data, GZIP_LEVEL, mtime=0))
-                    self._file.flush()  # in the kernel: a kill of this process loses nothing
-                except (OSError, ValueError) as exc:
-                    reason = getattr(exc, "strerror", None) or str(exc)
-                    self.error = f"saving outputs stopped: cannot write {self.path}: {reason}"
-            with self._lock:
-                self._pending -= chars
-        try:
-            if self.error is None:
-                os.fsync(self._file.fileno())
-            self._file.close()
-        except (OSError, ValueError) as exc:
-            self.error = self.error or f"saving outputs stopped: cannot close {self.path}: {exc}"
 
 
 @dataclass(frozen=True, slots=True)

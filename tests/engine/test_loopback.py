@@ -426,6 +426,25 @@ async def test_fault_every_strikes_every_nth_request_only():
     assert [e.status for e in emissions] == statuses
 
 
+async def test_fault_after_spares_the_first_n_requests_then_counts_from_there():
+    async with LoopbackServer(FAST, fault="http_500", fault_every=2, fault_after=4) as server:
+        statuses = [(await post_raw(server, "/v1/chat/completions", CHAT))[0] for _ in range(8)]
+    # requests 1-4 spared (4 too, though even); then every 2nd by its own number: 6 and 8
+    assert statuses == [200, 200, 200, 200, 200, 500, 200, 500]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--fault-after", "-1", "fault_after must not be negative (got -1)"),
+    ("--fault-every", "0", "fault_every must be at least 1 (got 0)"),
+    ("--max-active", "0", "max_active must be at least 1"),
+])
+def test_bad_fault_and_queue_values_are_one_line_naming_the_value(flag, value, message):
+    out = subprocess.run([sys.executable, "-m", "soaktop.engine.loopback", "--fault", "reset",
+                          flag, value], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].endswith(message)
+    assert "Traceback" not in out.stderr
+
+
 def test_unknown_fault_is_refused():
     with pytest.raises(ValueError, match="unknown fault"):
         LoopbackServer(fault="gremlins")

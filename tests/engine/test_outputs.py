@@ -6,6 +6,7 @@ import gzip
 import json
 import threading
 import time
+import zlib
 
 import pytest
 
@@ -149,6 +150,41 @@ def test_the_writer_holds_at_most_its_bound_when_the_disk_cannot_keep_up(tmp_pat
     writer.close()
     texts, _ = saved(tmp_path / "o.jsonl.gz")
     assert sorted(texts) == list(range(50))  # the first 50, then the disk was full
+
+
+def test_text_written_leaves_the_bound_so_later_outputs_are_kept(tmp_path):
+    writer = OutputWriter(tmp_path / "o.jsonl.gz", max_pending_chars=5000)
+    try:
+        for rid in range(4):
+            writer.add(rid, 0, "x" * 1000)
+        time.sleep(FLUSH_INTERVAL_S * 3)  # written: the 4000 characters no longer wait
+        for rid in range(4, 8):
+            writer.add(rid, 0, "x" * 1000)
+        assert writer.lost == 0
+    finally:
+        writer.close()
+    assert sorted(saved(tmp_path / "o.jsonl.gz")[0]) == list(range(8))
+
+
+def gzip_members(data):
+    count = 0
+    while data:
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        inflater.decompress(data)
+        data = inflater.unused_data
+        count += 1
+    return count
+
+
+def test_a_batch_is_written_early_once_it_holds_batch_chars(tmp_path):
+    path = tmp_path / "o.jsonl.gz"
+    writer = OutputWriter(path)
+    half = outputs_module.BATCH_CHARS // 2 + 1
+    for rid in range(4):  # all within one flush interval: only their size splits them
+        writer.add(rid, 0, "z" * half)
+    writer.close()
+    assert gzip_members(path.read_bytes()) == 2  # two of them fill a batch
+    assert sorted(saved(path)[0]) == list(range(4))
 
 
 def test_a_file_cut_by_a_kill_gives_its_whole_lines_and_says_it_was_cut(tmp_path):

@@ -81,6 +81,14 @@ def test_a_cut_side_file_prints_what_it_holds_and_says_so(saved_record, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_an_empty_side_file_says_it_holds_no_outputs(saved_record, capsys):
+    saved_record.with_name("run.outputs.jsonl.gz").write_bytes(b"")  # killed before a write
+    code, out, err = outputs(capsys, saved_record)
+    assert code == 0 and out == ""
+    assert err.strip() == "soaktop: no outputs in " + str(
+        saved_record.with_name("run.outputs.jsonl.gz"))
+
+
 @pytest.mark.parametrize("case, message", [
     ("not saved", "the run was not made with --save-outputs"),
     ("no record", "no such record"),

@@ -244,6 +244,11 @@ class DashboardScreen(Screen):
             self.app.call_from_thread(self.notify, f"report not written: {exc}",
                                       severity="error", timeout=10, markup=False)
             return
+        except Exception as exc:  # noqa: BLE001 - a drawing bug must not vanish unsaid
+            self.app.call_from_thread(
+                self.notify, f"report not written: {type(exc).__name__}: {exc}",
+                severity="error", timeout=10, markup=False)
+            return
         self.app.call_from_thread(self.notify, f"report written to {written.page}",
                                   timeout=15, markup=False)
 
@@ -271,6 +276,8 @@ class LiveScreen(DashboardScreen):
         Binding("space", "mark", "Mark"),
     ]
     feed: LiveFeed
+    #: The over-saturation warning already notified: each new one is notified once.
+    _warned: str | None = None
 
     def paused_load(self) -> bool:
         session = self.feed.session
@@ -293,7 +300,7 @@ class LiveScreen(DashboardScreen):
             return "PAUSED"
         session = self.feed.session
         warning = session.warning if session is not None else None
-        if warning and warning != getattr(self, "_warned", None):
+        if warning and warning != self._warned:
             self._warned = warning  # said once, as it comes; the header keeps saying it
             self.notify(warning, severity="warning", timeout=10, markup=False)
         return "SATURATED: the server does not keep up" if warning else self.client_state()
