@@ -4,10 +4,17 @@ is in it, at its path, and nothing in it is gone from the tree.
 The map is an indented tree in the first code block under ``## Layout``: a line whose first
 word ends in ``/`` opens a folder, one ending in ``.py`` or ``.tcss`` names a file in the
 folder it is indented under. ``__init__.py`` and ``__main__.py`` need not be listed.
+
+The flag table under ``## Running`` is the map of ``soaktop run``'s options the same way: each
+option the parser has is named in a row's first cell, and each option a first cell names is
+one the parser has.
 """
 
+import argparse
 import re
 from pathlib import Path
+
+from soaktop.tui.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("engine", "tui", "themes")
@@ -84,3 +91,34 @@ def test_no_issue_numbers_a_reader_cannot_look_up():
     number = 7
     assert NUMBERED.search(f"as issue {number} says") and NUMBERED.search(f"see #{number}")
     assert not NUMBERED.search(f"encode/httpcore#{number}")
+
+
+def flag_table_options(readme: str) -> set[str]:
+    """The options named in the first cell of each row of the table under ``## Running``."""
+    section = readme.split("\n## Running\n", 1)[1].split("\n## ", 1)[0]
+    named: set[str] = set()
+    for line in section.splitlines():
+        if line.startswith("| `--"):
+            first_cell = re.split(r"(?<!\\)\|", line)[1]  # a cell may hold an escaped \|
+            named.update(re.findall(r"--[a-z][a-z0-9-]*", first_cell))
+    return named
+
+
+def run_options() -> set[str]:
+    subcommands = next(action for action in build_parser()._actions
+                       if isinstance(action, argparse._SubParsersAction))
+    return {option for action in subcommands.choices["run"]._actions
+            for option in action.option_strings if option.startswith("--")} - {"--help"}
+
+
+def test_the_flag_table_names_every_run_option_and_no_other():
+    named = flag_table_options((ROOT / "README.md").read_text())
+    options = run_options()
+    assert options - named == set(), "soaktop run options without a row in README's flag table"
+    assert named - options == set(), "README's flag table names options soaktop run does not have"
+
+
+def test_the_flag_table_reader_reads_options_past_an_escaped_bar():
+    readme = ("\n## Running\n\n| flag | meaning |\n| --- | --- |\n"
+              "| `--rate R`, `--arrival a\\|b`, `--max-inflight N` | x `--not-this` |\n\n## Next\n")
+    assert flag_table_options(readme) == {"--rate", "--arrival", "--max-inflight"}
