@@ -34,7 +34,7 @@ from soaktop.engine.backends.http import (
     strip_credentials,
     transport_error,
 )
-from soaktop.engine.backends.stamping import sent_ns
+from soaktop.engine.backends.stamping import sent_ns, sent_start_ns
 from soaktop.engine.config import check_url
 from soaktop.engine.errors import BackendUnavailable, ConfigError
 
@@ -189,7 +189,20 @@ class HttpBackend(Backend):
                         if sent_at is not None:
                             yield RequestSent(sent_at)
                         try:
-                            async for item in self._read(response, watchdog):
+                            reading = aiter(self._read(response, watchdog))
+                            first = await anext(reading, None)
+                            if first is None:
+                                return
+                            # an answer stamped before the send stamp: the stamp was taken
+                            # late (see StampedStream.write); the send moves back to the
+                            # moment before its call, which no answer can precede
+                            if (sent_at is not None and type(first) is Arrival
+                                    and first.t_ns < sent_at):
+                                start = sent_start_ns(response)
+                                if start is not None:
+                                    yield RequestSent(start)
+                            yield first
+                            async for item in reading:
                                 yield item
                         finally:
                             await response.aclose()

@@ -41,9 +41,9 @@ ReadWatcher = Callable[[int, int], None]
 
 
 class StampedStream(httpcore.AsyncNetworkStream):
-    """``last_read_ns``: arrival of the newest bytes handed out; ``last_write_ns``: the moment
-    before the call that handed the newest bytes to the kernel. Both ``perf_counter_ns``
-    readings.
+    """``last_read_ns``: arrival of the newest bytes handed out; ``last_write_ns``: the newest
+    bytes handed to the kernel, and ``last_write_start_ns`` the moment before that call. All
+    ``perf_counter_ns`` readings.
 
     ``on_read`` hears of each kernel-stamped read how late it was (the kernel's receive
     stamp to ``recvmsg``) and how long after this socket's previous bytes its bytes came: a
@@ -63,6 +63,7 @@ class StampedStream(httpcore.AsyncNetworkStream):
         self._waiter: asyncio.Future | None = None
         self.last_read_ns: int | None = None
         self.last_write_ns: int | None = None
+        self.last_write_start_ns: int | None = None
         self._loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -130,12 +131,14 @@ class StampedStream(httpcore.AsyncNetworkStream):
             except OSError as exc:
                 raise httpcore.WriteError(str(exc)) from exc
         if buffer:
-            # Stamped just before the call that handed the last bytes over, not after it: on
-            # a loaded machine this thread can be preempted as send() returns, while a fast
-            # server answers at once; the answer's kernel stamp then fell before a stamp taken
-            # after, and TTFT read negative (llama-server's tiny model here: 55 requests of
-            # 825 at -50 us to -3 ms). Before the call, an arrival can never precede it.
-            self.last_write_ns = before
+            self.last_write_ns = time.perf_counter_ns()
+            # The bytes went to the kernel between these two readings. The later one is the
+            # send stamp, but a thread preempted as send() returns takes it late, and a fast
+            # server's answer can then bear an earlier kernel stamp (llama-server's tiny model
+            # on a loaded machine: 55 requests of 825 read TTFT -50 us to -3 ms): the earlier
+            # reading is what the send is moved back to then (soaktop.engine.backends
+            # .http_backend).
+            self.last_write_start_ns = before
 
     async def _writable(self, timeout: float | None) -> None:
         ready = self._loop.create_future()
@@ -267,3 +270,9 @@ def arrival_ns(response: httpx.Response) -> int:
 def sent_ns(response: httpx.Response) -> int | None:
     """When the request's last bytes were handed to the kernel, if the stream knows."""
     return getattr(response.extensions.get("network_stream"), "last_write_ns", None)
+
+
+def sent_start_ns(response: httpx.Response) -> int | None:
+    """The moment before the call that handed the request's last bytes to the kernel: the
+    earliest they can have gone, if the stream knows."""
+    return getattr(response.extensions.get("network_stream"), "last_write_start_ns", None)
