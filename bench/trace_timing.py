@@ -1,13 +1,13 @@
-"""How close to a trace's timestamps soaktop's sends land (``--trace``), with and without the
-open loop's precise tail, side by side in one run.
+"""How close to a trace's timestamps soaktop's sends land (``--trace``), against what bare
+httpx does on the same machine, side by side in one run.
 
 A dense synthetic trace (``--requests`` over ``--span`` seconds of trace time, uniform
-arrivals, replayed at ``--speed``) goes to a loopback server in a process of its own. For each
-variant the table prints how late each request's last byte reached the kernel after its planned
-time (``queued_us`` in the record: p50, p90, p99, max, in ms) and the event loop's own lag (p99
-of its once-a-second samples, the worst second). ``tail 0`` waits on the event loop's timers
-alone (epoll: whole milliseconds); ``tail 2 ms`` sleeps the last 2 ms on a thread
-(soaktop.engine.load.loops.PRECISE_TAIL_S). The ratio row is the second over the first.
+arrivals, replayed at ``--speed``) goes to a loopback server in a process of its own. The table
+prints how late each request's last byte reached the kernel after its planned time (``queued_us``
+in the record: p50, p90, p99, max, in ms) and the event loop's own lag (the worst second's p99).
+Beside it, the floor: bare httpx sending the same requests, each built 5 ms ahead and sent at its
+time (an asyncio sleep to it), so what soaktop adds is the difference; the ratio row is soaktop
+over the floor.
 
 What it tells: the lateness a trace replay adds on this machine, before any server delay. Every
 latency runs from the planned time, so the lateness is counted either way; this measures how
@@ -30,7 +30,6 @@ import numpy as np
 from soaktop.engine.backends.openai import OpenAIBackend
 from soaktop.engine.config import RunConfig
 from soaktop.engine.events import ClientSample, RequestDone
-from soaktop.engine.load import loops
 from soaktop.engine.loopback import Schedule
 from soaktop.engine.loopback.process import spawn
 from soaktop.engine.session import Session
@@ -63,19 +62,53 @@ def main() -> None:
         rate = args.requests / (args.span / args.speed)
         print(f"trace replay: {args.requests} requests, {args.span:g} s at {args.speed:g}x "
               f"({rate:,.0f} requests/s); lateness of each send after its planned time, ms")
-        print(f"{'variant':<12} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>8} {'loop lag':>9}")
-        rows = []
+        print(f"{'client':<12} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>8} {'loop lag':>9}")
         with spawn(Schedule(ttft_ms=1, itl_ms=0, tokens=2)) as url:
-            for name, tail in (("tail 0", 0.0), ("tail 2 ms", 0.002)):
-                loops.PRECISE_TAIL_S = tail
-                late, lag = asyncio.run(_replay(url, str(trace), args.speed))
-                row = [float(np.percentile(late, q)) for q in (50, 90, 99)] + [late.max(), lag]
-                rows.append(row)
-                print(f"{name:<12} " + " ".join(f"{v:>7.3f}" for v in row[:3])
-                      + f" {row[3]:>8.3f} {row[4]:>9.3f}")
-        ratio = [b / a if a else float("nan") for a, b in zip(rows[0], rows[1])]
-        print(f"{'ratio':<12} " + " ".join(f"{v:>7.2f}" for v in ratio[:3])
-              + f" {ratio[3]:>8.2f} {ratio[4]:>9.2f}")
+            late, lag = asyncio.run(_replay(url, str(trace), args.speed))
+            floor = asyncio.run(_bare(url, times, args.speed))
+        rows = []
+        for name, values, loop_lag in (("soaktop", late, lag), ("bare httpx", floor, None)):
+            row = [float(np.percentile(values, q)) for q in (50, 90, 99)] + [values.max()]
+            rows.append(row)
+            print(f"{name:<12} " + " ".join(f"{v:>7.3f}" for v in row[:3]) + f" {row[3]:>8.3f}"
+                  + (f" {loop_lag:>9.3f}" if loop_lag is not None else ""))
+        print(f"{'ratio':<12} " + " ".join(f"{a / b:>7.2f}" for a, b in zip(*rows)))
+
+
+async def _bare(url: str, times: np.ndarray, speed: float) -> np.ndarray:
+    """Bare httpx: each request built 5 ms before its time, sent at it; how late each one's
+    body was on its way (httpcore's trace), in ms."""
+    import time
+
+    import httpx
+
+    body = {"model": "loopback", "messages": [{"role": "user", "content": "a b c d e f g h"}],
+            "max_tokens": 2, "stream": True}
+    late: list[int] = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async def one(i: int, due: int) -> None:
+            sent: list[int] = []
+
+            async def trace(event: str, info: dict) -> None:
+                if event == "http11.send_request_body.complete":
+                    sent.append(time.perf_counter_ns())
+
+            request = client.build_request("POST", "/v1/chat/completions", json=body,
+                                           extensions={"trace": trace})
+            await asyncio.sleep(max(0.0, (due - time.perf_counter_ns()) / 1e9))
+            response = await client.send(request, stream=True)
+            late.append(sent[0] - due)
+            await response.aread()
+            await response.aclose()
+
+        start = time.perf_counter_ns() + 50_000_000
+        dues = start + ((times - times[0]) * 1e6 / speed).astype(np.int64)
+        tasks = []
+        for i, due in enumerate(dues):
+            await asyncio.sleep(max(0.0, (int(due) - 5_000_000 - time.perf_counter_ns()) / 1e9))
+            tasks.append(asyncio.create_task(one(i, int(due))))
+        await asyncio.gather(*tasks)
+    return np.array(late, dtype=float) / 1e6
 
 
 if __name__ == "__main__":

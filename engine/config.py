@@ -239,7 +239,9 @@ class RunConfig:
                 raise ConfigError(f"--on-saturation is stop or warn (got "
                                   f"{self.on_saturation!r})")
             if self.rate is None:
-                raise ConfigError("--on-saturation watches an open loop: give --rate too")
+                # not a trace's: its own bursts would read as a queue that grows
+                raise ConfigError("--on-saturation watches an open loop at a --rate (a --trace "
+                                  "replay is not watched): give --rate too")
 
     def _check_trace_and_turns(self) -> None:
         if self.trace is not None:

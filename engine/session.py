@@ -170,6 +170,9 @@ class Session:
         self._ended = False
         self._tokens_received = 0  # content tokens so far, for the once-a-second ClientSample
         self._resume_to: int | None = None  # the concurrency to go back to, while paused
+        #: Set except while paused: a conversation's later turn waits on it (pause, resume).
+        self._unpaused = asyncio.Event()
+        self._unpaused.set()
         self._health = ClientHealth()
         #: Arrivals stamped by the kernel: read lag, not the loop's, says if they were biased.
         self._kernel_stamps = backend.watch_reads(self._health.read)
@@ -259,7 +262,7 @@ class Session:
     def _open_loop(self) -> bool:
         """Requests go out at planned times (``--rate``, or a trace's own), not to keep a
         concurrency."""
-        return self.config.rate is not None or self.prompts.trace is not None
+        return self._first_rate is not None
 
     @property
     def _first_rate(self) -> float | None:
@@ -377,6 +380,7 @@ class Session:
         else:
             self._resume_to = self._phase.concurrency
             self._new_phase(reason, concurrency=0)
+        self._unpaused.clear()
         if self._loop is not None:
             self._loop.set_target(0)
 
@@ -385,6 +389,7 @@ class Session:
         if not self.paused:
             return
         level, self._resume_to = self._resume_to, None
+        self._unpaused.set()
         if self._open_loop:
             self._new_phase(reason, rate=level)
         else:
@@ -554,7 +559,7 @@ class Session:
                 await asyncio.sleep(self.prompts.think_time.draw(self.prompts.seed,
                                                                  talk.conversation_id, turn))
                 while self.paused:  # a pause sends nothing new: later turns wait it out
-                    await asyncio.sleep(0.05)
+                    await self._unpaused.wait()
                 taken = self._take()
                 if taken is None:
                     return
@@ -817,14 +822,12 @@ class Session:
             self._new_phase(PhaseReason.START, concurrency=first)
             self._start_telemetry()
             self.started.set()
-            if self.prompts.trace is not None:  # its own times, open loop
+            if open_loop:  # --rate, or a trace's own times
+                trace = self.prompts.trace
                 self._loop = OpenLoop(self._first_rate, self._launch, self.now_ns,
-                                      max_inflight=self.config.max_inflight,
-                                      dues=self.prompts.trace.due_offsets_ns())
-            elif self.config.rate is not None:
-                self._loop = OpenLoop(self.config.rate, self._launch, self.now_ns,
                                       self.config.arrival, self.config.max_inflight,
-                                      seed=self.config.seed)
+                                      seed=self.config.seed,
+                                      dues=None if trace is None else trace.due_offsets_ns())
             else:
                 self._loop = ClosedLoop(self.config.concurrency, self._launch)
             load = asyncio.ensure_future(self._loop.run())

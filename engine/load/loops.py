@@ -10,7 +10,6 @@ until fewer than N are in flight), never by cancelling work or draining first.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
@@ -99,14 +98,6 @@ class ClosedLoop:
         self._check_finished()
 
 
-#: An open loop waits on the event loop's timers until this long before a request is due, and
-#: the rest in a thread's ``time.sleep``, whose wake-up hands the loop its turn at once. Why:
-#: the loop's timers wake through ``epoll``, whose timeout is whole milliseconds rounded up,
-#: so a send planned to the microsecond went out 0.5 ms late on average and 1 ms at worst
-#: (measured: p50 0.67 ms late; with the thread, 0.25 ms).
-PRECISE_TAIL_S = 0.002
-
-
 class OpenLoop:
     """Open-loop load: requests go out at planned times, ``rate`` a second, whether or not the
     earlier ones have finished, as users arrive at a service.
@@ -193,7 +184,7 @@ class OpenLoop:
                     due += held
                 continue
             self._changed.clear()
-            wait_s = (due - self._now_ns()) / 1e9 - PRECISE_TAIL_S
+            wait_s = (due - self._now_ns()) / 1e9
             if wait_s > 0:
                 try:
                     await asyncio.wait_for(self._changed.wait(), timeout=wait_s)
@@ -210,13 +201,6 @@ class OpenLoop:
                         break
                     if self.target <= 0:
                         continue
-            tail_s = min(PRECISE_TAIL_S, (due - self._now_ns()) / 1e9)
-            if tail_s > 0:  # the last stretch on a thread's clock (see PRECISE_TAIL_S)
-                await asyncio.get_running_loop().run_in_executor(None, time.sleep, tail_s)
-                if self._stopping:
-                    break
-                if self.target <= 0:
-                    continue
             while self._max_inflight is not None and len(self._tasks) >= self._max_inflight:
                 self._slot_freed.clear()  # due already: the wait for a slot will count
                 await self._slot_freed.wait()

@@ -37,7 +37,6 @@ STOP_WINDOW_S = 30.0  # --stop-window's default
 MIN_REQUESTS = 20  # requests a window needs before a term is judged
 CAPACITY = 8192  # requests whose figures are kept (per figure)
 ITL_CAPACITY = 65_536  # ITL gaps kept, when a term asks for ITL
-ON_SATURATION = ("stop", "warn")
 ON_SATURATION_DEFAULT = "warn"
 
 

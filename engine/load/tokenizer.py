@@ -78,16 +78,3 @@ class LocalTokenizer:
 
     def describe(self) -> dict[str, Any]:
         return dict(self.info)
-
-
-def load_tokenizer(path: str) -> LocalTokenizer:
-    return LocalTokenizer(path)
-
-
-def check_tokenizer_installed() -> None:
-    """A ConfigError saying what to install when ``tokenizers`` is not."""
-    try:
-        import tokenizers  # noqa: F401
-    except ImportError:
-        raise ConfigError("--tokenizer needs the tokenizers package: "
-                          "pip install 'soaktop[tokenizer]'") from None

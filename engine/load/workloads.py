@@ -417,8 +417,8 @@ class Workload:
     def __init__(self, config: Any, salt: str | None = None) -> None:
         tokenizer = None
         if getattr(config, "tokenizer", None):
-            from soaktop.engine.load.tokenizer import load_tokenizer
-            tokenizer = load_tokenizer(config.tokenizer)
+            from soaktop.engine.load.tokenizer import LocalTokenizer
+            tokenizer = LocalTokenizer(config.tokenizer)
         unique = getattr(config, "unique_prefix", True)
         inputs = parse_lengths(config.input_tokens, "--input-tokens")
         self.output = parse_lengths(config.output_tokens, "--output-tokens")

@@ -117,6 +117,8 @@ def test_a_malformed_stop_when_names_the_bad_term(text, says):
 def test_on_saturation_needs_an_open_loop_and_a_known_action():
     with pytest.raises(ConfigError, match="give --rate too"):
         RunConfig(on_saturation="stop")
+    with pytest.raises(ConfigError, match="a --trace replay is not watched"):
+        RunConfig(trace="t.jsonl", on_saturation="warn")
     with pytest.raises(ConfigError, match="stop or warn"):
         RunConfig(rate=5, on_saturation="halt")
     with pytest.raises(ConfigError, match="--stop-window must be above 0"):
