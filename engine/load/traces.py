@@ -27,7 +27,6 @@ do not share them either (within a run, requests sharing ids share them).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -45,7 +44,7 @@ from soaktop.engine.load.prompts import (
     PromptSet,
     word,
 )
-from soaktop.engine.load.workloads import _messages, _word_ids, read_text_file
+from soaktop.engine.load.workloads import _messages, _word_ids, json_lines, read_text_file
 
 #: Tokens a ``hash_ids`` block stands for: Mooncake's block size.
 BLOCK_TOKENS = 512
@@ -106,14 +105,7 @@ def read_trace(path: str | os.PathLike) -> tuple[list[TraceEntry], dict[str, Any
     name = p.name
     raw, text = read_text_file(path, "trace")
     entries: list[TraceEntry] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        at = f"{name} line {n}"
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            raise ConfigError(f"{at}: not JSON ({exc.args[0].split(':')[0]})") from None
+    for n, at, obj in json_lines(text, name):
         entry = _entry(obj, at, n)
         if entries and entry.t_ms < entries[-1].t_ms:
             raise ConfigError(f"{at}: timestamp {entry.t_ms:g} ms is before the line above's "

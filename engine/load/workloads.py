@@ -29,6 +29,7 @@ import math
 import os
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,16 +210,22 @@ def _output_tokens(value: Any, at: str) -> int | None:
     return value
 
 
-def _jsonl(lines: list[str], name: str) -> list[FilePrompt]:
-    prompts = []
-    for n, line in enumerate(lines, 1):
+def json_lines(text: str, name: str) -> Iterator[tuple[int, str, Any]]:
+    """A JSON Lines file's objects, each with its line number and where it is for an error
+    (``chats.jsonl line 3``); blank lines skipped, a line that is not JSON a one-line error."""
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         at = f"{name} line {n}"
         try:
-            obj = json.loads(line)
+            yield n, at, json.loads(line)
         except ValueError as exc:
             raise ConfigError(f"{at}: not JSON ({exc.args[0].split(':')[0]})") from None
+
+
+def _jsonl(text: str, name: str) -> list[FilePrompt]:
+    prompts = []
+    for n, at, obj in json_lines(text, name):
         if not isinstance(obj, dict):
             raise ConfigError(f"{at}: a JSON object with 'prompt' or 'messages' is needed")
         out = _output_tokens(obj.get("output_tokens"), at)
@@ -291,7 +298,7 @@ def read_prompt_file(path: str | os.PathLike) -> tuple[list[FilePrompt], dict[st
     raw, text = read_text_file(path, "prompt file")
     first = text.lstrip()[:1]
     if p.suffix == ".jsonl" or (p.suffix != ".json" and first == "{"):
-        kind, prompts = "jsonl", _jsonl(text.splitlines(), name)
+        kind, prompts = "jsonl", _jsonl(text, name)
     elif p.suffix == ".json" or first == "[":
         kind, prompts = "sharegpt", _sharegpt(text, name)
     else:
