@@ -35,7 +35,13 @@ async def ended(app, pilot, within_s: float = 30.0) -> None:
             break
         await pilot.pause(0.05)
     assert app.feed.ended
-    await pilot.pause(0.3)  # the frame that notices, and the summary panel's layout
+    # the frame that notices, and the summary panel's layout (its table is laid out for the
+    # width it gets): waited for, not a fixed pause, which a busy CI machine outran
+    for _ in range(int(within_s / 0.05)):
+        await pilot.pause(0.05)
+        if any(panel.text for panel in app.screen.query(SummaryPanel)):
+            break
+    await pilot.pause(0.1)
 
 
 @pytest.mark.parametrize("size", [(100, 30), (80, 24)], ids=lambda s: f"{s[0]}x{s[1]}")
