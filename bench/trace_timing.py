@@ -11,9 +11,12 @@ over the floor.
 
 What it tells: the lateness a trace replay adds on this machine, before any server delay. Every
 latency runs from the planned time, so the lateness is counted either way; this measures how
-small it is. Run it on a quiet machine: anything else on the cores is measured too.
+small it is. Run it on a quiet machine: anything else on the cores is measured too. ``--pin``
+puts the server on the last core and the client on the others, as on a GPU box where the
+server has cores of its own (on a 2-core machine the two otherwise take turns on both).
 
     python bench/trace_timing.py                      # 1,000 requests, 8 s at 2x
+    python bench/trace_timing.py --speed 0.2 --pin    # 25 requests/s, server on its own core
     python bench/trace_timing.py --requests 4000 --span 16 --speed 1
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -52,7 +56,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--span", type=float, default=8.0, help="trace seconds")
     parser.add_argument("--speed", type=float, default=2.0)
+    parser.add_argument("--pin", action="store_true",
+                        help="the server on the last core, the client on the others")
     args = parser.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cores) < 2:
+        parser.error("--pin needs two cores")
     times = np.sort(np.random.default_rng(1).uniform(0, args.span * 1e3, args.requests))
     with tempfile.TemporaryDirectory() as folder:
         trace = Path(folder) / "trace.jsonl"
@@ -63,7 +72,12 @@ def main() -> None:
         print(f"trace replay: {args.requests} requests, {args.span:g} s at {args.speed:g}x "
               f"({rate:,.0f} requests/s); lateness of each send after its planned time, ms")
         print(f"{'client':<12} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>8} {'loop lag':>9}")
+        if args.pin:  # the server inherits the last core; then this process takes the rest
+            os.sched_setaffinity(0, cores[-1:])
+            print(f"server on core {cores[-1]}, client on {', '.join(map(str, cores[:-1]))}")
         with spawn(Schedule(ttft_ms=1, itl_ms=0, tokens=2)) as url:
+            if args.pin:
+                os.sched_setaffinity(0, cores[:-1])
             late, lag = asyncio.run(_replay(url, str(trace), args.speed))
             floor = asyncio.run(_bare(url, times, args.speed))
         rows = []

@@ -61,6 +61,7 @@ from soaktop.engine.records import environment
 from soaktop.engine.records.format import RecordWriter
 from soaktop.engine.records.outputs import OutputWriter, outputs_path
 from soaktop.engine.telemetry import Sampler, Source, build_sources
+from soaktop.engine.wakeups import until
 
 Listener = Callable[[Any], None]
 
@@ -585,13 +586,17 @@ class Session:
         due_ns = await self._wait_to_send(due_ns, open_loop)
         if due_ns is None:
             return None  # the run ended before this request was ever sent
+        # planned: a backend that holds sends is handed it now, a little early (OpenLoop's
+        # PREPARE_NS), and sends it then; for any other, _wait_to_send waited for the moment
+        send_at_ns = (due_ns + self._origin_ns
+                      if open_loop and self.backend.holds_sends else None)
         if prompt is None:
             prompt = self.prompts.prompt(request_id)
         worker = self.backend.pick_worker()
         want_text = (self.prompts.tokenizer is not None or self.outputs is not None
                      or turn is not None)
         request = GenerationRequest(request_id, prompt, self.prompts.max_tokens(request_id),
-                                    model, worker, want_text=want_text)
+                                    model, worker, want_text=want_text, send_at_ns=send_at_ns)
         state = _RequestState(request_id, due_ns, sent_ns=self.now_ns(), open_loop=open_loop,
                               worker_id=worker)
         if want_text:
@@ -638,11 +643,15 @@ class Session:
 
     # -- a request's parts: its wait, its stream, its record ---------------------------------
     async def _wait_to_send(self, due_ns: int, open_loop: bool) -> int | None:
-        """Wait out a server's Retry-After, then this request's turn to go out; returns when
-        it is due from, or None when the run ended while it waited."""
+        """Wait out a server's Retry-After, then this request's turn to go out, then, in an
+        open loop with a backend that does not hold sends, its planned moment (to the tenth
+        of a millisecond: soaktop.engine.wakeups); returns when it is due from, or None when
+        the run ended while it waited."""
         try:
             due_ns = await self._back_off(due_ns, open_loop)
             await self._turnstile.turn()  # a wave of sends goes out one per loop iteration
+            if open_loop and not self.backend.holds_sends:
+                await until(due_ns + self._origin_ns)
         except asyncio.CancelledError:
             return None
         return due_ns

@@ -41,6 +41,10 @@ class GenerationRequest:
     #: makes text only for it (the local engine's words, the fake's) makes it then, and a
     #: worker process sends it back (:attr:`StreamEnd.output`); otherwise none crosses.
     want_text: bool = False
+    #: When the request is planned to leave (``perf_counter_ns``; an open loop's or a trace's
+    #: time), where the backend :attr:`~Backend.holds_sends`: it is handed over a little
+    #: early and the backend does what it can beforehand, then sends it then. None: at once.
+    send_at_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,9 @@ class Backend(abc.ABC):
     #: process lost); ``fatal``: the run cannot go on. The session sets it and records each
     #: as a ``mark``.
     notice: Callable[[str, bool], None] | None = None
+    #: It honours :attr:`GenerationRequest.send_at_ns` (the HTTP backends hold the body);
+    #: otherwise the session waits for the planned moment and then calls :meth:`stream`.
+    holds_sends: ClassVar[bool] = False
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load the model or open connections; raise ``SoaktopError`` with a one-line reason."""

@@ -21,6 +21,7 @@ from soaktop.engine.backends import identity
 from soaktop.engine.backends.base import Arrival, Backend, GenerationRequest, RequestSent, StreamEnd
 from soaktop.engine.backends.http import (
     ConnectBackoff,
+    HeldBody,
     SendClock,
     Timeouts,
     Watchdog,
@@ -50,6 +51,7 @@ class HttpBackend(Backend):
     of server tells what it is.
     """
 
+    holds_sends: ClassVar[bool] = True  # a planned send's body waits (HeldBody)
     APIS: ClassVar[tuple[str, ...]]
     MODELS_PATH: ClassVar[str]
     #: The media types a streamed answer may come as, and what to call such a stream in a
@@ -173,10 +175,14 @@ class HttpBackend(Backend):
             while True:
                 sent = SendClock()  # each attempt its own: RequestSent is the last one's send
                 answered = False
+                if request.send_at_ns is None:
+                    body: dict[str, Any] = {"json": self._body(request), "headers": headers}
+                else:  # planned: held until then (a second attempt's time has passed)
+                    held = HeldBody(self._body(request), request.send_at_ns)
+                    body = {"content": held, "headers": {**headers, **held.headers()}}
                 try:
                     async with self._client.stream(
-                        "POST", self._url(self._path()), json=self._body(request),
-                        headers=headers,
+                        "POST", self._url(self._path()), **body,
                         extensions=sent.extensions(),
                     ) as response:
                         answered = True

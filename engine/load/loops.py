@@ -98,6 +98,14 @@ class ClosedLoop:
         self._check_finished()
 
 
+#: How long before its planned time an open loop starts a request: a backend that holds
+#: sends (the HTTP ones) takes a connection and writes the headers meanwhile and sends the
+#: body at the time itself; for any other, the session waits out the rest (to the tenth of a
+#: millisecond, soaktop.engine.wakeups). 2 ms covers a pooled connection's headers with room
+#: for a busy loop: a request that takes longer is sent as soon as it is ready, late.
+PREPARE_NS = 5_000_000
+
+
 class OpenLoop:
     """Open-loop load: requests go out at planned times, ``rate`` a second, whether or not the
     earlier ones have finished, as users arrive at a service.
@@ -105,7 +113,8 @@ class OpenLoop:
     ``arrival`` ``"constant"`` spaces them evenly, ``"poisson"`` draws exponential gaps
     (seeded). ``launch(due_ns)`` returns the request's coroutine, told when it was due, so its
     latency runs from the planned time: a send that comes late (a busy client, or a wait for
-    one of ``max_inflight`` slots) is counted, never hidden (no coordinated omission).
+    one of ``max_inflight`` slots) is counted, never hidden (no coordinated omission). It is
+    called :data:`PREPARE_NS` ahead of that time, and the request waits for it.
 
     ``dues``: planned times given instead of a rate (a trace's: ns after :meth:`run` began,
     in order); the loop then ends when they do. A pause (target 0) holds them, and the ones
@@ -168,7 +177,8 @@ class OpenLoop:
         self._slot_freed.set()
 
     async def run(self) -> None:
-        self._origin_ns = self._now_ns()
+        # the first planned time too leaves room to prepare its request
+        self._origin_ns = self._now_ns() + PREPARE_NS
         due = self._next_due(None)
         while due is not None and not self._stopping:
             self._due_ns = due
@@ -184,7 +194,7 @@ class OpenLoop:
                     due += held
                 continue
             self._changed.clear()
-            wait_s = (due - self._now_ns()) / 1e9
+            wait_s = (due - PREPARE_NS - self._now_ns()) / 1e9
             if wait_s > 0:
                 try:
                     await asyncio.wait_for(self._changed.wait(), timeout=wait_s)

@@ -39,7 +39,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from soaktop.engine.errors import BackendUnavailable, ConfigError
 from soaktop.engine.events import WorkerClock
@@ -232,6 +232,10 @@ class RayPool(Pool):
 
     #: A worker that answers no poll this long (it reports its health every second) is hung.
     SILENT_S = 15.0
+
+    #: An actor may run on another host, whose monotonic clock has another origin: the
+    #: session waits for a planned moment and posts the request then.
+    holds_sends: ClassVar[bool] = False
 
     def __init__(self, kind: str, options: dict[str, Any], workers: int, address: str = "auto",
                  clock_shifts_ns: Sequence[int] = (), owns_ray: bool = False) -> None:

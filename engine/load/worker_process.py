@@ -10,10 +10,11 @@ load loops and every event (:mod:`soaktop.engine.load.workers`).
 What crosses the pipe (pickled tuples, small ints for kinds):
 
 - main -> worker: lists of commands (one loop iteration's): ``(GO, request_id, model,
-  max_tokens, prompt, want_text)``, the prompt its text or ``(text, chat messages)``,
-  ``want_text`` whether the output's text is wanted (``--save-outputs``, a tokenizer, a
-  conversation's next turn): send it now (the main decided when it was due, and which
-  worker takes it); ``(CANCEL, request_id)``; ``(STOP,)``.
+  max_tokens, prompt, want_text, send_at_ns)``, the prompt its text or ``(text, chat
+  messages)``, ``want_text`` whether the output's text is wanted (``--save-outputs``, a
+  tokenizer, a conversation's next turn), ``send_at_ns`` None or the planned moment
+  (``perf_counter_ns``, one clock on one host): send it now, or then (the main decided when
+  it was due, and which worker takes it); ``(CANCEL, request_id)``; ``(STOP,)``.
   The first message is the setup: the backend's kind and options (the API key among them: it
   crosses the pipe, never a command line) and the run's X-Request-Id prefix.
 - worker -> main: ``(READY, describe)`` or ``(FAILED, exception)`` once started, then lists
@@ -121,9 +122,9 @@ class _Worker:
     def command(self, message: tuple) -> None:
         kind = message[0]
         if kind == GO:
-            _, rid, model, max_tokens, text, want_text = message
-            task = asyncio.get_running_loop().create_task(self.request(rid, model, max_tokens,
-                                                                       text, want_text))
+            _, rid, model, max_tokens, text, want_text, send_at_ns = message
+            task = asyncio.get_running_loop().create_task(self.request(
+                rid, model, max_tokens, text, want_text, send_at_ns))
             self.tasks[rid] = task
             task.add_done_callback(lambda _t, rid=rid: self.tasks.pop(rid, None))
         elif kind == CANCEL:
@@ -139,12 +140,12 @@ class _Worker:
 
     async def request(self, rid: int, model: str, max_tokens: int,
                       prompt: str | tuple[str, tuple[dict[str, str], ...]],
-                      want_text: bool = False) -> None:
+                      want_text: bool = False, send_at_ns: int | None = None) -> None:
         put = self.out.put
         await self.turnstile.turn()
         text, messages = (prompt, None) if isinstance(prompt, str) else prompt
         request = GenerationRequest(rid, Prompt(rid, (), text, messages), max_tokens, model,
-                                    want_text=want_text)
+                                    want_text=want_text, send_at_ns=send_at_ns)
         # the output's text, kept only where wanted: it crosses the pipe once, at the end
         answer: list[str] | None = [] if want_text else None
         thought: list[str] = []

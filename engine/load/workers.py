@@ -47,7 +47,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, ClassVar
 
 from soaktop.engine import backends
 from soaktop.engine.backends.base import (
@@ -235,6 +235,10 @@ class Pool(Backend):
     process, never started, answers what needs no stream (:meth:`models`, ``url``, ``api``).
     """
 
+    #: A planned send crosses with its moment and the worker's HTTP backend holds it: one
+    #: host, one ``perf_counter_ns`` clock.
+    holds_sends: ClassVar[bool] = True
+
     def __init__(self, kind: str, options: dict[str, Any], workers: int) -> None:
         if kind not in WORKER_KINDS:
             raise SoaktopError(f"the {kind} backend cannot run in worker processes")
@@ -352,7 +356,7 @@ class Pool(Backend):
         prompt = request.prompt  # a prompt file's chat messages cross as they are
         proc.post((wp.GO, rid, request.model, request.max_tokens,
                    (prompt.text, prompt.messages) if prompt.messages else prompt.text,
-                   request.want_text))
+                   request.want_text, request.send_at_ns))
         ended = False
         loop = asyncio.get_running_loop()
         try:

@@ -95,7 +95,7 @@ def test_a_worker_sends_the_output_text_once_at_the_end_and_only_when_asked():
     async def items(want_text: bool) -> list[tuple]:
         sent: list[tuple] = []
         worker = wp._Worker(sent.extend, _Talker(), ClientHealth())
-        worker.command((wp.GO, 7, "m", 8, "hi", want_text))
+        worker.command((wp.GO, 7, "m", 8, "hi", want_text, None))
         await worker.tasks[7]
         worker.out.flush()
         return sent
