@@ -66,6 +66,9 @@ class BackendError(SoaktopError):
 
     error_class = "backend_error"
     retry_after_s: float | None = None
+    #: What the stream had said before it failed, ``(answer, reasoning)``, where it was
+    #: wanted and is known only here (a worker process hands its text over in its error).
+    output: tuple[str, str] | None = None
 
     def __init__(
         self,

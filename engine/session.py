@@ -609,6 +609,8 @@ class Session:
         except BackendError as exc:
             state.fail(exc.error_class, str(exc))
             state.refused = exc.refused
+            if exc.output is not None:  # a worker's text so far, for --save-outputs
+                state.output = exc.output
             if exc.retry_after_s:
                 self._hold_sends_for(exc.retry_after_s)
         except Exception as exc:  # a backend bug must cost one request, not the soak

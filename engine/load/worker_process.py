@@ -21,10 +21,11 @@ What crosses the pipe (pickled tuples, small ints for kinds):
   of items, each list a batch: ``(SENT, rid, t_ns)``, ``(ARRIVED, rid, t_ns, tokens,
   reasoning)``, ``(END, rid, finish, arrival_tokens, server, t_ns, output)`` (``output``:
   ``(answer, reasoning)`` text where it was wanted, else None), ``(ERROR, rid, class,
-  message, refused, retry_after_s)``, once a second ``(HEALTH, figures)``: this process's
-  :class:`~soaktop.engine.metrics.client_health.HealthFigures` as a dict; and, last, ``(CRASHED,
-  text)`` if a bug ends it. A worker writes nothing to the terminal (a full-screen app may own
-  it): its stdout and stderr go to ``/dev/null``.
+  message, refused, retry_after_s, output)`` (the text so far, as ``END``'s), once a second
+  ``(HEALTH, figures)``: this process's
+  :class:`~soaktop.engine.metrics.client_health.HealthFigures` as a dict; and, last,
+  ``(CRASHED, text)`` if a bug ends it. A worker writes nothing to the terminal (a full-screen
+  app may own it): its stdout and stderr go to ``/dev/null``.
 
 Stamps are this process's ``perf_counter_ns()`` readings: CLOCK_MONOTONIC, one clock for every
 process on a Linux host, so the main subtracts its session origin from them as it does from its
@@ -164,14 +165,14 @@ class _Worker:
                         return
             put((END, rid, "length", None, None, time.perf_counter_ns(),
                  _joined(answer, thought)), soon=True)
-        except BackendError as exc:
-            put((ERROR, rid, exc.error_class, str(exc), exc.refused, exc.retry_after_s),
-                soon=True)
+        except BackendError as exc:  # the text so far goes too: a failed request's is saved
+            put((ERROR, rid, exc.error_class, str(exc), exc.refused, exc.retry_after_s,
+                 _joined(answer, thought)), soon=True)
         except asyncio.CancelledError:
             raise  # the main cancelled it, and no longer waits for it
         except Exception as exc:  # a backend bug costs one request, not the worker
-            put((ERROR, rid, "unexpected", f"{type(exc).__name__}: {exc}", False, None),
-                soon=True)
+            put((ERROR, rid, "unexpected", f"{type(exc).__name__}: {exc}", False, None,
+                 _joined(answer, thought)), soon=True)
 
     async def report_health(self) -> None:
         """This process's own health once a second (:mod:`soaktop.engine.metrics.client_health`):

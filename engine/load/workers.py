@@ -315,7 +315,7 @@ class Pool(Backend):
         proc.alive = False
         message = proc.lost() + (f" ({proc.crash})" if proc.crash else "")
         for flight in proc.flights.values():
-            flight.items.append((wp.ERROR, None, "worker_lost", message, False, None))
+            flight.items.append((wp.ERROR, None, "worker_lost", message, False, None, None))
             if flight.waiter is not None and not flight.waiter.done():
                 flight.waiter.set_result(None)
         left = sum(p.alive for p in self._procs)
@@ -377,8 +377,10 @@ class Pool(Backend):
                         return
                     else:  # wp.ERROR
                         ended = True
-                        raise BackendError(item[3], item[2], retry_after_s=item[5],
-                                           refused=item[4])
+                        error = BackendError(item[3], item[2], retry_after_s=item[5],
+                                             refused=item[4])
+                        error.output = item[6]  # the text so far, where it was wanted
+                        raise error
                 flight.waiter = loop.create_future()
                 await flight.waiter
                 flight.waiter = None

@@ -109,6 +109,27 @@ async def test_worker_processes_send_each_output_back(tmp_path):
     assert {o.worker_id for o in texts.values()} == {0, 1}
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_request_cut_off_mid_stream_keeps_the_text_it_got(tmp_path, workers):
+    """A stream reset after three chunks fails its request; what it said before is saved,
+    from a worker process as from soaktop's own (a worker's text crosses in its error)."""
+    from soaktop.engine.factory import build_session
+
+    schedule = Schedule(ttft_ms=1, itl_ms=0)
+    async with LoopbackServer(schedule, fault="reset", fault_every=3) as server:
+        config = RunConfig(backend="openai", url=server.url, model="loopback", concurrency=3,
+                           max_requests=12, warmup_requests=0, workers=workers, telemetry=(),
+                           output_tokens=20, save_outputs=True)
+        session = await build_session(config, record=tmp_path / "c.jsonl.gz", steerable=False)
+        await session.run()
+    texts, _ = saved(tmp_path / "c.outputs.jsonl.gz")
+    failed = [e.request_id for e in RecordReader(tmp_path / "c.jsonl.gz").events()
+              if type(e).__name__ == "RequestDone" and e.error_class is not None]
+    assert len(texts) == 12 and len(failed) >= 3
+    for rid in failed:  # three chunks of a token each, then the reset
+        assert texts[rid].text == words(0, 3), rid
+
+
 def test_the_side_file_is_named_beside_the_record(tmp_path):
     assert outputs_path(tmp_path / "a.jsonl.gz") == tmp_path / "a.outputs.jsonl.gz"
     assert outputs_path(tmp_path / "a.jsonl") == tmp_path / "a.outputs.jsonl.gz"

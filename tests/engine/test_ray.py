@@ -160,11 +160,11 @@ def test_the_command_line_runs_on_a_cluster_and_its_record_names_both_nodes(clus
 def test_stamps_move_by_the_offset_and_nothing_else_does():
     items = [(wp.SENT, 1, 100), (wp.ARRIVED, 1, 150, 2, False),
              (wp.END, 1, "length", None, None, 170), (wp.HEALTH, {"x": 1}),
-             (wp.ERROR, 2, "http_500", "boom", False, None)]
+             (wp.ERROR, 2, "http_500", "boom", False, None, None)]
     moved = shifted(items, -50)
     assert moved == [(wp.SENT, 1, 50), (wp.ARRIVED, 1, 100, 2, False),
                      (wp.END, 1, "length", None, None, 120), (wp.HEALTH, {"x": 1}),
-                     (wp.ERROR, 2, "http_500", "boom", False, None)]
+                     (wp.ERROR, 2, "http_500", "boom", False, None, None)]
     assert shifted(items, 0) is items
     # an end that carries its output text (a request that wanted it) keeps it as it was
     ended = (wp.END, 3, "stop", (1, 2), {"usage": 3}, 900, ("answer", "thought"))

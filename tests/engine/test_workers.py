@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from soaktop.engine.backends.base import Arrival, RequestSent, StreamEnd
+from soaktop.engine.backends.base import Arrival, GenerationRequest, Prompt, RequestSent, StreamEnd
 from soaktop.engine.config import RunConfig
 from soaktop.engine.events import ClientSample, Mark, RequestDone, SessionEnd, TokensArrived
 from soaktop.engine.factory import build_session
@@ -109,6 +109,58 @@ def test_a_worker_sends_the_output_text_once_at_the_end_and_only_when_asked():
     assert end[:3] == (wp.END, 7, "stop") and end[6] == ("Hello world", "hm")
     (end,) = [i for i in unasked if i[0] == wp.END]
     assert end[:3] == (wp.END, 7, "stop") and end[6] is None
+
+
+class _Failing(_Talker):
+    """Says a thought and half an answer, then the server fails."""
+
+    async def stream(self, request):
+        from soaktop.engine.errors import BackendError
+
+        yield RequestSent(1)
+        yield Arrival(2, 1, "hm", reasoning=True)
+        yield Arrival(3, 1, "Hello ")
+        raise BackendError("the stream broke off", "stream_truncated")
+
+
+def test_a_failed_request_hands_its_text_so_far_to_the_main_where_it_was_wanted():
+    """--save-outputs keeps a failed request's partial text; from a worker it crosses in the
+    ERROR item, and the pool raises it with the error (it was lost before: saved as '')."""
+    from soaktop.engine.errors import BackendError
+    from soaktop.engine.load import worker_process as wp
+    from soaktop.engine.load.workers import Pool
+    from soaktop.engine.metrics.client_health import ClientHealth
+
+    async def error_item(want_text: bool) -> tuple:
+        sent: list[tuple] = []
+        worker = wp._Worker(sent.extend, _Failing(), ClientHealth())
+        worker.command((wp.GO, 7, "m", 8, "hi", want_text, None))
+        await worker.tasks[7]
+        worker.out.flush()
+        (error,) = [i for i in sent if i[0] == wp.ERROR]
+        return error
+
+    asked = asyncio.run(error_item(True))
+    assert asked[2] == "stream_truncated" and asked[6] == ("Hello ", "hm")
+    assert asyncio.run(error_item(False))[6] is None
+
+    async def raised() -> BackendError:
+        class _Proc:  # one live worker whose flight already holds the ERROR item
+            alive, flights = True, {}
+
+            def post(self, message):
+                self.flights[7].items.append(asked)
+
+        pool = Pool.__new__(Pool)
+        pool._procs = [_Proc()]
+        request = GenerationRequest(7, Prompt(7, (), "hi"), 8, "m", want_text=True)
+        with pytest.raises(BackendError) as caught:
+            async for _ in pool.stream(request):
+                pass
+        return caught.value
+
+    error = asyncio.run(raised())
+    assert error.error_class == "stream_truncated" and error.output == ("Hello ", "hm")
 
 
 # -- against the loopback ----------------------------------------------------------------------
