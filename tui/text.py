@@ -490,6 +490,10 @@ _CSV_DISTRIBUTIONS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "output_speed_tp
                       "server_speed_tps")
 _CSV_ENERGY = ("power_w", "energy_j_per_token", "tokens_per_s_per_w")
 _CSV_INPUT = ("input_tokens_asked", "input_tokens_server", "cached_share")
+#: The per-request length distributions (``--input-tokens 50-150``, a prompt file, a trace):
+#: ``input_lengths_asked_p50`` is ``input_lengths.asked.p50``.
+_CSV_LENGTHS = (("input_lengths", "asked"), ("input_lengths", "server"),
+                ("output_lengths", "received"), ("output_lengths", "server"))
 
 
 def summary_csv(summary: RunSummary) -> str:
@@ -503,9 +507,10 @@ def summary_csv(summary: RunSummary) -> str:
         kind = SpeedDistribution if d == "output_speed_tps" else Distribution
         return (*(f"p{q}" for q in kind.QUANTILES), "mean")
 
+    lengths = quantiles("lengths")  # a plain Distribution's
     columns = [*_CSV_SCOPE, *_CSV_COUNTS,
                *(f"{d}_{q}" for d in _CSV_DISTRIBUTIONS for q in quantiles(d)), *_CSV_ENERGY,
-               *_CSV_INPUT]
+               *_CSV_INPUT, *(f"{a}_{b}_{q}" for a, b in _CSV_LENGTHS for q in lengths)]
 
     def row(scope: str, s: Figures) -> dict[str, Any]:
         out = {"scope": scope, **{k: getattr(s, k, None) for k in (*_CSV_SCOPE[1:],
@@ -517,6 +522,10 @@ def summary_csv(summary: RunSummary) -> str:
         out["input_tokens_asked"] = s.input_tokens.asked
         out["input_tokens_server"] = s.input_tokens.server
         out["cached_share"] = s.cached_share
+        for a, b in _CSV_LENGTHS:
+            values = getattr(getattr(s, a), b).to_dict()
+            for q in lengths:
+                out[f"{a}_{b}_{q}"] = values[q]
         return {k: ("" if v is None else v.value if isinstance(v, Enum) else v)
                 for k, v in out.items()}
 

@@ -49,6 +49,9 @@ def test_summary_csv_holds_the_json_numbers(recorded):
     assert float(run["output_tokens_per_s"]) == result["output_tokens_per_s"]  # not rounded
     assert float(run["ttft_ms_p95"]) == result["ttft_ms"]["p95"]
     assert int(run["requests_ok"]) == result["requests_ok"]
+    for a, b in (("input_lengths", "asked"), ("output_lengths", "received")):
+        for q in ("p50", "p99", "mean"):  # the lengths sent and received, per request
+            assert float(run[f"{a}_{b}_{q}"]) == result[a][b][q]
     measured = rows[-1]
     assert measured["warmup"] == "False" and int(measured["concurrency"]) == 3
     assert rows[1]["ttft_ms_p50"] == ""  # the warm-up phase has no measured requests
