@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,7 +108,9 @@ def _argument(parse):
         try:
             return parse(text)
         except SoaktopError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+            # argparse names the flag itself: an engine message that names it too ("--think-
+            # time: cannot read ...", as a config from a record needs) would say it twice
+            raise argparse.ArgumentTypeError(re.sub(r"^--[a-z-]+: ", "", str(exc))) from None
 
     return wrapped
 

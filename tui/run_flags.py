@@ -13,6 +13,7 @@ import argparse
 import shlex
 
 from soaktop.engine.config import RunConfig
+from soaktop.engine.errors import ConfigError
 
 #: RunConfig field -> the `run` flag that sets it (``prompt_pool`` has none: always 256).
 FLAGS: tuple[tuple[str, str], ...] = (
@@ -46,6 +47,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The RunConfig the parsed flags ask for; a flag not given (None) is left to its default.
     Commands with only some of the flags (``models``) get the rest as defaults."""
     given = {field: getattr(args, _dest(flag), None) for field, flag in FLAGS}
+    if given["concurrency"] is not None and (given["rate"] is not None
+                                             or given["trace"] is not None):
+        # a config keeps a concurrency either way (the default), but an open loop never reads
+        # it: asked for, it would be silently ignored
+        raise ConfigError("--concurrency keeps N requests in flight; --rate and --trace plan "
+                          "send times instead: leave --concurrency out (--max-inflight caps "
+                          "how many are out)")
     return RunConfig(**{field: value for field, value in given.items() if value is not None})
 
 
@@ -63,8 +71,11 @@ def run_command(config: RunConfig) -> list[str]:
     """The `run` arguments that ask for ``config``: every field it sets, defaults included,
     so the line means the same run whatever later versions make the defaults."""
     argv = ["run"]
+    open_loop = config.rate is not None or config.trace is not None
     for field, flag in FLAGS:
         value = getattr(config, field)
+        if field == "concurrency" and open_loop:  # not read by an open loop, and refused
+            continue
         if isinstance(value, bool):  # --unique-prefix / --no-unique-prefix, --keep-going, ...
             argv.append(flag if value else "--no-" + flag.removeprefix("--"))
         elif value is not None and (value != () or field == "telemetry"):

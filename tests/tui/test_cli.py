@@ -103,7 +103,10 @@ def test_ctrl_c_ends_the_run_and_closes_the_record(tmp_path):
         (["run", "--trace-speed", "0"], "must be above 0"),
         (["run", "--trace-speed", "2", "--no-record"], "--trace-speed applies to --trace"),
         (["run", "--turns", "0"], "must be at least 1"),
-        (["run", "--think-time", "soon"], "--think-time: cannot read 'soon'"),
+        # the flag named once (the engine's message names it too, for a record's config)
+        (["run", "--think-time", "soon"], "argument --think-time: cannot read 'soon'"),
+        (["run", "--rate", "5", "--concurrency", "8", "--no-record"],
+         "leave --concurrency out"),
         (["run", "--think-time", "2", "--no-record"], "give --turns too"),
         (["run", "--input-tokens", "5:x"], "cannot read '5:x'"),
         (["run", "--output-tokens", "10-5"], "MIN-MAX needs 1 <= MIN <= MAX"),

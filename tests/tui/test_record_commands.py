@@ -168,6 +168,7 @@ def test_attach_and_replay_refuse_bad_input_in_one_line(tmp_path):
     RunConfig(rate=12.5, arrival="poisson", max_inflight=64, duration_s=0.001),
     RunConfig(rate=12.5, stop_when="error_rate>5%,ttft_p95>30s", stop_window_s=12.5,
               on_saturation="stop"),
+    RunConfig(trace="/data/trace.jsonl", trace_speed=2.5, max_inflight=8),
 ])
 def test_the_run_line_a_config_stands_for_asks_for_that_config(config):
     """What a rerun prints is a `run` command line that, run, makes the same config: one table
@@ -175,6 +176,16 @@ def test_the_run_line_a_config_stands_for_asks_for_that_config(config):
     argv = run_command(config)
     assert config_from_args(build_parser().parse_args(argv)) == config
     assert shlex.split(shell_line(argv))[1:] == argv  # quoted for a shell (an SLO's <=)
+
+
+@pytest.mark.parametrize("open_loop", [["--rate", "5"], ["--trace", "trace.jsonl"]])
+def test_a_concurrency_beside_an_open_loop_is_refused_not_ignored(open_loop):
+    from soaktop.engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="leave --concurrency out"):
+        config_from_args(build_parser().parse_args(["run", "--concurrency", "8", *open_loop]))
+    config = config_from_args(build_parser().parse_args(["run", *open_loop]))
+    assert "--concurrency" not in run_command(config)  # a rerun's line is not refused
 
 
 def test_rerun_runs_the_same_workload_and_compares(recorded, tmp_path):
