@@ -138,6 +138,31 @@ def test_an_arrival_of_several_tokens_counts_as_that_many_itl_gaps(tmp_path):
     assert r.series["tokens_per_s"].sum() == requests * 7
 
 
+def test_a_last_second_the_run_only_partly_reached_charts_its_errors_as_a_rate_over_it(
+        tmp_path):
+    """A run that ends 0.25 s into its last second, with one failure there: 4 failures a
+    second over the part it ran, not 1 (drawn over a whole second, an ending storm of
+    errors looked like a lull)."""
+    from soaktop.tui.report.charts import time_charts
+
+    w = RecordWriter(tmp_path / "end.jsonl")
+    w.write(SessionStart(0, 1, "2026-11-23T00:00:00+00:00", {"model": "m"}, {}, {}, {}))
+    w.write(Phase(0, 1, 1, "m", "openai", "start"))
+    for i, sent_ms in enumerate((500, 1500, 2500, 3100)):
+        sent = sent_ms * 10**6
+        w.write(RequestDone(sent + 10**8, 0, i, 1, "openai", "m", sent, 8, (), 100_000,
+                            "error", error_class="timeout", error_message="boom"))
+    w.write(SessionEnd(3_250_000_000, "completed"))
+    w.close()
+    r = read_series(tmp_path / "end.jsonl")
+    np.testing.assert_allclose(r.widths_s, [1, 1, 1, 0.25])
+    assert r.errors["timeout"].tolist() == [1, 1, 1, 1]
+    (errors,) = [c for c in time_charts([r]) if c.key == "errors"]
+    heights = [bar.get_height() for bar in errors.figure.axes[0].patches]
+    np.testing.assert_allclose(heights, [1, 1, 1, 4])
+    np.testing.assert_allclose(r.series["tokens_per_s"], [0, 0, 0, 0])
+
+
 def test_the_series_match_a_loopback_servers_schedule(tmp_path):
     ttft_ms, itl_ms, tokens, concurrency = 30.0, 8.0, 24, 3
     record = tmp_path / "loop.jsonl.gz"

@@ -223,8 +223,9 @@ def _errors_chart(tc: _TimeChart) -> Chart:
     for i, r in enumerate(tc.records):
         t = r.times_s
         bottom = np.zeros(t.size)
+        widths = r.widths_s  # a last bucket the run only partly reached: its own width
         for j, (name, counts) in enumerate(r.errors.items()):
-            rate = counts / r.step_s
+            rate = counts / widths
             label = record_text(name, 40)
             if tc.overlay:
                 label = f"{_record_label(r, i)} {label}"

@@ -187,6 +187,22 @@ class RecordSeries:
         n = next(iter(self.series.values())).size
         return (np.arange(n) + 0.5) * self.step_s
 
+    @property
+    def widths_s(self) -> np.ndarray:
+        """Each bucket's width in seconds: ``step_s``, the last only as far as the run went
+        (a count in it is a rate over that part)."""
+        return bucket_widths(next(iter(self.series.values())).size, self.step_s,
+                             self.duration_s)
+
+
+def bucket_widths(columns: int, step_s: int, end_s: float) -> np.ndarray:
+    """``columns`` buckets of ``step_s``, the last holding only the part of its width the run
+    reached (at least 1 ms)."""
+    widths = np.full(columns, float(step_s))
+    if columns:
+        widths[-1] = min(step_s, max(end_s - (columns - 1) * step_s, 1e-3))
+    return widths
+
 
 class SeriesBuilder:
     """Feed a record's events with :meth:`add` (``request_done`` as record lines or events);
@@ -375,10 +391,7 @@ class SeriesBuilder:
         b.column(np.array([end_ns // 10**9]))  # the buckets reach the end of the run
         step = b.step_s
         ttft, itl = b.sum("ttft", (BINS,)), b.sum("itl", (BINS,))
-        # the last bucket holds only the part of its width the run reached
-        widths = np.full(b.columns, float(step))
-        if b.columns:
-            widths[-1] = min(step, max(end_ns / 1e9 - (b.columns - 1) * step, 1e-3))
+        widths = bucket_widths(b.columns, step, end_ns / 1e9)
         series = {
             "tokens_per_s": b.sum("tokens") / widths,
             "ttft_p50_ms": quantile_of_counts(ttft, 0.50),
