@@ -25,9 +25,12 @@ from pathlib import Path
 def _use_tree(tree: str) -> None:
     """Import soaktop.* from ``tree`` (a folder holding engine/, tui/, themes/) instead of
     the editable install's checkout."""
-    import importlib
-
-    finder = importlib.import_module("__editable___soaktop_0_1_0_finder")
+    # setuptools names the editable install's finder after the version: find it by its shape
+    finder = next((module for name, module in sys.modules.items()
+                   if name.startswith("__editable___soaktop_") and name.endswith("_finder")),
+                  None)
+    if finder is None:
+        raise SystemExit("--tree needs soaktop installed editable (pip install -e .)")
     for name in ("engine", "tui", "themes"):
         finder.MAPPING[f"soaktop.{name}"] = str(Path(tree) / name)
 
