@@ -265,7 +265,14 @@ async def test_in_an_open_loop_plus_and_minus_step_the_rate():
         assert session.rate == 10.0 and session.concurrency == 0
         await pilot.pause(0.2)
         assert "rate 10 req/s" in text_of(app.screen.query_one(HeaderBar))
-        await pilot.press("minus")
+        # an open loop keeps no concurrency: in flight alone, never "in flight 3/0"
+        requests = text_of(app.screen.query_one(RequestsPanel))
+        assert " in flight " in requests and "/0" not in requests
+        await pilot.press("+", "+")
+        assert session.rate == pytest.approx(15.62)  # as the key steps it
+        await pilot.pause(0.2)
+        assert "rate 15.6 req/s" in text_of(app.screen.query_one(HeaderBar))  # not 15.62
+        await pilot.press("minus", "minus", "minus")
         assert session.rate == 8.0
         app.exit()
 

@@ -163,6 +163,22 @@ def test_a_last_second_the_run_only_partly_reached_charts_its_errors_as_a_rate_o
     np.testing.assert_allclose(r.series["tokens_per_s"], [0, 0, 0, 0])
 
 
+def test_an_open_loop_phase_is_labelled_by_its_rate_not_a_concurrency_of_0(tmp_path):
+    from soaktop.tui.report.charts import time_charts
+
+    w = RecordWriter(tmp_path / "rate.jsonl")
+    w.write(SessionStart(0, 1, "2026-11-23T00:00:00+00:00", {"model": "m"}, {}, {}, {}))
+    w.write(Phase(0, 1, 0, "m", "openai", "start", rate=8.17237))  # a trace's mean rate
+    sent = 10**9
+    w.write(RequestDone(sent + 10**8, 0, 0, 1, "openai", "m", sent, 8, (40_000,), 50_000,
+                        "length"))
+    w.write(SessionEnd(3 * known.S, "completed"))
+    w.close()
+    charts = time_charts([read_series(tmp_path / "rate.jsonl")])
+    labels = {t.get_text() for c in charts for ax in c.figure.axes for t in ax.texts}
+    assert "phase 1: 8.17/s" in labels and not any("conc 0" in label for label in labels)
+
+
 def test_the_series_match_a_loopback_servers_schedule(tmp_path):
     ttft_ms, itl_ms, tokens, concurrency = 30.0, 8.0, 24, 3
     record = tmp_path / "loop.jsonl.gz"

@@ -264,3 +264,11 @@ def test_bidirectional_controls_are_shown_as_escapes_not_obeyed():
 
     assert terminal_safe("ok\u202ecod.exe\u2066x\u2069\x1b[31m\ttab\nline é") == (
         "ok\\u202ecod.exe\\u2066x\\u2069\\x1b[31m\ttab\nline é")
+
+
+def test_a_rate_reads_as_a_person_writes_it():
+    from soaktop.tui.text import rate_text
+
+    assert [rate_text(r) for r in (0.5, 8.17237, 12.5, 99.4, 250.0, 1234.6)] == [
+        "0.5", "8.17", "12.5", "99.4", "250", "1,235"]
+

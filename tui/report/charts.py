@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from soaktop.tui.report.series import EDGES_MS, MIDDLES_MS, RecordSeries
-from soaktop.tui.text import terminal_safe
+from soaktop.tui.text import rate_text, terminal_safe
 
 WIDTH_IN, HEIGHT_IN = 11.0, 2.5
 #: Axes position in the figure: the same for every time chart, so their time axes line up.
@@ -154,8 +154,9 @@ class _TimeChart:
             if last - span.start_s < room:
                 continue  # too close to the next one: its label would cover this one
             last = span.start_s
-            label = (f"phase {span.phase_id}{'w' if span.warmup else ''}: "
-                     f"conc {span.concurrency}" + (f", {span.rate:g}/s" if span.rate else ""))
+            load = (f"{rate_text(span.rate)}/s" if span.rate is not None  # an open loop
+                    else f"conc {span.concurrency}")
+            label = f"phase {span.phase_id}{'w' if span.warmup else ''}: {load}"
             ax.text(span.start_s, 1.0, label, transform=ax.get_xaxis_transform(),
                     fontsize=7, va="bottom", ha="left", color="#555555", clip_on=False)
         ax.set_title(ax.get_title(loc="left"), loc="left", pad=11)

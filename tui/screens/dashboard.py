@@ -157,7 +157,8 @@ class DashboardScreen(Screen):
             record=str(feed.record_path) if feed.record_path else None,
             state=self.header_state())
         parts.requests.show(snap, feed.in_flight(), feed.concurrency(), feed.errors,
-                            paused=self.paused_load())
+                            paused=self.paused_load(),
+                            open_loop=phase is not None and phase.rate is not None)
         parts.gpus.show(snap.telemetry, window)
 
     def paused_load(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widget import Widget
 
+from soaktop.tui.text import rate_text
 from soaktop.tui.widgets.draw import clock
 
 
@@ -16,7 +17,8 @@ class HeaderBar(Widget):
     def show(self, *, kind: str, backend: str, model: str, target: str, concurrency: int,
              in_flight: int, elapsed_s: float, duration_s: float | None, record: str | None,
              state: str = "", rate: float | None = None) -> None:
-        load = (f"concurrency {concurrency}" if rate is None else f"rate {rate:g} req/s")
+        load = (f"concurrency {concurrency}" if rate is None
+                else f"rate {rate_text(rate)} req/s")
         left = (f" soaktop {kind} · {model} on {target} ({backend}) · {load}, "
                 f"{in_flight} in flight")
         when = f" {clock(elapsed_s)}"

@@ -19,10 +19,14 @@ class RequestsPanel(Widget):
         self.lines: list[Content] = [Content(" waiting for the first request")]
 
     def show(self, snap: LiveSnapshot, in_flight: int, concurrency: int,
-             errors: Iterable[RequestDone], paused: bool = False) -> None:
+             errors: Iterable[RequestDone], paused: bool = False,
+             open_loop: bool = False) -> None:
+        """``open_loop``: the load is a rate or a trace, which keeps no concurrency (its phases
+        say 0): in flight is shown alone."""
         classes = ", ".join(f"{k} {v}" for k, v in sorted(snap.errors.items()))
+        held = "" if open_loop else f"/{concurrency}"
         lines = [
-            Content.assemble(f" in flight {in_flight}/{concurrency}",
+            Content.assemble(f" in flight {in_flight}{held}",
                              ("  paused: no new requests", "$warning bold") if paused else ""),
             Content(f" done {snap.requests_ok}  ·  E2E p50 "
                     f"{'n/a' if snap.e2e_p50_ms is None else f'{snap.e2e_p50_ms:,.0f} ms'}"),

@@ -18,6 +18,7 @@ from textual.widget import Widget
 
 from soaktop.engine.events import Phase
 from soaktop.engine.metrics.history import Window
+from soaktop.tui.text import rate_text
 from soaktop.tui.widgets.draw import axis, fmt
 from soaktop.tui.widgets.plot import AutoRange, Layer, axis_number, plot, span_text, step_text
 
@@ -222,7 +223,7 @@ def tick_label(phase: Phase, change: str) -> str:
     if change == "model":
         return phase.model
     if change == "rate" and phase.rate is not None:
-        return f"r{phase.rate:g}/s"
+        return f"r{rate_text(phase.rate)}/s"
     if change == "warmup_done":
         return "warmed"
     return f"c{phase.concurrency}"
