@@ -196,7 +196,9 @@ def summary_table(summary: RunSummary, width: int | None = None) -> str:
     fit, most wanted first (see ``_PRIORITY``), and longer lines wrap.
     """
     width = table_width(width)
-    labels = [(f"{p.phase_id}{'w' if p.warmup else ''}", str(p.concurrency),
+    # an open loop's phase holds no concurrency: its planned rate stands there ("r8.17")
+    labels = [(f"{p.phase_id}{'w' if p.warmup else ''}",
+               str(p.concurrency) if p.rate is None else f"r{rate_text(p.rate)}",
                terminal_safe(p.model)[:_MODEL_CHARS], p) for p in summary.phases]
     labels.append(("all", "", "", summary))
     fixed = [("phase", 5, [row[0] for row in labels]), ("conc", 4, [row[1] for row in labels]),
@@ -488,8 +490,8 @@ def telemetry_lines(summary: RunSummary) -> list[str]:
     return lines
 
 
-_CSV_SCOPE = ("scope", "phase_id", "concurrency", "model", "backend", "reason", "warmup",
-              "start_s")
+_CSV_SCOPE = ("scope", "phase_id", "concurrency", "rate", "model", "backend", "reason",
+              "warmup", "start_s")
 _CSV_COUNTS = ("requests_ok", "requests_failed", "requests_cancelled", "error_rate",
                "output_tokens", "duration_s", "output_tokens_per_s", "requests_per_s")
 _CSV_DISTRIBUTIONS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "output_speed_tps",

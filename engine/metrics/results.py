@@ -194,12 +194,15 @@ class PhaseSummary(Figures):
     reason: PhaseReason | str = PhaseReason.START
     warmup: bool = False
     start_s: float = 0.0
+    #: An open loop's planned requests a second (a trace's: its mean); None for a closed
+    #: loop, whose ``concurrency`` is what it held (an open loop's phases say 0 there).
+    rate: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "phase_id": self.phase_id, "concurrency": self.concurrency, "model": self.model,
-            "backend": self.backend, "reason": _plain(self.reason), "warmup": self.warmup,
-            "start_s": self.start_s, **self.figures_dict(),
+            "phase_id": self.phase_id, "concurrency": self.concurrency, "rate": self.rate,
+            "model": self.model, "backend": self.backend, "reason": _plain(self.reason),
+            "warmup": self.warmup, "start_s": self.start_s, **self.figures_dict(),
         }
 
 

@@ -717,7 +717,7 @@ class SessionSummary:
         return PhaseSummary(
             phase_id=phase.phase_id, concurrency=phase.concurrency, model=phase.model,
             backend=phase.backend, reason=phase.reason, warmup=phase.warmup,
-            start_s=phase.t_ns / 1e9, **_figures([(stats, window_ns)]),
+            start_s=phase.t_ns / 1e9, rate=phase.rate, **_figures([(stats, window_ns)]),
             **stats.telemetry.figures(stats.tokens_in_window, window_ns / 1e9),
         )
 

@@ -80,8 +80,9 @@ async def test_a_slot_cap_makes_requests_wait_and_the_wait_counts(make_session):
 
 
 async def test_the_rate_changes_live_in_a_new_phase(make_session):
-    session, events, _ = await _run(make_session, FakeBackend(ttft_s=0.002, itl_s=0.001),
-                                    rate=20.0, duration_s=2.0)
+    session, events, summary = await _run(make_session,
+                                          FakeBackend(ttft_s=0.002, itl_s=0.001),
+                                          rate=20.0, duration_s=2.0)
 
     async def faster():
         await session.started.wait()
@@ -93,6 +94,16 @@ async def test_the_rate_changes_live_in_a_new_phase(make_session):
     assert [(p.rate, p.reason) for p in phases] == [(20.0, "start"), (80.0, "key")]
     late = sorted(e.sent_ns for e in events.of(RequestDone) if e.sent_ns > phases[1].t_ns)
     assert np.median(np.diff(late)) == 12_500_000
+    # each phase's summary says the rate it planned (its concurrency is 0: none was held)
+    result = summary.result()
+    assert [(p.rate, p.concurrency) for p in result.phases] == [(20.0, 0), (80.0, 0)]
+    assert [p["rate"] for p in result.to_dict()["phases"]] == [20.0, 80.0]
+    from soaktop.tui.text import summary_csv, summary_table
+
+    table = summary_table(result, width=120).splitlines()
+    assert table[1].split()[:2] == ["0", "r20"] and table[2].split()[:2] == ["1", "r80"]
+    assert "rate" in summary_csv(result).splitlines()[0].split(",")
+    assert summary_csv(result).splitlines()[2].split(",")[3] == "20.0"
 
 
 async def test_a_concurrency_change_is_refused_in_an_open_loop(make_session):

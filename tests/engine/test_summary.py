@@ -219,7 +219,7 @@ FIGURE_KEYS = [
 RUN_KEYS = [*FIGURE_KEYS, "telemetry", "requests_warmup", "ended", "ended_at_s",
             "ended_explanation", "marks", "phases",
             "soak", "client_bound_s", "client_bound_reasons"]
-PHASE_KEYS = ["phase_id", "concurrency", "model", "backend", "reason", "warmup", "start_s",
+PHASE_KEYS = ["phase_id", "concurrency", "rate", "model", "backend", "reason", "warmup", "start_s",
               *FIGURE_KEYS]
 
 
