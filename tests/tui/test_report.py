@@ -179,6 +179,29 @@ def test_an_open_loop_phase_is_labelled_by_its_rate_not_a_concurrency_of_0(tmp_p
     assert "phase 1: 8.17/s" in labels and not any("conc 0" in label for label in labels)
 
 
+def test_an_open_loops_send_lateness_is_charted_beside_the_loops_own_lag(tmp_path, record):
+    from soaktop.engine.events import ClientSample
+    from soaktop.tui.report.charts import time_charts
+
+    def legend(r) -> list[str]:
+        (chart,) = [c for c in time_charts([r]) if c.key == "client_health"]
+        return [t.get_text() for t in chart.figure.axes[0].get_legend().get_texts()]
+
+    w = RecordWriter(tmp_path / "late.jsonl")
+    w.write(SessionStart(0, 1, "2026-11-23T00:00:00+00:00", {"model": "m"}, {}, {}, {}))
+    w.write(Phase(0, 1, 0, "m", "openai", "start", rate=20.0))
+    for second, late_us in enumerate((300, 12_000, 450)):
+        w.write(ClientSample((second + 1) * known.S, in_flight=2, tokens=40,
+                             interval_ns=known.S, loop_lag_p99_us=200,
+                             send_lateness_p99_us=late_us))
+    w.write(SessionEnd(3 * known.S, "completed"))
+    w.close()
+    r = read_series(tmp_path / "late.jsonl")
+    np.testing.assert_allclose(r.series["send_lateness_p99_ms"][1:4], [0.3, 12.0, 0.45])
+    assert "send lateness p99" in legend(r)
+    assert "send lateness p99" not in legend(read_series(record))  # a closed loop: none
+
+
 def test_the_series_match_a_loopback_servers_schedule(tmp_path):
     ttft_ms, itl_ms, tokens, concurrency = 30.0, 8.0, 24, 3
     record = tmp_path / "loop.jsonl.gz"

@@ -341,17 +341,19 @@ def _throttle_chart(tc: _TimeChart) -> Chart:
 
 
 def _client_chart(tc: _TimeChart) -> Chart:
-    fig, ax = tc.frame("soaktop's own health: event-loop lag and read lag (p99)", "ms")
+    fig, ax = tc.frame("soaktop's own health: event-loop lag, read lag and, in an open loop, "
+                       "send lateness (p99)", "ms")
     drew = False
     for i, r in enumerate(tc.records):
         t = r.times_s
         prefix = f"{_record_label(r, i)} " if tc.overlay else ""
         for j, (name, label) in enumerate((("loop_lag_p99_ms", "loop lag p99"),
-                                           ("read_lag_p99_ms", "read lag p99"))):
+                                           ("read_lag_p99_ms", "read lag p99"),
+                                           ("send_lateness_p99_ms", "send lateness p99"))):
             values = r.series[name]
             if np.isfinite(values).any():
                 ax.plot(t, values, color=tc.colour(i, j), lw=1.0, label=prefix + label,
-                        ls="-" if j == 0 else "--")
+                        ls=("-", "--", ":")[j])
                 drew = True
         bound = np.nan_to_num(r.series["client_bound"]) > 0
         if bound.any():

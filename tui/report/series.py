@@ -248,6 +248,8 @@ class SeriesBuilder:
             self._sample("client_cpu_percent", second, event.cpu_percent)
             self._sample("loop_lag_p99_ms", second, _ms(event.loop_lag_p99_us))
             self._sample("read_lag_p99_ms", second, _ms(event.read_lag_p99_us))
+            # an open loop's: how late its sends left after their planned times
+            self._sample("send_lateness_p99_ms", second, _ms(event.send_lateness_p99_us))
             self._sample("client_bound", second, 1.0 if event.client_bound else 0.0)
         elif isinstance(event, Phase):
             self._phases.append(event)
@@ -404,7 +406,7 @@ class SeriesBuilder:
         for name in ("in_flight", "client_cpu_percent", "host_cpu_percent",
                      "soaktop_cpu_percent", "host_memory_ratio", "client_bound"):
             series[name] = b.mean(name)
-        for name in ("loop_lag_p99_ms", "read_lag_p99_ms"):
+        for name in ("loop_lag_p99_ms", "read_lag_p99_ms", "send_lateness_p99_ms"):
             series[name] = b.max(name)
         errors = {name: b.sum("errors\x00" + name) for name in
                   dict.fromkeys(self._error_classes.values())}
