@@ -70,18 +70,16 @@ class _Timer:
         self._fd = fd
         self._plan: list[tuple[int, int, asyncio.Future]] = []
         self._sequence = 0
-        self._armed_for: int | None = None
         self._spec = _Itimerspec()
         loop.add_reader(fd, self._fired)
 
     def add(self, t_ns: int, future: asyncio.Future) -> None:
         self._sequence += 1
         heapq.heappush(self._plan, (t_ns, self._sequence, future))
-        if self._armed_for is None or t_ns < self._armed_for:
+        if self._plan[0][1] == self._sequence:  # the new head: the timerfd is armed for it
             self._arm(t_ns)
 
     def _arm(self, t_ns: int) -> None:
-        self._armed_for = t_ns
         self._spec.it_value.tv_sec, self._spec.it_value.tv_nsec = divmod(t_ns, 10**9)
         _LIBC.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None)
 
@@ -95,7 +93,6 @@ class _Timer:
             future = heapq.heappop(plan)[2]
             if not future.done():  # done: cancelled while it waited
                 future.set_result(None)
-        self._armed_for = None
         if plan:
             self._arm(plan[0][0])
 

@@ -183,24 +183,29 @@ class SendClock:
         return {"trace": self}
 
 
+def json_body(body: Any, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    """A request's JSON body as httpx's ``json=`` encodes it, and ``headers`` with what
+    ``json=`` adds (its type and length: with the length given, httpx sends no chunked body
+    even for a :class:`HeldBody`)."""
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False).encode()
+    return data, {**headers, "Content-Type": "application/json",
+                  "Content-Length": str(len(data))}
+
+
 class HeldBody(httpx.AsyncByteStream):
-    """A request's JSON body, held until its planned moment (``send_at_ns``, a
-    ``perf_counter_ns`` reading): the request is started a few milliseconds early, so that
-    taking a pooled connection (or opening one) and writing the headers are done by then, and
-    only the body's one write is left for the moment itself (soaktop.engine.load.loops
-    .PREPARE_NS). httpx's own path from ``send`` to the body's write costs 0.3-0.5 ms of
-    Python with a spread of its own; held this way, the write follows the wake-up within
-    tens of microseconds. The server sees the request when its body is complete, as always.
+    """A request's body, held until its planned moment (``send_at_ns``, a ``perf_counter_ns``
+    reading): the request is started a few milliseconds early, so that taking a pooled
+    connection (or opening one) and writing the headers are done by then, and only the body's
+    one write is left for the moment itself (soaktop.engine.load.loops.PREPARE_NS). httpx's
+    own path from ``send`` to the body's write costs 0.3-0.5 ms of Python with a spread of
+    its own; held this way, the write follows the wake-up within tens of microseconds. The
+    server sees the request when its body is complete, as always.
     """
 
-    def __init__(self, body: Any, send_at_ns: int) -> None:
-        self.data = json.dumps(body, ensure_ascii=False, separators=(",", ":"),
-                               allow_nan=False).encode()  # as httpx encodes ``json=``
+    def __init__(self, data: bytes, send_at_ns: int) -> None:
+        self.data = data
         self.send_at_ns = send_at_ns
-
-    def headers(self) -> dict[str, str]:
-        """What ``json=`` would have set: the length given, httpx sends no chunked body."""
-        return {"Content-Length": str(len(self.data)), "Content-Type": "application/json"}
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         await until(self.send_at_ns)

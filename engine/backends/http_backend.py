@@ -27,6 +27,7 @@ from soaktop.engine.backends.http import (
     Watchdog,
     check_stream_type,
     get_json,
+    json_body,
     make_client,
     probe,
     raise_for_status,
@@ -175,15 +176,14 @@ class HttpBackend(Backend):
             while True:
                 sent = SendClock()  # each attempt its own: RequestSent is the last one's send
                 answered = False
-                if request.send_at_ns is None:
-                    body: dict[str, Any] = {"json": self._body(request), "headers": headers}
-                else:  # planned: held until then (a second attempt's time has passed)
-                    held = HeldBody(self._body(request), request.send_at_ns)
-                    body = {"content": held, "headers": {**headers, **held.headers()}}
+                data, sent_headers = json_body(self._body(request), headers)
+                # planned: held until then (a second attempt's time has passed)
+                content = (data if request.send_at_ns is None
+                           else HeldBody(data, request.send_at_ns))
                 try:
                     async with self._client.stream(
-                        "POST", self._url(self._path()), **body,
-                        extensions=sent.extensions(),
+                        "POST", self._url(self._path()), content=content,
+                        headers=sent_headers, extensions=sent.extensions(),
                     ) as response:
                         answered = True
                         self._backoff.connected()

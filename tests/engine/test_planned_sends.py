@@ -13,6 +13,8 @@ import asyncio
 import json
 import time
 
+import pytest
+
 from soaktop.engine.backends.base import (
     Arrival,
     GenerationRequest,
@@ -32,7 +34,19 @@ from soaktop.engine.wakeups import until
 AHEAD_NS = 300_000_000  # the planned moment, this far ahead of the call
 
 
-async def test_until_never_returns_before_its_time_and_a_cancelled_wait_wakes_no_other():
+@pytest.fixture(params=["timerfd", "asyncio"])
+def waker(request, monkeypatch):
+    """until() on Linux's timerfd, and on asyncio's timer where there is none."""
+    from soaktop.engine import wakeups
+
+    if request.param == "asyncio":
+        monkeypatch.setattr(wakeups, "_LIBC", None)
+    else:
+        assert wakeups._LIBC is not None  # this test machine is Linux
+    return request.param
+
+
+async def test_until_never_returns_before_its_time_and_a_cancelled_wait_wakes_no_other(waker):
     start = time.perf_counter_ns()
     times = [start + k * 1_000_000 for k in (30, 2, 17, 9, 9, 25, 1, 40)]
     woke: dict[int, int] = {}
@@ -46,6 +60,18 @@ async def test_until_never_returns_before_its_time_and_a_cancelled_wait_wakes_no
     await asyncio.gather(*tasks, return_exceptions=True)
     assert sorted(woke) == [0, 1, 2, 4, 5, 6, 7]
     assert all(woke[n] >= times[n] for n in woke)
+    assert sorted(woke, key=woke.get) == sorted(woke, key=lambda n: times[n])
+
+
+async def test_a_wait_planned_sooner_than_those_waiting_does_not_wait_for_them(waker):
+    """The timer is re-armed for an earlier moment: a 5 ms wait added while a 400 ms one
+    waits wakes long before 400 ms (200 ms of slack for a busy machine)."""
+    start = time.perf_counter_ns()
+    later = asyncio.ensure_future(until(start + 400_000_000))
+    await asyncio.sleep(0)  # the 400 ms wait is planned first
+    await until(start + 5_000_000)
+    assert time.perf_counter_ns() - start < 200_000_000
+    await later
     await until(start - 1)  # a moment past: at once
     assert time.perf_counter_ns() - start < 10**9
 
